@@ -1,11 +1,17 @@
 //! Agents as the management API sees them.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-/// An agent with no check-in for this long counts as offline.
+/// An agent with no check-in for this long counts as offline. Status is
+/// derived from stored facts by the store's queries (so lists can filter on
+/// it); this is the rule they follow, in order:
+/// `unenrolled` (not active) → `enrolling`/`unenrolling` (never checked in) →
+/// `inactive` (silent past the policy's `inactivity_timeout`) → `offline`
+/// (silent past this) → `unenrolling` → `error`/`degraded` (as reported) →
+/// `online`.
 pub const OFFLINE_AFTER_SECS: i64 = 300;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -76,44 +82,6 @@ pub struct Agent {
     pub unenrolled_at: Option<DateTime<Utc>>,
 }
 
-/// The facts status is derived from, so it is computed in one place.
-#[derive(Debug, Clone, Copy)]
-pub struct StatusInputs<'a> {
-    pub active: bool,
-    pub last_checkin: Option<DateTime<Utc>>,
-    pub last_checkin_status: Option<&'a str>,
-    pub unenrollment_started_at: Option<DateTime<Utc>>,
-    pub inactivity_timeout_secs: u64,
-}
-
-pub fn derive_status(now: DateTime<Utc>, s: StatusInputs<'_>) -> AgentStatus {
-    if !s.active {
-        return AgentStatus::Unenrolled;
-    }
-    let Some(last) = s.last_checkin else {
-        return if s.unenrollment_started_at.is_some() {
-            AgentStatus::Unenrolling
-        } else {
-            AgentStatus::Enrolling
-        };
-    };
-    let silent = now - last;
-    if silent > Duration::seconds(s.inactivity_timeout_secs.min(i64::MAX as u64) as i64) {
-        return AgentStatus::Inactive;
-    }
-    if silent > Duration::seconds(OFFLINE_AFTER_SECS) {
-        return AgentStatus::Offline;
-    }
-    if s.unenrollment_started_at.is_some() {
-        return AgentStatus::Unenrolling;
-    }
-    match s.last_checkin_status {
-        Some("error") | Some("failed") => AgentStatus::Error,
-        Some("degraded") => AgentStatus::Degraded,
-        _ => AgentStatus::Online,
-    }
-}
-
 /// Tags are short labels used for filtering.
 pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, crate::ValidationError> {
     if tags.len() > 64 {
@@ -127,30 +95,6 @@ pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, crate::ValidationEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn inputs(last: Option<i64>, status: Option<&str>) -> StatusInputs<'_> {
-        StatusInputs {
-            active: true,
-            last_checkin: last.map(|s| Utc::now() - Duration::seconds(s)),
-            last_checkin_status: status,
-            unenrollment_started_at: None,
-            inactivity_timeout_secs: 3600,
-        }
-    }
-
-    #[test]
-    fn status_follows_check_ins_and_timeouts() {
-        let now = Utc::now();
-        assert_eq!(derive_status(now, inputs(None, None)), AgentStatus::Enrolling);
-        assert_eq!(derive_status(now, inputs(Some(10), Some("online"))), AgentStatus::Online);
-        assert_eq!(derive_status(now, inputs(Some(10), Some("error"))), AgentStatus::Error);
-        assert_eq!(derive_status(now, inputs(Some(10), Some("degraded"))), AgentStatus::Degraded);
-        assert_eq!(derive_status(now, inputs(Some(600), Some("online"))), AgentStatus::Offline);
-        assert_eq!(derive_status(now, inputs(Some(7200), Some("online"))), AgentStatus::Inactive);
-        let mut gone = inputs(Some(10), None);
-        gone.active = false;
-        assert_eq!(derive_status(now, gone), AgentStatus::Unenrolled);
-    }
 
     #[test]
     fn status_names_round_trip() {

@@ -7,6 +7,7 @@
 //! inputs, so it is tested with plain unit tests.
 
 pub mod agent;
+pub mod apikey;
 pub mod catalogue;
 pub mod enrollment;
 pub mod error;

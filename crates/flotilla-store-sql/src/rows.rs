@@ -1,0 +1,225 @@
+//! Row types and their conversion into domain records.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::de::DeserializeOwned;
+
+use flotilla_domain::agent::{Agent, AgentStatus};
+use flotilla_domain::apikey::OperatorApiKey;
+use flotilla_domain::enrollment::EnrollmentApiKey;
+use flotilla_domain::output::{Output, OutputType};
+use flotilla_domain::package_policy::{PackagePolicy, PackageRef};
+use flotilla_domain::policy::AgentPolicy;
+use flotilla_store::StoreError;
+
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(format!("corrupt {what} in storage: {detail}").into())
+}
+
+fn json<T: DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("domain values serialise to JSON")
+}
+
+/// Map an engine error: missing rows, uniqueness and lock contention get
+/// their own variants; `conflict` phrases a uniqueness violation.
+pub(crate) fn db_err(e: sqlx::Error, conflict: impl FnOnce() -> String) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut => StoreError::Busy,
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(conflict()),
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("55P03") | Some("40001") | Some("40P01")) =>
+        {
+            StoreError::Busy
+        }
+        _ => StoreError::Other(Box::new(e)),
+    }
+}
+
+/// Map an engine error that has no expected uniqueness case.
+pub(crate) fn other(e: sqlx::Error) -> StoreError {
+    db_err(e, || "conflicting change".to_owned())
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct OutputRow {
+    id: String,
+    name: String,
+    output_type: String,
+    hosts: String,
+    is_default: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<OutputRow> for Output {
+    type Error = StoreError;
+    fn try_from(r: OutputRow) -> Result<Self, StoreError> {
+        Ok(Output {
+            output_type: OutputType::parse(&r.output_type).ok_or_else(|| corrupt("output type", &r.output_type))?,
+            hosts: json("output hosts", &r.hosts)?,
+            id: r.id,
+            name: r.name,
+            is_default: r.is_default,
+            created_at: from_ms(r.created_at),
+            updated_at: from_ms(r.updated_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct PolicyRow {
+    id: String,
+    name: String,
+    namespace: String,
+    description: Option<String>,
+    output_id: Option<String>,
+    inactivity_timeout: i64,
+    revision: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<PolicyRow> for AgentPolicy {
+    fn from(r: PolicyRow) -> Self {
+        AgentPolicy {
+            id: r.id,
+            name: r.name,
+            namespace: r.namespace,
+            description: r.description,
+            output_id: r.output_id,
+            inactivity_timeout: r.inactivity_timeout.max(0) as u64,
+            revision: r.revision,
+            created_at: from_ms(r.created_at),
+            updated_at: from_ms(r.updated_at),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct PackagePolicyRow {
+    id: String,
+    name: String,
+    description: Option<String>,
+    policy_id: String,
+    package_name: String,
+    package_version: String,
+    namespace: Option<String>,
+    vars: String,
+    inputs: String,
+    cloud_connector_id: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<PackagePolicyRow> for PackagePolicy {
+    type Error = StoreError;
+    fn try_from(r: PackagePolicyRow) -> Result<Self, StoreError> {
+        Ok(PackagePolicy {
+            vars: json("package policy vars", &r.vars)?,
+            inputs: json("package policy inputs", &r.inputs)?,
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            policy_id: r.policy_id,
+            package: PackageRef {
+                name: r.package_name,
+                version: r.package_version,
+            },
+            namespace: r.namespace,
+            cloud_connector_id: r.cloud_connector_id,
+            created_at: from_ms(r.created_at),
+            updated_at: from_ms(r.updated_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EnrollmentKeyRow {
+    id: String,
+    name: String,
+    policy_id: String,
+    hint: String,
+    active: bool,
+    created_at: i64,
+}
+
+impl From<EnrollmentKeyRow> for EnrollmentApiKey {
+    fn from(r: EnrollmentKeyRow) -> Self {
+        EnrollmentApiKey {
+            id: r.id,
+            name: r.name,
+            policy_id: r.policy_id,
+            active: r.active,
+            hint: r.hint,
+            created_at: from_ms(r.created_at),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct OperatorKeyRow {
+    id: String,
+    name: String,
+    hint: String,
+    active: bool,
+    created_at: i64,
+}
+
+impl From<OperatorKeyRow> for OperatorApiKey {
+    fn from(r: OperatorKeyRow) -> Self {
+        OperatorApiKey {
+            id: r.id,
+            name: r.name,
+            active: r.active,
+            hint: r.hint,
+            created_at: from_ms(r.created_at),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AgentRow {
+    pub(crate) id: String,
+    policy_id: String,
+    policy_revision: Option<i64>,
+    active: bool,
+    local_metadata: String,
+    last_checkin: Option<i64>,
+    last_checkin_status: Option<String>,
+    last_checkin_message: Option<String>,
+    enrolled_at: i64,
+    unenrollment_started_at: Option<i64>,
+    unenrolled_at: Option<i64>,
+    status: String,
+}
+
+impl AgentRow {
+    pub(crate) fn into_agent(self, tags: Vec<String>) -> Result<Agent, StoreError> {
+        Ok(Agent {
+            status: AgentStatus::parse(&self.status).ok_or_else(|| corrupt("agent status", &self.status))?,
+            local_metadata: json("agent metadata", &self.local_metadata)?,
+            id: self.id,
+            policy_id: self.policy_id,
+            policy_revision: self.policy_revision,
+            active: self.active,
+            tags,
+            last_checkin_status: self.last_checkin_status,
+            last_checkin_message: self.last_checkin_message,
+            last_checkin: self.last_checkin.map(from_ms),
+            enrolled_at: from_ms(self.enrolled_at),
+            unenrollment_started_at: self.unenrollment_started_at.map(from_ms),
+            unenrolled_at: self.unenrolled_at.map(from_ms),
+        })
+    }
+}

@@ -1,0 +1,929 @@
+//! The `Store` implementation shared by both engines.
+//!
+//! The SQL is portable (see the migration's header), so one text serves
+//! SQLite and PostgreSQL; a macro stamps it out for each engine's concrete
+//! sqlx types, which avoids both an ORM and sqlx's generic-database bounds.
+//! Engine-specific behaviour (connection set-up, write transactions, and
+//! later LISTEN/NOTIFY and SKIP LOCKED) lives in each engine's module.
+
+/// Derives an agent's status from stored facts; `$7` is "now" in ms. The
+/// rule is documented on `flotilla_domain::agent::OFFLINE_AFTER_SECS`.
+macro_rules! agent_status_sql {
+    () => {
+        "CASE WHEN NOT a.active THEN 'unenrolled' \
+         WHEN a.last_checkin IS NULL THEN \
+            (CASE WHEN a.unenrollment_started_at IS NULL THEN 'enrolling' ELSE 'unenrolling' END) \
+         WHEN a.last_checkin < $7 - COALESCE(p.inactivity_timeout, 1209600) * 1000 THEN 'inactive' \
+         WHEN a.last_checkin < $7 - 300000 THEN 'offline' \
+         WHEN a.unenrollment_started_at IS NOT NULL THEN 'unenrolling' \
+         WHEN a.last_checkin_status IN ('error', 'failed') THEN 'error' \
+         WHEN a.last_checkin_status = 'degraded' THEN 'degraded' \
+         ELSE 'online' END"
+    };
+}
+
+/// The agent query with its filters: `$1` policy, `$2` status, `$3` tag,
+/// `$4` include inactive, `$7` now.
+macro_rules! agent_where_sql {
+    () => {
+        concat!(" FROM agents a LEFT JOIN agent_policies p ON p.id = a.policy_id \
+          WHERE ($1 IS NULL OR a.policy_id = $1) \
+            AND ($2 IS NULL OR (", agent_status_sql!(), ") = $2) \
+            AND ($3 IS NULL OR EXISTS (SELECT 1 FROM agent_tags t WHERE t.agent_id = a.id AND t.tag = $3)) \
+            AND ($4 OR a.active OR $2 IS NOT NULL) \
+            AND ($8 IS NULL OR a.id = $8)")
+    };
+}
+
+macro_rules! agent_select_sql {
+    () => {
+        concat!("SELECT a.id, a.policy_id, a.policy_revision, a.active, a.local_metadata, a.last_checkin, \
+                a.last_checkin_status, a.last_checkin_message, a.enrolled_at, \
+                a.unenrollment_started_at, a.unenrolled_at, (",
+        agent_status_sql!(),
+        ") AS status")
+    };
+}
+
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $engine:literal) => {
+        use async_trait::async_trait;
+        use chrono::{DateTime, Utc};
+
+        use flotilla_domain::agent::Agent;
+        use flotilla_domain::apikey::OperatorApiKey;
+        use flotilla_domain::enrollment::EnrollmentApiKey;
+        use flotilla_domain::output::{NewOutput, Output, OutputUpdate};
+        use flotilla_domain::package_policy::{NewPackagePolicy, PackagePolicy};
+        use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
+        use flotilla_store::{
+            AgentFilter, EnrollmentKeyFilter, NewAgent, Page, Paged, PackagePolicyFilter, PolicyFilter,
+            Result, Store, StoreError,
+        };
+
+        use crate::rows::*;
+
+        const OUTPUT_COLS: &str = "id, name, output_type, hosts, is_default, created_at, updated_at";
+        const POLICY_COLS: &str =
+            "id, name, namespace, description, output_id, inactivity_timeout, revision, created_at, updated_at";
+        const PP_COLS: &str = "id, name, description, policy_id, package_name, package_version, namespace, vars, \
+                               inputs, cloud_connector_id, created_at, updated_at";
+        const EK_COLS: &str = "id, name, policy_id, hint, active, created_at";
+        const OK_COLS: &str = "id, name, hint, active, created_at";
+
+        fn like_pattern(s: &str) -> String {
+            let escaped = s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        }
+
+        type Tx<'a> = sqlx::Transaction<'a, $db>;
+
+        async fn bump_policy(tx: &mut Tx<'_>, policy_id: &str, now: i64) -> Result<()> {
+            sqlx::query("UPDATE agent_policies SET revision = revision + 1, updated_at = $2 WHERE id = $1")
+                .bind(policy_id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(other)?;
+            Ok(())
+        }
+
+        /// Bump every policy whose data goes to this output (explicitly, or
+        /// implicitly through the default).
+        async fn bump_output_policies(tx: &mut Tx<'_>, output_id: &str, is_default: bool, now: i64) -> Result<()> {
+            sqlx::query(
+                "UPDATE agent_policies SET revision = revision + 1, updated_at = $2 \
+                 WHERE output_id = $1 OR (output_id IS NULL AND $3)",
+            )
+            .bind(output_id)
+            .bind(now)
+            .bind(is_default)
+            .execute(&mut **tx)
+            .await
+            .map_err(other)?;
+            Ok(())
+        }
+
+        async fn fetch_output(tx: &mut Tx<'_>, id: &str) -> Result<Output> {
+            sqlx::query_as::<_, OutputRow>(&format!("SELECT {OUTPUT_COLS} FROM outputs WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(other)?
+                .ok_or_else(|| StoreError::NotFound(format!("output '{id}'")))?
+                .try_into()
+        }
+
+        async fn fetch_policy(tx: &mut Tx<'_>, id: &str) -> Result<AgentPolicy> {
+            sqlx::query_as::<_, PolicyRow>(&format!("SELECT {POLICY_COLS} FROM agent_policies WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(other)?
+                .map(Into::into)
+                .ok_or_else(|| StoreError::NotFound(format!("agent policy '{id}'")))
+        }
+
+        async fn policy_exists(tx: &mut Tx<'_>, id: &str) -> Result<bool> {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agent_policies WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(other)?;
+            Ok(n > 0)
+        }
+
+        async fn output_exists(tx: &mut Tx<'_>, id: &str) -> Result<bool> {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outputs WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(other)?;
+            Ok(n > 0)
+        }
+
+        async fn write_package_policy(
+            tx: &mut Tx<'_>,
+            insert: bool,
+            id: &str,
+            new: &NewPackagePolicy,
+            now: i64,
+        ) -> Result<()> {
+            let sql = if insert {
+                "INSERT INTO package_policies (id, name, description, policy_id, package_name, package_version, \
+                 namespace, vars, inputs, cloud_connector_id, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
+            } else {
+                "UPDATE package_policies SET name = $2, description = $3, policy_id = $4, package_name = $5, \
+                 package_version = $6, namespace = $7, vars = $8, inputs = $9, cloud_connector_id = $10, \
+                 updated_at = $11 WHERE id = $1"
+            };
+            sqlx::query(sql)
+                .bind(id)
+                .bind(&new.name)
+                .bind(&new.description)
+                .bind(&new.policy_id)
+                .bind(&new.package.name)
+                .bind(&new.package.version)
+                .bind(&new.namespace)
+                .bind(to_json(&new.vars))
+                .bind(to_json(&new.inputs))
+                .bind(&new.cloud_connector_id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_err(e, || format!("an integration named '{}' already exists", new.name)))?;
+            Ok(())
+        }
+
+        async fn fetch_package_policy(tx: &mut Tx<'_>, id: &str) -> Result<PackagePolicy> {
+            sqlx::query_as::<_, PackagePolicyRow>(&format!("SELECT {PP_COLS} FROM package_policies WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(other)?
+                .ok_or_else(|| StoreError::NotFound(format!("integration '{id}'")))?
+                .try_into()
+        }
+
+        impl $store {
+            async fn agents_query(
+                &self,
+                filter: &AgentFilter,
+                id: Option<&str>,
+                page: Page,
+                now: DateTime<Utc>,
+            ) -> Result<Paged<Agent>> {
+                let status = filter.status.map(|s| s.as_str());
+                let rows: Vec<AgentRow> = sqlx::query_as(concat!(
+                    agent_select_sql!(),
+                    agent_where_sql!(),
+                    " ORDER BY a.enrolled_at DESC, a.id LIMIT $5 OFFSET $6"
+                ))
+                .bind(&filter.policy_id)
+                .bind(status)
+                .bind(&filter.tag)
+                .bind(filter.show_inactive || id.is_some())
+                .bind(i64::from(page.per_page))
+                .bind(page.offset())
+                .bind(ms(now))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+                let total: i64 = if id.is_some() {
+                    rows.len() as i64
+                } else {
+                    // $5 and $6 are unused here but bound to keep numbering.
+                    sqlx::query_scalar(concat!(
+                        "SELECT COUNT(*)",
+                        agent_where_sql!(),
+                        " AND $5 >= 0 AND $6 >= 0"
+                    ))
+                    .bind(&filter.policy_id)
+                    .bind(status)
+                    .bind(&filter.tag)
+                    .bind(filter.show_inactive)
+                    .bind(i64::from(page.per_page))
+                    .bind(page.offset())
+                    .bind(ms(now))
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(other)?
+                };
+                let mut tags: std::collections::HashMap<String, Vec<String>> = Default::default();
+                if !rows.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT agent_id, tag FROM agent_tags WHERE agent_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for r in &rows {
+                        sep.push_bind(r.id.clone());
+                    }
+                    qb.push(") ORDER BY agent_id, tag");
+                    let pairs: Vec<(String, String)> =
+                        qb.build_query_as().fetch_all(&self.pool).await.map_err(other)?;
+                    for (agent, tag) in pairs {
+                        tags.entry(agent).or_default().push(tag);
+                    }
+                }
+                let items = rows
+                    .into_iter()
+                    .map(|r| {
+                        let t = tags.remove(&r.id).unwrap_or_default();
+                        r.into_agent(t)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Paged { items, total: total.max(0) as u64 })
+            }
+
+            async fn agent_after_write(&self, id: &str, now: DateTime<Utc>) -> Result<Agent> {
+                self.get_agent(id, now).await
+            }
+
+            async fn agent_write_failed(&self, id: &str, now: DateTime<Utc>) -> StoreError {
+                match self.get_agent(id, now).await {
+                    Ok(a) if !a.active => StoreError::Conflict(format!("agent '{id}' is unenrolled")),
+                    Ok(_) => StoreError::Conflict(format!("agent '{id}' changed concurrently")),
+                    Err(e) => e,
+                }
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            fn engine(&self) -> &'static str {
+                $engine
+            }
+
+            async fn ping(&self) -> Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await.map_err(other)?;
+                Ok(())
+            }
+
+            // --- outputs ---------------------------------------------------
+
+            async fn create_output(&self, id: &str, new: &NewOutput, now: DateTime<Utc>) -> Result<Output> {
+                let now = ms(now);
+                let mut tx = self.begin_write().await?;
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outputs")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                let is_default = new.is_default || count == 0;
+                if is_default {
+                    sqlx::query("UPDATE outputs SET is_default = FALSE, updated_at = $1 WHERE is_default")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                }
+                sqlx::query(
+                    "INSERT INTO outputs (id, name, output_type, hosts, is_default, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                )
+                .bind(id)
+                .bind(&new.name)
+                .bind(new.output_type.as_str())
+                .bind(to_json(&new.hosts))
+                .bind(is_default)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err(e, || format!("an output named '{}' or with id '{id}' already exists", new.name)))?;
+                if is_default {
+                    bump_output_policies(&mut tx, id, true, now).await?;
+                }
+                let out = fetch_output(&mut tx, id).await?;
+                tx.commit().await.map_err(other)?;
+                Ok(out)
+            }
+
+            async fn get_output(&self, id: &str) -> Result<Output> {
+                sqlx::query_as::<_, OutputRow>(&format!("SELECT {OUTPUT_COLS} FROM outputs WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(other)?
+                    .ok_or_else(|| StoreError::NotFound(format!("output '{id}'")))?
+                    .try_into()
+            }
+
+            async fn default_output(&self) -> Result<Option<Output>> {
+                sqlx::query_as::<_, OutputRow>(&format!("SELECT {OUTPUT_COLS} FROM outputs WHERE is_default"))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(other)?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn list_outputs(&self, page: Page) -> Result<Paged<Output>> {
+                let rows: Vec<OutputRow> = sqlx::query_as(&format!(
+                    "SELECT {OUTPUT_COLS} FROM outputs ORDER BY created_at, id LIMIT $1 OFFSET $2"
+                ))
+                .bind(i64::from(page.per_page))
+                .bind(page.offset())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outputs")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(other)?;
+                Ok(Paged {
+                    items: rows.into_iter().map(TryInto::try_into).collect::<Result<_>>()?,
+                    total: total as u64,
+                })
+            }
+
+            async fn update_output(&self, id: &str, update: &OutputUpdate, now: DateTime<Utc>) -> Result<Output> {
+                let now = ms(now);
+                let mut tx = self.begin_write().await?;
+                let current = fetch_output(&mut tx, id).await?;
+                if update.is_default == Some(false) && current.is_default {
+                    return Err(StoreError::Conflict(
+                        "the default output cannot be unset; make another output the default instead".into(),
+                    ));
+                }
+                let becomes_default = update.is_default == Some(true) && !current.is_default;
+                if becomes_default {
+                    // Policies on the old default now send to this output.
+                    let old: Option<String> = sqlx::query_scalar("SELECT id FROM outputs WHERE is_default")
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                    sqlx::query("UPDATE outputs SET is_default = FALSE, updated_at = $1 WHERE is_default")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                    if let Some(old) = old {
+                        bump_output_policies(&mut tx, &old, true, now).await?;
+                    }
+                }
+                let name = update.name.as_ref().unwrap_or(&current.name);
+                let hosts = update.hosts.as_ref().unwrap_or(&current.hosts);
+                sqlx::query(
+                    "UPDATE outputs SET name = $2, output_type = $3, hosts = $4, is_default = $5, updated_at = $6 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(name)
+                .bind(update.output_type.unwrap_or(current.output_type).as_str())
+                .bind(to_json(hosts))
+                .bind(current.is_default || becomes_default)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err(e, || format!("an output named '{name}' already exists")))?;
+                if !becomes_default {
+                    bump_output_policies(&mut tx, id, current.is_default, now).await?;
+                }
+                let out = fetch_output(&mut tx, id).await?;
+                tx.commit().await.map_err(other)?;
+                Ok(out)
+            }
+
+            async fn delete_output(&self, id: &str) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                let current = fetch_output(&mut tx, id).await?;
+                if current.is_default {
+                    return Err(StoreError::Conflict(
+                        "the default output cannot be deleted; make another output the default first".into(),
+                    ));
+                }
+                let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agent_policies WHERE output_id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                if users > 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "output '{id}' is used by {users} agent policies"
+                    )));
+                }
+                sqlx::query("DELETE FROM outputs WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                tx.commit().await.map_err(other)?;
+                Ok(())
+            }
+
+            // --- agent policies --------------------------------------------
+
+            async fn create_policy(&self, new: &NewAgentPolicy, now: DateTime<Utc>) -> Result<AgentPolicy> {
+                let now = ms(now);
+                let mut tx = self.begin_write().await?;
+                if let Some(output) = &new.output_id {
+                    if !output_exists(&mut tx, output).await? {
+                        return Err(StoreError::NotFound(format!("output '{output}'")));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO agent_policies (id, name, namespace, description, output_id, inactivity_timeout, \
+                     revision, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)",
+                )
+                .bind(&new.id)
+                .bind(&new.name)
+                .bind(&new.namespace)
+                .bind(&new.description)
+                .bind(&new.output_id)
+                .bind(new.inactivity_timeout as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    db_err(e, || format!("an agent policy named '{}' or with id '{}' already exists", new.name, new.id))
+                })?;
+                let policy = fetch_policy(&mut tx, &new.id).await?;
+                tx.commit().await.map_err(other)?;
+                Ok(policy)
+            }
+
+            async fn get_policy(&self, id: &str) -> Result<AgentPolicy> {
+                sqlx::query_as::<_, PolicyRow>(&format!("SELECT {POLICY_COLS} FROM agent_policies WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(other)?
+                    .map(Into::into)
+                    .ok_or_else(|| StoreError::NotFound(format!("agent policy '{id}'")))
+            }
+
+            async fn list_policies(&self, filter: &PolicyFilter, page: Page) -> Result<Paged<AgentPolicy>> {
+                let pattern = filter.name.as_deref().map(like_pattern);
+                let rows: Vec<PolicyRow> = sqlx::query_as(&format!(
+                    "SELECT {POLICY_COLS} FROM agent_policies WHERE ($1 IS NULL OR LOWER(name) LIKE $1 ESCAPE '\\') \
+                     ORDER BY created_at, id LIMIT $2 OFFSET $3"
+                ))
+                .bind(&pattern)
+                .bind(i64::from(page.per_page))
+                .bind(page.offset())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+                let total: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM agent_policies WHERE ($1 IS NULL OR LOWER(name) LIKE $1 ESCAPE '\\')",
+                )
+                .bind(&pattern)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(other)?;
+                Ok(Paged {
+                    items: rows.into_iter().map(Into::into).collect(),
+                    total: total as u64,
+                })
+            }
+
+            async fn update_policy(&self, id: &str, update: &AgentPolicyUpdate, now: DateTime<Utc>) -> Result<AgentPolicy> {
+                let now = ms(now);
+                let mut tx = self.begin_write().await?;
+                let mut p = fetch_policy(&mut tx, id).await?;
+                if let Some(name) = &update.name {
+                    p.name = name.clone();
+                }
+                if let Some(ns) = &update.namespace {
+                    p.namespace = ns.clone();
+                }
+                if let Some(d) = &update.description {
+                    p.description = d.clone();
+                }
+                if let Some(o) = &update.output_id {
+                    if let Some(o) = o {
+                        if !output_exists(&mut tx, o).await? {
+                            return Err(StoreError::NotFound(format!("output '{o}'")));
+                        }
+                    }
+                    p.output_id = o.clone();
+                }
+                if let Some(t) = update.inactivity_timeout {
+                    p.inactivity_timeout = t;
+                }
+                sqlx::query(
+                    "UPDATE agent_policies SET name = $2, namespace = $3, description = $4, output_id = $5, \
+                     inactivity_timeout = $6, revision = revision + 1, updated_at = $7 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&p.name)
+                .bind(&p.namespace)
+                .bind(&p.description)
+                .bind(&p.output_id)
+                .bind(p.inactivity_timeout as i64)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err(e, || format!("an agent policy named '{}' already exists", p.name)))?;
+                let policy = fetch_policy(&mut tx, id).await?;
+                tx.commit().await.map_err(other)?;
+                Ok(policy)
+            }
+
+            async fn delete_policy(&self, id: &str) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                if !policy_exists(&mut tx, id).await? {
+                    return Err(StoreError::NotFound(format!("agent policy '{id}'")));
+                }
+                let agents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE policy_id = $1 AND active")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                if agents > 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "agent policy '{id}' has {agents} enrolled agents; unenroll or reassign them first"
+                    )));
+                }
+                sqlx::query("DELETE FROM agent_policies WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                tx.commit().await.map_err(other)?;
+                Ok(())
+            }
+
+            // --- package policies ------------------------------------------
+
+            async fn create_package_policy(&self, new: &NewPackagePolicy, now: DateTime<Utc>) -> Result<PackagePolicy> {
+                let now = ms(now);
+                let mut tx = self.begin_write().await?;
+                if !policy_exists(&mut tx, &new.policy_id).await? {
+                    return Err(StoreError::NotFound(format!("agent policy '{}'", new.policy_id)));
+                }
+                write_package_policy(&mut tx, true, &new.id, new, now).await?;
+                bump_policy(&mut tx, &new.policy_id, now).await?;
+                let pp = fetch_package_policy(&mut tx, &new.id).await?;
+                tx.commit().await.map_err(other)?;
+                Ok(pp)
+            }
+
+            async fn get_package_policy(&self, id: &str) -> Result<PackagePolicy> {
+                sqlx::query_as::<_, PackagePolicyRow>(&format!("SELECT {PP_COLS} FROM package_policies WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(other)?
+                    .ok_or_else(|| StoreError::NotFound(format!("integration '{id}'")))?
+                    .try_into()
+            }
+
+            async fn list_package_policies(&self, filter: &PackagePolicyFilter, page: Page) -> Result<Paged<PackagePolicy>> {
+                let rows: Vec<PackagePolicyRow> = sqlx::query_as(&format!(
+                    "SELECT {PP_COLS} FROM package_policies WHERE ($1 IS NULL OR policy_id = $1) \
+                     AND ($2 IS NULL OR package_name = $2) ORDER BY created_at, id LIMIT $3 OFFSET $4"
+                ))
+                .bind(&filter.policy_id)
+                .bind(&filter.package_name)
+                .bind(i64::from(page.per_page))
+                .bind(page.offset())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+                let total: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM package_policies WHERE ($1 IS NULL OR policy_id = $1) \
+                     AND ($2 IS NULL OR package_name = $2)",
+                )
+                .bind(&filter.policy_id)
+                .bind(&filter.package_name)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(other)?;
+                Ok(Paged {
+                    items: rows.into_iter().map(TryInto::try_into).collect::<Result<_>>()?,
+                    total: total as u64,
+                })
+            }
+
+            async fn policy_integrations(&self, policy_id: &str) -> Result<Vec<PackagePolicy>> {
+                let rows: Vec<PackagePolicyRow> = sqlx::query_as(&format!(
+                    "SELECT {PP_COLS} FROM package_policies WHERE policy_id = $1 ORDER BY created_at, id"
+                ))
+                .bind(policy_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn update_package_policy(&self, id: &str, new: &NewPackagePolicy, now: DateTime<Utc>) -> Result<PackagePolicy> {
+                let now = ms(now);
+                let mut tx = self.begin_write().await?;
+                let old = fetch_package_policy(&mut tx, id).await?;
+                if old.policy_id != new.policy_id && !policy_exists(&mut tx, &new.policy_id).await? {
+                    return Err(StoreError::NotFound(format!("agent policy '{}'", new.policy_id)));
+                }
+                write_package_policy(&mut tx, false, id, new, now).await?;
+                bump_policy(&mut tx, &old.policy_id, now).await?;
+                if old.policy_id != new.policy_id {
+                    bump_policy(&mut tx, &new.policy_id, now).await?;
+                }
+                let pp = fetch_package_policy(&mut tx, id).await?;
+                tx.commit().await.map_err(other)?;
+                Ok(pp)
+            }
+
+            async fn delete_package_policy(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+                let now = ms(now);
+                let mut tx = self.begin_write().await?;
+                let old = fetch_package_policy(&mut tx, id).await?;
+                sqlx::query("DELETE FROM package_policies WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                bump_policy(&mut tx, &old.policy_id, now).await?;
+                tx.commit().await.map_err(other)?;
+                Ok(())
+            }
+
+            // --- enrollment keys -------------------------------------------
+
+            async fn create_enrollment_key(&self, key: &EnrollmentApiKey, token_hash: &str) -> Result<EnrollmentApiKey> {
+                let mut tx = self.begin_write().await?;
+                if !policy_exists(&mut tx, &key.policy_id).await? {
+                    return Err(StoreError::NotFound(format!("agent policy '{}'", key.policy_id)));
+                }
+                sqlx::query(
+                    "INSERT INTO enrollment_api_keys (id, name, policy_id, token_hash, hint, active, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&key.id)
+                .bind(&key.name)
+                .bind(&key.policy_id)
+                .bind(token_hash)
+                .bind(&key.hint)
+                .bind(key.active)
+                .bind(ms(key.created_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err(e, || format!("enrollment key '{}' already exists", key.id)))?;
+                tx.commit().await.map_err(other)?;
+                self.get_enrollment_key(&key.id).await
+            }
+
+            async fn get_enrollment_key(&self, id: &str) -> Result<EnrollmentApiKey> {
+                sqlx::query_as::<_, EnrollmentKeyRow>(&format!("SELECT {EK_COLS} FROM enrollment_api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(other)?
+                    .map(Into::into)
+                    .ok_or_else(|| StoreError::NotFound(format!("enrollment key '{id}'")))
+            }
+
+            async fn list_enrollment_keys(&self, filter: &EnrollmentKeyFilter, page: Page) -> Result<Paged<EnrollmentApiKey>> {
+                let rows: Vec<EnrollmentKeyRow> = sqlx::query_as(&format!(
+                    "SELECT {EK_COLS} FROM enrollment_api_keys WHERE ($1 IS NULL OR policy_id = $1) \
+                     ORDER BY created_at, id LIMIT $2 OFFSET $3"
+                ))
+                .bind(&filter.policy_id)
+                .bind(i64::from(page.per_page))
+                .bind(page.offset())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+                let total: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM enrollment_api_keys WHERE ($1 IS NULL OR policy_id = $1)")
+                        .bind(&filter.policy_id)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(other)?;
+                Ok(Paged {
+                    items: rows.into_iter().map(Into::into).collect(),
+                    total: total as u64,
+                })
+            }
+
+            async fn find_enrollment_key_by_hash(&self, token_hash: &str) -> Result<Option<EnrollmentApiKey>> {
+                Ok(sqlx::query_as::<_, EnrollmentKeyRow>(&format!(
+                    "SELECT {EK_COLS} FROM enrollment_api_keys WHERE token_hash = $1"
+                ))
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(other)?
+                .map(Into::into))
+            }
+
+            async fn revoke_enrollment_key(&self, id: &str) -> Result<EnrollmentApiKey> {
+                let done = sqlx::query("UPDATE enrollment_api_keys SET active = FALSE WHERE id = $1")
+                    .bind(id)
+                    .execute(self.write_pool())
+                    .await
+                    .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("enrollment key '{id}'")));
+                }
+                self.get_enrollment_key(id).await
+            }
+
+            // --- agents ----------------------------------------------------
+
+            async fn insert_agent(&self, agent: &NewAgent) -> Result<Agent> {
+                let at = ms(agent.enrolled_at);
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO agents (id, policy_id, active, local_metadata, enrolled_at, updated_at) \
+                     VALUES ($1, $2, TRUE, $3, $4, $4)",
+                )
+                .bind(&agent.id)
+                .bind(&agent.policy_id)
+                .bind(to_json(&agent.local_metadata))
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err(e, || format!("agent '{}' already exists", agent.id)))?;
+                for tag in &agent.tags {
+                    sqlx::query("INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(&agent.id)
+                        .bind(tag)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                }
+                tx.commit().await.map_err(other)?;
+                self.agent_after_write(&agent.id, agent.enrolled_at).await
+            }
+
+            async fn get_agent(&self, id: &str, now: DateTime<Utc>) -> Result<Agent> {
+                self.agents_query(&AgentFilter::default(), Some(id), Page { page: 1, per_page: 1 }, now)
+                    .await?
+                    .items
+                    .pop()
+                    .ok_or_else(|| StoreError::NotFound(format!("agent '{id}'")))
+            }
+
+            async fn list_agents(&self, filter: &AgentFilter, page: Page, now: DateTime<Utc>) -> Result<Paged<Agent>> {
+                self.agents_query(filter, None, page, now).await
+            }
+
+            async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query("UPDATE agents SET updated_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(ms(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("agent '{id}'")));
+                }
+                sqlx::query("DELETE FROM agent_tags WHERE agent_id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                for tag in tags {
+                    sqlx::query("INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(id)
+                        .bind(tag)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                }
+                tx.commit().await.map_err(other)?;
+                self.agent_after_write(id, now).await
+            }
+
+            async fn reassign_agent(&self, id: &str, policy_id: &str, now: DateTime<Utc>) -> Result<Agent> {
+                let mut tx = self.begin_write().await?;
+                if !policy_exists(&mut tx, policy_id).await? {
+                    return Err(StoreError::NotFound(format!("agent policy '{policy_id}'")));
+                }
+                let done = sqlx::query(
+                    "UPDATE agents SET policy_id = $2, policy_revision = NULL, updated_at = $3 WHERE id = $1 AND active",
+                )
+                .bind(id)
+                .bind(policy_id)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                tx.commit().await.map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(self.agent_write_failed(id, now).await);
+                }
+                self.agent_after_write(id, now).await
+            }
+
+            async fn start_agent_unenrollment(&self, id: &str, now: DateTime<Utc>) -> Result<Agent> {
+                let done = sqlx::query(
+                    "UPDATE agents SET unenrollment_started_at = COALESCE(unenrollment_started_at, $2), \
+                     updated_at = $2 WHERE id = $1 AND active",
+                )
+                .bind(id)
+                .bind(ms(now))
+                .execute(self.write_pool())
+                .await
+                .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(self.agent_write_failed(id, now).await);
+                }
+                self.agent_after_write(id, now).await
+            }
+
+            async fn mark_agent_unenrolled(&self, id: &str, now: DateTime<Utc>) -> Result<Agent> {
+                let done = sqlx::query(
+                    "UPDATE agents SET active = FALSE, unenrolled_at = $2, updated_at = $2 WHERE id = $1 AND active",
+                )
+                .bind(id)
+                .bind(ms(now))
+                .execute(self.write_pool())
+                .await
+                .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(self.agent_write_failed(id, now).await);
+                }
+                self.agent_after_write(id, now).await
+            }
+
+            // --- operator keys ---------------------------------------------
+
+            async fn create_operator_key(&self, key: &OperatorApiKey, key_hash: &str) -> Result<OperatorApiKey> {
+                sqlx::query(
+                    "INSERT INTO operator_api_keys (id, name, key_hash, hint, active, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&key.id)
+                .bind(&key.name)
+                .bind(key_hash)
+                .bind(&key.hint)
+                .bind(key.active)
+                .bind(ms(key.created_at))
+                .execute(self.write_pool())
+                .await
+                .map_err(|e| db_err(e, || format!("an API key named '{}' already exists", key.name)))?;
+                Ok(key.clone())
+            }
+
+            async fn find_operator_key_by_hash(&self, key_hash: &str) -> Result<Option<OperatorApiKey>> {
+                Ok(sqlx::query_as::<_, OperatorKeyRow>(&format!(
+                    "SELECT {OK_COLS} FROM operator_api_keys WHERE key_hash = $1 AND active"
+                ))
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(other)?
+                .map(Into::into))
+            }
+
+            async fn list_operator_keys(&self, page: Page) -> Result<Paged<OperatorApiKey>> {
+                let rows: Vec<OperatorKeyRow> = sqlx::query_as(&format!(
+                    "SELECT {OK_COLS} FROM operator_api_keys ORDER BY created_at, id LIMIT $1 OFFSET $2"
+                ))
+                .bind(i64::from(page.per_page))
+                .bind(page.offset())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operator_api_keys")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(other)?;
+                Ok(Paged {
+                    items: rows.into_iter().map(Into::into).collect(),
+                    total: total as u64,
+                })
+            }
+
+            async fn revoke_operator_key(&self, id: &str) -> Result<OperatorApiKey> {
+                let done = sqlx::query("UPDATE operator_api_keys SET active = FALSE WHERE id = $1")
+                    .bind(id)
+                    .execute(self.write_pool())
+                    .await
+                    .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("API key '{id}'")));
+                }
+                sqlx::query_as::<_, OperatorKeyRow>(&format!("SELECT {OK_COLS} FROM operator_api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map(Into::into)
+                    .map_err(other)
+            }
+        }
+    };
+}
