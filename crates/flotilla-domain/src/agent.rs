@@ -85,7 +85,10 @@ pub struct Agent {
 /// Tags are short labels used for filtering.
 pub fn validate_tags(tags: &[String]) -> Result<Vec<String>, crate::ValidationError> {
     if tags.len() > 64 {
-        return Err(crate::ValidationError::new("tags", "must list at most 64 tags"));
+        return Err(crate::ValidationError::new(
+            "tags",
+            "must list at most 64 tags",
+        ));
     }
     tags.iter()
         .map(|t| crate::validate_name("tags", t, 128))

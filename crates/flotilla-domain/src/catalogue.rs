@@ -63,7 +63,10 @@ impl StreamSpec {
     pub fn privileges(&self) -> Vec<String> {
         match &self.privileges {
             Some(p) => p.clone(),
-            None => DEFAULT_STREAM_PRIVILEGES.iter().map(|s| s.to_string()).collect(),
+            None => DEFAULT_STREAM_PRIVILEGES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -120,7 +123,8 @@ mod tests {
             for i in &p.inputs {
                 for s in &i.streams {
                     assert!(!s.privileges().is_empty());
-                    assert!(["logs", "metrics", "traces", "synthetics"].contains(&s.stream_type.as_str()));
+                    assert!(["logs", "metrics", "traces", "synthetics"]
+                        .contains(&s.stream_type.as_str()));
                 }
             }
         }

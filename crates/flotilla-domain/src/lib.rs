@@ -11,6 +11,7 @@ pub mod apikey;
 pub mod catalogue;
 pub mod enrollment;
 pub mod error;
+pub mod full_policy;
 pub mod output;
 pub mod package_policy;
 pub mod permissions;
@@ -19,7 +20,11 @@ pub mod policy;
 pub use error::ValidationError;
 
 /// Normalise a free-text name: trimmed, non-empty, at most `max` characters.
-pub(crate) fn validate_name(field: &str, value: &str, max: usize) -> Result<String, ValidationError> {
+pub(crate) fn validate_name(
+    field: &str,
+    value: &str,
+    max: usize,
+) -> Result<String, ValidationError> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
@@ -31,7 +36,10 @@ pub(crate) fn validate_name(field: &str, value: &str, max: usize) -> Result<Stri
         ));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(ValidationError::new(field, "must not contain control characters"));
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(trimmed.to_owned())
 }

@@ -69,7 +69,10 @@ pub fn validate_name_field(name: &str) -> Result<String, ValidationError> {
 }
 
 /// Hosts are URLs (`https://es:9200`) for Elasticsearch, `host:port` otherwise.
-pub fn validate_hosts(output_type: OutputType, hosts: &[String]) -> Result<Vec<String>, ValidationError> {
+pub fn validate_hosts(
+    output_type: OutputType,
+    hosts: &[String],
+) -> Result<Vec<String>, ValidationError> {
     if hosts.is_empty() {
         return Err(ValidationError::new("hosts", "must list at least one host"));
     }
@@ -80,17 +83,26 @@ pub fn validate_hosts(output_type: OutputType, hosts: &[String]) -> Result<Vec<S
     for (i, h) in hosts.iter().enumerate() {
         let h = h.trim();
         let field = format!("hosts[{i}]");
-        if h.is_empty() || h.len() > 2048 || h.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(ValidationError::new(field, "must be a non-empty host without whitespace"));
+        if h.is_empty() || h.len() > 2048 || h.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ValidationError::new(
+                field,
+                "must be a non-empty host without whitespace",
+            ));
         }
         match output_type {
             OutputType::Elasticsearch => {
                 let rest = h
                     .strip_prefix("https://")
                     .or_else(|| h.strip_prefix("http://"))
-                    .ok_or_else(|| ValidationError::new(&field, "must be an http:// or https:// URL"))?;
+                    .ok_or_else(|| {
+                        ValidationError::new(&field, "must be an http:// or https:// URL")
+                    })?;
                 if rest.is_empty() || rest.starts_with('/') {
-                    return Err(ValidationError::new(field, "must name a host after the scheme"));
+                    return Err(ValidationError::new(
+                        field,
+                        "must name a host after the scheme",
+                    ));
                 }
             }
             OutputType::Logstash | OutputType::Kafka => {
@@ -98,7 +110,10 @@ pub fn validate_hosts(output_type: OutputType, hosts: &[String]) -> Result<Vec<S
                     .rsplit_once(':')
                     .ok_or_else(|| ValidationError::new(&field, "must be host:port"))?;
                 if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-                    return Err(ValidationError::new(field, "must be host:port with a valid port"));
+                    return Err(ValidationError::new(
+                        field,
+                        "must be host:port with a valid port",
+                    ));
                 }
             }
         }

@@ -119,7 +119,11 @@ pub fn resolve_package<'c>(
         let known: Vec<_> = catalogue.packages.iter().map(|p| p.name.as_str()).collect();
         ValidationError::new(
             "package.name",
-            format!("unknown integration '{}' (known: {})", package.name, known.join(", ")),
+            format!(
+                "unknown integration '{}' (known: {})",
+                package.name,
+                known.join(", ")
+            ),
         )
     })?;
     if !package.version.is_empty() && package.version != spec.version {
@@ -160,7 +164,12 @@ pub fn resolve_inputs(
         Some(var) => match vars.get(var) {
             None | Some(Value::Null) => None,
             Some(Value::String(ds)) => Some(validate_dataset(&format!("vars.{var}"), ds)?),
-            Some(_) => return Err(ValidationError::new(format!("vars.{var}"), "must be a string")),
+            Some(_) => {
+                return Err(ValidationError::new(
+                    format!("vars.{var}"),
+                    "must be a string",
+                ))
+            }
         },
         None => None,
     };
@@ -173,7 +182,9 @@ pub fn resolve_inputs(
                 enabled: true,
                 data_stream: DataStreamRef {
                     stream_type: s.stream_type.clone(),
-                    dataset: dataset_override.clone().unwrap_or_else(|| s.dataset.clone()),
+                    dataset: dataset_override
+                        .clone()
+                        .unwrap_or_else(|| s.dataset.clone()),
                 },
                 vars: s.vars.clone(),
             })
@@ -197,10 +208,16 @@ pub fn resolve_inputs(
         let input_spec = spec.input(&req.input_type).ok_or_else(|| {
             ValidationError::new(
                 format!("inputs[{i}].type"),
-                format!("integration '{}' has no input '{}'", spec.name, req.input_type),
+                format!(
+                    "integration '{}' has no input '{}'",
+                    spec.name, req.input_type
+                ),
             )
         })?;
-        if requested[..i].iter().any(|r| r.input_type == req.input_type) {
+        if requested[..i]
+            .iter()
+            .any(|r| r.input_type == req.input_type)
+        {
             return Err(ValidationError::new(
                 format!("inputs[{i}].type"),
                 format!("input '{}' is listed twice", req.input_type),
@@ -235,7 +252,10 @@ pub fn resolve_inputs(
                     }
                     let dataset = match (&dataset_override, spec.dataset_var.is_some()) {
                         (Some(ds), _) => ds.clone(),
-                        (None, true) => validate_dataset(&format!("{field}.data_stream.dataset"), &s.data_stream.dataset)?,
+                        (None, true) => validate_dataset(
+                            &format!("{field}.data_stream.dataset"),
+                            &s.data_stream.dataset,
+                        )?,
                         (None, false) => stream_spec.dataset.clone(),
                     };
                     if let Some(paths) = s.vars.get("paths") {
@@ -274,7 +294,12 @@ fn validate_paths(field: &str, paths: &Value) -> Result<(), ValidationError> {
     for item in items {
         match item {
             Value::String(s) if !s.trim().is_empty() => {}
-            _ => return Err(ValidationError::new(field, "must contain only non-empty strings")),
+            _ => {
+                return Err(ValidationError::new(
+                    field,
+                    "must contain only non-empty strings",
+                ))
+            }
         }
     }
     Ok(())
@@ -312,7 +337,11 @@ mod tests {
     fn omitted_inputs_take_the_catalogue_defaults() {
         let inputs = resolve_inputs(spec("nginx"), &Map::new(), None).unwrap();
         assert_eq!(inputs.len(), 1);
-        let datasets: Vec<_> = inputs[0].streams.iter().map(|s| s.data_stream.dataset.as_str()).collect();
+        let datasets: Vec<_> = inputs[0]
+            .streams
+            .iter()
+            .map(|s| s.data_stream.dataset.as_str())
+            .collect();
         assert_eq!(datasets, ["nginx.access", "nginx.error"]);
     }
 
@@ -322,9 +351,10 @@ mod tests {
         let err = resolve_inputs(spec("nginx"), &Map::new(), Some(&req)).unwrap_err();
         assert_eq!(err.field, "inputs[0].type");
 
-        let req: Vec<InputRequest> = serde_json::from_value(json!([{"type": "logfile", "streams": [
+        let req: Vec<InputRequest> =
+            serde_json::from_value(json!([{"type": "logfile", "streams": [
             {"data_stream": {"type": "logs", "dataset": "nginx.stub"}}]}]))
-        .unwrap();
+            .unwrap();
         let err = resolve_inputs(spec("nginx"), &Map::new(), Some(&req)).unwrap_err();
         assert_eq!(err.field, "inputs[0].streams[0].data_stream.dataset");
     }
@@ -343,17 +373,37 @@ mod tests {
         assert_eq!(err.field, "vars.dataset");
 
         let vars = json!({"paths": "/x"});
-        assert_eq!(resolve_inputs(spec("log"), vars.as_object().unwrap(), None).unwrap_err().field, "vars.paths");
+        assert_eq!(
+            resolve_inputs(spec("log"), vars.as_object().unwrap(), None)
+                .unwrap_err()
+                .field,
+            "vars.paths"
+        );
     }
 
     #[test]
     fn version_must_match_the_catalogue() {
         let c = Catalogue::builtin();
-        let ok = PackageRef { name: "nginx".into(), version: "1.20.0".into() };
+        let ok = PackageRef {
+            name: "nginx".into(),
+            version: "1.20.0".into(),
+        };
         assert!(resolve_package(c, &ok).is_ok());
-        let bad = PackageRef { name: "nginx".into(), version: "0.1.0".into() };
-        assert_eq!(resolve_package(c, &bad).unwrap_err().field, "package.version");
-        let unknown = PackageRef { name: "apache".into(), version: String::new() };
-        assert_eq!(resolve_package(c, &unknown).unwrap_err().field, "package.name");
+        let bad = PackageRef {
+            name: "nginx".into(),
+            version: "0.1.0".into(),
+        };
+        assert_eq!(
+            resolve_package(c, &bad).unwrap_err().field,
+            "package.version"
+        );
+        let unknown = PackageRef {
+            name: "apache".into(),
+            version: String::new(),
+        };
+        assert_eq!(
+            resolve_package(c, &unknown).unwrap_err().field,
+            "package.name"
+        );
     }
 }

@@ -50,7 +50,11 @@ pub fn data_stream_name(stream_type: &str, dataset: &str, namespace: &str) -> St
 }
 
 /// Compute a policy's permissions block from its integrations.
-pub fn compute(policy_namespace: &str, integrations: &[PackagePolicy], catalogue: &Catalogue) -> Permissions {
+pub fn compute(
+    policy_namespace: &str,
+    integrations: &[PackagePolicy],
+    catalogue: &Catalogue,
+) -> Permissions {
     let mut out = BTreeMap::new();
     for pp in integrations {
         let namespace = pp.effective_namespace(policy_namespace);
@@ -67,16 +71,22 @@ pub fn compute(policy_namespace: &str, integrations: &[PackagePolicy], catalogue
                         i.stream(&stream.data_stream.dataset)
                     }
                 });
-                let mut privileges = spec
-                    .map(|s| s.privileges())
-                    .unwrap_or_else(|| DEFAULT_STREAM_PRIVILEGES.iter().map(|s| s.to_string()).collect());
+                let mut privileges = spec.map(|s| s.privileges()).unwrap_or_else(|| {
+                    DEFAULT_STREAM_PRIVILEGES
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect()
+                });
                 privileges.sort();
                 privileges.dedup();
-                groups.entry(privileges).or_default().insert(data_stream_name(
-                    &stream.data_stream.stream_type,
-                    &stream.data_stream.dataset,
-                    namespace,
-                ));
+                groups
+                    .entry(privileges)
+                    .or_default()
+                    .insert(data_stream_name(
+                        &stream.data_stream.stream_type,
+                        &stream.data_stream.dataset,
+                        namespace,
+                    ));
             }
         }
         if groups.is_empty() {
@@ -100,7 +110,12 @@ mod tests {
     use crate::package_policy::{resolve_inputs, PackageRef};
     use serde_json::{json, Map};
 
-    fn pp(name: &str, package: &str, namespace: Option<&str>, vars: serde_json::Value) -> PackagePolicy {
+    fn pp(
+        name: &str,
+        package: &str,
+        namespace: Option<&str>,
+        vars: serde_json::Value,
+    ) -> PackagePolicy {
         let spec = Catalogue::builtin().package(package).unwrap();
         let vars: Map<_, _> = vars.as_object().cloned().unwrap_or_default();
         PackagePolicy {
@@ -108,7 +123,10 @@ mod tests {
             name: name.into(),
             description: None,
             policy_id: "p".into(),
-            package: PackageRef { name: package.into(), version: spec.version.clone() },
+            package: PackageRef {
+                name: package.into(),
+                version: spec.version.clone(),
+            },
             namespace: namespace.map(Into::into),
             inputs: resolve_inputs(spec, &vars, None).unwrap(),
             vars,
@@ -120,7 +138,11 @@ mod tests {
 
     #[test]
     fn nginx_in_prod_gets_create_doc_on_its_data_streams() {
-        let perms = compute("prod", &[pp("nginx-1", "nginx", None, json!({}))], Catalogue::builtin());
+        let perms = compute(
+            "prod",
+            &[pp("nginx-1", "nginx", None, json!({}))],
+            Catalogue::builtin(),
+        );
         let value = serde_json::to_value(&perms).unwrap();
         assert_eq!(
             value,
@@ -137,7 +159,12 @@ mod tests {
             "default",
             &[
                 pp("sys", "system", None, json!({})),
-                pp("app", "log", Some("team_a"), json!({"paths": ["/a.log"], "dataset": "myapp"})),
+                pp(
+                    "app",
+                    "log",
+                    Some("team_a"),
+                    json!({"paths": ["/a.log"], "dataset": "myapp"}),
+                ),
             ],
             Catalogue::builtin(),
         );
@@ -149,11 +176,27 @@ mod tests {
 
     #[test]
     fn namespace_change_changes_the_hash() {
-        let a = compute("prod", &[pp("n", "nginx", None, json!({}))], Catalogue::builtin());
-        let b = compute("staging", &[pp("n", "nginx", None, json!({}))], Catalogue::builtin());
+        let a = compute(
+            "prod",
+            &[pp("n", "nginx", None, json!({}))],
+            Catalogue::builtin(),
+        );
+        let b = compute(
+            "staging",
+            &[pp("n", "nginx", None, json!({}))],
+            Catalogue::builtin(),
+        );
         assert_ne!(a, b);
         assert_ne!(a.hash(), b.hash());
-        assert_eq!(a.hash(), compute("prod", &[pp("n", "nginx", None, json!({}))], Catalogue::builtin()).hash());
+        assert_eq!(
+            a.hash(),
+            compute(
+                "prod",
+                &[pp("n", "nginx", None, json!({}))],
+                Catalogue::builtin()
+            )
+            .hash()
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub fn validate_policy_name(name: &str) -> Result<String, ValidationError> {
 
 pub fn validate_description(description: &str) -> Result<String, ValidationError> {
     if description.chars().count() > 4096 {
-        return Err(ValidationError::new("description", "must be at most 4096 characters"));
+        return Err(ValidationError::new(
+            "description",
+            "must be at most 4096 characters",
+        ));
     }
     Ok(description.to_owned())
 }
@@ -86,14 +89,22 @@ pub fn validate_namespace(field: &str, namespace: &str) -> Result<String, Valida
     if namespace != namespace.to_lowercase() {
         return Err(ValidationError::new(field, "must be lowercase"));
     }
-    if let Some(c) = namespace
-        .chars()
-        .find(|c| matches!(c, '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ',' | '#' | ':' | '-' | ' ') || c.is_control())
-    {
-        return Err(ValidationError::new(field, format!("must not contain '{c}'")));
+    if let Some(c) = namespace.chars().find(|c| {
+        matches!(
+            c,
+            '\\' | '/' | '*' | '?' | '"' | '<' | '>' | '|' | ',' | '#' | ':' | '-' | ' '
+        ) || c.is_control()
+    }) {
+        return Err(ValidationError::new(
+            field,
+            format!("must not contain '{c}'"),
+        ));
     }
     if namespace.starts_with(['_', '+', '.']) {
-        return Err(ValidationError::new(field, "must not start with '_', '+' or '.'"));
+        return Err(ValidationError::new(
+            field,
+            "must not start with '_', '+' or '.'",
+        ));
     }
     Ok(namespace.to_owned())
 }

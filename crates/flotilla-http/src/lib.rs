@@ -1,0 +1,206 @@
+//! Flotilla's HTTP layer.
+//!
+//! Architecture invariant: this is the only crate that knows axum, tower
+//! and HTTP status codes. Handlers are thin: extract, call a service, wrap
+//! the result in the API's envelope. Errors go through [`error::ApiError`].
+
+pub mod error;
+pub mod extract;
+pub mod management;
+mod metrics;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{BoxError, Json, Router};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use flotilla_service::Services;
+
+use crate::error::ApiError;
+
+/// Limits applied to every request.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(60),
+            max_concurrent_requests: 1024,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Services,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Flotilla management API",
+        description = "Outputs, agent policies, integrations, enrollment keys, agents and operator API keys. \
+                       Authenticate with `Authorization: ApiKey <key>`."
+    ),
+    modifiers(&SecurityAddon)
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "ApiKey",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`ApiKey <key>`",
+            ))),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "ApiKey",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The OpenAPI document of the management API, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .merge(management::router())
+        .into_openapi()
+}
+
+/// The whole application: every route and the middleware stack.
+pub fn app(state: AppState, limits: &HttpLimits) -> Router {
+    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(management::router())
+        .split_for_parts();
+    let openapi_json = serde_json::to_value(&openapi).expect("the OpenAPI document serialises");
+    let request_id = HeaderName::from_static("x-request-id");
+
+    Router::new()
+        .merge(api)
+        .route(
+            "/api/fleet/openapi.json",
+            get(move || async move { Json(openapi_json.clone()) }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(request_id))
+                .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                    let path = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default();
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    tracing::info_span!("http", method = %req.method(), path, request_id = id)
+                }))
+                .layer(middleware::from_fn(metrics::track))
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::internal().into_response()
+                }))
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .concurrency_limit(limits.max_concurrent_requests)
+                .timeout(limits.request_timeout),
+        )
+        .with_state(state)
+}
+
+async fn overloaded(err: BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request timed out")
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is overloaded; retry later",
+        )
+    } else {
+        tracing::error!(error = %err, "unhandled middleware error");
+        ApiError::internal()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    s.services
+        .store
+        .ping()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage unreachable"))?;
+    Ok(Json(
+        serde_json::json!({"status": "ok", "storage": s.services.store.engine()}),
+    ))
+}
+
+/// Serve `app` on `listener` until `shutdown` resolves, then drain open
+/// requests for at most `drain` (long polls would otherwise hold shutdown
+/// open forever).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<()> {
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let mut rx2 = rx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = rx.wait_for(|v| *v).await;
+    });
+    tokio::select! {
+        res = server => res,
+        _ = async {
+            let _ = rx2.wait_for(|v| *v).await;
+            let started = Instant::now();
+            tokio::time::sleep(drain).await;
+            tracing::warn!(waited_ms = started.elapsed().as_millis() as u64, "drain deadline reached; closing open requests");
+        } => Ok(()),
+    }
+}

@@ -16,7 +16,9 @@ pub enum MigrationError {
          (up to {supported}); run a newer flotilla or restore a matching backup"
     )]
     SchemaTooNew { found: i64, supported: i64 },
-    #[error("migration {0} was changed after it was applied; the database does not match this binary")]
+    #[error(
+        "migration {0} was changed after it was applied; the database does not match this binary"
+    )]
     Modified(i64),
     #[error("could not migrate the database: {0}")]
     Failed(#[source] MigrateError),

@@ -38,7 +38,10 @@ pub(crate) fn db_err(e: sqlx::Error, conflict: impl FnOnce() -> String) -> Store
         sqlx::Error::PoolTimedOut => StoreError::Busy,
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(conflict()),
         sqlx::Error::Database(db)
-            if matches!(db.code().as_deref(), Some("5") | Some("6") | Some("55P03") | Some("40001") | Some("40P01")) =>
+            if matches!(
+                db.code().as_deref(),
+                Some("5") | Some("6") | Some("55P03") | Some("40001") | Some("40P01")
+            ) =>
         {
             StoreError::Busy
         }
@@ -66,7 +69,8 @@ impl TryFrom<OutputRow> for Output {
     type Error = StoreError;
     fn try_from(r: OutputRow) -> Result<Self, StoreError> {
         Ok(Output {
-            output_type: OutputType::parse(&r.output_type).ok_or_else(|| corrupt("output type", &r.output_type))?,
+            output_type: OutputType::parse(&r.output_type)
+                .ok_or_else(|| corrupt("output type", &r.output_type))?,
             hosts: json("output hosts", &r.hosts)?,
             id: r.id,
             name: r.name,
@@ -207,7 +211,8 @@ pub(crate) struct AgentRow {
 impl AgentRow {
     pub(crate) fn into_agent(self, tags: Vec<String>) -> Result<Agent, StoreError> {
         Ok(Agent {
-            status: AgentStatus::parse(&self.status).ok_or_else(|| corrupt("agent status", &self.status))?,
+            status: AgentStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("agent status", &self.status))?,
             local_metadata: json("agent metadata", &self.local_metadata)?,
             id: self.id,
             policy_id: self.policy_id,

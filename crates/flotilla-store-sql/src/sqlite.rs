@@ -10,7 +10,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::migrate::{MigrationError, MIGRATOR};
 
@@ -59,7 +61,10 @@ impl SqliteStore {
     }
 
     async fn begin_write(&self) -> flotilla_store::Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(crate::rows::other)
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(crate::rows::other)
     }
 }
 

@@ -46,8 +46,14 @@ async fn a_newer_schema_is_refused() {
     .unwrap();
     pool.close().await;
     let err = SqliteStore::open_file(&path).await.err().expect("refused");
-    assert!(matches!(err, MigrationError::SchemaTooNew { found: 99999, .. }), "{err}");
-    assert!(err.to_string().contains("newer than this flotilla binary"), "{err}");
+    assert!(
+        matches!(err, MigrationError::SchemaTooNew { found: 99999, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("newer than this flotilla binary"),
+        "{err}"
+    );
 }
 
 async fn sqlx_pool(path: &std::path::Path) -> sqlx::SqlitePool {

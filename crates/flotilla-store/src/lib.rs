@@ -53,7 +53,10 @@ impl Page {
 
 impl Default for Page {
     fn default() -> Self {
-        Page { page: 1, per_page: 20 }
+        Page {
+            page: 1,
+            per_page: 20,
+        }
     }
 }
 
@@ -118,7 +121,12 @@ pub trait Store: Send + Sync + 'static {
     /// Updates an output and bumps the revision of every policy that uses it.
     /// Clearing `is_default` on the default output is a conflict: exactly one
     /// output is the default once one exists.
-    async fn update_output(&self, id: &str, update: &OutputUpdate, now: DateTime<Utc>) -> Result<Output>;
+    async fn update_output(
+        &self,
+        id: &str,
+        update: &OutputUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Output>;
     /// Refused (conflict) for the default output and for outputs policies use.
     async fn delete_output(&self, id: &str) -> Result<()>;
 
@@ -127,37 +135,71 @@ pub trait Store: Send + Sync + 'static {
     async fn get_policy(&self, id: &str) -> Result<AgentPolicy>;
     async fn list_policies(&self, filter: &PolicyFilter, page: Page) -> Result<Paged<AgentPolicy>>;
     /// Applies the update and increments the revision, atomically.
-    async fn update_policy(&self, id: &str, update: &AgentPolicyUpdate, now: DateTime<Utc>) -> Result<AgentPolicy>;
+    async fn update_policy(
+        &self,
+        id: &str,
+        update: &AgentPolicyUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<AgentPolicy>;
     /// Deletes the policy with its integrations and enrollment keys. Refused
     /// (conflict) while active agents are enrolled in it.
     async fn delete_policy(&self, id: &str) -> Result<()>;
 
     // --- package policies --------------------------------------------------
     /// Creates the integration and increments its policy's revision.
-    async fn create_package_policy(&self, new: &NewPackagePolicy, now: DateTime<Utc>) -> Result<PackagePolicy>;
+    async fn create_package_policy(
+        &self,
+        new: &NewPackagePolicy,
+        now: DateTime<Utc>,
+    ) -> Result<PackagePolicy>;
     async fn get_package_policy(&self, id: &str) -> Result<PackagePolicy>;
-    async fn list_package_policies(&self, filter: &PackagePolicyFilter, page: Page) -> Result<Paged<PackagePolicy>>;
+    async fn list_package_policies(
+        &self,
+        filter: &PackagePolicyFilter,
+        page: Page,
+    ) -> Result<Paged<PackagePolicy>>;
     /// Every integration of one policy, ordered by creation.
     async fn policy_integrations(&self, policy_id: &str) -> Result<Vec<PackagePolicy>>;
     /// Replaces the integration (same id) and increments the revision of the
     /// policy it was on and, when moved, of the policy it moves to.
-    async fn update_package_policy(&self, id: &str, new: &NewPackagePolicy, now: DateTime<Utc>) -> Result<PackagePolicy>;
+    async fn update_package_policy(
+        &self,
+        id: &str,
+        new: &NewPackagePolicy,
+        now: DateTime<Utc>,
+    ) -> Result<PackagePolicy>;
     /// Deletes the integration and increments its policy's revision.
     async fn delete_package_policy(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
 
     // --- enrollment keys -----------------------------------------------------
     /// Stores a key whose secret is known only by `token_hash`.
-    async fn create_enrollment_key(&self, key: &EnrollmentApiKey, token_hash: &str) -> Result<EnrollmentApiKey>;
+    async fn create_enrollment_key(
+        &self,
+        key: &EnrollmentApiKey,
+        token_hash: &str,
+    ) -> Result<EnrollmentApiKey>;
     async fn get_enrollment_key(&self, id: &str) -> Result<EnrollmentApiKey>;
-    async fn list_enrollment_keys(&self, filter: &EnrollmentKeyFilter, page: Page) -> Result<Paged<EnrollmentApiKey>>;
-    async fn find_enrollment_key_by_hash(&self, token_hash: &str) -> Result<Option<EnrollmentApiKey>>;
+    async fn list_enrollment_keys(
+        &self,
+        filter: &EnrollmentKeyFilter,
+        page: Page,
+    ) -> Result<Paged<EnrollmentApiKey>>;
+    async fn find_enrollment_key_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<EnrollmentApiKey>>;
     async fn revoke_enrollment_key(&self, id: &str) -> Result<EnrollmentApiKey>;
 
     // --- agents ----------------------------------------------------------------
     async fn insert_agent(&self, agent: &NewAgent) -> Result<Agent>;
     /// `now` is the clock status is derived against.
     async fn get_agent(&self, id: &str, now: DateTime<Utc>) -> Result<Agent>;
-    async fn list_agents(&self, filter: &AgentFilter, page: Page, now: DateTime<Utc>) -> Result<Paged<Agent>>;
+    async fn list_agents(
+        &self,
+        filter: &AgentFilter,
+        page: Page,
+        now: DateTime<Utc>,
+    ) -> Result<Paged<Agent>>;
     async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent>;
     /// Moves an active agent to another policy; its reported revision is reset.
     async fn reassign_agent(&self, id: &str, policy_id: &str, now: DateTime<Utc>) -> Result<Agent>;
@@ -169,7 +211,11 @@ pub trait Store: Send + Sync + 'static {
     // --- operator API keys -----------------------------------------------------
     /// Stores a key known only by `key_hash`. A duplicate name or hash is a
     /// conflict.
-    async fn create_operator_key(&self, key: &OperatorApiKey, key_hash: &str) -> Result<OperatorApiKey>;
+    async fn create_operator_key(
+        &self,
+        key: &OperatorApiKey,
+        key_hash: &str,
+    ) -> Result<OperatorApiKey>;
     /// Finds an active key by hash.
     async fn find_operator_key_by_hash(&self, key_hash: &str) -> Result<Option<OperatorApiKey>>;
     async fn list_operator_keys(&self, page: Page) -> Result<Paged<OperatorApiKey>>;

@@ -16,7 +16,8 @@ use anyhow::{bail, Context, Result};
 
 /// Whether a missing PostgreSQL must fail the run.
 pub fn postgres_required() -> bool {
-    std::env::var("FLOTILLA_REQUIRE_POSTGRES").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    std::env::var("FLOTILLA_REQUIRE_POSTGRES")
+        .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 /// A free TCP port on loopback (bound, then released).
@@ -43,7 +44,9 @@ pub fn postgres() -> Option<&'static PgCluster> {
     CLUSTER
         .get_or_init(|| match find_bin_dir() {
             None if postgres_required() => {
-                panic!("FLOTILLA_REQUIRE_POSTGRES=1 but PostgreSQL (initdb, pg_ctl) is not installed")
+                panic!(
+                    "FLOTILLA_REQUIRE_POSTGRES=1 but PostgreSQL (initdb, pg_ctl) is not installed"
+                )
             }
             None => {
                 eprintln!("PostgreSQL not installed: skipping PostgreSQL tests");
@@ -85,12 +88,20 @@ fn is_root() -> bool {
 impl PgCluster {
     fn start(bin: PathBuf) -> Result<Self> {
         let as_postgres = is_root();
-        let dir = std::env::temp_dir().join(format!("flotilla-pg-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!(
+            "flotilla-pg-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
         std::fs::create_dir_all(&dir)?;
         let data = dir.join("data");
         if as_postgres {
             // initdb refuses to run as root: hand the directory to `postgres`.
-            let status = Command::new("chown").arg("-R").arg("postgres:").arg(&dir).status()?;
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg("postgres:")
+                .arg(&dir)
+                .status()?;
             if !status.success() {
                 bail!("chown {} to postgres failed", dir.display());
             }
@@ -104,7 +115,18 @@ impl PgCluster {
         };
         cluster.run(
             "initdb",
-            &["-D", path(&data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--no-instructions"],
+            &[
+                "-D",
+                path(&data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
         )?;
         // Ports can race with other processes; retry a few times.
         let mut last_err = None;
@@ -116,7 +138,21 @@ impl PgCluster {
                 dir.display()
             );
             let log = dir.join("postgres.log");
-            match cluster.run("pg_ctl", &["-D", path(&data), "-o", &opts, "-l", path(&log), "-w", "-t", "60", "start"]) {
+            match cluster.run(
+                "pg_ctl",
+                &[
+                    "-D",
+                    path(&data),
+                    "-o",
+                    &opts,
+                    "-l",
+                    path(&log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+            ) {
                 Ok(()) => {
                     cluster.port = port;
                     last_err = None;
@@ -137,9 +173,17 @@ impl PgCluster {
     fn spawn_reaper(&self, data: &Path, dir: &Path) -> Result<()> {
         let pg_ctl = self.bin.join("pg_ctl");
         let stop = if self.as_postgres {
-            format!("runuser -u postgres -- {} -D {} -m immediate stop", pg_ctl.display(), data.display())
+            format!(
+                "runuser -u postgres -- {} -D {} -m immediate stop",
+                pg_ctl.display(),
+                data.display()
+            )
         } else {
-            format!("{} -D {} -m immediate stop", pg_ctl.display(), data.display())
+            format!(
+                "{} -D {} -m immediate stop",
+                pg_ctl.display(),
+                data.display()
+            )
         };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
@@ -166,7 +210,11 @@ impl PgCluster {
         } else {
             Command::new(&exe)
         };
-        let out = cmd.args(args).current_dir("/").stdin(Stdio::null()).output()?;
+        let out = cmd
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .output()?;
         if !out.status.success() {
             bail!(
                 "{tool} failed: {}{}",
@@ -186,8 +234,11 @@ impl PgCluster {
         let n = self.next_db.fetch_add(1, Ordering::SeqCst);
         let name = format!("t{}_{n}", std::process::id());
         let port = self.port.to_string();
-        self.run("createdb", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", &name])
-            .expect("createdb");
+        self.run(
+            "createdb",
+            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", &name],
+        )
+        .expect("createdb");
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 }

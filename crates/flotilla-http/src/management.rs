@@ -1,0 +1,572 @@
+//! The management API: `/api/fleet/...` resources for operators, modelled
+//! on Kibana's Fleet API (envelopes `{"item"}` and
+//! `{"items", "total", "page", "perPage"}`).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use flotilla_domain::agent::{Agent, AgentStatus};
+use flotilla_domain::apikey::OperatorApiKey;
+use flotilla_domain::catalogue::PackageSpec;
+use flotilla_domain::enrollment::EnrollmentApiKey;
+use flotilla_domain::full_policy::FullAgentPolicy;
+use flotilla_domain::output::Output;
+use flotilla_domain::package_policy::PackagePolicy;
+use flotilla_domain::policy::AgentPolicy;
+use flotilla_service::requests::*;
+use flotilla_store::{
+    AgentFilter, EnrollmentKeyFilter, PackagePolicyFilter, Page, Paged, PolicyFilter,
+};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Operator};
+use crate::AppState;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Item<T> {
+    pub item: T,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct List<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+    pub page: u32,
+    #[serde(rename = "perPage")]
+    pub per_page: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    pub id: String,
+    pub success: bool,
+}
+
+fn item<T>(item: T) -> Json<Item<T>> {
+    Json(Item { item })
+}
+
+fn list<T>(paged: Paged<T>, page: Page) -> Json<List<T>> {
+    Json(List {
+        items: paged.items,
+        total: paged.total,
+        page: page.page,
+        per_page: page.per_page,
+    })
+}
+
+fn deleted(id: String) -> Json<Deleted> {
+    Json(Deleted { id, success: true })
+}
+
+fn page(page: Option<u32>, per_page: Option<u32>) -> ApiResult<Page> {
+    let page = page.unwrap_or(1);
+    let per_page = per_page.unwrap_or(20);
+    if page == 0 {
+        return Err(ApiError::bad_request("[page]: must be at least 1"));
+    }
+    if per_page == 0 || per_page > Page::MAX_PER_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "[perPage]: must be between 1 and {}",
+            Page::MAX_PER_PAGE
+        )));
+    }
+    Ok(Page { page, per_page })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    page: Option<u32>,
+    #[serde(rename = "perPage")]
+    #[param(rename = "perPage")]
+    per_page: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PolicyQuery {
+    page: Option<u32>,
+    #[serde(rename = "perPage")]
+    #[param(rename = "perPage")]
+    per_page: Option<u32>,
+    /// Case-insensitive substring of the name.
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PackagePolicyQuery {
+    page: Option<u32>,
+    #[serde(rename = "perPage")]
+    #[param(rename = "perPage")]
+    per_page: Option<u32>,
+    policy_id: Option<String>,
+    package: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EnrollmentKeyQuery {
+    page: Option<u32>,
+    #[serde(rename = "perPage")]
+    #[param(rename = "perPage")]
+    per_page: Option<u32>,
+    policy_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AgentQuery {
+    page: Option<u32>,
+    #[serde(rename = "perPage")]
+    #[param(rename = "perPage")]
+    per_page: Option<u32>,
+    policy_id: Option<String>,
+    status: Option<AgentStatus>,
+    tag: Option<String>,
+    /// Include unenrolled agents.
+    #[serde(rename = "showInactive")]
+    #[param(rename = "showInactive")]
+    show_inactive: Option<bool>,
+}
+
+/// An enrollment key as created: the only time its token is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrollmentKeyWithToken {
+    #[serde(flatten)]
+    pub key: EnrollmentApiKey,
+    /// The enrollment token, `base64(id:secret)`. Shown once, never stored.
+    pub api_key: String,
+}
+
+/// An operator API key as created: the only time its secret is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatorKeyWithSecret {
+    #[serde(flatten)]
+    pub key: OperatorApiKey,
+    /// Use as `Authorization: ApiKey <api_key>`. Shown once, never stored.
+    pub api_key: String,
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_outputs, create_output))
+        .routes(routes!(get_output, update_output, delete_output))
+        .routes(routes!(list_policies, create_policy))
+        .routes(routes!(get_policy, update_policy, delete_policy))
+        .routes(routes!(get_full_policy))
+        .routes(routes!(list_package_policies, create_package_policy))
+        .routes(routes!(
+            get_package_policy,
+            update_package_policy,
+            delete_package_policy
+        ))
+        .routes(routes!(list_packages))
+        .routes(routes!(list_enrollment_keys, create_enrollment_key))
+        .routes(routes!(get_enrollment_key, revoke_enrollment_key))
+        .routes(routes!(list_agents))
+        .routes(routes!(get_agent, update_agent))
+        .routes(routes!(unenroll_agent))
+        .routes(routes!(reassign_agent))
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(revoke_api_key))
+}
+
+// --- outputs -------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/fleet/outputs", tag = "outputs", params(PageQuery),
+    responses((status = 200, body = List<Output>), (status = 401, body = ErrorBody)))]
+async fn list_outputs(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<List<Output>>> {
+    let p = page(q.page, q.per_page)?;
+    Ok(list(s.services.management().list_outputs(p).await?, p))
+}
+
+#[utoipa::path(post, path = "/api/fleet/outputs", tag = "outputs", request_body = CreateOutput,
+    responses((status = 200, body = Item<Output>), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_output(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CreateOutput>,
+) -> ApiResult<Json<Item<Output>>> {
+    Ok(item(s.services.management().create_output(req).await?))
+}
+
+#[utoipa::path(get, path = "/api/fleet/outputs/{id}", tag = "outputs",
+    responses((status = 200, body = Item<Output>), (status = 404, body = ErrorBody)))]
+async fn get_output(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<Output>>> {
+    Ok(item(s.services.management().get_output(&id).await?))
+}
+
+#[utoipa::path(put, path = "/api/fleet/outputs/{id}", tag = "outputs", request_body = UpdateOutput,
+    responses((status = 200, body = Item<Output>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_output(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateOutput>,
+) -> ApiResult<Json<Item<Output>>> {
+    Ok(item(s.services.management().update_output(&id, req).await?))
+}
+
+#[utoipa::path(delete, path = "/api/fleet/outputs/{id}", tag = "outputs",
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_output(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Deleted>> {
+    s.services.management().delete_output(&id).await?;
+    Ok(deleted(id))
+}
+
+// --- agent policies ------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/fleet/agent_policies", tag = "agent policies", params(PolicyQuery),
+    responses((status = 200, body = List<AgentPolicy>)))]
+async fn list_policies(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<PolicyQuery>,
+) -> ApiResult<Json<List<AgentPolicy>>> {
+    let p = page(q.page, q.per_page)?;
+    let filter = PolicyFilter { name: q.name };
+    Ok(list(
+        s.services.management().list_policies(&filter, p).await?,
+        p,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/fleet/agent_policies", tag = "agent policies", request_body = CreateAgentPolicy,
+    responses((status = 200, body = Item<AgentPolicy>), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CreateAgentPolicy>,
+) -> ApiResult<Json<Item<AgentPolicy>>> {
+    Ok(item(s.services.management().create_policy(req).await?))
+}
+
+#[utoipa::path(get, path = "/api/fleet/agent_policies/{id}", tag = "agent policies",
+    responses((status = 200, body = Item<AgentPolicy>), (status = 404, body = ErrorBody)))]
+async fn get_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<AgentPolicy>>> {
+    Ok(item(s.services.management().get_policy(&id).await?))
+}
+
+#[utoipa::path(put, path = "/api/fleet/agent_policies/{id}", tag = "agent policies", request_body = UpdateAgentPolicy,
+    responses((status = 200, body = Item<AgentPolicy>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateAgentPolicy>,
+) -> ApiResult<Json<Item<AgentPolicy>>> {
+    Ok(item(s.services.management().update_policy(&id, req).await?))
+}
+
+#[utoipa::path(delete, path = "/api/fleet/agent_policies/{id}", tag = "agent policies",
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Deleted>> {
+    s.services.management().delete_policy(&id).await?;
+    Ok(deleted(id))
+}
+
+#[utoipa::path(get, path = "/api/fleet/agent_policies/{id}/full", tag = "agent policies",
+    responses((status = 200, body = Item<FullAgentPolicy>), (status = 404, body = ErrorBody)))]
+async fn get_full_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<FullAgentPolicy>>> {
+    Ok(item(s.services.full_policy(&id).await?))
+}
+
+// --- integrations --------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/fleet/package_policies", tag = "integrations", params(PackagePolicyQuery),
+    responses((status = 200, body = List<PackagePolicy>)))]
+async fn list_package_policies(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<PackagePolicyQuery>,
+) -> ApiResult<Json<List<PackagePolicy>>> {
+    let p = page(q.page, q.per_page)?;
+    let filter = PackagePolicyFilter {
+        policy_id: q.policy_id,
+        package_name: q.package,
+    };
+    Ok(list(
+        s.services
+            .management()
+            .list_package_policies(&filter, p)
+            .await?,
+        p,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/fleet/package_policies", tag = "integrations", request_body = CreatePackagePolicy,
+    responses((status = 200, body = Item<PackagePolicy>), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_package_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CreatePackagePolicy>,
+) -> ApiResult<Json<Item<PackagePolicy>>> {
+    Ok(item(
+        s.services.management().create_package_policy(req).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/fleet/package_policies/{id}", tag = "integrations",
+    responses((status = 200, body = Item<PackagePolicy>), (status = 404, body = ErrorBody)))]
+async fn get_package_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<PackagePolicy>>> {
+    Ok(item(s.services.management().get_package_policy(&id).await?))
+}
+
+#[utoipa::path(put, path = "/api/fleet/package_policies/{id}", tag = "integrations", request_body = UpdatePackagePolicy,
+    responses((status = 200, body = Item<PackagePolicy>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_package_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdatePackagePolicy>,
+) -> ApiResult<Json<Item<PackagePolicy>>> {
+    Ok(item(
+        s.services
+            .management()
+            .update_package_policy(&id, req)
+            .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/fleet/package_policies/{id}", tag = "integrations",
+    responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
+async fn delete_package_policy(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Deleted>> {
+    s.services.management().delete_package_policy(&id).await?;
+    Ok(deleted(id))
+}
+
+#[utoipa::path(get, path = "/api/fleet/epm/packages", tag = "integrations",
+    responses((status = 200, description = "The built-in integration catalogue", body = Vec<PackageSpec>)))]
+async fn list_packages(_: Operator, State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "items": s.services.catalogue.packages }))
+}
+
+// --- enrollment keys -----------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/fleet/enrollment_api_keys", tag = "enrollment keys", params(EnrollmentKeyQuery),
+    responses((status = 200, body = List<EnrollmentApiKey>)))]
+async fn list_enrollment_keys(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<EnrollmentKeyQuery>,
+) -> ApiResult<Json<List<EnrollmentApiKey>>> {
+    let p = page(q.page, q.per_page)?;
+    let filter = EnrollmentKeyFilter {
+        policy_id: q.policy_id,
+    };
+    Ok(list(
+        s.services
+            .management()
+            .list_enrollment_keys(&filter, p)
+            .await?,
+        p,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/fleet/enrollment_api_keys", tag = "enrollment keys", request_body = CreateEnrollmentKey,
+    responses((status = 200, body = Item<EnrollmentKeyWithToken>), (status = 400, body = ErrorBody)))]
+async fn create_enrollment_key(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CreateEnrollmentKey>,
+) -> ApiResult<Json<Item<EnrollmentKeyWithToken>>> {
+    let (key, token) = s.services.management().create_enrollment_key(req).await?;
+    Ok(item(EnrollmentKeyWithToken {
+        key,
+        api_key: token.expose_secret().to_owned(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/fleet/enrollment_api_keys/{id}", tag = "enrollment keys",
+    responses((status = 200, body = Item<EnrollmentApiKey>), (status = 404, body = ErrorBody)))]
+async fn get_enrollment_key(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<EnrollmentApiKey>>> {
+    Ok(item(s.services.management().get_enrollment_key(&id).await?))
+}
+
+/// Revokes the key: it can no longer enrol agents.
+#[utoipa::path(delete, path = "/api/fleet/enrollment_api_keys/{id}", tag = "enrollment keys",
+    responses((status = 200, body = Item<EnrollmentApiKey>), (status = 404, body = ErrorBody)))]
+async fn revoke_enrollment_key(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<EnrollmentApiKey>>> {
+    Ok(item(
+        s.services.management().revoke_enrollment_key(&id).await?,
+    ))
+}
+
+// --- agents --------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/fleet/agents", tag = "agents", params(AgentQuery),
+    responses((status = 200, body = List<Agent>), (status = 400, body = ErrorBody)))]
+async fn list_agents(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<AgentQuery>,
+) -> ApiResult<Json<List<Agent>>> {
+    let p = page(q.page, q.per_page)?;
+    let filter = AgentFilter {
+        policy_id: q.policy_id,
+        status: q.status,
+        tag: q.tag,
+        show_inactive: q.show_inactive.unwrap_or(false),
+    };
+    Ok(list(
+        s.services.management().list_agents(&filter, p).await?,
+        p,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/fleet/agents/{id}", tag = "agents",
+    responses((status = 200, body = Item<Agent>), (status = 404, body = ErrorBody)))]
+async fn get_agent(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<Agent>>> {
+    Ok(item(s.services.management().get_agent(&id).await?))
+}
+
+#[utoipa::path(put, path = "/api/fleet/agents/{id}", tag = "agents", request_body = UpdateAgent,
+    responses((status = 200, body = Item<Agent>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_agent(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateAgent>,
+) -> ApiResult<Json<Item<Agent>>> {
+    Ok(item(s.services.management().update_agent(&id, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/fleet/agents/{id}/unenroll", tag = "agents", request_body = Option<UnenrollAgent>,
+    responses((status = 200, body = Item<Agent>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn unenroll_agent(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Item<Agent>>> {
+    // The body is optional: `{}` or nothing both mean "ask the agent".
+    let req = if body.iter().all(u8::is_ascii_whitespace) {
+        UnenrollAgent::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    Ok(item(
+        s.services.management().unenroll_agent(&id, req).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/fleet/agents/{id}/reassign", tag = "agents", request_body = ReassignAgent,
+    responses((status = 200, body = Item<Agent>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn reassign_agent(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ReassignAgent>,
+) -> ApiResult<Json<Item<Agent>>> {
+    Ok(item(
+        s.services.management().reassign_agent(&id, req).await?,
+    ))
+}
+
+// --- operator API keys -----------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/flotilla/api_keys", tag = "api keys", params(PageQuery),
+    responses((status = 200, body = List<OperatorApiKey>)))]
+async fn list_api_keys(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<List<OperatorApiKey>>> {
+    let p = page(q.page, q.per_page)?;
+    Ok(list(
+        s.services.management().list_operator_keys(p).await?,
+        p,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/flotilla/api_keys", tag = "api keys", request_body = CreateOperatorKey,
+    responses((status = 200, body = Item<OperatorKeyWithSecret>), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_api_key(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CreateOperatorKey>,
+) -> ApiResult<Json<Item<OperatorKeyWithSecret>>> {
+    let (key, secret) = s.services.management().create_operator_key(req).await?;
+    Ok(item(OperatorKeyWithSecret {
+        key,
+        api_key: secret.expose_secret().to_owned(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/flotilla/api_keys/{id}", tag = "api keys",
+    responses((status = 200, body = Item<OperatorApiKey>), (status = 404, body = ErrorBody)))]
+async fn revoke_api_key(
+    Operator(me): Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<OperatorApiKey>>> {
+    if me.id == id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "an API key cannot revoke itself",
+        ));
+    }
+    Ok(item(
+        s.services.management().revoke_operator_key(&id).await?,
+    ))
+}

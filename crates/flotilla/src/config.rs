@@ -1,0 +1,291 @@
+//! Server configuration: defaults, then the YAML file, then `FLOTILLA_…`
+//! environment variables (nested keys joined with `__`, e.g.
+//! `FLOTILLA_HTTP__MAX_BODY_BYTES`), then command-line flags.
+//! `flotilla.reference.yml` documents every key; a unit test keeps the two
+//! in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Top-level keys; environment variables for anything else (such as the
+/// CLI's `FLOTILLA_URL`) are not configuration.
+const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "admin_api_key",
+    "log",
+    "http",
+];
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Directory of the embedded SQLite database.
+    pub data_dir: PathBuf,
+    /// `postgres://…`: use PostgreSQL instead of SQLite.
+    pub database_url: Option<String>,
+    /// The first operator API key (at least 32 characters).
+    pub admin_api_key: Option<String>,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database_url",
+                &self
+                    .database_url
+                    .as_deref()
+                    .map(flotilla_store_sql::redact_url),
+            )
+            .field("admin_api_key", &self.admin_api_key.as_ref().map(|_| "***"))
+            .field("log", &self.log)
+            .field("http", &self.http)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `flotilla=debug,info`); RUST_LOG wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a (non-long-poll) request may take.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests served at once; more are refused with 503.
+    pub max_concurrent_requests: usize,
+    /// On shutdown, how long open requests may finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8220".parse().expect("valid default address"),
+            data_dir: PathBuf::from("./flotilla-data"),
+            database_url: None,
+            admin_api_key: None,
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Pretty,
+            },
+            http: HttpConfig {
+                max_body_bytes: 1024 * 1024,
+                request_timeout: Duration::from_secs(60),
+                max_concurrent_requests: 1024,
+                shutdown_drain: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+/// Values given as command-line flags: they override everything else.
+#[derive(Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    pub fn load(file: Option<&std::path::Path>, flags: &FlagOverrides) -> Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Yaml::file_exact(file));
+        }
+        let env = Env::prefixed("FLOTILLA_")
+            .filter(|key| {
+                let top = key.as_str().split("__").next().unwrap_or("");
+                KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+            })
+            .split("__");
+        let config: Config = figment
+            .merge(env)
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(key) = &self.admin_api_key {
+            if key.chars().count() < 32 {
+                bail!("invalid configuration: admin_api_key (FLOTILLA_ADMIN_API_KEY) must be at least 32 characters");
+            }
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                bail!("invalid configuration: database_url must be a postgres:// URL");
+            }
+        }
+        if self.http.max_body_bytes < 1024 {
+            bail!("invalid configuration: http.max_body_bytes must be at least 1024");
+        }
+        if self.http.max_concurrent_requests == 0 {
+            bail!("invalid configuration: http.max_concurrent_requests must be at least 1");
+        }
+        if self.http.request_timeout.is_zero() {
+            bail!("invalid configuration: http.request_timeout must be positive");
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            bail!(
+                "invalid configuration: log.level '{}' is not a valid filter",
+                self.log.level
+            );
+        }
+        Ok(())
+    }
+}
+
+/// figment's errors name the key; make each one a line.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let mut msg = e.kind.to_string();
+            if !key.is_empty() {
+                msg = format!("{key}: {msg}");
+            }
+            if let Some(source) = &e.metadata {
+                msg.push_str(&format!(" (from {})", source.name));
+            }
+            msg
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_apply_without_a_file() {
+        Jail::expect_with(|_| {
+            let c = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert_eq!(c.listen.to_string(), "127.0.0.1:8220");
+            assert_eq!(c.data_dir, PathBuf::from("./flotilla-data"));
+            assert!(c.database_url.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "f.yml",
+                "listen: 127.0.0.1:9000\nhttp:\n  max_body_bytes: 4096\n",
+            )?;
+            jail.set_env("FLOTILLA_HTTP__MAX_BODY_BYTES", "8192");
+            jail.set_env("FLOTILLA_URL", "http://ignored");
+            jail.set_env("FLOTILLA_DATABASE_URL", "postgres://u@h/db");
+            let c = Config::load(Some("f.yml".as_ref()), &FlagOverrides::default()).unwrap();
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.http.max_body_bytes, 8192);
+            assert_eq!(c.database_url.as_deref(), Some("postgres://u@h/db"));
+            let flags = FlagOverrides {
+                listen: Some("127.0.0.1:1".parse().unwrap()),
+                ..Default::default()
+            };
+            let c = Config::load(Some("f.yml".as_ref()), &flags).unwrap();
+            assert_eq!(c.listen.port(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("f.yml", "http:\n  max_body_bytes: lots\n")?;
+            let err = Config::load(Some("f.yml".as_ref()), &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("http.max_body_bytes"), "{err}");
+
+            jail.create_file("g.yml", "listne: 1\n")?;
+            let err = Config::load(Some("g.yml".as_ref()), &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listne"), "{err}");
+
+            jail.set_env("FLOTILLA_ADMIN_API_KEY", "short");
+            let err = Config::load(None, &FlagOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("admin_api_key") && !err.contains("short"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn reference_file_documents_every_key_with_its_default() {
+        let text = include_str!("../../../flotilla.reference.yml");
+        // Uncommenting the reference gives exactly the defaults.
+        let uncommented: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("##"))
+            .map(|l| {
+                let trimmed = l.trim_start();
+                let indent = &l[..l.len() - trimmed.len()];
+                match trimmed.strip_prefix("# ") {
+                    Some(rest) => format!("{indent}{rest}"),
+                    None => l.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: Config = Figment::from(Yaml::string(&uncommented)).extract().unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            serde_json::to_value(&defaults).unwrap()
+        );
+    }
+}
