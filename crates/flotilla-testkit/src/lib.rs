@@ -42,7 +42,7 @@ pub struct PgCluster {
 pub fn postgres() -> Option<&'static PgCluster> {
     static CLUSTER: OnceLock<Option<PgCluster>> = OnceLock::new();
     CLUSTER
-        .get_or_init(|| match find_bin_dir() {
+        .get_or_init(|| match find_bin_dir().or_else(install) {
             None if postgres_required() => {
                 panic!(
                     "FLOTILLA_REQUIRE_POSTGRES=1 but PostgreSQL (initdb, pg_ctl) is not installed"
@@ -55,6 +55,35 @@ pub fn postgres() -> Option<&'static PgCluster> {
             Some(bin) => Some(PgCluster::start(bin).expect("start a throwaway PostgreSQL cluster")),
         })
         .as_ref()
+}
+
+/// Install PostgreSQL from the distribution's packages where that is
+/// possible (root with apt-get), so a fresh machine can run the suite.
+fn install() -> Option<PathBuf> {
+    if !is_root() || Command::new("apt-get").arg("--version").output().is_err() {
+        return None;
+    }
+    eprintln!("PostgreSQL not found: installing it with apt-get");
+    let quiet = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let _ = quiet(&["update", "-q"]);
+    if !quiet(&[
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "postgresql",
+    ]) {
+        return None;
+    }
+    find_bin_dir()
 }
 
 fn find_bin_dir() -> Option<PathBuf> {

@@ -198,6 +198,8 @@ fn describe(e: figment::Error) -> String {
 }
 
 #[cfg(test)]
+// figment::Jail's closures return its (large) error type by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

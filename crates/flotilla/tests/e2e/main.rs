@@ -1,1 +1,8 @@
+//! End-to-end tests: the real `flotilla` binary, spoken to over HTTP and
+//! through its CLI. One test binary (see Cargo.toml) to keep links few.
 
+mod support;
+
+mod cli;
+mod management;
+mod server;

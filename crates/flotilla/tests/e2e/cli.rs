@@ -1,0 +1,157 @@
+//! The operator CLI against a real server: the README's walk-through, JSON
+//! output, and one-line errors.
+
+use serde_json::Value;
+
+use crate::support::{command, Server};
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_str(&ok(out)).expect("--json prints JSON")
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+#[test]
+fn readme_walkthrough() {
+    let s = Server::sqlite();
+    let table = ok(&s.cli(&[
+        "policy",
+        "create",
+        "--name",
+        "web",
+        "--id",
+        "web",
+        "--namespace",
+        "prod",
+    ]));
+    assert!(table.contains("web") && table.contains("prod"), "{table}");
+
+    let added = json(&s.cli(&[
+        "integration",
+        "add",
+        "--policy",
+        "web",
+        "--package",
+        "nginx",
+        "--json",
+    ]));
+    assert_eq!(added["package"]["name"], "nginx");
+    let logs = json(&s.cli(&[
+        "integration",
+        "add",
+        "--policy",
+        "web",
+        "--package",
+        "log",
+        "--name",
+        "app",
+        "--var",
+        r#"paths=["/var/log/app.log"]"#,
+        "--var",
+        "dataset=app",
+        "--json",
+    ]));
+    assert_eq!(logs["vars"]["paths"][0], "/var/log/app.log");
+
+    let token = json(&s.cli(&["token", "create", "--policy", "web", "--json"]));
+    assert!(token["api_key"].as_str().unwrap().len() > 30);
+    let listed = json(&s.cli(&["token", "list", "--json"]));
+    assert_eq!(listed["total"], 1);
+
+    let policies = json(&s.cli(&["policy", "list", "--json"]));
+    assert_eq!(policies["items"][0]["revision"], 3);
+    let full = json(&s.cli(&["policy", "show", "web", "--full"]));
+    let perms = &full["output_permissions"]["fleet-default-output"];
+    assert_eq!(perms["app"]["indices"][0]["names"][0], "logs-app-prod");
+
+    let ints = ok(&s.cli(&["integration", "list", "--policy", "web"]));
+    assert!(ints.contains("nginx") && ints.contains("app"), "{ints}");
+    let outputs = ok(&s.cli(&["output", "list"]));
+    assert!(outputs.contains("fleet-default-output"), "{outputs}");
+    let agents = json(&s.cli(&["agents", "list", "--json"]));
+    assert_eq!(agents["total"], 0);
+    let packages = ok(&s.cli(&["integration", "packages"]));
+    assert!(
+        packages.contains("nginx") && packages.contains("system"),
+        "{packages}"
+    );
+
+    let key = json(&s.cli(&["apikey", "create", "--name", "automation", "--json"]));
+    assert!(key["api_key"].is_string());
+}
+
+#[test]
+fn errors_are_one_line_with_a_non_zero_exit() {
+    let s = Server::sqlite();
+    let err = one_line_error(&s.cli(&["policy", "show", "nope"]));
+    assert!(err.contains("not found") && err.contains("404"), "{err}");
+    let err = one_line_error(&s.cli(&["policy", "create", "--name", "x", "--namespace", "Bad-NS"]));
+    assert!(err.contains("namespace"), "{err}");
+    let err = one_line_error(&s.cli(&[
+        "integration",
+        "add",
+        "--policy",
+        "p",
+        "--package",
+        "nginx",
+        "--var",
+        "oops",
+    ]));
+    assert!(err.contains("KEY=VALUE"), "{err}");
+
+    let err = one_line_error(
+        &command()
+            .args(["policy", "list"])
+            .env("FLOTILLA_URL", &s.url)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("API key"), "{err}");
+    let err = one_line_error(
+        &command()
+            .args(["policy", "list", "--api-key", "wrong"])
+            .env("FLOTILLA_URL", &s.url)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("401"), "{err}");
+    let port = flotilla_testkit::free_port();
+    let err = one_line_error(
+        &command()
+            .args([
+                "policy",
+                "list",
+                "--api-key",
+                "k",
+                "--url",
+                &format!("http://127.0.0.1:{port}"),
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("cannot reach"), "{err}");
+
+    let out = command().args(["policy", "frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
+}

@@ -1,0 +1,295 @@
+//! Starting the real server binary and talking to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+pub const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdefghijklmnop";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flotilla")
+}
+
+/// A command for the binary with no inherited Flotilla settings.
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLOTILLA_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// Which storage engine a server runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Server {
+    pub url: String,
+    pub key: String,
+    pub data_dir: PathBuf,
+    /// Lines the server printed on stdout before it was ready.
+    pub banner: Vec<String>,
+    child: Child,
+    http: reqwest::Client,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct Builder {
+    engine: Engine,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    admin_key: Option<String>,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+impl Builder {
+    pub fn engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
+    }
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_owned());
+        self
+    }
+    pub fn no_admin_key(mut self) -> Self {
+        self.admin_key = None;
+        self
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    /// `None` when the engine is PostgreSQL and it is not installed (and
+    /// not required).
+    pub fn start(self) -> Option<Server> {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("data"));
+        let mut cmd = command();
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir);
+        if self.engine == Engine::Postgres {
+            let url = match self.database_url.clone() {
+                Some(u) => u,
+                None => flotilla_testkit::postgres()?.create_database(),
+            };
+            cmd.args(["--database-url", &url]);
+        }
+        cmd.args(&self.args);
+        if let Some(key) = &self.admin_key {
+            cmd.env("FLOTILLA_ADMIN_API_KEY", key);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn flotilla server");
+        let (addr, banner) = wait_ready(&mut child);
+        let key = self
+            .admin_key
+            .clone()
+            .or_else(|| {
+                banner
+                    .iter()
+                    .find_map(|l| l.split(": ").nth(1).map(str::to_owned))
+            })
+            .unwrap_or_default();
+        Some(Server {
+            url: format!("http://{addr}"),
+            key,
+            data_dir,
+            banner,
+            child,
+            http: reqwest::Client::new(),
+            _tmp: Some(tmp),
+        })
+    }
+}
+
+/// Read stdout until the ready line, under a deadline; on failure show
+/// what the server said.
+fn wait_ready(child: &mut Child) -> (String, Vec<String>) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut banner = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(Ok((addr.to_owned(), banner.clone())));
+                // Keep draining so the server never blocks on a full pipe.
+                continue;
+            }
+            banner.push(line);
+        }
+        let _ = tx.send(Err(banner));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(ready)) => ready,
+        other => {
+            let _ = child.kill();
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut stderr);
+            }
+            panic!("server did not become ready: {other:?}\nstderr:\n{stderr}");
+        }
+    }
+}
+
+impl Server {
+    pub fn builder() -> Builder {
+        Builder {
+            engine: Engine::Sqlite,
+            data_dir: None,
+            database_url: None,
+            admin_key: Some(ADMIN_KEY.into()),
+            env: vec![],
+            args: vec![],
+        }
+    }
+
+    pub fn sqlite() -> Server {
+        Self::builder().start().unwrap()
+    }
+
+    pub fn sqlite_at(data_dir: &Path, admin_key: &str) -> Server {
+        let mut b = Self::builder().data_dir(data_dir);
+        b.admin_key = Some(admin_key.to_owned());
+        b.start().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the process to exit by itself; its exit code.
+    pub fn wait(mut self) -> Option<i32> {
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_with_key(method, path, body, Some(&self.key))
+            .await
+    }
+
+    pub async fn call_with_key(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(key) = key {
+            req = req.header("authorization", format!("ApiKey {key}"));
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .header("authorization", format!("ApiKey {}", self.key))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// Run the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        command()
+            .args(args)
+            .env("FLOTILLA_URL", &self.url)
+            .env("FLOTILLA_API_KEY", &self.key)
+            .output()
+            .expect("run the CLI")
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Assert an error body has the contract's shape and status.
+#[track_caller]
+pub fn assert_error(resp: &(u16, Value), status: u16, message_contains: &str) {
+    let (got, body) = resp;
+    assert_eq!(*got, status, "body: {body}");
+    assert_eq!(body["statusCode"], status, "body: {body}");
+    assert!(body["error"].is_string(), "body: {body}");
+    let msg = body["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(message_contains),
+        "message {msg:?} should contain {message_contains:?}"
+    );
+}
