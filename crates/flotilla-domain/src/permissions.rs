@@ -209,3 +209,133 @@ mod tests {
         assert!(compute("prod", &[p], Catalogue::builtin()).is_empty());
     }
 }
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+impl Permissions {
+    /// Whether any role grants `privilege` on `index` (patterns may use `*`).
+    pub fn allows(&self, index: &str, privilege: &str) -> bool {
+        self.0.values().flat_map(|r| &r.indices).any(|p| {
+            p.privileges.iter().any(|x| x == privilege || x == "all")
+                && p.names.iter().any(|n| glob_match(n, index))
+        })
+    }
+}
+
+/// What the server may grant at most: index patterns × privileges. A
+/// permissions block may only name indices (patterns included) that a
+/// ceiling entry's pattern covers, with privileges that entry lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Ceiling(pub Vec<IndexPermission>);
+
+impl Default for Ceiling {
+    fn default() -> Self {
+        Ceiling(vec![IndexPermission {
+            names: ["logs-*", "metrics-*", "traces-*", "synthetics-*"]
+                .map(String::from)
+                .to_vec(),
+            privileges: ["auto_configure", "create_doc"].map(String::from).to_vec(),
+        }])
+    }
+}
+
+impl Ceiling {
+    /// The (index, privilege) pairs of `perms` the ceiling does not cover;
+    /// empty when everything is within it.
+    pub fn excess(&self, perms: &Permissions) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for role in perms.0.values() {
+            for entry in &role.indices {
+                for name in &entry.names {
+                    for privilege in &entry.privileges {
+                        let covered = self.0.iter().any(|c| {
+                            c.privileges.iter().any(|p| p == privilege || p == "all")
+                                && c.names.iter().any(|pattern| glob_match(pattern, name))
+                        });
+                        if !covered {
+                            out.push((name.clone(), privilege.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+#[cfg(test)]
+mod ceiling_tests {
+    use super::*;
+
+    fn perms(names: &[&str], privileges: &[&str]) -> Permissions {
+        Permissions(BTreeMap::from([(
+            "i".to_string(),
+            RoleDescriptor {
+                indices: vec![IndexPermission {
+                    names: names.iter().map(|s| s.to_string()).collect(),
+                    privileges: privileges.iter().map(|s| s.to_string()).collect(),
+                }],
+            },
+        )]))
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("logs-*", "logs-nginx.access-prod"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("logs-*", "metrics-x"));
+        assert!(!glob_match("logs", "logs-x"));
+    }
+
+    #[test]
+    fn ceiling_names_the_excess() {
+        let c = Ceiling::default();
+        assert!(c
+            .excess(&perms(&["logs-nginx.access-prod"], &["create_doc"]))
+            .is_empty());
+        assert_eq!(
+            c.excess(&perms(&["logs-a-b", "secret-x"], &["create_doc", "read"])),
+            vec![
+                ("logs-a-b".into(), "read".into()),
+                ("secret-x".into(), "create_doc".into()),
+                ("secret-x".into(), "read".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn allows_checks_patterns_and_privileges() {
+        let p = perms(&["logs-nginx*-prod"], &["create_doc"]);
+        assert!(p.allows("logs-nginx.access-prod", "create_doc"));
+        assert!(!p.allows("logs-nginx.access-prod", "read"));
+        assert!(!p.allows("logs-other-prod", "create_doc"));
+    }
+}

@@ -4,12 +4,19 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::broadcast;
 
 use crate::migrate::{MigrationError, MIGRATOR};
 
+/// The channel change events travel on between instances.
+const CHANNEL: &str = "flotilla_events";
+
 pub struct PgStore {
     pool: PgPool,
+    /// Fed by this instance's LISTEN connection, which hears every
+    /// instance's NOTIFY (this one's included).
+    events: broadcast::Sender<StoreEvent>,
 }
 
 impl PgStore {
@@ -21,7 +28,30 @@ impl PgStore {
             .await
             .map_err(MigrationError::Connect)?;
         MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool })
+        let (events, _) = broadcast::channel(1024);
+        let mut listener = PgListener::connect_with(&pool)
+            .await
+            .map_err(MigrationError::Connect)?;
+        listener
+            .listen(CHANNEL)
+            .await
+            .map_err(MigrationError::Connect)?;
+        tokio::spawn(relay(listener, events.clone()));
+        Ok(PgStore { pool, events })
+    }
+
+    /// NOTIFY is a hint: a failure to send is logged, and waiters re-read
+    /// on their own timers anyway.
+    async fn publish(&self, event: StoreEvent) {
+        let payload = serde_json::to_string(&event).expect("events serialise");
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not publish a change event");
+        }
     }
 
     fn write_pool(&self) -> &PgPool {
@@ -30,6 +60,29 @@ impl PgStore {
 
     async fn begin_write(&self) -> flotilla_store::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
         self.pool.begin().await.map_err(crate::rows::other)
+    }
+}
+
+/// Relay notifications to local subscribers. Notifications sent while the
+/// connection was down are lost, so a reconnect tells everyone to re-read.
+async fn relay(mut listener: PgListener, events: broadcast::Sender<StoreEvent>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(n)) => match serde_json::from_str::<StoreEvent>(n.payload()) {
+                Ok(event) => {
+                    let _ = events.send(event);
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed change event"),
+            },
+            Ok(None) => {
+                let _ = events.send(StoreEvent::Resync);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "change-event listener failed; retrying");
+                let _ = events.send(StoreEvent::Resync);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -228,3 +228,107 @@ impl AgentRow {
         })
     }
 }
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct FleetAgentRow {
+    id: String,
+    policy_id: String,
+    active: bool,
+    policy_revision: Option<i64>,
+    access_api_key_id: Option<String>,
+    output_api_key_id: Option<String>,
+    output_api_key_sealed: Option<String>,
+    output_permissions_hash: Option<String>,
+    output_key_policy_id: Option<String>,
+    output_key_revision: Option<i64>,
+    enrollment_id: Option<String>,
+    replace_token_hash: Option<String>,
+    last_checkin: Option<i64>,
+    audit_unenrolled_reason: Option<String>,
+}
+
+pub(crate) const FLEET_AGENT_COLS: &str = "id, policy_id, active, policy_revision, access_api_key_id, \
+    output_api_key_id, output_api_key_sealed, output_permissions_hash, output_key_policy_id, output_key_revision, \
+    enrollment_id, replace_token_hash, last_checkin, audit_unenrolled_reason";
+
+impl From<FleetAgentRow> for flotilla_store::FleetAgent {
+    fn from(r: FleetAgentRow) -> Self {
+        flotilla_store::FleetAgent {
+            id: r.id,
+            policy_id: r.policy_id,
+            active: r.active,
+            policy_revision: r.policy_revision,
+            access_api_key_id: r.access_api_key_id,
+            output_api_key_id: r.output_api_key_id,
+            output_api_key_sealed: r.output_api_key_sealed,
+            output_permissions_hash: r.output_permissions_hash,
+            output_key_policy_id: r.output_key_policy_id,
+            output_key_revision: r.output_key_revision,
+            enrollment_id: r.enrollment_id,
+            replace_token_hash: r.replace_token_hash,
+            last_checkin: r.last_checkin.map(from_ms),
+            audit_unenrolled_reason: r.audit_unenrolled_reason,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ApiKeyRow {
+    id: String,
+    name: String,
+    kind: String,
+    agent_id: Option<String>,
+    secret_hash: String,
+    role_descriptors: String,
+    metadata: String,
+    created_at: i64,
+    retire_pending: bool,
+    invalidated_at: Option<i64>,
+}
+
+pub(crate) const API_KEY_COLS: &str =
+    "id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, retire_pending, invalidated_at";
+
+impl TryFrom<ApiKeyRow> for flotilla_store::ApiKeyRecord {
+    type Error = StoreError;
+    fn try_from(r: ApiKeyRow) -> Result<Self, StoreError> {
+        Ok(flotilla_store::ApiKeyRecord {
+            role_descriptors: json("key role descriptors", &r.role_descriptors)?,
+            metadata: json("key metadata", &r.metadata)?,
+            id: r.id,
+            name: r.name,
+            kind: r.kind,
+            agent_id: r.agent_id,
+            secret_hash: r.secret_hash,
+            created_at: from_ms(r.created_at),
+            retire_pending: r.retire_pending,
+            invalidated_at: r.invalidated_at.map(from_ms),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ActionRow {
+    id: String,
+    action_type: String,
+    data: String,
+    created_at: i64,
+    expiration: Option<i64>,
+}
+
+impl ActionRow {
+    pub(crate) fn into_action(
+        self,
+        agents: Vec<String>,
+    ) -> Result<flotilla_domain::action::Action, StoreError> {
+        Ok(flotilla_domain::action::Action {
+            action_type: flotilla_domain::action::ActionType::parse(&self.action_type)
+                .ok_or_else(|| corrupt("action type", &self.action_type))?,
+            data: json("action data", &self.data)?,
+            id: self.id,
+            created_at: from_ms(self.created_at),
+            expiration: self.expiration.map(from_ms),
+            agents,
+        })
+    }
+}

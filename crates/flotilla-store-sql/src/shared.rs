@@ -56,9 +56,11 @@ macro_rules! impl_store {
         use flotilla_domain::output::{NewOutput, Output, OutputUpdate};
         use flotilla_domain::package_policy::{NewPackagePolicy, PackagePolicy};
         use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
+        use flotilla_domain::action::{Action, ActionType};
         use flotilla_store::{
-            AgentFilter, EnrollmentKeyFilter, NewAgent, Page, Paged, PackagePolicyFilter, PolicyFilter,
-            Result, Store, StoreError,
+            ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, FleetAgent, NewAction,
+            NewAgent, OutputKeyChange, Page, Paged, PackagePolicyFilter, PolicyFilter, Result, Store, StoreError,
+            StoreEvent,
         };
 
         use crate::rows::*;
@@ -184,6 +186,58 @@ macro_rules! impl_store {
                 .map_err(other)?
                 .ok_or_else(|| StoreError::NotFound(format!("integration '{id}'")))?
                 .try_into()
+        }
+
+        async fn insert_key(tx: &mut Tx<'_>, key: &ApiKeyRecord) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO api_keys (id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, \
+                 retire_pending, invalidated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&key.id)
+            .bind(&key.name)
+            .bind(&key.kind)
+            .bind(&key.agent_id)
+            .bind(&key.secret_hash)
+            .bind(to_json(&key.role_descriptors))
+            .bind(to_json(&key.metadata))
+            .bind(ms(key.created_at))
+            .bind(key.retire_pending)
+            .bind(key.invalidated_at.map(ms))
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db_err(e, || format!("API key '{}' already exists", key.id)))?;
+            Ok(())
+        }
+
+        async fn invalidate_agent_keys(tx: &mut Tx<'_>, agent_id: &str, now: i64) -> Result<()> {
+            sqlx::query("UPDATE api_keys SET invalidated_at = $2 WHERE agent_id = $1 AND invalidated_at IS NULL")
+                .bind(agent_id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(other)?;
+            Ok(())
+        }
+
+        async fn remove_agent(tx: &mut Tx<'_>, agent_id: &str, now: i64) -> Result<()> {
+            invalidate_agent_keys(tx, agent_id, now).await?;
+            for sql in [
+                "DELETE FROM action_targets WHERE agent_id = $1",
+                "DELETE FROM agent_tags WHERE agent_id = $1",
+                "DELETE FROM agents WHERE id = $1",
+            ] {
+                sqlx::query(sql).bind(agent_id).execute(&mut **tx).await.map_err(other)?;
+            }
+            Ok(())
+        }
+
+        async fn fetch_fleet_agent(tx: &mut Tx<'_>, id: &str) -> Result<Option<FleetAgent>> {
+            Ok(sqlx::query_as::<_, FleetAgentRow>(&format!("SELECT {FLEET_AGENT_COLS} FROM agents WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(other)?
+                .map(Into::into))
         }
 
         impl $store {
@@ -315,6 +369,7 @@ macro_rules! impl_store {
                 }
                 let out = fetch_output(&mut tx, id).await?;
                 tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::PolicyChanged { policy_id: None }).await;
                 Ok(out)
             }
 
@@ -401,6 +456,7 @@ macro_rules! impl_store {
                 }
                 let out = fetch_output(&mut tx, id).await?;
                 tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::PolicyChanged { policy_id: None }).await;
                 Ok(out)
             }
 
@@ -537,6 +593,7 @@ macro_rules! impl_store {
                 .map_err(|e| db_err(e, || format!("an agent policy named '{}' already exists", p.name)))?;
                 let policy = fetch_policy(&mut tx, id).await?;
                 tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::PolicyChanged { policy_id: Some(id.to_owned()) }).await;
                 Ok(policy)
             }
 
@@ -576,6 +633,7 @@ macro_rules! impl_store {
                 bump_policy(&mut tx, &new.policy_id, now).await?;
                 let pp = fetch_package_policy(&mut tx, &new.id).await?;
                 tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::PolicyChanged { policy_id: Some(new.policy_id.clone()) }).await;
                 Ok(pp)
             }
 
@@ -641,6 +699,10 @@ macro_rules! impl_store {
                 }
                 let pp = fetch_package_policy(&mut tx, id).await?;
                 tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::PolicyChanged { policy_id: Some(old.policy_id.clone()) }).await;
+                if old.policy_id != new.policy_id {
+                    self.publish(StoreEvent::PolicyChanged { policy_id: Some(new.policy_id.clone()) }).await;
+                }
                 Ok(pp)
             }
 
@@ -655,6 +717,7 @@ macro_rules! impl_store {
                     .map_err(other)?;
                 bump_policy(&mut tx, &old.policy_id, now).await?;
                 tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::PolicyChanged { policy_id: Some(old.policy_id) }).await;
                 Ok(())
             }
 
@@ -745,13 +808,19 @@ macro_rules! impl_store {
                 let at = ms(agent.enrolled_at);
                 let mut tx = self.begin_write().await?;
                 sqlx::query(
-                    "INSERT INTO agents (id, policy_id, active, local_metadata, enrolled_at, updated_at) \
-                     VALUES ($1, $2, TRUE, $3, $4, $4)",
+                    "INSERT INTO agents (id, policy_id, active, local_metadata, enrolled_at, updated_at, \
+                     access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
+                     VALUES ($1, $2, TRUE, $3, $4, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(&agent.id)
                 .bind(&agent.policy_id)
                 .bind(to_json(&agent.local_metadata))
                 .bind(at)
+                .bind(&agent.access_api_key_id)
+                .bind(&agent.enrollment_id)
+                .bind(&agent.replace_token_hash)
+                .bind(&agent.enroll_type)
+                .bind(&agent.agent_version)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_err(e, || format!("agent '{}' already exists", agent.id)))?;
@@ -825,6 +894,7 @@ macro_rules! impl_store {
                 if done.rows_affected() == 0 {
                     return Err(self.agent_write_failed(id, now).await);
                 }
+                self.publish(StoreEvent::AgentChanged { agent_id: id.to_owned() }).await;
                 self.agent_after_write(id, now).await
             }
 
@@ -857,6 +927,370 @@ macro_rules! impl_store {
                     return Err(self.agent_write_failed(id, now).await);
                 }
                 self.agent_after_write(id, now).await
+            }
+
+            // --- fleet protocol ----------------------------------------------
+
+            fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
+                self.events.subscribe()
+            }
+
+            async fn get_fleet_agent(&self, id: &str) -> Result<Option<FleetAgent>> {
+                Ok(sqlx::query_as::<_, FleetAgentRow>(&format!("SELECT {FLEET_AGENT_COLS} FROM agents WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(other)?
+                    .map(Into::into))
+            }
+
+            async fn find_agent_by_enrollment_id(&self, enrollment_id: &str) -> Result<Option<FleetAgent>> {
+                Ok(sqlx::query_as::<_, FleetAgentRow>(&format!(
+                    "SELECT {FLEET_AGENT_COLS} FROM agents WHERE enrollment_id = $1 ORDER BY enrolled_at DESC LIMIT 1"
+                ))
+                .bind(enrollment_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(other)?
+                .map(Into::into))
+            }
+
+            async fn enroll_agent(&self, agent: &NewAgent, access_key: &ApiKeyRecord, replace: Option<&str>) -> Result<Agent> {
+                let now = ms(agent.enrolled_at);
+                let mut tx = self.begin_write().await?;
+                if !policy_exists(&mut tx, &agent.policy_id).await? {
+                    return Err(StoreError::NotFound(format!("agent policy '{}'", agent.policy_id)));
+                }
+                if let Some(old) = replace {
+                    remove_agent(&mut tx, old, now).await?;
+                }
+                insert_key(&mut tx, access_key).await?;
+                sqlx::query(
+                    "INSERT INTO agents (id, policy_id, active, local_metadata, enrolled_at, updated_at, \
+                     access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
+                     VALUES ($1, $2, TRUE, $3, $4, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&agent.id)
+                .bind(&agent.policy_id)
+                .bind(to_json(&agent.local_metadata))
+                .bind(now)
+                .bind(&agent.access_api_key_id)
+                .bind(&agent.enrollment_id)
+                .bind(&agent.replace_token_hash)
+                .bind(&agent.enroll_type)
+                .bind(&agent.agent_version)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| db_err(e, || format!("agent '{}' already exists", agent.id)))?;
+                for tag in &agent.tags {
+                    sqlx::query("INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(&agent.id)
+                        .bind(tag)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                }
+                tx.commit().await.map_err(other)?;
+                if replace.is_some() {
+                    self.publish(StoreEvent::AgentChanged { agent_id: agent.id.clone() }).await;
+                }
+                self.agent_after_write(&agent.id, agent.enrolled_at).await
+            }
+
+            async fn delete_agent(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                remove_agent(&mut tx, id, ms(now)).await?;
+                tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::AgentChanged { agent_id: id.to_owned() }).await;
+                Ok(())
+            }
+
+            async fn record_checkins(&self, batch: &[CheckinRecord]) -> Result<()> {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for c in batch {
+                    sqlx::query(
+                        "UPDATE agents SET last_checkin = $2, last_checkin_status = $3, last_checkin_message = $4, \
+                         local_metadata = COALESCE($5, local_metadata), components = COALESCE($6, components), \
+                         agent_version = COALESCE($7, agent_version), audit_unenrolled_reason = NULL, \
+                         audit_unenrolled_time = NULL, updated_at = $2 WHERE id = $1 AND active",
+                    )
+                    .bind(&c.agent_id)
+                    .bind(ms(c.at))
+                    .bind(&c.status)
+                    .bind(&c.message)
+                    .bind(c.local_metadata.as_ref().map(to_json))
+                    .bind(c.components.as_ref().map(to_json))
+                    .bind(&c.agent_version)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                }
+                tx.commit().await.map_err(other)?;
+                Ok(())
+            }
+
+            async fn set_output_key(&self, agent_id: &str, change: &OutputKeyChange) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "UPDATE api_keys SET retire_pending = TRUE \
+                     WHERE agent_id = $1 AND kind = 'output' AND invalidated_at IS NULL",
+                )
+                .bind(agent_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                insert_key(&mut tx, &change.key).await?;
+                let done = sqlx::query(
+                    "UPDATE agents SET output_api_key_id = $2, output_api_key_sealed = $3, output_permissions_hash = $4, \
+                     output_key_policy_id = $5, output_key_revision = $6 WHERE id = $1 AND active",
+                )
+                .bind(agent_id)
+                .bind(&change.key.id)
+                .bind(&change.sealed_secret)
+                .bind(&change.permissions_hash)
+                .bind(&change.policy_id)
+                .bind(change.revision)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(format!("agent '{agent_id}' is not active")));
+                }
+                tx.commit().await.map_err(other)?;
+                Ok(())
+            }
+
+            async fn agent_runs_policy(&self, agent_id: &str, policy_id: &str, revision: i64, now: DateTime<Utc>) -> Result<Vec<String>> {
+                let mut tx = self.begin_write().await?;
+                let Some(agent) = fetch_fleet_agent(&mut tx, agent_id).await? else {
+                    return Ok(vec![]);
+                };
+                if !agent.active || agent.policy_id != policy_id {
+                    return Ok(vec![]);
+                }
+                if revision > agent.policy_revision.unwrap_or(-1) {
+                    sqlx::query("UPDATE agents SET policy_revision = $2, updated_at = $3 WHERE id = $1")
+                        .bind(agent_id)
+                        .bind(revision)
+                        .bind(ms(now))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                }
+                let mut retired = Vec::new();
+                if agent.output_key_policy_id.as_deref() == Some(policy_id)
+                    && agent.output_key_revision.is_some_and(|r| revision >= r)
+                {
+                    retired = sqlx::query_scalar(
+                        "SELECT id FROM api_keys WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL",
+                    )
+                    .bind(agent_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                    sqlx::query(
+                        "UPDATE api_keys SET invalidated_at = $2 \
+                         WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL",
+                    )
+                    .bind(agent_id)
+                    .bind(ms(now))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                }
+                tx.commit().await.map_err(other)?;
+                Ok(retired)
+            }
+
+            async fn unenroll_now(&self, agent_id: &str, now: DateTime<Utc>) -> Result<()> {
+                let now_ms = ms(now);
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query(
+                    "UPDATE agents SET active = FALSE, unenrolled_at = COALESCE(unenrolled_at, $2), updated_at = $2 \
+                     WHERE id = $1",
+                )
+                .bind(agent_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("agent '{agent_id}'")));
+                }
+                invalidate_agent_keys(&mut tx, agent_id, now_ms).await?;
+                tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::AgentChanged { agent_id: agent_id.to_owned() }).await;
+                Ok(())
+            }
+
+            async fn audit_unenroll(&self, agent_id: &str, reason: &str, time: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                let agent = fetch_fleet_agent(&mut tx, agent_id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("agent '{agent_id}'")))?;
+                if agent.audit_unenrolled_reason.as_deref() == Some("orphaned") {
+                    return Err(StoreError::Conflict("agent document contains audit_unenroll_reason".into()));
+                }
+                sqlx::query(
+                    "UPDATE agents SET audit_unenrolled_reason = $2, audit_unenrolled_time = $3, unenrolled_at = $4, \
+                     updated_at = $4 WHERE id = $1",
+                )
+                .bind(agent_id)
+                .bind(reason)
+                .bind(ms(time))
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                tx.commit().await.map_err(other)?;
+                Ok(())
+            }
+
+            async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                insert_key(&mut tx, key).await?;
+                tx.commit().await.map_err(other)?;
+                Ok(())
+            }
+
+            async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
+                sqlx::query_as::<_, ApiKeyRow>(&format!("SELECT {API_KEY_COLS} FROM api_keys WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(other)?
+                    .map(TryInto::try_into)
+                    .transpose()
+            }
+
+            async fn invalidate_api_keys(&self, ids: &[String], now: DateTime<Utc>) -> Result<u64> {
+                let mut tx = self.begin_write().await?;
+                let mut n = 0;
+                for id in ids {
+                    n += sqlx::query("UPDATE api_keys SET invalidated_at = $2 WHERE id = $1 AND invalidated_at IS NULL")
+                        .bind(id)
+                        .bind(ms(now))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?
+                        .rows_affected();
+                }
+                tx.commit().await.map_err(other)?;
+                Ok(n)
+            }
+
+            async fn create_action(&self, action: &NewAction) -> Result<Action> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("INSERT INTO actions (id, action_type, data, created_at, expiration) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(&action.id)
+                    .bind(action.action_type.as_str())
+                    .bind(to_json(&action.data))
+                    .bind(ms(action.created_at))
+                    .bind(action.expiration.map(ms))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| db_err(e, || format!("action '{}' already exists", action.id)))?;
+                for agent in &action.agent_ids {
+                    sqlx::query("INSERT INTO action_targets (action_id, agent_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(&action.id)
+                        .bind(agent)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                }
+                tx.commit().await.map_err(other)?;
+                // NOTIFY payloads are small; many targets wake everyone instead.
+                let agent_ids = (action.agent_ids.len() <= 50).then(|| action.agent_ids.clone());
+                self.publish(StoreEvent::ActionsCreated { agent_ids }).await;
+                Ok(Action {
+                    id: action.id.clone(),
+                    action_type: action.action_type,
+                    data: action.data.clone(),
+                    created_at: action.created_at,
+                    expiration: action.expiration,
+                    agents: action.agent_ids.clone(),
+                })
+            }
+
+            async fn pending_actions(&self, agent_id: &str, now: DateTime<Utc>, limit: u32) -> Result<Vec<Action>> {
+                let rows: Vec<ActionRow> = sqlx::query_as(
+                    "SELECT a.id, a.action_type, a.data, a.created_at, a.expiration \
+                     FROM action_targets t JOIN actions a ON a.id = t.action_id \
+                     WHERE t.agent_id = $1 AND NOT t.confirmed AND t.acked_at IS NULL \
+                       AND (a.expiration IS NULL OR a.expiration > $2) \
+                     ORDER BY a.created_at, a.id LIMIT $3",
+                )
+                .bind(agent_id)
+                .bind(ms(now))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(other)?;
+                rows.into_iter().map(|r| r.into_action(vec![agent_id.to_owned()])).collect()
+            }
+
+            async fn mark_delivered(&self, agent_id: &str, action_ids: &[String], token: &str) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                for id in action_ids {
+                    sqlx::query("UPDATE action_targets SET delivery_token = $3 WHERE agent_id = $1 AND action_id = $2")
+                        .bind(agent_id)
+                        .bind(id)
+                        .bind(token)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                }
+                tx.commit().await.map_err(other)?;
+                Ok(())
+            }
+
+            async fn confirm_delivery(&self, agent_id: &str, token: &str) -> Result<()> {
+                sqlx::query(
+                    "UPDATE action_targets SET confirmed = TRUE \
+                     WHERE agent_id = $1 AND delivery_token = $2 AND NOT confirmed",
+                )
+                .bind(agent_id)
+                .bind(token)
+                .execute(self.write_pool())
+                .await
+                .map_err(other)?;
+                Ok(())
+            }
+
+            async fn ack_action(&self, agent_id: &str, action_id: &str, error: Option<&str>, now: DateTime<Utc>) -> Result<ActionAck> {
+                let mut tx = self.begin_write().await?;
+                let row: Option<(String, Option<i64>)> = sqlx::query_as(
+                    "SELECT a.action_type, t.acked_at FROM action_targets t JOIN actions a ON a.id = t.action_id \
+                     WHERE t.action_id = $1 AND t.agent_id = $2",
+                )
+                .bind(action_id)
+                .bind(agent_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(other)?;
+                let Some((action_type, acked_at)) = row else {
+                    return Ok(ActionAck::NotFound);
+                };
+                let action_type = ActionType::parse(&action_type)
+                    .ok_or_else(|| StoreError::Other(format!("corrupt action type {action_type}").into()))?;
+                if acked_at.is_none() {
+                    sqlx::query(
+                        "UPDATE action_targets SET acked_at = $3, ack_error = $4, confirmed = TRUE \
+                         WHERE action_id = $1 AND agent_id = $2",
+                    )
+                    .bind(action_id)
+                    .bind(agent_id)
+                    .bind(ms(now))
+                    .bind(error)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                }
+                tx.commit().await.map_err(other)?;
+                Ok(ActionAck::Acked { action_type, first_time: acked_at.is_none() })
             }
 
             // --- operator keys ---------------------------------------------

@@ -21,6 +21,9 @@ pub const DATABASE_FILE: &str = "flotilla.db";
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
+    /// Change events: one process owns the file, so in-process signalling
+    /// reaches every waiter.
+    events: tokio::sync::broadcast::Sender<flotilla_store::StoreEvent>,
 }
 
 impl SqliteStore {
@@ -53,7 +56,16 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(MigrationError::Connect)?;
-        Ok(SqliteStore { pool, writer })
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        Ok(SqliteStore {
+            pool,
+            writer,
+            events,
+        })
+    }
+
+    async fn publish(&self, event: flotilla_store::StoreEvent) {
+        let _ = self.events.send(event);
     }
 
     fn write_pool(&self) -> &SqlitePool {

@@ -16,9 +16,11 @@ use flotilla_domain::output::{NewOutput, OutputType, OutputUpdate};
 use flotilla_domain::package_policy::{NewPackagePolicy, PackageRef};
 use flotilla_domain::policy::{AgentPolicyUpdate, NewAgentPolicy};
 
+use flotilla_domain::action::ActionType;
+
 use crate::{
-    AgentFilter, EnrollmentKeyFilter, NewAgent, PackagePolicyFilter, Page, PolicyFilter, Store,
-    StoreError,
+    ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, NewAction, NewAgent,
+    OutputKeyChange, PackagePolicyFilter, Page, PolicyFilter, Store, StoreError, StoreEvent,
 };
 
 /// Expands to one `#[tokio::test]` per conformance case.
@@ -35,7 +37,11 @@ macro_rules! conformance_suite {
             deleting_a_policy_removes_its_integrations_and_keys,
             enrollment_keys_lookup_and_revoke,
             agents_filter_reassign_and_unenroll,
-            operator_keys_lookup_and_revoke
+            operator_keys_lookup_and_revoke,
+            enrolment_output_keys_and_retirement,
+            actions_are_delivered_until_confirmed_and_acked,
+            checkins_are_recorded_in_batches,
+            changes_reach_subscribers
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -97,6 +103,7 @@ fn agent(id: &str, policy_id: &str, tags: &[&str]) -> NewAgent {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         local_metadata: json!({"host": {"hostname": id}}),
         enrolled_at: Utc::now(),
+        ..Default::default()
     }
 }
 
@@ -671,4 +678,305 @@ pub async fn operator_keys_lookup_and_revoke(s: S) {
         s.revoke_operator_key("zz").await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+fn key(id: &str, agent: &str, kind: &str) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: id.into(),
+        name: format!("{agent}:{kind}"),
+        kind: kind.into(),
+        agent_id: Some(agent.into()),
+        secret_hash: format!("hash-{id}"),
+        role_descriptors: json!({}),
+        metadata: json!({"agent_id": agent}),
+        created_at: Utc::now(),
+        retire_pending: false,
+        invalidated_at: None,
+    }
+}
+
+fn output_change(id: &str, agent: &str, revision: i64) -> OutputKeyChange {
+    OutputKeyChange {
+        key: key(id, agent, "output"),
+        sealed_secret: format!("sealed-{id}"),
+        permissions_hash: format!("perm-{id}"),
+        policy_id: "p".into(),
+        revision,
+    }
+}
+
+pub async fn enrolment_output_keys_and_retirement(s: S) {
+    let now = Utc::now();
+    let mut a = agent("a", "missing", &["t"]);
+    a.access_api_key_id = Some("acc".into());
+    assert!(matches!(
+        s.enroll_agent(&a, &key("acc", "a", "access"), None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        s.get_fleet_agent("a").await.unwrap().is_none(),
+        "nothing recorded against a missing policy"
+    );
+    assert!(s.get_api_key("acc").await.unwrap().is_none());
+
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    a.policy_id = "p".into();
+    a.enrollment_id = Some("e1".into());
+    let enrolled = s
+        .enroll_agent(&a, &key("acc", "a", "access"), None)
+        .await
+        .unwrap();
+    assert_eq!(enrolled.tags, ["t"]);
+    let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(fa.access_api_key_id.as_deref(), Some("acc"));
+    assert_eq!(
+        s.find_agent_by_enrollment_id("e1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "a"
+    );
+
+    s.set_output_key("a", &output_change("o1", "a", 2))
+        .await
+        .unwrap();
+    s.set_output_key("a", &output_change("o2", "a", 3))
+        .await
+        .unwrap();
+    let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(
+        (fa.output_api_key_id.as_deref(), fa.output_key_revision),
+        (Some("o2"), Some(3))
+    );
+    assert_eq!(fa.output_api_key_sealed.as_deref(), Some("sealed-o2"));
+    assert!(s.get_api_key("o1").await.unwrap().unwrap().retire_pending);
+    assert!(!s.get_api_key("o2").await.unwrap().unwrap().retire_pending);
+
+    // Running an older revision retires nothing; the new one retires o1.
+    assert!(s
+        .agent_runs_policy("a", "p", 2, now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.get_fleet_agent("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .policy_revision,
+        Some(2)
+    );
+    assert_eq!(s.agent_runs_policy("a", "p", 3, now).await.unwrap(), ["o1"]);
+    assert!(s
+        .get_api_key("o1")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(s
+        .get_api_key("o2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_none());
+    assert!(s
+        .agent_runs_policy("a", "other", 9, now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.get_fleet_agent("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .policy_revision,
+        Some(3)
+    );
+
+    // Replacing the agent removes it and its keys; unenrolling invalidates all.
+    let mut b = agent("a", "p", &[]);
+    b.access_api_key_id = Some("acc2".into());
+    s.enroll_agent(&b, &key("acc2", "a", "access"), Some("a"))
+        .await
+        .unwrap();
+    assert!(s
+        .get_api_key("acc")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(s
+        .get_api_key("o2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    s.unenroll_now("a", now).await.unwrap();
+    assert!(s
+        .get_api_key("acc2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(!s.get_fleet_agent("a").await.unwrap().unwrap().active);
+    assert_eq!(
+        s.invalidate_api_keys(&["acc2".into()], now).await.unwrap(),
+        0,
+        "idempotent"
+    );
+
+    s.audit_unenroll("a", "orphaned", now, now).await.unwrap();
+    assert!(matches!(
+        s.audit_unenroll("a", "uninstall", now, now).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+pub async fn actions_are_delivered_until_confirmed_and_acked(s: S) {
+    let now = Utc::now();
+    let new = |id: &str, agents: &[&str], expiration| NewAction {
+        id: id.into(),
+        action_type: ActionType::Settings,
+        data: json!({"log_level": "debug"}),
+        created_at: now,
+        expiration,
+        agent_ids: agents.iter().map(|a| a.to_string()).collect(),
+    };
+    s.create_action(&new("x1", &["a", "b"], None))
+        .await
+        .unwrap();
+    s.create_action(&new("x2", &["a"], Some(now - Duration::seconds(1))))
+        .await
+        .unwrap();
+    let pending = s.pending_actions("a", now, 100).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["x1"],
+        "expired actions are not delivered"
+    );
+    assert_eq!(pending[0].data["log_level"], "debug");
+
+    s.mark_delivered("a", &["x1".into()], "tok1").await.unwrap();
+    assert_eq!(
+        s.pending_actions("a", now, 100).await.unwrap().len(),
+        1,
+        "unconfirmed deliveries are resent"
+    );
+    s.confirm_delivery("a", "tok1").await.unwrap();
+    assert!(s.pending_actions("a", now, 100).await.unwrap().is_empty());
+    assert_eq!(
+        s.pending_actions("b", now, 100).await.unwrap().len(),
+        1,
+        "per agent"
+    );
+
+    assert_eq!(
+        s.ack_action("b", "x1", None, now).await.unwrap(),
+        ActionAck::Acked {
+            action_type: ActionType::Settings,
+            first_time: true
+        }
+    );
+    assert!(
+        s.pending_actions("b", now, 100).await.unwrap().is_empty(),
+        "acked actions are done"
+    );
+    assert_eq!(
+        s.ack_action("b", "x1", None, now).await.unwrap(),
+        ActionAck::Acked {
+            action_type: ActionType::Settings,
+            first_time: false
+        }
+    );
+    assert_eq!(
+        s.ack_action("c", "x1", None, now).await.unwrap(),
+        ActionAck::NotFound
+    );
+    assert_eq!(
+        s.ack_action("a", "nope", None, now).await.unwrap(),
+        ActionAck::NotFound
+    );
+}
+
+pub async fn checkins_are_recorded_in_batches(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.insert_agent(&agent("a", "p", &[])).await.unwrap();
+    s.insert_agent(&agent("b", "p", &[])).await.unwrap();
+    let rec = |id: &str, status: &str| CheckinRecord {
+        agent_id: id.into(),
+        at: now,
+        status: status.into(),
+        message: "m".into(),
+        local_metadata: Some(json!({"host": {"hostname": format!("{id}-new")}})),
+        components: None,
+        agent_version: Some("9.6.0".into()),
+    };
+    s.record_checkins(&[
+        rec("a", "online"),
+        rec("b", "error"),
+        rec("ghost", "online"),
+    ])
+    .await
+    .unwrap();
+    let a = s.get_agent("a", now).await.unwrap();
+    assert_eq!(a.status, AgentStatus::Online);
+    assert_eq!(a.local_metadata["host"]["hostname"], "a-new");
+    assert_eq!(
+        s.get_agent("b", now).await.unwrap().status,
+        AgentStatus::Error
+    );
+    let later = now + Duration::seconds(600);
+    assert_eq!(
+        s.get_agent("a", later).await.unwrap().status,
+        AgentStatus::Offline
+    );
+    let much_later = now + Duration::seconds(7200);
+    assert_eq!(
+        s.get_agent("a", much_later).await.unwrap().status,
+        AgentStatus::Inactive
+    );
+    let online = s
+        .list_agents(
+            &AgentFilter {
+                status: Some(AgentStatus::Online),
+                ..Default::default()
+            },
+            page(1, 10),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(online.total, 1);
+}
+
+pub async fn changes_reach_subscribers(s: S) {
+    let now = Utc::now();
+    let mut events = s.subscribe();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.create_package_policy(&integration("i", "p"), now)
+        .await
+        .unwrap();
+    let wanted = StoreEvent::PolicyChanged {
+        policy_id: Some("p".into()),
+    };
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e == wanted => return e,
+                Ok(_) => continue,
+                Err(e) => panic!("subscription failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the change event arrives");
+    assert!(got.concerns("any-agent", "p"));
+    assert!(!got.concerns("any-agent", "q"));
 }

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use flotilla_domain::action::{Action, ActionType};
 use flotilla_domain::agent::{Agent, AgentStatus};
 use flotilla_domain::apikey::OperatorApiKey;
 use flotilla_domain::enrollment::EnrollmentApiKey;
@@ -93,13 +94,133 @@ pub struct AgentFilter {
 }
 
 /// An agent as first recorded at enrolment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewAgent {
     pub id: String,
     pub policy_id: String,
     pub tags: Vec<String>,
     pub local_metadata: Value,
     pub enrolled_at: DateTime<Utc>,
+    pub access_api_key_id: Option<String>,
+    pub enrollment_id: Option<String>,
+    pub replace_token_hash: Option<String>,
+    pub enroll_type: Option<String>,
+    pub agent_version: Option<String>,
+}
+
+/// What the fleet protocol needs of an agent, beyond the management view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetAgent {
+    pub id: String,
+    pub policy_id: String,
+    pub active: bool,
+    /// The revision of `policy_id` the agent acknowledged or reported.
+    pub policy_revision: Option<i64>,
+    pub access_api_key_id: Option<String>,
+    pub output_api_key_id: Option<String>,
+    /// The output key's `id:secret`, sealed (see the service's crypto).
+    pub output_api_key_sealed: Option<String>,
+    pub output_permissions_hash: Option<String>,
+    /// The policy and revision that carried the current output key; older
+    /// keys are retired once the agent runs it.
+    pub output_key_policy_id: Option<String>,
+    pub output_key_revision: Option<i64>,
+    pub enrollment_id: Option<String>,
+    pub replace_token_hash: Option<String>,
+    pub last_checkin: Option<DateTime<Utc>>,
+    pub audit_unenrolled_reason: Option<String>,
+}
+
+/// An API key minted by the key service. The secret is stored only as a
+/// hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    /// `access` (an agent's fleet credential) or `output`.
+    pub kind: String,
+    pub agent_id: Option<String>,
+    pub secret_hash: String,
+    pub role_descriptors: Value,
+    pub metadata: Value,
+    pub created_at: DateTime<Utc>,
+    pub retire_pending: bool,
+    pub invalidated_at: Option<DateTime<Utc>>,
+}
+
+/// A new output key for an agent, replacing (and retiring) its previous one.
+#[derive(Debug, Clone)]
+pub struct OutputKeyChange {
+    pub key: ApiKeyRecord,
+    pub sealed_secret: String,
+    pub permissions_hash: String,
+    pub policy_id: String,
+    pub revision: i64,
+}
+
+/// One agent's check-in, as buffered and flushed in batches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckinRecord {
+    pub agent_id: String,
+    pub at: DateTime<Utc>,
+    pub status: String,
+    pub message: String,
+    pub local_metadata: Option<Value>,
+    pub components: Option<Value>,
+    pub agent_version: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    pub id: String,
+    pub action_type: ActionType,
+    pub data: Value,
+    pub created_at: DateTime<Utc>,
+    pub expiration: Option<DateTime<Utc>>,
+    pub agent_ids: Vec<String>,
+}
+
+/// The outcome of acknowledging a stored action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionAck {
+    /// No such action for this agent.
+    NotFound,
+    Acked {
+        action_type: ActionType,
+        first_time: bool,
+    },
+}
+
+/// A change other server instances' waiters may care about. Delivered
+/// in-process for SQLite and through LISTEN/NOTIFY for PostgreSQL; treat it
+/// as a hint and re-read the store.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoreEvent {
+    /// A policy got a new revision; `None` means possibly any policy.
+    PolicyChanged { policy_id: Option<String> },
+    /// New actions for these agents; `None` means possibly any agent.
+    ActionsCreated { agent_ids: Option<Vec<String>> },
+    /// Something about this agent changed (reassigned, unenrolled).
+    AgentChanged { agent_id: String },
+    /// Events may have been missed: everyone re-reads.
+    Resync,
+}
+
+impl StoreEvent {
+    /// Whether a waiter for this agent on this policy should wake.
+    pub fn concerns(&self, agent_id: &str, policy_id: &str) -> bool {
+        match self {
+            StoreEvent::PolicyChanged { policy_id: p } => {
+                p.as_deref().is_none_or(|p| p == policy_id)
+            }
+            StoreEvent::ActionsCreated { agent_ids } => agent_ids
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|a| a == agent_id)),
+            StoreEvent::AgentChanged { agent_id: a } => a == agent_id,
+            StoreEvent::Resync => true,
+        }
+    }
 }
 
 #[async_trait]
@@ -207,6 +328,86 @@ pub trait Store: Send + Sync + 'static {
     async fn start_agent_unenrollment(&self, id: &str, now: DateTime<Utc>) -> Result<Agent>;
     /// Marks the agent unenrolled: inactive from now on.
     async fn mark_agent_unenrolled(&self, id: &str, now: DateTime<Utc>) -> Result<Agent>;
+
+    // --- fleet protocol: agents -------------------------------------------------
+    /// Subscribe to change events (see [`StoreEvent`]).
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
+    async fn get_fleet_agent(&self, id: &str) -> Result<Option<FleetAgent>>;
+    async fn find_agent_by_enrollment_id(&self, enrollment_id: &str) -> Result<Option<FleetAgent>>;
+    /// Records a newly enrolled agent with its access key, atomically; the
+    /// policy must exist (`NotFound` otherwise, and nothing is written).
+    /// With `replace`, that agent (and its keys) is removed first.
+    async fn enroll_agent(
+        &self,
+        agent: &NewAgent,
+        access_key: &ApiKeyRecord,
+        replace: Option<&str>,
+    ) -> Result<Agent>;
+    /// Removes an agent record and invalidates all its keys.
+    async fn delete_agent(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Applies a batch of buffered check-ins in one transaction; inactive or
+    /// missing agents are skipped.
+    async fn record_checkins(&self, batch: &[CheckinRecord]) -> Result<()>;
+    /// Installs a new output key for the agent; its previous output key is
+    /// marked for retirement (still valid until retired).
+    async fn set_output_key(&self, agent_id: &str, change: &OutputKeyChange) -> Result<()>;
+    /// The agent acknowledged or reported running `revision` of `policy_id`:
+    /// record it (if newer, for its current policy) and invalidate output
+    /// keys marked for retirement once it runs the revision that replaced
+    /// them. Returns the invalidated key ids.
+    async fn agent_runs_policy(
+        &self,
+        agent_id: &str,
+        policy_id: &str,
+        revision: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+    /// Unenrols the agent now: inactive, every key invalidated.
+    async fn unenroll_now(&self, agent_id: &str, now: DateTime<Utc>) -> Result<()>;
+    /// Records the agent's own report that it was uninstalled (or similar).
+    /// A second `orphaned` report is a conflict.
+    async fn audit_unenroll(
+        &self,
+        agent_id: &str,
+        reason: &str,
+        time: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+
+    // --- key service -----------------------------------------------------------
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>>;
+    /// Invalidates the keys (idempotent); returns how many were still valid.
+    async fn invalidate_api_keys(&self, ids: &[String], now: DateTime<Utc>) -> Result<u64>;
+
+    // --- actions ---------------------------------------------------------------
+    /// Stores the action for its agents and notifies their waiters.
+    async fn create_action(&self, action: &NewAction) -> Result<Action>;
+    /// Unexpired actions for the agent that it has neither confirmed
+    /// receiving (through an ack token) nor acknowledged, oldest first.
+    async fn pending_actions(
+        &self,
+        agent_id: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Action>>;
+    /// Records that these actions went out in a response with `token`.
+    async fn mark_delivered(
+        &self,
+        agent_id: &str,
+        action_ids: &[String],
+        token: &str,
+    ) -> Result<()>;
+    /// The agent sent `token` back: what was delivered with it arrived.
+    async fn confirm_delivery(&self, agent_id: &str, token: &str) -> Result<()>;
+    /// Records the agent's acknowledgement (idempotent).
+    async fn ack_action(
+        &self,
+        agent_id: &str,
+        action_id: &str,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<ActionAck>;
 
     // --- operator API keys -----------------------------------------------------
     /// Stores a key known only by `key_hash`. A duplicate name or hash is a

@@ -368,6 +368,7 @@ async fn every_resource(engine: Engine) {
                 tags: tags.into_iter().map(String::from).collect(),
                 local_metadata: json!({"host": {"hostname": id}}),
                 enrolled_at: Utc::now(),
+                ..Default::default()
             })
             .await
             .unwrap();
