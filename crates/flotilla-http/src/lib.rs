@@ -6,10 +6,12 @@
 
 pub mod error;
 pub mod extract;
+pub mod fleet;
 pub mod management;
 mod metrics;
 
-use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::error_handling::HandleErrorLayer;
@@ -51,6 +53,24 @@ impl Default for HttpLimits {
 #[derive(Clone)]
 pub struct AppState {
     pub services: Services,
+    /// Becomes `true` when the server starts shutting down; long polls
+    /// return at once.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Long polls served at once.
+    pub long_polls: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(services: Services, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        let long_polls = Arc::new(tokio::sync::Semaphore::new(
+            services.settings.max_long_polls,
+        ));
+        AppState {
+            services,
+            shutdown,
+            long_polls,
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -98,18 +118,39 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         .split_for_parts();
     let openapi_json = serde_json::to_value(&openapi).expect("the OpenAPI document serialises");
     let request_id = HeaderName::from_static("x-request-id");
+    let max = limits.max_body_bytes;
+    let fleet_limits = fleet::FleetLimits {
+        enroll: max.min(512 * 1024),
+        checkin: max,
+        ack: max.saturating_mul(2),
+        audit: 1024,
+    };
 
-    Router::new()
+    // Ordinary requests: bounded in number and time.
+    let bounded = Router::new()
         .merge(api)
+        .merge(fleet::router(fleet_limits))
         .route(
             "/api/fleet/openapi.json",
             get(move || async move { Json(openapi_json.clone()) }),
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
+        .layer(DefaultBodyLimit::max(max))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .load_shed()
+                .concurrency_limit(limits.max_concurrent_requests)
+                .timeout(limits.request_timeout),
+        );
+
+    Router::new()
+        .merge(bounded)
+        // Long polls: their own cap and deadline (see fleet::checkin_router).
+        .merge(fleet::checkin_router(fleet_limits))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -131,11 +172,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 .layer(middleware::from_fn(metrics::track))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::internal().into_response()
-                }))
-                .layer(HandleErrorLayer::new(overloaded))
-                .load_shed()
-                .concurrency_limit(limits.max_concurrent_requests)
-                .timeout(limits.request_timeout),
+                })),
         )
         .with_state(state)
 }
@@ -176,22 +213,22 @@ async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, A
     ))
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves, then drain open
-/// requests for at most `drain` (long polls would otherwise hold shutdown
-/// open forever).
+/// Serve `app` on `listener` until `shutdown` turns `true`, then drain
+/// open requests for at most `drain` (long polls return at once on the
+/// same signal; the deadline bounds anything else).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let mut rx2 = rx.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = tx.send(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let mut rx = shutdown.clone();
+    let mut rx2 = shutdown;
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         let _ = rx.wait_for(|v| *v).await;
     });
     tokio::select! {

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use flotilla_domain::action::Action;
 use flotilla_domain::agent::{Agent, AgentStatus};
 use flotilla_domain::apikey::OperatorApiKey;
 use flotilla_domain::catalogue::PackageSpec;
@@ -182,6 +183,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_agent, update_agent))
         .routes(routes!(unenroll_agent))
         .routes(routes!(reassign_agent))
+        .routes(routes!(create_agent_action))
         .routes(routes!(list_api_keys, create_api_key))
         .routes(routes!(revoke_api_key))
 }
@@ -521,6 +523,19 @@ async fn reassign_agent(
     Ok(item(
         s.services.management().reassign_agent(&id, req).await?,
     ))
+}
+
+/// Create an action for one agent: `SETTINGS` (log level), `UNENROLL` or
+/// `POLICY_REASSIGN`, with an optional expiration.
+#[utoipa::path(post, path = "/api/fleet/agents/{id}/actions", tag = "agents", request_body = CreateAction,
+    responses((status = 200, body = Item<Action>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_agent_action(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<CreateAction>,
+) -> ApiResult<Json<Item<Action>>> {
+    Ok(item(s.services.management().create_action(&id, req).await?))
 }
 
 // --- operator API keys -----------------------------------------------------------

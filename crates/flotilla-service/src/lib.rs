@@ -4,11 +4,15 @@
 //! the domain rules, and calls the [`Store`]. It knows nothing of HTTP; the
 //! HTTP crate maps [`ServiceError`] to responses.
 
+pub mod crypto;
 pub mod error;
+pub mod fleet;
 pub mod full_policy;
+pub mod keys;
 pub mod management;
 pub mod requests;
 pub mod secrets;
+pub mod settings;
 
 use std::sync::Arc;
 
@@ -17,19 +21,28 @@ use flotilla_store::Store;
 
 pub use error::ServiceError;
 pub use management::Management;
+pub use settings::FleetSettings;
 
 /// Everything a request handler needs, cheap to clone.
 #[derive(Clone)]
 pub struct Services {
     pub store: Arc<dyn Store>,
     pub catalogue: &'static Catalogue,
+    pub settings: Arc<FleetSettings>,
+    pub sealer: Arc<crypto::Sealer>,
+    pub checkins: Arc<fleet::CheckinBuffer>,
+    pub policy_cache: Arc<fleet::PolicyCache>,
 }
 
 impl Services {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn Store>, settings: FleetSettings, sealer: crypto::Sealer) -> Self {
         Services {
             store,
             catalogue: Catalogue::builtin(),
+            settings: Arc::new(settings),
+            sealer: Arc::new(sealer),
+            checkins: Default::default(),
+            policy_cache: Default::default(),
         }
     }
 

@@ -2,6 +2,10 @@
 //! enrollment keys, agents and operator API keys.
 
 use chrono::Utc;
+use serde_json::json;
+
+use flotilla_domain::action::{Action, ActionType};
+use flotilla_store::NewAction;
 use secrecy::{ExposeSecret, SecretString};
 
 use flotilla_domain::agent::{validate_tags, Agent, AgentStatus};
@@ -323,6 +327,9 @@ impl Management<'_> {
         // Make sure the policy exists first: a missing policy is a 404, a
         // missing output a 400.
         self.store().get_policy(id).await?;
+        if let Some(ns) = &update.namespace {
+            self.check_ceiling(id, Some(ns), None, None).await?;
+        }
         self.store()
             .update_policy(id, &update, Utc::now())
             .await
@@ -369,9 +376,72 @@ impl Management<'_> {
         })
     }
 
+    /// Refuse a change whose resulting permissions exceed what the server
+    /// may grant, naming the excess.
+    async fn check_ceiling(
+        &self,
+        policy_id: &str,
+        namespace: Option<&str>,
+        changed: Option<&NewPackagePolicy>,
+        removed: Option<&str>,
+    ) -> Result<()> {
+        let policy = match self.store().get_policy(policy_id).await {
+            Ok(p) => p,
+            Err(e) => return Err(ServiceError::invalid_reference("policy_id", e)),
+        };
+        let mut integrations = self.store().policy_integrations(policy_id).await?;
+        integrations
+            .retain(|pp| Some(pp.id.as_str()) != removed && Some(&pp.id) != changed.map(|c| &c.id));
+        if let Some(c) = changed {
+            integrations.push(PackagePolicy {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                description: c.description.clone(),
+                policy_id: c.policy_id.clone(),
+                package: c.package.clone(),
+                namespace: c.namespace.clone(),
+                vars: c.vars.clone(),
+                inputs: c.inputs.clone(),
+                cloud_connector_id: c.cloud_connector_id.clone(),
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+            });
+        }
+        let namespace = namespace.unwrap_or(&policy.namespace);
+        let perms = flotilla_domain::permissions::compute(
+            namespace,
+            &integrations,
+            self.services.catalogue,
+        );
+        let excess = self.services.settings.ceiling.excess(&perms);
+        if excess.is_empty() {
+            return Ok(());
+        }
+        let listed: Vec<String> = excess
+            .iter()
+            .take(10)
+            .map(|(i, p)| format!("{p} on {i}"))
+            .collect();
+        Err(ValidationError::new(
+            "permissions",
+            format!(
+                "the policy would need privileges beyond what this server may grant: {}{}",
+                listed.join(", "),
+                if excess.len() > 10 {
+                    format!(" (and {} more)", excess.len() - 10)
+                } else {
+                    String::new()
+                }
+            ),
+        )
+        .into())
+    }
+
     pub async fn create_package_policy(&self, req: CreatePackagePolicy) -> Result<PackagePolicy> {
         let id = new_id(req.id.as_deref(), "id")?;
         let new = self.resolve_package_policy(id, req)?;
+        self.check_ceiling(&new.policy_id, None, Some(&new), None)
+            .await?;
         self.store()
             .create_package_policy(&new, Utc::now())
             .await
@@ -441,6 +511,8 @@ impl Management<'_> {
             cloud_connector_id: req.cloud_connector_id.unwrap_or(current.cloud_connector_id),
         };
         let new = self.resolve_package_policy(id.to_owned(), merged)?;
+        self.check_ceiling(&new.policy_id, None, Some(&new), None)
+            .await?;
         self.store()
             .update_package_policy(id, &new, Utc::now())
             .await
@@ -523,7 +595,8 @@ impl Management<'_> {
                 req.policy_id
             )));
         }
-        self.store()
+        let moved = self
+            .store()
             .reassign_agent(id, &req.policy_id, Utc::now())
             .await
             .map_err(|e| match e {
@@ -531,7 +604,93 @@ impl Management<'_> {
                     ServiceError::invalid_reference("policy_id", StoreError::NotFound(what))
                 }
                 other => other.into(),
-            })
+            })?;
+        // The agent learns of it from the new policy (its id changed); the
+        // action records the operator's intent and is acknowledged.
+        self.create_stored_action(
+            id,
+            ActionType::PolicyReassign,
+            json!({"policy_id": req.policy_id}),
+            None,
+        )
+        .await?;
+        Ok(moved)
+    }
+
+    async fn create_stored_action(
+        &self,
+        agent_id: &str,
+        action_type: ActionType,
+        data: serde_json::Value,
+        expiration: Option<chrono::DateTime<Utc>>,
+    ) -> Result<Action> {
+        let action = NewAction {
+            id: uuid::Uuid::new_v4().to_string(),
+            action_type,
+            data,
+            created_at: Utc::now(),
+            expiration,
+            agent_ids: vec![agent_id.to_owned()],
+        };
+        Ok(self.store().create_action(&action).await?)
+    }
+
+    /// An action for one agent: `UNENROLL`, `SETTINGS` or `POLICY_REASSIGN`.
+    pub async fn create_action(&self, agent_id: &str, req: CreateAction) -> Result<Action> {
+        let agent = self.store().get_agent(agent_id, Utc::now()).await?;
+        if !agent.active {
+            return Err(ServiceError::Conflict(format!(
+                "agent '{agent_id}' is unenrolled"
+            )));
+        }
+        let action_type = req.action.action_type;
+        let data = flotilla_domain::action::validate_data(action_type, &req.action.data)?;
+        if let Some(exp) = req.action.expiration {
+            if exp <= Utc::now() {
+                return Err(
+                    ValidationError::new("action.expiration", "must be in the future").into(),
+                );
+            }
+        }
+        match action_type {
+            ActionType::Unenroll => {
+                self.store()
+                    .start_agent_unenrollment(agent_id, Utc::now())
+                    .await?;
+                self.create_stored_action(agent_id, action_type, data, req.action.expiration)
+                    .await
+            }
+            ActionType::PolicyReassign => {
+                let policy_id = data["policy_id"].as_str().unwrap_or_default().to_owned();
+                self.reassign_agent(
+                    agent_id,
+                    ReassignAgent {
+                        policy_id: policy_id.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| match e {
+                    ServiceError::Invalid(v) => {
+                        ValidationError::new("action.data.policy_id", v.message).into()
+                    }
+                    other => other,
+                })?;
+                // reassign_agent recorded the action; return it.
+                let pending = self
+                    .store()
+                    .pending_actions(agent_id, Utc::now(), 100)
+                    .await?;
+                pending
+                    .into_iter()
+                    .rev()
+                    .find(|a| a.action_type == ActionType::PolicyReassign)
+                    .ok_or_else(|| ServiceError::Conflict("the reassignment was superseded".into()))
+            }
+            ActionType::Settings => {
+                self.create_stored_action(agent_id, action_type, data, req.action.expiration)
+                    .await
+            }
+        }
     }
 
     /// Requests unenrolment; with `revoke` the agent is unenrolled at once.
@@ -544,9 +703,14 @@ impl Management<'_> {
             )));
         }
         if req.revoke {
-            Ok(self.store().mark_agent_unenrolled(id, now).await?)
+            // At once: inactive, and every key it holds invalidated.
+            self.store().unenroll_now(id, now).await?;
+            Ok(self.store().get_agent(id, now).await?)
         } else {
-            Ok(self.store().start_agent_unenrollment(id, now).await?)
+            let agent = self.store().start_agent_unenrollment(id, now).await?;
+            self.create_stored_action(id, ActionType::Unenroll, serde_json::Value::Null, None)
+                .await?;
+            Ok(agent)
         }
     }
 }

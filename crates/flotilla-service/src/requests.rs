@@ -177,3 +177,22 @@ pub struct UnenrollAgent {
 pub struct CreateOperatorKey {
     pub name: String,
 }
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    #[serde(rename = "type")]
+    pub action_type: flotilla_domain::action::ActionType,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: Value,
+    #[serde(default)]
+    pub expiration: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `{"action": {"type", "data", "expiration"}}`, as Kibana's Fleet API.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAction {
+    pub action: ActionRequest,
+}

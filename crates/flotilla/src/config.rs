@@ -20,8 +20,11 @@ const KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "admin_api_key",
+    "encryption_key",
     "log",
     "http",
+    "fleet",
+    "static_enrollment_tokens",
 ];
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -35,8 +38,70 @@ pub struct Config {
     pub database_url: Option<String>,
     /// The first operator API key (at least 32 characters).
     pub admin_api_key: Option<String>,
+    /// Seals secrets that must be read back (agents' output keys).
+    pub encryption_key: Option<String>,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub fleet: FleetConfig,
+    pub static_enrollment_tokens: StaticTokensConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Long-poll duration when the agent sends no `poll_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// Up to this much is taken off each long poll.
+    #[serde(with = "humantime_serde")]
+    pub poll_jitter: Duration,
+    /// How often heartbeat check-ins are written (changes are written at once).
+    #[serde(with = "humantime_serde")]
+    pub checkin_flush_interval: Duration,
+    /// Long polls served at once; more get 429.
+    pub max_long_polls: usize,
+    /// The version reported to agents; Elastic agents of a newer minor are refused.
+    pub server_version: String,
+    /// What output keys may be granted at most.
+    pub output_key_ceiling: Vec<CeilingEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeilingEntry {
+    pub names: Vec<String>,
+    pub privileges: Vec<String>,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticTokensConfig {
+    pub enabled: bool,
+    /// CIDRs every static token may be used from (empty: anywhere).
+    pub allowed_ips: Vec<ipnet::IpNet>,
+    pub tokens: Vec<StaticTokenConfig>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticTokenConfig {
+    pub token: String,
+    pub policy_id: String,
+    #[serde(default)]
+    pub allowed_ips: Vec<ipnet::IpNet>,
+}
+
+impl std::fmt::Debug for StaticTokensConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticTokensConfig")
+            .field("enabled", &self.enabled)
+            .field("allowed_ips", &self.allowed_ips)
+            .field(
+                "tokens",
+                &format!("{} tokens (redacted)", self.tokens.len()),
+            )
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -52,8 +117,14 @@ impl std::fmt::Debug for Config {
                     .map(flotilla_store_sql::redact_url),
             )
             .field("admin_api_key", &self.admin_api_key.as_ref().map(|_| "***"))
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "***"),
+            )
             .field("log", &self.log)
             .field("http", &self.http)
+            .field("fleet", &self.fleet)
+            .field("static_enrollment_tokens", &self.static_enrollment_tokens)
             .finish()
     }
 }
@@ -95,6 +166,21 @@ impl Default for Config {
             data_dir: PathBuf::from("./flotilla-data"),
             database_url: None,
             admin_api_key: None,
+            encryption_key: None,
+            fleet: FleetConfig {
+                poll_timeout: Duration::from_secs(300),
+                poll_jitter: Duration::from_secs(30),
+                checkin_flush_interval: Duration::from_secs(10),
+                max_long_polls: 20_000,
+                server_version: "9.6.0".into(),
+                output_key_ceiling: vec![CeilingEntry {
+                    names: ["logs-*", "metrics-*", "traces-*", "synthetics-*"]
+                        .map(String::from)
+                        .to_vec(),
+                    privileges: ["auto_configure", "create_doc"].map(String::from).to_vec(),
+                }],
+            },
+            static_enrollment_tokens: StaticTokensConfig::default(),
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Pretty,
@@ -154,7 +240,25 @@ impl Config {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 bail!("invalid configuration: database_url must be a postgres:// URL");
             }
+            if self.encryption_key.is_none() {
+                bail!(
+                    "invalid configuration: encryption_key (FLOTILLA_ENCRYPTION_KEY) is required with database_url, \
+                     and every server instance must share it"
+                );
+            }
         }
+        if let Some(key) = &self.encryption_key {
+            if key.chars().count() < 32 {
+                bail!("invalid configuration: encryption_key must be at least 32 characters");
+            }
+        }
+        if self.fleet.max_long_polls == 0 {
+            bail!("invalid configuration: fleet.max_long_polls must be at least 1");
+        }
+        if self.fleet.poll_timeout.is_zero() {
+            bail!("invalid configuration: fleet.poll_timeout must be positive");
+        }
+        self.fleet_settings()?;
         if self.http.max_body_bytes < 1024 {
             bail!("invalid configuration: http.max_body_bytes must be at least 1024");
         }
@@ -176,6 +280,55 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The fleet protocol's settings; static tokens are checked here (a
+    /// short one stops the server, named by position, never printed).
+    pub fn fleet_settings(&self) -> Result<flotilla_service::FleetSettings> {
+        use flotilla_domain::permissions::{Ceiling, IndexPermission};
+        let tokens = self
+            .static_enrollment_tokens
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    format!(
+                        "static_enrollment_tokens.tokens[{i}] (policy '{}')",
+                        t.policy_id
+                    ),
+                    t.token.clone(),
+                    t.policy_id.clone(),
+                    t.allowed_ips.clone(),
+                )
+            })
+            .collect();
+        let static_tokens = flotilla_service::settings::StaticTokens::new(
+            self.static_enrollment_tokens.enabled,
+            self.static_enrollment_tokens.allowed_ips.clone(),
+            tokens,
+        )
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(flotilla_service::FleetSettings {
+            static_tokens,
+            ceiling: Ceiling(
+                self.fleet
+                    .output_key_ceiling
+                    .iter()
+                    .map(|c| IndexPermission {
+                        names: c.names.clone(),
+                        privileges: c.privileges.clone(),
+                    })
+                    .collect(),
+            ),
+            poll_timeout: self.fleet.poll_timeout,
+            poll_jitter: self.fleet.poll_jitter,
+            checkin_flush_interval: self.fleet.checkin_flush_interval,
+            max_long_polls: self.fleet.max_long_polls,
+            server_version: self.fleet.server_version.clone(),
+        })
     }
 }
 
@@ -225,6 +378,10 @@ mod tests {
             jail.set_env("FLOTILLA_HTTP__MAX_BODY_BYTES", "8192");
             jail.set_env("FLOTILLA_URL", "http://ignored");
             jail.set_env("FLOTILLA_DATABASE_URL", "postgres://u@h/db");
+            jail.set_env(
+                "FLOTILLA_ENCRYPTION_KEY",
+                "an-encryption-key-of-at-least-32-chars",
+            );
             let c = Config::load(Some("f.yml".as_ref()), &FlagOverrides::default()).unwrap();
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.http.max_body_bytes, 8192);

@@ -7,6 +7,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use flotilla_http::{AppState, HttpLimits};
+use flotilla_service::crypto::Sealer;
 use flotilla_service::Services;
 use flotilla_store_sql::Location;
 
@@ -44,7 +45,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     tracing::info!(storage = ?location, "opening storage");
     let store = flotilla_store_sql::open(location).await?;
-    let services = Services::new(store);
+    let sealer = match &config.encryption_key {
+        Some(key) => Sealer::from_secret(key.as_bytes()),
+        None => Sealer::from_secret(local_encryption_key(&config.data_dir)?.as_bytes()),
+    };
+    let services = Services::new(store, config.fleet_settings()?, sealer);
 
     let admin_key = config.admin_api_key.clone().map(SecretString::from);
     if let Some(generated) = services.management().bootstrap(admin_key.as_ref()).await? {
@@ -65,13 +70,68 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         request_timeout: config.http.request_timeout,
         max_concurrent_requests: config.http.max_concurrent_requests,
     };
-    let app = flotilla_http::app(AppState { services }, &limits);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));
+    let app = flotilla_http::app(AppState::new(services, stop_rx.clone()), &limits);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
     tracing::info!(%addr, "flotilla server started");
     // The ready line tests and scripts wait for.
     println!("listening on {addr}");
-    flotilla_http::serve(listener, app, shutdown_signal(), config.http.shutdown_drain).await?;
+    flotilla_http::serve(listener, app, stop_rx, config.http.shutdown_drain).await?;
+    let _ = flusher.await;
     tracing::info!("flotilla server stopped");
     Ok(())
+}
+
+/// Write buffered heartbeats on a timer, and once more at shutdown.
+async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(services.settings.checkin_flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if let Err(e) = services.flush_checkins().await {
+            tracing::warn!(error = %e, "could not write buffered check-ins");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// With SQLite and no configured key, the sealing key lives beside the
+/// database (mode 0600), generated on first start.
+fn local_encryption_key(data_dir: &std::path::Path) -> Result<String> {
+    let path = data_dir.join("encryption.key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) if key.trim().len() >= 32 => return Ok(key.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "{} is too short; remove it only if no agent is enrolled",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let key = flotilla_service::secrets::random_alphanumeric(48);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    use std::io::Write;
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(key.as_bytes())?;
+    file.sync_all()?;
+    Ok(key)
 }
 
 fn init_tracing(config: &Config) {

@@ -4,5 +4,6 @@
 mod support;
 
 mod cli;
+mod fleet;
 mod management;
 mod server;

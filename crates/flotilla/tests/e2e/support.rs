@@ -10,6 +10,8 @@ use reqwest::Method;
 use serde_json::Value;
 
 pub const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdefghijklmnop";
+pub const ENCRYPTION_KEY: &str = "e2e-encryption-key-0123456789abcdefghij";
+pub const ELASTIC_UA: &str = "Elastic Agent v9.6.0";
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_flotilla")
@@ -66,6 +68,10 @@ impl Builder {
         self.database_url = Some(url.to_owned());
         self
     }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
     pub fn no_admin_key(mut self) -> Self {
         self.admin_key = None;
         self
@@ -92,6 +98,7 @@ impl Builder {
                 None => flotilla_testkit::postgres()?.create_database(),
             };
             cmd.args(["--database-url", &url]);
+            cmd.env("FLOTILLA_ENCRYPTION_KEY", ENCRYPTION_KEY);
         }
         cmd.args(&self.args);
         if let Some(key) = &self.admin_key {
@@ -292,4 +299,138 @@ pub fn assert_error(resp: &(u16, Value), status: u16, message_contains: &str) {
         msg.contains(message_contains),
         "message {msg:?} should contain {message_contains:?}"
     );
+}
+
+/// A response from the fleet API.
+pub struct FleetResponse {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Server {
+    /// A fleet API request with `Authorization: ApiKey <key>` and an Elastic
+    /// agent's user agent.
+    pub async fn fleet(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> FleetResponse {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .header("user-agent", ELASTIC_UA);
+        if let Some(key) = key {
+            req = req.header("authorization", format!("ApiKey {key}"));
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("fleet request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        FleetResponse {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// Enrol with `token`; returns (agent id, access key).
+    pub async fn enroll(&self, token: &str) -> (String, String) {
+        let r = self
+            .fleet(
+                Method::POST,
+                "/api/fleet/agents/enroll",
+                Some(token),
+                Some(serde_json::json!({"type": "PERMANENT", "metadata": {"local": {"elastic": {"agent": {"version": "9.6.0"}}}, "user_provided": {}, "tags": ["e2e"]}})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "enroll: {}", r.body);
+        (
+            r.body["item"]["id"].as_str().unwrap().to_owned(),
+            r.body["item"]["access_api_key"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    }
+
+    pub async fn checkin(&self, agent: &(String, String), body: Value) -> FleetResponse {
+        self.fleet(
+            Method::POST,
+            &format!("/api/fleet/agents/{}/checkin", agent.0),
+            Some(&agent.1),
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn ack(&self, agent: &(String, String), action_ids: &[&str]) -> FleetResponse {
+        let events: Vec<Value> = action_ids
+            .iter()
+            .map(|id| serde_json::json!({"type": "ACTION_RESULT", "subtype": "ACKNOWLEDGED", "agent_id": agent.0,
+                "action_id": id, "message": "acked", "timestamp": "2026-01-01T00:00:00Z"}))
+            .collect();
+        self.fleet(
+            Method::POST,
+            &format!("/api/fleet/agents/{}/acks", agent.0),
+            Some(&agent.1),
+            Some(serde_json::json!({"events": events})),
+        )
+        .await
+    }
+
+    /// An enrollment token for a new policy `policy_id` with the nginx
+    /// integration in namespace `prod`.
+    pub async fn policy_with_token(&self, policy_id: &str) -> String {
+        let (st, _) = self
+            .post(
+                "/api/fleet/agent_policies",
+                serde_json::json!({"id": policy_id, "name": policy_id, "namespace": "prod"}),
+            )
+            .await;
+        assert_eq!(st, 200);
+        let (st, _) = self
+            .post("/api/fleet/package_policies", serde_json::json!({"name": format!("nginx-{policy_id}"), "policy_id": policy_id, "package": {"name": "nginx"}}))
+            .await;
+        assert_eq!(st, 200);
+        let (_, key) = self
+            .post(
+                "/api/fleet/enrollment_api_keys",
+                serde_json::json!({"policy_id": policy_id}),
+            )
+            .await;
+        key["item"]["api_key"].as_str().unwrap().to_owned()
+    }
+
+    /// `Authorization: ApiKey` as Elasticsearch clients send it.
+    pub async fn es(
+        &self,
+        method: Method,
+        path: &str,
+        output_key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(output_key);
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .header("authorization", format!("ApiKey {encoded}"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
 }

@@ -1,0 +1,503 @@
+//! The agent-facing fleet API, wire-compatible with Elastic's fleet-server
+//! (`shared/reference/fleet-server-openapi.yml`), and the Elasticsearch-
+//! shaped key endpoints (`/_security/...`).
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use flotilla_service::fleet::{FleetError, FleetErrorKind};
+use flotilla_service::keys::{KeyRejection, KeyService};
+
+use crate::AppState;
+
+pub const API_VERSION_HEADER: &str = "elastic-api-version";
+pub const SUPPORTED_API_VERSION: &str = "2023-06-01";
+
+/// A fleet API error: `{statusCode, error, message}` with the reference
+/// implementation's `error` tokens.
+pub struct FleetApiError(pub FleetError);
+
+impl From<FleetError> for FleetApiError {
+    fn from(e: FleetError) -> Self {
+        FleetApiError(e)
+    }
+}
+
+fn kind_status(kind: FleetErrorKind) -> (StatusCode, &'static str) {
+    use FleetErrorKind::*;
+    match kind {
+        BadRequest => (StatusCode::BAD_REQUEST, "BadRequest"),
+        InvalidUserAgent => (StatusCode::BAD_REQUEST, "InvalidUserAgent"),
+        UnsupportedVersion => (StatusCode::BAD_REQUEST, "UnsupportedVersion"),
+        MalformedHeader => (StatusCode::BAD_REQUEST, "ErrMalformedHeader"),
+        MalformedToken => (StatusCode::BAD_REQUEST, "ErrMalformedToken"),
+        NoAuthHeader => (StatusCode::UNAUTHORIZED, "ErrNoAuthHeader"),
+        Unauthorized => (StatusCode::UNAUTHORIZED, "ErrUnauthorized"),
+        KeyNotEnabled => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+        AgentInactive => (StatusCode::UNAUTHORIZED, "ErrAgentInactive"),
+        AgentIdentity => (StatusCode::FORBIDDEN, "ErrAgentIdentity"),
+        AgentNotReplaceable => (StatusCode::FORBIDDEN, "AgentNotReplaceable"),
+        AddressRefused => (StatusCode::FORBIDDEN, "ErrAddressNotAllowed"),
+        AgentNotFound => (StatusCode::NOT_FOUND, "AgentNotFound"),
+        PolicyNotFound => (StatusCode::SERVICE_UNAVAILABLE, "ErrPolicyNotFound"),
+        AuditReasonConflict => (StatusCode::CONFLICT, "ErrAuditReasonConflict"),
+        MaxLimit => (StatusCode::TOO_MANY_REQUESTS, "MaxLimit"),
+        PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "ErrPayloadSizeTooLarge"),
+        Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError"),
+    }
+}
+
+fn error_response(status: StatusCode, token: &str, message: &str) -> Response {
+    let body = json!({"statusCode": status.as_u16(), "error": token, "message": message});
+    (status, [("x-content-type-options", "nosniff")], Json(body)).into_response()
+}
+
+impl IntoResponse for FleetApiError {
+    fn into_response(self) -> Response {
+        let (status, token) = kind_status(self.0.kind);
+        let mut response = error_response(status, token, &self.0.message);
+        if self.0.kind == FleetErrorKind::PayloadTooLarge {
+            // The rest of the body is never read: don't let clients reuse
+            // the connection.
+            response
+                .headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
+        }
+        if matches!(
+            self.0.kind,
+            FleetErrorKind::PolicyNotFound | FleetErrorKind::Unavailable | FleetErrorKind::MaxLimit
+        ) {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("30"));
+        }
+        response
+    }
+}
+
+type FleetResult<T> = Result<T, FleetApiError>;
+
+fn fleet_err(kind: FleetErrorKind, message: &str) -> FleetApiError {
+    FleetApiError(FleetError::new(kind, message))
+}
+
+/// Parse a JSON body; errors in the contract's shape.
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> FleetResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| fleet_err(FleetErrorKind::BadRequest, &format!("Bad request: {e}")))
+}
+
+/// Buffer the body under `limit` (after any decompression).
+async fn read_body(req: Request, limit: usize) -> FleetResult<(axum::http::request::Parts, Bytes)> {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok((parts, bytes)),
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                Err(fleet_err(
+                    FleetErrorKind::PayloadTooLarge,
+                    "the request body exceeds the maximum allowed size",
+                ))
+            } else {
+                Err(fleet_err(
+                    FleetErrorKind::BadRequest,
+                    "Bad request: cannot read the request body",
+                ))
+            }
+        }
+    }
+}
+
+/// `Authorization: ApiKey <credential>`.
+fn credential(headers: &HeaderMap) -> FleetResult<String> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(fleet_err(
+            FleetErrorKind::NoAuthHeader,
+            "no authorization header",
+        ));
+    };
+    if values.next().is_some() {
+        return Err(fleet_err(
+            FleetErrorKind::MalformedHeader,
+            "malformed authorization header",
+        ));
+    }
+    let value = value.to_str().map_err(|_| {
+        fleet_err(
+            FleetErrorKind::MalformedHeader,
+            "malformed authorization header",
+        )
+    })?;
+    let cred = value
+        .strip_prefix("ApiKey ")
+        .ok_or_else(|| {
+            fleet_err(
+                FleetErrorKind::MalformedHeader,
+                "malformed authorization header",
+            )
+        })?
+        .trim();
+    if cred.is_empty() || cred.len() > 2048 {
+        return Err(fleet_err(FleetErrorKind::MalformedToken, "malformed token"));
+    }
+    Ok(cred.to_owned())
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<&str> {
+    headers.get(USER_AGENT).and_then(|v| v.to_str().ok())
+}
+
+/// Validate `Elastic-Api-Version` and echo it (or the default).
+async fn api_version(req: Request, next: Next) -> Response {
+    let requested = req
+        .headers()
+        .get(API_VERSION_HEADER)
+        .map(|v| v.to_str().unwrap_or("?").to_owned());
+    let default = HeaderValue::from_static(SUPPORTED_API_VERSION);
+    let echo = match requested {
+        None => default,
+        Some(v) => {
+            let well_formed = v.len() == 10
+                && v.bytes().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                });
+            if !well_formed {
+                let mut r = error_response(
+                    StatusCode::BAD_REQUEST,
+                    "ErrInvalidAPIVersionFormat",
+                    &format!("received \"{v}\", expected a valid date string formatted as YYYY-MM-DD. invalid version format"),
+                );
+                r.headers_mut().insert(API_VERSION_HEADER, default);
+                return r;
+            }
+            if v != SUPPORTED_API_VERSION {
+                let mut r = error_response(
+                    StatusCode::BAD_REQUEST,
+                    "ErrUnsupportedAPIVersion",
+                    &format!("received \"{v}\", is not supported. supported versions are: [{SUPPORTED_API_VERSION}] version is not supported"),
+                );
+                r.headers_mut().insert(API_VERSION_HEADER, default);
+                return r;
+            }
+            HeaderValue::from_str(&v).unwrap_or(default)
+        }
+    };
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(API_VERSION_HEADER, echo);
+    response
+}
+
+/// Body limits per route (bytes, after decompression).
+#[derive(Clone, Copy)]
+pub struct FleetLimits {
+    pub enroll: usize,
+    pub checkin: usize,
+    pub ack: usize,
+    pub audit: usize,
+}
+
+/// Routes with ordinary request durations.
+pub fn router(limits: FleetLimits) -> Router<AppState> {
+    Router::new()
+        .route("/api/status", get(status))
+        .route(
+            "/api/fleet/agents/enroll",
+            post(move |s: State<AppState>, r: Request| enroll(s, r, limits.enroll)),
+        )
+        .route(
+            "/api/fleet/agents/{id}/acks",
+            post(move |s: State<AppState>, p: Path<String>, r: Request| acks(s, p, r, limits.ack)),
+        )
+        .route(
+            "/api/fleet/agents/{id}/audit/unenroll",
+            post(move |s: State<AppState>, p: Path<String>, r: Request| {
+                audit_unenroll(s, p, r, limits.audit)
+            }),
+        )
+        .route("/_security/_authenticate", get(authenticate))
+        .route(
+            "/_security/user/_has_privileges",
+            post(has_privileges).get(has_privileges),
+        )
+        .layer(middleware::from_fn(api_version))
+}
+
+/// The long-poll route: no request timeout (it has its own deadline), its
+/// own concurrency cap, gzip both ways.
+pub fn checkin_router(limits: FleetLimits) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/fleet/agents/{id}/checkin",
+            post(move |s: State<AppState>, p: Path<String>, r: Request| {
+                checkin(s, p, r, limits.checkin)
+            }),
+        )
+        .layer(tower_http::decompression::RequestDecompressionLayer::new().gzip(true))
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true))
+        .layer(middleware::from_fn(api_version))
+}
+
+fn into_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, Json(body)).into_response()
+}
+
+fn render(r: FleetResult<Response>) -> Response {
+    match r {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let stopping = *s.shutdown.borrow();
+    let healthy = !stopping && s.services.store.ping().await.is_ok();
+    let state = if stopping {
+        "STOPPING"
+    } else if healthy {
+        "HEALTHY"
+    } else {
+        "DEGRADED"
+    };
+    let mut body = json!({"name": "fleet-server", "status": state});
+    if let Ok(cred) = credential(&headers) {
+        if s.services.is_valid_key(&cred).await {
+            body["version"] = json!({
+                "number": s.services.settings.server_version,
+                "build_hash": env!("CARGO_PKG_VERSION"),
+                "build_time": "",
+            });
+        }
+    }
+    let code = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    into_response(code, &body)
+}
+
+async fn enroll(State(s): State<AppState>, req: Request, limit: usize) -> Response {
+    render(
+        async {
+            let peer = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip());
+            let cred = credential(req.headers())?;
+            let ua = user_agent(req.headers()).map(str::to_owned);
+            let (_, body) = read_body(req, limit).await?;
+            let body = parse_body(&body)?;
+            let resp = s.services.enroll(&cred, peer, ua.as_deref(), body).await?;
+            Ok(into_response(StatusCode::OK, &resp))
+        }
+        .await,
+    )
+}
+
+async fn checkin(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+    limit: usize,
+) -> Response {
+    render(
+        async {
+            let Ok(_permit) = s.long_polls.clone().try_acquire_owned() else {
+                return Err(fleet_err(
+                    FleetErrorKind::MaxLimit,
+                    "exceeded the max limit",
+                ));
+            };
+            let cred = credential(req.headers())?;
+            let ua = user_agent(req.headers()).map(str::to_owned);
+            let (_, body) = read_body(req, limit).await?;
+            let body = parse_body(&body)?;
+            let resp = s
+                .services
+                .checkin(&cred, &id, ua.as_deref(), body, s.shutdown.clone())
+                .await?;
+            Ok(into_response(StatusCode::OK, &resp))
+        }
+        .await,
+    )
+}
+
+async fn acks(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+    limit: usize,
+) -> Response {
+    render(
+        async {
+            let cred = credential(req.headers())?;
+            let (_, body) = read_body(req, limit).await?;
+            let body = parse_body(&body)?;
+            let (status, resp) = s.services.ack(&cred, &id, body).await?;
+            Ok(into_response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                &resp,
+            ))
+        }
+        .await,
+    )
+}
+
+async fn audit_unenroll(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+    limit: usize,
+) -> Response {
+    render(
+        async {
+            let cred = credential(req.headers())?;
+            let (_, body) = read_body(req, limit).await?;
+            let body = parse_body(&body)?;
+            s.services.audit_unenroll(&cred, &id, body).await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        .await,
+    )
+}
+
+// --- Elasticsearch-shaped key endpoints ---------------------------------------------------
+
+fn security_error(status: StatusCode, reason: &str) -> Response {
+    let body = json!({
+        "error": {
+            "root_cause": [{"type": "security_exception", "reason": reason}],
+            "type": "security_exception",
+            "reason": reason,
+        },
+        "status": status.as_u16(),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn authenticated_key(
+    s: &AppState,
+    headers: &HeaderMap,
+) -> Result<flotilla_store::ApiKeyRecord, Response> {
+    let Ok(cred) = credential(headers) else {
+        return Err(security_error(
+            StatusCode::UNAUTHORIZED,
+            "missing authentication credentials",
+        ));
+    };
+    match KeyService::new(s.services.store.clone())
+        .authenticate(&cred)
+        .await
+    {
+        Ok(Ok(key)) => Ok(key),
+        Ok(Err(KeyRejection::Invalidated)) => Err(security_error(
+            StatusCode::UNAUTHORIZED,
+            "unable to authenticate: the API key is invalidated",
+        )),
+        Ok(Err(_)) => Err(security_error(
+            StatusCode::UNAUTHORIZED,
+            "unable to authenticate with provided credentials",
+        )),
+        Err(_) => Err(security_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authentication unavailable",
+        )),
+    }
+}
+
+async fn authenticate(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    match authenticated_key(&s, &headers).await {
+        Ok(key) => Json(json!({
+            "username": key.name,
+            "roles": [],
+            "full_name": null,
+            "email": null,
+            "metadata": key.metadata,
+            "enabled": true,
+            "authentication_realm": {"name": "_es_api_key", "type": "_es_api_key"},
+            "lookup_realm": {"name": "_es_api_key", "type": "_es_api_key"},
+            "authentication_type": "api_key",
+            "api_key": {"id": key.id, "name": key.name},
+        }))
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn has_privileges(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let key = match authenticated_key(&s, &headers).await {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let request: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return security_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid request body: {e}"),
+                )
+            }
+        }
+    };
+    let mut all = true;
+    let mut index = serde_json::Map::new();
+    for entry in request
+        .get("index")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let names = entry
+            .get("names")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str);
+        let privileges: Vec<&str> = entry
+            .get("privileges")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for name in names {
+            let slot = index.entry(name.to_owned()).or_insert_with(|| json!({}));
+            for p in &privileges {
+                let ok = KeyService::has_privileges(&key, name, p);
+                all &= ok;
+                slot[*p] = Value::Bool(ok);
+            }
+        }
+    }
+    Json(json!({
+        "username": key.name,
+        "has_all_requested": all,
+        "cluster": {},
+        "index": index,
+        "application": {},
+    }))
+    .into_response()
+}

@@ -1,0 +1,168 @@
+//! The key service: API keys for agents (fleet access, output writes).
+//!
+//! Keys are `id:secret` (presented base64-encoded as `ApiKey <…>`); only a
+//! SHA-256 of the secret is stored, looked up by the public id and compared
+//! in constant time. Role descriptors use the permissions-block shape.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use flotilla_domain::permissions::Permissions;
+use flotilla_store::{ApiKeyRecord, Store};
+
+use crate::secrets::{ct_eq, hash_token, random_alphanumeric};
+use crate::ServiceError;
+
+pub const KIND_ACCESS: &str = "access";
+pub const KIND_OUTPUT: &str = "output";
+
+/// A freshly minted key: its record (to store) and its plain `id:secret`.
+pub struct MintedKey {
+    pub record: ApiKeyRecord,
+    pub credential: SecretString,
+}
+
+impl MintedKey {
+    /// `base64(id:secret)`, as sent in `Authorization: ApiKey …`.
+    pub fn encoded(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.credential.expose_secret())
+    }
+}
+
+/// Why a presented key was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyRejection {
+    /// Not base64, not UTF-8, or not `id:secret`.
+    Malformed,
+    Unknown,
+    Invalidated,
+}
+
+#[derive(Clone)]
+pub struct KeyService {
+    store: Arc<dyn Store>,
+}
+
+impl KeyService {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        KeyService { store }
+    }
+
+    /// Create a key (not yet stored; see [`KeyService::grant`]).
+    pub fn mint(
+        &self,
+        name: &str,
+        kind: &str,
+        agent_id: Option<&str>,
+        roles: &Permissions,
+        metadata: Value,
+    ) -> MintedKey {
+        let id = random_alphanumeric(20);
+        let secret = random_alphanumeric(40);
+        let record = ApiKeyRecord {
+            id: id.clone(),
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            agent_id: agent_id.map(str::to_owned),
+            secret_hash: hash_token(&secret),
+            role_descriptors: serde_json::to_value(roles).expect("permissions serialise"),
+            metadata,
+            created_at: Utc::now(),
+            retire_pending: false,
+            invalidated_at: None,
+        };
+        MintedKey {
+            record,
+            credential: SecretString::from(format!("{id}:{secret}")),
+        }
+    }
+
+    /// Mint and store a key.
+    pub async fn grant(
+        &self,
+        name: &str,
+        kind: &str,
+        agent_id: Option<&str>,
+        roles: &Permissions,
+        metadata: Value,
+    ) -> Result<MintedKey, ServiceError> {
+        let key = self.mint(name, kind, agent_id, roles, metadata);
+        self.store.insert_api_key(&key.record).await?;
+        Ok(key)
+    }
+
+    /// Split a presented credential: base64 of `id:secret`, or `id:secret`.
+    pub fn parse(presented: &str) -> Result<(String, String), KeyRejection> {
+        let decoded = match base64::engine::general_purpose::STANDARD.decode(presented.trim()) {
+            Ok(bytes) => String::from_utf8(bytes).map_err(|_| KeyRejection::Malformed)?,
+            Err(_) if presented.contains(':') => presented.to_owned(),
+            Err(_) => return Err(KeyRejection::Malformed),
+        };
+        match decoded.split_once(':') {
+            Some((id, secret)) if !id.is_empty() && !secret.is_empty() && !secret.contains(':') => {
+                Ok((id.to_owned(), secret.to_owned()))
+            }
+            _ => Err(KeyRejection::Malformed),
+        }
+    }
+
+    /// The valid key behind a presented credential.
+    pub async fn authenticate(
+        &self,
+        presented: &str,
+    ) -> Result<Result<ApiKeyRecord, KeyRejection>, ServiceError> {
+        let (id, secret) = match Self::parse(presented) {
+            Ok(parts) => parts,
+            Err(r) => return Ok(Err(r)),
+        };
+        let Some(record) = self.store.get_api_key(&id).await? else {
+            return Ok(Err(KeyRejection::Unknown));
+        };
+        if !ct_eq(
+            record.secret_hash.as_bytes(),
+            hash_token(&secret).as_bytes(),
+        ) {
+            return Ok(Err(KeyRejection::Unknown));
+        }
+        if record.invalidated_at.is_some() {
+            return Ok(Err(KeyRejection::Invalidated));
+        }
+        Ok(Ok(record))
+    }
+
+    /// Whether the key's role descriptors grant `privilege` on `index`.
+    pub fn has_privileges(key: &ApiKeyRecord, index: &str, privilege: &str) -> bool {
+        serde_json::from_value::<Permissions>(key.role_descriptors.clone())
+            .map(|p| p.allows(index, privilege))
+            .unwrap_or(false)
+    }
+
+    pub async fn invalidate(&self, ids: &[String]) -> Result<u64, ServiceError> {
+        Ok(self.store.invalidate_api_keys(ids, Utc::now()).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_encodings_and_refuses_garbage() {
+        let encoded = base64::engine::general_purpose::STANDARD.encode("abc:def");
+        assert_eq!(
+            KeyService::parse(&encoded).unwrap(),
+            ("abc".into(), "def".into())
+        );
+        assert_eq!(
+            KeyService::parse("abc:def").unwrap(),
+            ("abc".into(), "def".into())
+        );
+        assert_eq!(KeyService::parse("!!!"), Err(KeyRejection::Malformed));
+        let no_colon = base64::engine::general_purpose::STANDARD.encode("abcdef");
+        assert_eq!(KeyService::parse(&no_colon), Err(KeyRejection::Malformed));
+    }
+}
