@@ -272,6 +272,8 @@ struct BufferState {
     pending: HashMap<String, CheckinRecord>,
     /// What each agent last reported (status, message, metadata digest).
     last: HashMap<String, (String, String, Option<String>)>,
+    /// The last ack token each agent confirmed through this instance.
+    tokens: HashMap<String, String>,
 }
 
 fn digest(v: &Option<Value>) -> Option<String> {
@@ -299,6 +301,16 @@ impl CheckinBuffer {
         }
     }
 
+    /// Whether `token` is new from this agent (and remember it).
+    fn first_sight_of_token(&self, agent_id: &str, token: &str) -> bool {
+        let mut st = self.inner.lock().expect("buffer lock");
+        if st.tokens.get(agent_id).is_some_and(|t| t == token) {
+            return false;
+        }
+        st.tokens.insert(agent_id.to_owned(), token.to_owned());
+        true
+    }
+
     pub fn drain(&self) -> Vec<CheckinRecord> {
         let mut st = self.inner.lock().expect("buffer lock");
         st.pending.drain().map(|(_, v)| v).collect()
@@ -308,6 +320,7 @@ impl CheckinBuffer {
         let mut st = self.inner.lock().expect("buffer lock");
         st.pending.remove(agent_id);
         st.last.remove(agent_id);
+        st.tokens.remove(agent_id);
     }
 }
 
@@ -624,7 +637,10 @@ impl Services {
             self.store.record_checkins(&[now_rec]).await?;
         }
         if let Some(token) = body.ack_token.as_deref().filter(|t| !t.is_empty()) {
-            self.store.confirm_delivery(&agent.id, token).await?;
+            // Agents send their last token on every check-in; confirm it once.
+            if self.checkins.first_sight_of_token(&agent.id, token) {
+                self.store.confirm_delivery(&agent.id, token).await?;
+            }
         }
         // What the agent says it runs; a different policy counts as nothing.
         let reported: Option<i64> = match (&body.agent_policy_id, body.policy_revision_idx) {
@@ -675,6 +691,7 @@ impl Services {
                 });
             }
             // Nothing yet: wait for a relevant change, the deadline or shutdown.
+            let _waiting = WaitingGauge::enter();
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
@@ -943,6 +960,22 @@ impl Services {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// `flotilla_checkins_waiting`: long polls currently waiting for a change.
+struct WaitingGauge;
+
+impl WaitingGauge {
+    fn enter() -> Self {
+        metrics::gauge!("flotilla_checkins_waiting").increment(1.0);
+        WaitingGauge
+    }
+}
+
+impl Drop for WaitingGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("flotilla_checkins_waiting").decrement(1.0);
     }
 }
 

@@ -450,6 +450,7 @@ async fn policy_changes_wake_long_polls_and_rotate_keys_after_the_ack() {
             .unwrap();
         resp.json::<Value>().await.unwrap()
     });
+    wait_for_waiting_polls(&s, 1).await;
     // Add an integration: the permissions change, the poll wakes.
     let (st, _) = s
         .post(
@@ -957,7 +958,7 @@ async fn two_instances_share_changes_through_postgres() {
         (resp.json::<Value>().await.unwrap(), started)
     });
     // Make sure the poll is waiting on B before the change on A.
-    wait_for_online(&a, &agent.0).await;
+    wait_for_waiting_polls(&b, 1).await;
     let changed_at = Instant::now();
     let (st, _) = a
         .put(
@@ -978,14 +979,156 @@ async fn two_instances_share_changes_through_postgres() {
     assert_eq!(change[0]["id"], "policy:web:3");
 }
 
-/// Wait (bounded) until the agent's first check-in is visible.
-async fn wait_for_online(s: &Server, agent_id: &str) {
-    for _ in 0..200 {
-        let (_, a) = s.get(&format!("/api/fleet/agents/{agent_id}")).await;
-        if a["item"]["status"] == "online" && a["item"]["policy_revision"] == 2 {
+/// Wait (bounded) until `n` long polls are waiting on `s`, read from its
+/// `flotilla_checkins_waiting` gauge.
+async fn wait_for_waiting_polls(s: &Server, n: u64) {
+    for _ in 0..400 {
+        let text = reqwest::get(format!("{}/metrics", s.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let waiting = text
+            .lines()
+            .find_map(|l| l.strip_prefix("flotilla_checkins_waiting "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if waiting >= n as f64 {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    panic!("agent never showed online");
+    panic!("no long poll started waiting");
+}
+
+#[tokio::test]
+async fn shutdown_ends_long_polls_at_once() {
+    let s = slow_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let agent = s.enroll(&token).await;
+    s.checkin(&agent, json!({"status": "online"})).await;
+    s.ack(&agent, &["policy:web:2"]).await;
+    let (url, a) = (s.url.clone(), agent.clone());
+    let poll = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/api/fleet/agents/{}/checkin", a.0))
+            .header("authorization", format!("ApiKey {}", a.1))
+            .header("user-agent", crate::support::ELASTIC_UA)
+            .json(&json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}))
+            .send()
+            .await
+            .unwrap()
+    });
+    wait_for_waiting_polls(&s, 1).await;
+    let pid = s.pid();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let resp = poll.await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "a stopping server answers the poll, empty"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert!(body.get("actions").is_none(), "{body}");
+    assert_eq!(s.wait(), Some(0));
+}
+
+#[tokio::test]
+async fn an_enrollment_id_replaces_an_agent_that_never_checked_in() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let body = json!({"type": "PERMANENT", "enrollment_id": "vm-7", "metadata": {"local": {}, "user_provided": {}}});
+    let first = s
+        .fleet(
+            Method::POST,
+            "/api/fleet/agents/enroll",
+            Some(&token),
+            Some(body.clone()),
+        )
+        .await;
+    let first_id = first.body["item"]["id"].as_str().unwrap().to_owned();
+    let second = s
+        .fleet(
+            Method::POST,
+            "/api/fleet/agents/enroll",
+            Some(&token),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(second.status, 200);
+    let second_id = second.body["item"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(first_id, second_id);
+    assert_error(
+        &s.get(&format!("/api/fleet/agents/{first_id}")).await,
+        404,
+        &first_id,
+    );
+    let old = (
+        first_id,
+        first.body["item"]["access_api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    assert_eq!(
+        s.checkin(&old, json!({"status": "online"})).await.status,
+        401,
+        "its key is invalidated"
+    );
+
+    // Once it has checked in, a re-enrolment keeps it.
+    let second_agent = (
+        second_id.clone(),
+        second.body["item"]["access_api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    s.checkin(&second_agent, json!({"status": "online"})).await;
+    s.fleet(
+        Method::POST,
+        "/api/fleet/agents/enroll",
+        Some(&token),
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        s.get(&format!("/api/fleet/agents/{second_id}")).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn changing_the_policys_output_changes_the_key() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let agent = s.enroll(&token).await;
+    let key = output_key(policy_change(
+        &s.checkin(&agent, json!({"status": "online"})).await,
+    ));
+    s.ack(&agent, &["policy:web:2"]).await;
+    s.post(
+        "/api/fleet/outputs",
+        json!({"id": "es2", "name": "es2", "type": "elasticsearch", "hosts": ["https://es2:9200"]}),
+    )
+    .await;
+    s.put("/api/fleet/agent_policies/web", json!({"output_id": "es2"}))
+        .await;
+    let r = s
+        .checkin(
+            &agent,
+            json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}),
+        )
+        .await;
+    let change = policy_change(&r);
+    assert_eq!(
+        change["data"]["policy"]["outputs"]["es2"]["hosts"],
+        json!(["https://es2:9200"])
+    );
+    assert_ne!(output_key(change), key);
 }
