@@ -209,6 +209,39 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        async fn insert_tags(tx: &mut Tx<'_>, agent_id: &str, tags: &[String]) -> Result<()> {
+            for tag in tags {
+                sqlx::query("INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(agent_id)
+                    .bind(tag)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(other)?;
+            }
+            Ok(())
+        }
+
+        async fn insert_agent_row(tx: &mut Tx<'_>, agent: &NewAgent) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO agents (id, policy_id, active, local_metadata, enrolled_at, updated_at, \
+                 access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
+                 VALUES ($1, $2, TRUE, $3, $4, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(&agent.id)
+            .bind(&agent.policy_id)
+            .bind(to_json(&agent.local_metadata))
+            .bind(ms(agent.enrolled_at))
+            .bind(&agent.access_api_key_id)
+            .bind(&agent.enrollment_id)
+            .bind(&agent.replace_token_hash)
+            .bind(&agent.enroll_type)
+            .bind(&agent.agent_version)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| db_err(e, || format!("agent '{}' already exists", agent.id)))?;
+            insert_tags(tx, &agent.id, &agent.tags).await
+        }
+
         async fn invalidate_agent_keys(tx: &mut Tx<'_>, agent_id: &str, now: i64) -> Result<()> {
             sqlx::query("UPDATE api_keys SET invalidated_at = $2 WHERE agent_id = $1 AND invalidated_at IS NULL")
                 .bind(agent_id)
@@ -805,33 +838,8 @@ macro_rules! impl_store {
             // --- agents ----------------------------------------------------
 
             async fn insert_agent(&self, agent: &NewAgent) -> Result<Agent> {
-                let at = ms(agent.enrolled_at);
                 let mut tx = self.begin_write().await?;
-                sqlx::query(
-                    "INSERT INTO agents (id, policy_id, active, local_metadata, enrolled_at, updated_at, \
-                     access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
-                     VALUES ($1, $2, TRUE, $3, $4, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(&agent.id)
-                .bind(&agent.policy_id)
-                .bind(to_json(&agent.local_metadata))
-                .bind(at)
-                .bind(&agent.access_api_key_id)
-                .bind(&agent.enrollment_id)
-                .bind(&agent.replace_token_hash)
-                .bind(&agent.enroll_type)
-                .bind(&agent.agent_version)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_err(e, || format!("agent '{}' already exists", agent.id)))?;
-                for tag in &agent.tags {
-                    sqlx::query("INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                        .bind(&agent.id)
-                        .bind(tag)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(other)?;
-                }
+                insert_agent_row(&mut tx, agent).await?;
                 tx.commit().await.map_err(other)?;
                 self.agent_after_write(&agent.id, agent.enrolled_at).await
             }
@@ -864,14 +872,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(other)?;
-                for tag in tags {
-                    sqlx::query("INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                        .bind(id)
-                        .bind(tag)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(other)?;
-                }
+                insert_tags(&mut tx, id, tags).await?;
                 tx.commit().await.map_err(other)?;
                 self.agent_after_write(id, now).await
             }
@@ -965,31 +966,7 @@ macro_rules! impl_store {
                     remove_agent(&mut tx, old, now).await?;
                 }
                 insert_key(&mut tx, access_key).await?;
-                sqlx::query(
-                    "INSERT INTO agents (id, policy_id, active, local_metadata, enrolled_at, updated_at, \
-                     access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
-                     VALUES ($1, $2, TRUE, $3, $4, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(&agent.id)
-                .bind(&agent.policy_id)
-                .bind(to_json(&agent.local_metadata))
-                .bind(now)
-                .bind(&agent.access_api_key_id)
-                .bind(&agent.enrollment_id)
-                .bind(&agent.replace_token_hash)
-                .bind(&agent.enroll_type)
-                .bind(&agent.agent_version)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| db_err(e, || format!("agent '{}' already exists", agent.id)))?;
-                for tag in &agent.tags {
-                    sqlx::query("INSERT INTO agent_tags (agent_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                        .bind(&agent.id)
-                        .bind(tag)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(other)?;
-                }
+                insert_agent_row(&mut tx, agent).await?;
                 tx.commit().await.map_err(other)?;
                 if replace.is_some() {
                     self.publish(StoreEvent::AgentChanged { agent_id: agent.id.clone() }).await;

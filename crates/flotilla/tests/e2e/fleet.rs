@@ -436,20 +436,11 @@ async fn policy_changes_wake_long_polls_and_rotate_keys_after_the_ack() {
     let old_key = output_key(policy_change(&first));
     s.ack(&agent, &["policy:web:2"]).await;
 
-    let url = s.url.clone();
-    let a = agent.clone();
     let started = Instant::now();
-    let poll = tokio::spawn(async move {
-        let resp = reqwest::Client::new()
-            .post(format!("{url}/api/fleet/agents/{}/checkin", a.0))
-            .header("authorization", format!("ApiKey {}", a.1))
-            .header("user-agent", crate::support::ELASTIC_UA)
-            .json(&json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}))
-            .send()
-            .await
-            .unwrap();
-        resp.json::<Value>().await.unwrap()
-    });
+    let poll = s.spawn_checkin(
+        &agent,
+        json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}),
+    );
     wait_for_waiting_polls(&s, 1).await;
     // Add an integration: the permissions change, the poll wakes.
     let (st, _) = s
@@ -459,7 +450,7 @@ async fn policy_changes_wake_long_polls_and_rotate_keys_after_the_ack() {
         )
         .await;
     assert_eq!(st, 200);
-    let body = poll.await.unwrap();
+    let body = poll.await.unwrap().body;
     eprintln!(
         "policy change reached the long poll after {:?}",
         started.elapsed()
@@ -533,16 +524,10 @@ async fn policy_changes_wake_long_polls_and_rotate_keys_after_the_ack() {
     assert_ne!(output_key(change), new_key);
     // Reporting the revision (instead of acking) retires the previous key.
     // That check-in then long-polls (nothing is pending), so it runs aside.
-    let (url, a) = (s.url.clone(), agent.clone());
-    let report = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/api/fleet/agents/{}/checkin", a.0))
-            .header("authorization", format!("ApiKey {}", a.1))
-            .header("user-agent", crate::support::ELASTIC_UA)
-            .json(&json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 4}))
-            .send()
-            .await
-    });
+    let report = s.spawn_checkin(
+        &agent,
+        json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 4}),
+    );
     let mut retired = false;
     for _ in 0..400 {
         if s.es(Method::GET, "/_security/_authenticate", &new_key, None)
@@ -943,20 +928,11 @@ async fn two_instances_share_changes_through_postgres() {
     assert_eq!(policy_change(&first)["id"], "policy:web:2");
     b.ack(&agent, &["policy:web:2"]).await;
 
-    let url_b = b.url.clone();
-    let ag = agent.clone();
-    let poll = tokio::spawn(async move {
-        let started = Instant::now();
-        let resp = reqwest::Client::new()
-            .post(format!("{url_b}/api/fleet/agents/{}/checkin", ag.0))
-            .header("authorization", format!("ApiKey {}", ag.1))
-            .header("user-agent", crate::support::ELASTIC_UA)
-            .json(&json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}))
-            .send()
-            .await
-            .unwrap();
-        (resp.json::<Value>().await.unwrap(), started)
-    });
+    let started = Instant::now();
+    let poll = b.spawn_checkin(
+        &agent,
+        json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}),
+    );
     // Make sure the poll is waiting on B before the change on A.
     wait_for_waiting_polls(&b, 1).await;
     let changed_at = Instant::now();
@@ -967,7 +943,7 @@ async fn two_instances_share_changes_through_postgres() {
         )
         .await;
     assert_eq!(st, 200);
-    let (body, started) = poll.await.unwrap();
+    let body = poll.await.unwrap().body;
     eprintln!(
         "change on A reached the long poll on B after {:?} (poll open {:?})",
         changed_at.elapsed(),
@@ -1009,17 +985,10 @@ async fn shutdown_ends_long_polls_at_once() {
     let agent = s.enroll(&token).await;
     s.checkin(&agent, json!({"status": "online"})).await;
     s.ack(&agent, &["policy:web:2"]).await;
-    let (url, a) = (s.url.clone(), agent.clone());
-    let poll = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(format!("{url}/api/fleet/agents/{}/checkin", a.0))
-            .header("authorization", format!("ApiKey {}", a.1))
-            .header("user-agent", crate::support::ELASTIC_UA)
-            .json(&json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}))
-            .send()
-            .await
-            .unwrap()
-    });
+    let poll = s.spawn_checkin(
+        &agent,
+        json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}),
+    );
     wait_for_waiting_polls(&s, 1).await;
     let pid = s.pid();
     assert!(std::process::Command::new("kill")
@@ -1029,11 +998,10 @@ async fn shutdown_ends_long_polls_at_once() {
         .success());
     let resp = poll.await.unwrap();
     assert_eq!(
-        resp.status(),
-        200,
+        resp.status, 200,
         "a stopping server answers the poll, empty"
     );
-    let body: Value = resp.json().await.unwrap();
+    let body = resp.body;
     assert!(body.get("actions").is_none(), "{body}");
     assert_eq!(s.wait(), Some(0));
 }

@@ -364,6 +364,33 @@ impl Server {
         )
     }
 
+    /// A check-in running aside (for long polls the test acts during).
+    pub fn spawn_checkin(
+        &self,
+        agent: &(String, String),
+        body: Value,
+    ) -> tokio::task::JoinHandle<FleetResponse> {
+        let (url, http, agent) = (self.url.clone(), self.http.clone(), agent.clone());
+        tokio::spawn(async move {
+            let resp = http
+                .post(format!("{url}/api/fleet/agents/{}/checkin", agent.0))
+                .header("authorization", format!("ApiKey {}", agent.1))
+                .header("user-agent", ELASTIC_UA)
+                .json(&body)
+                .send()
+                .await
+                .expect("check-in");
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.json().await.unwrap_or(Value::Null);
+            FleetResponse {
+                status,
+                body,
+                headers,
+            }
+        })
+    }
+
     pub async fn checkin(&self, agent: &(String, String), body: Value) -> FleetResponse {
         self.fleet(
             Method::POST,
