@@ -778,13 +778,20 @@ fn cell(row: &Value, path: &str) -> String {
     }
 }
 
+/// Print to stdout; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|_| out.flush());
+}
+
 fn render(view: &View, json: bool) {
     if json || view.columns.is_empty() {
         let out = match view.value.get("item") {
             Some(item) if view.value.get("items").is_none() => item,
             _ => &view.value,
         };
-        println!("{}", serde_json::to_string_pretty(out).unwrap_or_default());
+        emit(&serde_json::to_string_pretty(out).unwrap_or_default());
         return;
     }
     let mut table = Table::new();
@@ -795,7 +802,7 @@ fn render(view: &View, json: bool) {
     for row in rows(&view.value) {
         table.add_row(view.columns.iter().map(|(_, path)| cell(row, path)));
     }
-    println!("{table}");
+    emit(&table.to_string());
     if let (Some(total), Some(items)) = (
         view.value.get("total"),
         view.value.get("items").and_then(Value::as_array),
