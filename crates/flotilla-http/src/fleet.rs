@@ -53,6 +53,7 @@ fn kind_status(kind: FleetErrorKind) -> (StatusCode, &'static str) {
         PolicyNotFound => (StatusCode::SERVICE_UNAVAILABLE, "ErrPolicyNotFound"),
         AuditReasonConflict => (StatusCode::CONFLICT, "ErrAuditReasonConflict"),
         MaxLimit => (StatusCode::TOO_MANY_REQUESTS, "MaxLimit"),
+        EnrollDuplicate => (StatusCode::TOO_MANY_REQUESTS, "EnrollDuplicate"),
         PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "ErrPayloadSizeTooLarge"),
         Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
         Internal => (StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError"),
@@ -77,7 +78,10 @@ impl IntoResponse for FleetApiError {
         }
         if matches!(
             self.0.kind,
-            FleetErrorKind::PolicyNotFound | FleetErrorKind::Unavailable | FleetErrorKind::MaxLimit
+            FleetErrorKind::PolicyNotFound
+                | FleetErrorKind::Unavailable
+                | FleetErrorKind::MaxLimit
+                | FleetErrorKind::EnrollDuplicate
         ) {
             response
                 .headers_mut()
@@ -99,10 +103,20 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> FleetResult<T> {
         .map_err(|e| fleet_err(FleetErrorKind::BadRequest, &format!("Bad request: {e}")))
 }
 
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Buffer the body under `limit` (after any decompression).
 async fn read_body(req: Request, limit: usize) -> FleetResult<(axum::http::request::Parts, Bytes)> {
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, limit).await {
+    // A client that trickles its body does not hold a slot for long.
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit));
+    let Ok(read) = read.await else {
+        return Err(fleet_err(
+            FleetErrorKind::BadRequest,
+            "Bad request: the request body arrived too slowly",
+        ));
+    };
+    match read {
         Ok(bytes) => Ok((parts, bytes)),
         Err(e) => {
             let too_large = std::error::Error::source(&e)
@@ -322,16 +336,16 @@ async fn checkin(
 ) -> Response {
     render(
         async {
+            let cred = credential(req.headers())?;
+            let ua = user_agent(req.headers()).map(str::to_owned);
+            let (_, body) = read_body(req, limit).await?;
+            let body = parse_body(&body)?;
             let Ok(_permit) = s.long_polls.clone().try_acquire_owned() else {
                 return Err(fleet_err(
                     FleetErrorKind::MaxLimit,
                     "exceeded the max limit",
                 ));
             };
-            let cred = credential(req.headers())?;
-            let ua = user_agent(req.headers()).map(str::to_owned);
-            let (_, body) = read_body(req, limit).await?;
-            let body = parse_body(&body)?;
             let resp = s
                 .services
                 .checkin(&cred, &id, ua.as_deref(), body, s.shutdown.clone())
@@ -462,7 +476,35 @@ async fn has_privileges(State(s): State<AppState>, headers: HeaderMap, body: Byt
             }
         }
     };
+    // Output and access keys carry index privileges only: every cluster or
+    // application privilege asked about is refused.
+    let mut asked = false;
     let mut all = true;
+    let mut cluster = serde_json::Map::new();
+    for p in request
+        .get("cluster")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        asked = true;
+        all = false;
+        cluster.insert(p.to_owned(), Value::Bool(false));
+    }
+    let mut application = serde_json::Map::new();
+    for entry in request
+        .get("application")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        asked = true;
+        all = false;
+        if let Some(app) = entry.get("application").and_then(Value::as_str) {
+            application.insert(app.to_owned(), json!({}));
+        }
+    }
     let mut index = serde_json::Map::new();
     for entry in request
         .get("index")
@@ -486,6 +528,7 @@ async fn has_privileges(State(s): State<AppState>, headers: HeaderMap, body: Byt
         for name in names {
             let slot = index.entry(name.to_owned()).or_insert_with(|| json!({}));
             for p in &privileges {
+                asked = true;
                 let ok = KeyService::has_privileges(&key, name, p);
                 all &= ok;
                 slot[*p] = Value::Bool(ok);
@@ -494,10 +537,10 @@ async fn has_privileges(State(s): State<AppState>, headers: HeaderMap, body: Byt
     }
     Json(json!({
         "username": key.name,
-        "has_all_requested": all,
-        "cluster": {},
+        "has_all_requested": all && asked,
+        "cluster": cluster,
         "index": index,
-        "application": {},
+        "application": application,
     }))
     .into_response()
 }

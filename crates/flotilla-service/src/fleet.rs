@@ -46,6 +46,7 @@ pub enum FleetErrorKind {
     PolicyNotFound,
     AuditReasonConflict,
     MaxLimit,
+    EnrollDuplicate,
     PayloadTooLarge,
     Unavailable,
     Internal,
@@ -259,6 +260,10 @@ fn parse_poll_timeout(s: &str) -> Result<Duration> {
 
 // --- check-in buffer -------------------------------------------------------------------
 
+/// How often a waiting long poll refreshes its agent's last-seen time (well
+/// inside the 5-minute offline threshold).
+const HEARTBEAT_REFRESH: Duration = Duration::from_secs(30);
+
 /// Coalesces check-in writes: a heartbeat that changes nothing but the time
 /// waits for the next batch; a first check-in or a change of status,
 /// message or metadata is written at once.
@@ -270,8 +275,9 @@ pub struct CheckinBuffer {
 #[derive(Default)]
 struct BufferState {
     pending: HashMap<String, CheckinRecord>,
-    /// What each agent last reported (status, message, metadata digest).
-    last: HashMap<String, (String, String, Option<String>)>,
+    /// What each agent last reported (status, message, metadata and
+    /// components digests).
+    last: HashMap<String, (String, String, Option<String>, Option<String>)>,
     /// The last ack token each agent confirmed through this instance.
     tokens: HashMap<String, String>,
 }
@@ -289,8 +295,9 @@ impl CheckinBuffer {
             rec.status.clone(),
             rec.message.clone(),
             digest(&rec.local_metadata),
+            digest(&rec.components),
         );
-        let changed = st.last.get(&rec.agent_id) != Some(&fingerprint) || rec.components.is_some();
+        let changed = st.last.get(&rec.agent_id) != Some(&fingerprint);
         st.last.insert(rec.agent_id.clone(), fingerprint);
         if first || changed {
             st.pending.remove(&rec.agent_id);
@@ -301,14 +308,48 @@ impl CheckinBuffer {
         }
     }
 
-    /// Whether `token` is new from this agent (and remember it).
-    fn first_sight_of_token(&self, agent_id: &str, token: &str) -> bool {
+    /// Whether `token` was already confirmed for this agent here.
+    fn token_confirmed(&self, agent_id: &str, token: &str) -> bool {
+        let st = self.inner.lock().expect("buffer lock");
+        st.tokens.get(agent_id).is_some_and(|t| t == token)
+    }
+
+    fn remember_token(&self, agent_id: &str, token: &str) {
         let mut st = self.inner.lock().expect("buffer lock");
-        if st.tokens.get(agent_id).is_some_and(|t| t == token) {
-            return false;
-        }
         st.tokens.insert(agent_id.to_owned(), token.to_owned());
-        true
+    }
+
+    /// A heartbeat while a long poll waits, so a waiting agent never looks
+    /// offline: buffered like any unchanged check-in.
+    fn refresh(&self, agent_id: &str, at: DateTime<Utc>) {
+        let mut st = self.inner.lock().expect("buffer lock");
+        if let Some(rec) = st.pending.get_mut(agent_id) {
+            rec.at = at;
+            return;
+        }
+        if let Some((status, message, _, _)) = st.last.get(agent_id).cloned() {
+            st.pending.insert(
+                agent_id.to_owned(),
+                CheckinRecord {
+                    agent_id: agent_id.to_owned(),
+                    at,
+                    status,
+                    message,
+                    local_metadata: None,
+                    components: None,
+                    agent_version: None,
+                },
+            );
+        }
+    }
+
+    /// Put back a batch that could not be written, unless newer records
+    /// arrived meanwhile.
+    pub fn requeue(&self, batch: Vec<CheckinRecord>) {
+        let mut st = self.inner.lock().expect("buffer lock");
+        for rec in batch {
+            st.pending.entry(rec.agent_id.clone()).or_insert(rec);
+        }
     }
 
     pub fn drain(&self) -> Vec<CheckinRecord> {
@@ -473,14 +514,20 @@ impl Services {
         }
 
         let now = Utc::now();
+        // Agents to remove in the enrolment's own transaction: a same
+        // `enrollment_id` agent that never checked in (same policy), and
+        // the agent this one replaces.
+        let mut replace = Vec::new();
         if let Some(eid) = &enrollment_id {
             if let Some(old) = self.store.find_agent_by_enrollment_id(eid).await? {
-                if old.last_checkin.is_none() && Some(&old.id) != requested_id.as_ref() {
-                    self.store.delete_agent(&old.id, now).await?;
+                if old.last_checkin.is_none()
+                    && old.policy_id == policy_id
+                    && Some(&old.id) != requested_id.as_ref()
+                {
+                    replace.push(old.id);
                 }
             }
         }
-        let mut replace = None;
         let agent_id = match requested_id {
             Some(id) => {
                 validate_id("id", &id).map_err(|e| FleetError::bad(e.to_string()))?;
@@ -499,7 +546,7 @@ impl Services {
                             ));
                         }
                     }
-                    replace = Some(id.clone());
+                    replace.push(id.clone());
                 }
                 id
             }
@@ -533,10 +580,16 @@ impl Services {
         };
         match self
             .store
-            .enroll_agent(&new, &access.record, replace.as_deref())
+            .enroll_agent(&new, &access.record, &replace)
             .await
         {
             Ok(_) => {}
+            Err(StoreError::Conflict(_)) => {
+                return Err(FleetError::new(
+                    FleetErrorKind::EnrollDuplicate,
+                    "a concurrent enrolment for the same agent is in progress; retry",
+                ))
+            }
             Err(StoreError::NotFound(_)) => {
                 return Err(FleetError::new(
                     FleetErrorKind::PolicyNotFound,
@@ -574,7 +627,11 @@ impl Services {
     /// shutdown.
     pub async fn flush_checkins(&self) -> std::result::Result<(), StoreError> {
         let batch = self.checkins.drain();
-        self.store.record_checkins(&batch).await
+        if let Err(e) = self.store.record_checkins(&batch).await {
+            self.checkins.requeue(batch);
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn poll_duration(&self, requested: Option<Duration>) -> Duration {
@@ -638,41 +695,59 @@ impl Services {
         }
         if let Some(token) = body.ack_token.as_deref().filter(|t| !t.is_empty()) {
             // Agents send their last token on every check-in; confirm it once.
-            if self.checkins.first_sight_of_token(&agent.id, token) {
+            if !self.checkins.token_confirmed(&agent.id, token) {
                 self.store.confirm_delivery(&agent.id, token).await?;
+                self.checkins.remember_token(&agent.id, token);
             }
         }
-        // What the agent says it runs; a different policy counts as nothing.
-        let reported: Option<i64> = match (&body.agent_policy_id, body.policy_revision_idx) {
-            (Some(p), Some(rev)) if *p == agent.policy_id => {
-                if rev > agent.policy_revision.unwrap_or(-1) {
-                    self.store.agent_runs_policy(&agent.id, p, rev, now).await?;
-                }
-                Some(rev)
+        // What the agent says it runs (agents from 9.2 report it).
+        let reports = body.agent_policy_id.clone().zip(body.policy_revision_idx);
+        if let Some((p, rev)) = &reports {
+            if *p == agent.policy_id && *rev > agent.policy_revision.unwrap_or(-1) {
+                self.store
+                    .agent_runs_policy(&agent.id, p, *rev, now)
+                    .await?;
             }
-            (Some(_), Some(_)) => Some(0),
-            _ => None,
-        };
+        }
         let poll = self.poll_duration(requested_poll);
         let deadline = tokio::time::Instant::now() + poll;
+        // Subscribe before reading, so no change between the read and the
+        // wait goes unnoticed.
         let mut events = self.store.subscribe();
+        let mut agent = agent;
+        let mut reread = reports.is_some();
         loop {
-            let agent = self.store.get_fleet_agent(agent_id).await?.ok_or_else(|| {
-                FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
-            })?;
-            if !agent.active {
-                return Err(FleetError::new(
-                    FleetErrorKind::AgentInactive,
-                    "Agent inactive",
-                ));
+            if reread {
+                agent = self.store.get_fleet_agent(agent_id).await?.ok_or_else(|| {
+                    FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
+                })?;
+                if !agent.active {
+                    return Err(FleetError::new(
+                        FleetErrorKind::AgentInactive,
+                        "Agent inactive",
+                    ));
+                }
             }
-            let mut actions = Vec::new();
+            reread = true;
+            // A report about another policy (it was reassigned) counts as
+            // running nothing of the current one.
+            let reported = reports
+                .as_ref()
+                .map(|(p, rev)| if *p == agent.policy_id { *rev } else { 0 });
             let stored = self
                 .store
                 .pending_actions(&agent.id, Utc::now(), 100)
                 .await?;
-            if let Some(change) = self.policy_change_for(&agent, reported).await? {
-                actions.push(change);
+            let mut actions = Vec::new();
+            match self.policy_change_for(&agent, reported).await {
+                Ok(Some(change)) => actions.push(change),
+                Ok(None) => {}
+                // A policy that cannot be delivered must not hold back the
+                // agent's other actions (an UNENROLL, say).
+                Err(e) if !stored.is_empty() => {
+                    tracing::error!(agent_id = %agent.id, error = %e, "policy not delivered");
+                }
+                Err(e) => return Err(e),
             }
             if !stored.is_empty() || !actions.is_empty() {
                 let mut ack_token = body.ack_token.clone().unwrap_or_default();
@@ -690,8 +765,13 @@ impl Services {
                     actions,
                 });
             }
-            // Nothing yet: wait for a relevant change, the deadline or shutdown.
+            // Nothing yet: wait for a relevant change, the deadline or
+            // shutdown, refreshing the agent's last-seen time meanwhile.
             let _waiting = WaitingGauge::enter();
+            let mut refresh = tokio::time::interval_at(
+                tokio::time::Instant::now() + HEARTBEAT_REFRESH,
+                HEARTBEAT_REFRESH,
+            );
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
@@ -703,6 +783,7 @@ impl Services {
                             return Ok(self.empty_checkin(&body));
                         }
                     },
+                    _ = refresh.tick() => self.checkins.refresh(&agent.id, Utc::now()),
                     _ = tokio::time::sleep_until(deadline) => return Ok(self.empty_checkin(&body)),
                     _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => {
                         return Ok(self.empty_checkin(&body))
@@ -780,23 +861,21 @@ impl Services {
             Err(crate::ServiceError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let known = reported.or(agent.policy_revision).unwrap_or(0);
+        // What it runs: as reported (so a restored agent is re-sent what it
+        // lost), else as acked; a revision the policy never had counts as 0.
+        let known = match reported {
+            Some(r) if r <= policy.revision => r,
+            Some(_) => 0,
+            None => agent.policy_revision.unwrap_or(0),
+        };
         let key_current = agent.output_api_key_id.is_some()
             && agent.output_permissions_hash.as_deref() == Some(policy.permissions_hash.as_str());
         if known >= policy.revision && key_current {
             return Ok(None);
         }
-        let credential = if key_current {
-            let sealed = agent.output_api_key_sealed.as_deref().unwrap_or_default();
-            let key_id = agent.output_api_key_id.as_deref().unwrap_or_default();
-            let plain = self.sealer.open(sealed, &output_key_aad(&agent.id, key_id)).map_err(|e| {
-                tracing::error!(agent_id = %agent.id, error = %e, "cannot open the agent's output key");
-                FleetError::new(FleetErrorKind::Internal, "internal error")
-            })?;
-            String::from_utf8(plain)
-                .map_err(|_| FleetError::new(FleetErrorKind::Internal, "internal error"))?
-        } else {
-            self.rotate_output_key(agent, &policy).await?
+        let credential = match self.current_output_key(agent, key_current).await? {
+            Some(plain) => plain,
+            None => self.rotate_output_key(agent, &policy).await?,
         };
         let mut document = policy.document.clone();
         if let Some(output) =
@@ -816,8 +895,32 @@ impl Services {
         })))
     }
 
+    /// The agent's current output key (`id:secret`), if it still fits the
+    /// policy and has not been invalidated.
+    async fn current_output_key(&self, agent: &FleetAgent, fits: bool) -> Result<Option<String>> {
+        let (Some(key_id), Some(sealed), true) = (
+            agent.output_api_key_id.as_deref(),
+            agent.output_api_key_sealed.as_deref(),
+            fits,
+        ) else {
+            return Ok(None);
+        };
+        match self.store.get_api_key(key_id).await? {
+            Some(k) if k.invalidated_at.is_none() => {}
+            _ => return Ok(None),
+        }
+        let plain = self.sealer.open(sealed, &output_key_aad(&agent.id, key_id)).map_err(|e| {
+            tracing::error!(agent_id = %agent.id, error = %e, "cannot open the agent's output key");
+            FleetError::new(FleetErrorKind::Internal, "internal error")
+        })?;
+        String::from_utf8(plain)
+            .map(Some)
+            .map_err(|_| FleetError::new(FleetErrorKind::Internal, "internal error"))
+    }
+
     /// Mint the agent a key with exactly the policy's permissions; the old
-    /// one stays valid until the agent runs this revision.
+    /// one stays valid until the agent runs this revision. When another
+    /// check-in of the same agent rotated first, its key is used.
     async fn rotate_output_key(&self, agent: &FleetAgent, policy: &CachedPolicy) -> Result<String> {
         let excess = self.settings.ceiling.excess(&policy.permissions);
         if !excess.is_empty() {
@@ -842,11 +945,39 @@ impl Services {
                 &output_key_aad(&agent.id, &minted.record.id),
             ),
             key: minted.record,
+            replaces: agent.output_api_key_id.clone(),
             permissions_hash: policy.permissions_hash.clone(),
             policy_id: policy.policy_id.clone(),
             revision: policy.revision,
         };
-        self.store.set_output_key(&agent.id, &change).await?;
+        match self.store.set_output_key(&agent.id, &change).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                let winner = self.store.get_fleet_agent(&agent.id).await?;
+                let fits = winner.as_ref().is_some_and(|w| {
+                    w.active
+                        && w.output_permissions_hash.as_deref()
+                            == Some(policy.permissions_hash.as_str())
+                });
+                return match winner {
+                    Some(w) if fits => self.current_output_key(&w, true).await?.ok_or_else(|| {
+                        FleetError::new(
+                            FleetErrorKind::Unavailable,
+                            "output key changed concurrently; retry",
+                        )
+                    }),
+                    Some(w) if !w.active => Err(FleetError::new(
+                        FleetErrorKind::AgentInactive,
+                        "Agent inactive",
+                    )),
+                    _ => Err(FleetError::new(
+                        FleetErrorKind::Unavailable,
+                        "output key changed concurrently; retry",
+                    )),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(agent_id = %agent.id, policy_id = %policy.policy_id, revision = policy.revision, "output key minted");
         Ok(plain)
     }
@@ -885,6 +1016,7 @@ impl Services {
                         .await
                     {
                         Ok(ActionAck::NotFound) => 404,
+                        Ok(ActionAck::OtherAgent) => 400,
                         Ok(ActionAck::Acked { action_type, .. }) => {
                             if action_type == ActionType::Unenroll && error.is_none() {
                                 match self.store.unenroll_now(&agent.id, now).await {
@@ -1110,5 +1242,20 @@ mod tests {
         assert_eq!(b.drain().len(), 1, "coalesced to one write");
         assert!(b.offer(rec("error"), false).is_some(), "status change");
         assert!(b.drain().is_empty());
+
+        // A waiting poll refreshes the last-seen time, buffered.
+        let later = Utc::now() + chrono::Duration::seconds(30);
+        b.refresh("a", later);
+        let drained = b.drain();
+        assert_eq!(
+            (drained.len(), drained[0].at, drained[0].status.as_str()),
+            (1, later, "error")
+        );
+        // A failed write is put back, unless something newer arrived.
+        b.requeue(drained.clone());
+        assert_eq!(b.drain(), drained);
+        b.refresh("a", later + chrono::Duration::seconds(30));
+        b.requeue(drained);
+        assert_eq!(b.drain()[0].at, later + chrono::Duration::seconds(30));
     }
 }

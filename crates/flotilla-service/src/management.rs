@@ -588,6 +588,19 @@ impl Management<'_> {
     }
 
     pub async fn reassign_agent(&self, id: &str, req: ReassignAgent) -> Result<Agent> {
+        Ok(self.reassign(id, &req.policy_id, None).await?.0)
+    }
+
+    /// Move the agent and record a `POLICY_REASSIGN` action for it.
+    async fn reassign(
+        &self,
+        id: &str,
+        policy_id: &str,
+        expiration: Option<chrono::DateTime<Utc>>,
+    ) -> Result<(Agent, Action)> {
+        let req = ReassignAgent {
+            policy_id: policy_id.to_owned(),
+        };
         let agent = self.store().get_agent(id, Utc::now()).await?;
         if agent.policy_id == req.policy_id {
             return Err(ServiceError::Conflict(format!(
@@ -607,14 +620,15 @@ impl Management<'_> {
             })?;
         // The agent learns of it from the new policy (its id changed); the
         // action records the operator's intent and is acknowledged.
-        self.create_stored_action(
-            id,
-            ActionType::PolicyReassign,
-            json!({"policy_id": req.policy_id}),
-            None,
-        )
-        .await?;
-        Ok(moved)
+        let action = self
+            .create_stored_action(
+                id,
+                ActionType::PolicyReassign,
+                json!({"policy_id": req.policy_id}),
+                expiration,
+            )
+            .await?;
+        Ok((moved, action))
     }
 
     async fn create_stored_action(
@@ -662,29 +676,16 @@ impl Management<'_> {
             }
             ActionType::PolicyReassign => {
                 let policy_id = data["policy_id"].as_str().unwrap_or_default().to_owned();
-                self.reassign_agent(
-                    agent_id,
-                    ReassignAgent {
-                        policy_id: policy_id.clone(),
-                    },
-                )
-                .await
-                .map_err(|e| match e {
-                    ServiceError::Invalid(v) => {
-                        ValidationError::new("action.data.policy_id", v.message).into()
-                    }
-                    other => other,
-                })?;
-                // reassign_agent recorded the action; return it.
-                let pending = self
-                    .store()
-                    .pending_actions(agent_id, Utc::now(), 100)
-                    .await?;
-                pending
-                    .into_iter()
-                    .rev()
-                    .find(|a| a.action_type == ActionType::PolicyReassign)
-                    .ok_or_else(|| ServiceError::Conflict("the reassignment was superseded".into()))
+                let (_, action) = self
+                    .reassign(agent_id, &policy_id, req.action.expiration)
+                    .await
+                    .map_err(|e| match e {
+                        ServiceError::Invalid(v) => {
+                            ValidationError::new("action.data.policy_id", v.message).into()
+                        }
+                        other => other,
+                    })?;
+                Ok(action)
             }
             ActionType::Settings => {
                 self.create_stored_action(agent_id, action_type, data, req.action.expiration)

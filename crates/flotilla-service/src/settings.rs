@@ -87,6 +87,8 @@ impl StaticTokens {
     /// Match the credential of `Authorization: ApiKey <credential>`: either
     /// the token itself or, as Elastic agents send it, `base64(any:token)`.
     pub fn lookup(&self, credential: &str, peer: Option<IpAddr>) -> StaticMatch<'_> {
+        // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+        let peer = peer.map(|ip| ip.to_canonical());
         if !self.enabled || self.by_hash.is_empty() {
             return StaticMatch::NoMatch;
         }
@@ -217,5 +219,7 @@ mod tests {
         ));
         let t = tokens(&["127.0.0.0/8"], &["127.0.0.1/32"]);
         assert!(matches!(t.lookup(T, Some(local)), StaticMatch::Allowed(_)));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(matches!(t.lookup(T, Some(mapped)), StaticMatch::Allowed(_)));
     }
 }

@@ -66,20 +66,30 @@ impl PgStore {
 /// Relay notifications to local subscribers. Notifications sent while the
 /// connection was down are lost, so a reconnect tells everyone to re-read.
 async fn relay(mut listener: PgListener, events: broadcast::Sender<StoreEvent>) {
+    let mut failing = false;
     loop {
         match listener.try_recv().await {
-            Ok(Some(n)) => match serde_json::from_str::<StoreEvent>(n.payload()) {
-                Ok(event) => {
-                    let _ = events.send(event);
+            Ok(Some(n)) => {
+                if std::mem::take(&mut failing) {
+                    let _ = events.send(StoreEvent::Resync);
                 }
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed change event"),
-            },
+                match serde_json::from_str::<StoreEvent>(n.payload()) {
+                    Ok(event) => {
+                        let _ = events.send(event);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed change event"),
+                }
+            }
+            // The connection was lost and is re-established on the next
+            // call: whatever was sent meanwhile is gone.
             Ok(None) => {
                 let _ = events.send(StoreEvent::Resync);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "change-event listener failed; retrying");
-                let _ = events.send(StoreEvent::Resync);
+                if !failing {
+                    tracing::warn!(error = %e, "change-event listener failed; retrying");
+                }
+                failing = true;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

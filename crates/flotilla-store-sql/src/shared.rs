@@ -126,13 +126,27 @@ macro_rules! impl_store {
                 .ok_or_else(|| StoreError::NotFound(format!("agent policy '{id}'")))
         }
 
+        /// Whether the policy exists, holding its row lock until the
+        /// transaction ends (a no-op update takes the lock on PostgreSQL;
+        /// SQLite serialises writers anyway), so a concurrent delete cannot
+        /// slip between this check and what the transaction writes.
         async fn policy_exists(tx: &mut Tx<'_>, id: &str) -> Result<bool> {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agent_policies WHERE id = $1")
+            let done = sqlx::query("UPDATE agent_policies SET revision = revision WHERE id = $1")
                 .bind(id)
-                .fetch_one(&mut **tx)
+                .execute(&mut **tx)
                 .await
                 .map_err(other)?;
-            Ok(n > 0)
+            Ok(done.rows_affected() > 0)
+        }
+
+        /// Take the agent's row lock for the rest of the transaction.
+        async fn lock_agent(tx: &mut Tx<'_>, id: &str) -> Result<()> {
+            sqlx::query("UPDATE agents SET updated_at = updated_at WHERE id = $1")
+                .bind(id)
+                .execute(&mut **tx)
+                .await
+                .map_err(other)?;
+            Ok(())
         }
 
         async fn output_exists(tx: &mut Tx<'_>, id: &str) -> Result<bool> {
@@ -956,20 +970,20 @@ macro_rules! impl_store {
                 .map(Into::into))
             }
 
-            async fn enroll_agent(&self, agent: &NewAgent, access_key: &ApiKeyRecord, replace: Option<&str>) -> Result<Agent> {
+            async fn enroll_agent(&self, agent: &NewAgent, access_key: &ApiKeyRecord, replace: &[String]) -> Result<Agent> {
                 let now = ms(agent.enrolled_at);
                 let mut tx = self.begin_write().await?;
                 if !policy_exists(&mut tx, &agent.policy_id).await? {
                     return Err(StoreError::NotFound(format!("agent policy '{}'", agent.policy_id)));
                 }
-                if let Some(old) = replace {
+                for old in replace {
                     remove_agent(&mut tx, old, now).await?;
                 }
                 insert_key(&mut tx, access_key).await?;
                 insert_agent_row(&mut tx, agent).await?;
                 tx.commit().await.map_err(other)?;
-                if replace.is_some() {
-                    self.publish(StoreEvent::AgentChanged { agent_id: agent.id.clone() }).await;
+                for old in replace {
+                    self.publish(StoreEvent::AgentChanged { agent_id: old.clone() }).await;
                 }
                 self.agent_after_write(&agent.id, agent.enrolled_at).await
             }
@@ -992,7 +1006,8 @@ macro_rules! impl_store {
                         "UPDATE agents SET last_checkin = $2, last_checkin_status = $3, last_checkin_message = $4, \
                          local_metadata = COALESCE($5, local_metadata), components = COALESCE($6, components), \
                          agent_version = COALESCE($7, agent_version), audit_unenrolled_reason = NULL, \
-                         audit_unenrolled_time = NULL, updated_at = $2 WHERE id = $1 AND active",
+                         audit_unenrolled_time = NULL, unenrolled_at = NULL, updated_at = $2 \
+                         WHERE id = $1 AND active AND (last_checkin IS NULL OR last_checkin <= $2)",
                     )
                     .bind(&c.agent_id)
                     .bind(ms(c.at))
@@ -1011,6 +1026,28 @@ macro_rules! impl_store {
 
             async fn set_output_key(&self, agent_id: &str, change: &OutputKeyChange) -> Result<()> {
                 let mut tx = self.begin_write().await?;
+                // Compare-and-swap on the current key: of two concurrent
+                // rotations one wins, the other learns it lost.
+                let done = sqlx::query(
+                    "UPDATE agents SET output_api_key_id = $2, output_api_key_sealed = $3, output_permissions_hash = $4, \
+                     output_key_policy_id = $5, output_key_revision = $6 WHERE id = $1 AND active \
+                     AND (output_api_key_id = $7 OR (output_api_key_id IS NULL AND $7 IS NULL))",
+                )
+                .bind(agent_id)
+                .bind(&change.key.id)
+                .bind(&change.sealed_secret)
+                .bind(&change.permissions_hash)
+                .bind(&change.policy_id)
+                .bind(change.revision)
+                .bind(&change.replaces)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "agent '{agent_id}' is inactive or its output key changed concurrently"
+                    )));
+                }
                 sqlx::query(
                     "UPDATE api_keys SET retire_pending = TRUE \
                      WHERE agent_id = $1 AND kind = 'output' AND invalidated_at IS NULL",
@@ -1020,32 +1057,28 @@ macro_rules! impl_store {
                 .await
                 .map_err(other)?;
                 insert_key(&mut tx, &change.key).await?;
-                let done = sqlx::query(
-                    "UPDATE agents SET output_api_key_id = $2, output_api_key_sealed = $3, output_permissions_hash = $4, \
-                     output_key_policy_id = $5, output_key_revision = $6 WHERE id = $1 AND active",
-                )
-                .bind(agent_id)
-                .bind(&change.key.id)
-                .bind(&change.sealed_secret)
-                .bind(&change.permissions_hash)
-                .bind(&change.policy_id)
-                .bind(change.revision)
-                .execute(&mut *tx)
-                .await
-                .map_err(other)?;
-                if done.rows_affected() == 0 {
-                    return Err(StoreError::Conflict(format!("agent '{agent_id}' is not active")));
-                }
                 tx.commit().await.map_err(other)?;
                 Ok(())
             }
 
             async fn agent_runs_policy(&self, agent_id: &str, policy_id: &str, revision: i64, now: DateTime<Utc>) -> Result<Vec<String>> {
                 let mut tx = self.begin_write().await?;
+                // Serialise with key rotation for this agent.
+                lock_agent(&mut tx, agent_id).await?;
                 let Some(agent) = fetch_fleet_agent(&mut tx, agent_id).await? else {
                     return Ok(vec![]);
                 };
                 if !agent.active || agent.policy_id != policy_id {
+                    return Ok(vec![]);
+                }
+                // A revision the policy never had (a restored agent, a forged
+                // ack) is not believed.
+                let latest: Option<i64> = sqlx::query_scalar("SELECT revision FROM agent_policies WHERE id = $1")
+                    .bind(policy_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                if latest.is_none_or(|latest| revision > latest) {
                     return Ok(vec![]);
                 }
                 if revision > agent.policy_revision.unwrap_or(-1) {
@@ -1249,7 +1282,12 @@ macro_rules! impl_store {
                 .await
                 .map_err(other)?;
                 let Some((action_type, acked_at)) = row else {
-                    return Ok(ActionAck::NotFound);
+                    let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM actions WHERE id = $1")
+                        .bind(action_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                    return Ok(if exists > 0 { ActionAck::OtherAgent } else { ActionAck::NotFound });
                 };
                 let action_type = ActionType::parse(&action_type)
                     .ok_or_else(|| StoreError::Other(format!("corrupt action type {action_type}").into()))?;

@@ -695,9 +695,10 @@ fn key(id: &str, agent: &str, kind: &str) -> ApiKeyRecord {
     }
 }
 
-fn output_change(id: &str, agent: &str, revision: i64) -> OutputKeyChange {
+fn output_change(id: &str, agent: &str, revision: i64, replaces: Option<&str>) -> OutputKeyChange {
     OutputKeyChange {
         key: key(id, agent, "output"),
+        replaces: replaces.map(Into::into),
         sealed_secret: format!("sealed-{id}"),
         permissions_hash: format!("perm-{id}"),
         policy_id: "p".into(),
@@ -710,7 +711,7 @@ pub async fn enrolment_output_keys_and_retirement(s: S) {
     let mut a = agent("a", "missing", &["t"]);
     a.access_api_key_id = Some("acc".into());
     assert!(matches!(
-        s.enroll_agent(&a, &key("acc", "a", "access"), None).await,
+        s.enroll_agent(&a, &key("acc", "a", "access"), &[]).await,
         Err(StoreError::NotFound(_))
     ));
     assert!(
@@ -723,7 +724,7 @@ pub async fn enrolment_output_keys_and_retirement(s: S) {
     a.policy_id = "p".into();
     a.enrollment_id = Some("e1".into());
     let enrolled = s
-        .enroll_agent(&a, &key("acc", "a", "access"), None)
+        .enroll_agent(&a, &key("acc", "a", "access"), &[])
         .await
         .unwrap();
     assert_eq!(enrolled.tags, ["t"]);
@@ -738,10 +739,19 @@ pub async fn enrolment_output_keys_and_retirement(s: S) {
         "a"
     );
 
-    s.set_output_key("a", &output_change("o1", "a", 2))
+    s.set_output_key("a", &output_change("o1", "a", 2, None))
         .await
         .unwrap();
-    s.set_output_key("a", &output_change("o2", "a", 3))
+    assert!(
+        matches!(
+            s.set_output_key("a", &output_change("lost", "a", 2, None))
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a rotation racing another loses instead of overwriting it"
+    );
+    assert!(s.get_api_key("lost").await.unwrap().is_none());
+    s.set_output_key("a", &output_change("o2", "a", 3, Some("o1")))
         .await
         .unwrap();
     let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
@@ -753,6 +763,22 @@ pub async fn enrolment_output_keys_and_retirement(s: S) {
     assert!(s.get_api_key("o1").await.unwrap().unwrap().retire_pending);
     assert!(!s.get_api_key("o2").await.unwrap().unwrap().retire_pending);
 
+    // A revision the policy never reached is not believed.
+    assert!(s
+        .agent_runs_policy("a", "p", 99, now)
+        .await
+        .unwrap()
+        .is_empty());
+    let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(fa.policy_revision, None);
+    // Bring the policy to revision 3.
+    for d in ["x", "y"] {
+        let u = AgentPolicyUpdate {
+            description: Some(Some(d.into())),
+            ..Default::default()
+        };
+        s.update_policy("p", &u, now).await.unwrap();
+    }
     // Running an older revision retires nothing; the new one retires o1.
     assert!(s
         .agent_runs_policy("a", "p", 2, now)
@@ -799,7 +825,7 @@ pub async fn enrolment_output_keys_and_retirement(s: S) {
     // Replacing the agent removes it and its keys; unenrolling invalidates all.
     let mut b = agent("a", "p", &[]);
     b.access_api_key_id = Some("acc2".into());
-    s.enroll_agent(&b, &key("acc2", "a", "access"), Some("a"))
+    s.enroll_agent(&b, &key("acc2", "a", "access"), &["a".to_string()])
         .await
         .unwrap();
     assert!(s
@@ -896,7 +922,7 @@ pub async fn actions_are_delivered_until_confirmed_and_acked(s: S) {
     );
     assert_eq!(
         s.ack_action("c", "x1", None, now).await.unwrap(),
-        ActionAck::NotFound
+        ActionAck::OtherAgent
     );
     assert_eq!(
         s.ack_action("a", "nope", None, now).await.unwrap(),

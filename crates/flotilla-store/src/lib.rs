@@ -152,6 +152,9 @@ pub struct ApiKeyRecord {
 #[derive(Debug, Clone)]
 pub struct OutputKeyChange {
     pub key: ApiKeyRecord,
+    /// The key this one replaces (`None` for the first): the change applies
+    /// only if it is still the agent's current key.
+    pub replaces: Option<String>,
     pub sealed_secret: String,
     pub permissions_hash: String,
     pub policy_id: String,
@@ -183,8 +186,10 @@ pub struct NewAction {
 /// The outcome of acknowledging a stored action.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ActionAck {
-    /// No such action for this agent.
+    /// No such action.
     NotFound,
+    /// The action exists, but not for this agent.
+    OtherAgent,
     Acked {
         action_type: ActionType,
         first_time: bool,
@@ -336,12 +341,13 @@ pub trait Store: Send + Sync + 'static {
     async fn find_agent_by_enrollment_id(&self, enrollment_id: &str) -> Result<Option<FleetAgent>>;
     /// Records a newly enrolled agent with its access key, atomically; the
     /// policy must exist (`NotFound` otherwise, and nothing is written).
-    /// With `replace`, that agent (and its keys) is removed first.
+    /// The agents in `replace` (and their keys) are removed in the same
+    /// transaction.
     async fn enroll_agent(
         &self,
         agent: &NewAgent,
         access_key: &ApiKeyRecord,
-        replace: Option<&str>,
+        replace: &[String],
     ) -> Result<Agent>;
     /// Removes an agent record and invalidates all its keys.
     async fn delete_agent(&self, id: &str, now: DateTime<Utc>) -> Result<()>;

@@ -72,6 +72,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));
+    let app_services = services.clone();
     let app = flotilla_http::app(AppState::new(services, stop_rx.clone()), &limits);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -80,8 +81,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     tracing::info!(%addr, "flotilla server started");
     // The ready line tests and scripts wait for.
     println!("listening on {addr}");
+    let services_for_flush = app_services;
     flotilla_http::serve(listener, app, stop_rx, config.http.shutdown_drain).await?;
     let _ = flusher.await;
+    // Check-ins that finished while draining.
+    if let Err(e) = services_for_flush.flush_checkins().await {
+        tracing::warn!(error = %e, "could not write the last buffered check-ins");
+    }
     tracing::info!("flotilla server stopped");
     Ok(())
 }

@@ -154,6 +154,40 @@ async fn enrol_check_in_receive_policy_with_a_least_privilege_key_and_ack() {
         agent.0.as_str()
     );
 
+    // Keys carry index privileges only.
+    let (_, cluster) = s
+        .es(
+            Method::POST,
+            "/_security/user/_has_privileges",
+            &key,
+            Some(json!({"cluster": ["manage_security"]})),
+        )
+        .await;
+    assert_eq!(cluster["has_all_requested"], false);
+    assert_eq!(cluster["cluster"]["manage_security"], false);
+    let (_, nothing) = s
+        .es(
+            Method::POST,
+            "/_security/user/_has_privileges",
+            &key,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(nothing["has_all_requested"], false);
+
+    // A revision the policy never had is not believed: re-sent.
+    let future = s
+        .checkin(
+            &agent,
+            json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 999}),
+        )
+        .await;
+    assert_eq!(policy_change(&future)["id"], "policy:web:2");
+    assert_eq!(
+        s.get(&format!("/api/fleet/agents/{}", agent.0)).await.1["item"]["policy_revision"],
+        2
+    );
+
     // An agent that lost its state reports an older revision: it is re-sent.
     let lost = s
         .checkin(&agent, json!({"status": "online", "message": "ok", "agent_policy_id": "web", "policy_revision_idx": 0}))
@@ -586,6 +620,15 @@ async fn actions_are_delivered_once_acked_and_unenrolment_invalidates_keys() {
         .checkin(&agent, json!({"status": "online", "ack_token": ack_token}))
         .await;
     assert!(r.body.get("actions").is_none(), "{}", r.body);
+    // Another agent acking it: a 400 item, and it stays pending for ours.
+    let other = s.enroll(&token).await;
+    let r = s.ack(&other, &[&action_id]).await;
+    assert_eq!(
+        (r.status, r.body["items"][0]["status"].as_u64()),
+        (400, Some(400)),
+        "{}",
+        r.body
+    );
     assert_eq!(s.ack(&agent, &[&action_id]).await.status, 200);
     assert_eq!(
         s.ack(&agent, &[&action_id]).await.status,
