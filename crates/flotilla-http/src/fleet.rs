@@ -318,10 +318,11 @@ async fn enroll(State(s): State<AppState>, req: Request, limit: usize) -> Respon
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(addr)| addr.ip());
             let cred = credential(req.headers())?;
+            let grant = s.services.enrollment_grant(&cred, peer).await?;
             let ua = user_agent(req.headers()).map(str::to_owned);
             let (_, body) = read_body(req, limit).await?;
             let body = parse_body(&body)?;
-            let resp = s.services.enroll(&cred, peer, ua.as_deref(), body).await?;
+            let resp = s.services.enroll(grant, ua.as_deref(), body).await?;
             Ok(into_response(StatusCode::OK, &resp))
         }
         .await,
@@ -337,6 +338,7 @@ async fn checkin(
     render(
         async {
             let cred = credential(req.headers())?;
+            let authed = s.services.authenticate_agent(&cred, &id).await?;
             let ua = user_agent(req.headers()).map(str::to_owned);
             let (_, body) = read_body(req, limit).await?;
             let body = parse_body(&body)?;
@@ -348,7 +350,7 @@ async fn checkin(
             };
             let resp = s
                 .services
-                .checkin(&cred, &id, ua.as_deref(), body, s.shutdown.clone())
+                .checkin(authed, ua.as_deref(), body, s.shutdown.clone())
                 .await?;
             Ok(into_response(StatusCode::OK, &resp))
         }
@@ -365,9 +367,10 @@ async fn acks(
     render(
         async {
             let cred = credential(req.headers())?;
+            let authed = s.services.authenticate_agent(&cred, &id).await?;
             let (_, body) = read_body(req, limit).await?;
             let body = parse_body(&body)?;
-            let (status, resp) = s.services.ack(&cred, &id, body).await?;
+            let (status, resp) = s.services.ack(authed, body).await?;
             Ok(into_response(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
                 &resp,
@@ -386,9 +389,10 @@ async fn audit_unenroll(
     render(
         async {
             let cred = credential(req.headers())?;
+            let authed = s.services.authenticate_agent(&cred, &id).await?;
             let (_, body) = read_body(req, limit).await?;
             let body = parse_body(&body)?;
-            s.services.audit_unenroll(&cred, &id, body).await?;
+            s.services.audit_unenroll(authed, body).await?;
             Ok(StatusCode::OK.into_response())
         }
         .await,

@@ -387,6 +387,11 @@ pub struct PolicyCache {
 
 // --- the service -------------------------------------------------------------------------
 
+/// The policy an enrollment credential may enrol into.
+pub struct EnrollGrant {
+    pub policy_id: String,
+}
+
 /// What authenticating an agent's request yields.
 pub struct AuthedAgent {
     pub agent: FleetAgent,
@@ -455,14 +460,13 @@ impl Services {
             || self.management().authenticate(credential).await.is_ok()
     }
 
-    pub async fn enroll(
+    /// Which policy may this credential enrol into? Checked before the
+    /// request body is read.
+    pub async fn enrollment_grant(
         &self,
         credential: &str,
         peer: Option<IpAddr>,
-        user_agent: Option<&str>,
-        body: EnrollRequest,
-    ) -> Result<EnrollResponse> {
-        // Which policy may this credential enrol into?
+    ) -> Result<EnrollGrant> {
         let policy_id = match self.settings.static_tokens.lookup(credential, peer) {
             StaticMatch::Allowed(token) => token.policy_id.clone(),
             StaticMatch::AddressRefused(token) => {
@@ -482,6 +486,16 @@ impl Services {
                 key.policy_id
             }
         };
+        Ok(EnrollGrant { policy_id })
+    }
+
+    pub async fn enroll(
+        &self,
+        grant: EnrollGrant,
+        user_agent: Option<&str>,
+        body: EnrollRequest,
+    ) -> Result<EnrollResponse> {
+        let EnrollGrant { policy_id } = grant;
         let version = check_user_agent(user_agent, &self.settings.server_version)?;
         let enroll_type = body.enroll_type.to_uppercase();
         if !["PERMANENT", "EPHEMERAL", "TEMPORARY"].contains(&enroll_type.as_str()) {
@@ -658,13 +672,14 @@ impl Services {
 
     pub async fn checkin(
         &self,
-        credential: &str,
-        agent_id: &str,
+        authed: AuthedAgent,
         user_agent: Option<&str>,
         body: CheckinRequest,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<CheckinResponse> {
-        let AuthedAgent { agent } = self.authenticate_agent(credential, agent_id).await?;
+        let AuthedAgent { agent } = authed;
+        let agent_id = agent.id.clone();
+        let agent_id = agent_id.as_str();
         let version = check_user_agent(user_agent, &self.settings.server_version)?;
         if body.status.trim().is_empty() {
             return Err(FleetError::bad("checkin status missing"));
@@ -982,13 +997,8 @@ impl Services {
         Ok(plain)
     }
 
-    pub async fn ack(
-        &self,
-        credential: &str,
-        agent_id: &str,
-        body: AckRequest,
-    ) -> Result<(u16, AckResponse)> {
-        let AuthedAgent { agent } = self.authenticate_agent(credential, agent_id).await?;
+    pub async fn ack(&self, authed: AuthedAgent, body: AckRequest) -> Result<(u16, AckResponse)> {
+        let AuthedAgent { agent } = authed;
         let now = Utc::now();
         let mut items = Vec::with_capacity(body.events.len());
         let mut policy_acks: Vec<(String, i64)> = Vec::new();
@@ -1070,11 +1080,10 @@ impl Services {
 
     pub async fn audit_unenroll(
         &self,
-        credential: &str,
-        agent_id: &str,
+        authed: AuthedAgent,
         body: AuditUnenrollRequest,
     ) -> Result<()> {
-        let AuthedAgent { agent } = self.authenticate_agent(credential, agent_id).await?;
+        let AuthedAgent { agent } = authed;
         if !AUDIT_REASONS.contains(&body.reason.as_str()) {
             return Err(FleetError::bad("audit/unenroll request invalid reason"));
         }
