@@ -221,6 +221,33 @@ async fn api_version(req: Request, next: Next) -> Response {
     response
 }
 
+/// Middleware refusals (timeout, load shedding) with the fleet tokens.
+pub async fn overloaded(err: axum::BoxError) -> Response {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            "timeout on request",
+        )
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        let mut r = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "MaxLimit",
+            "exceeded the max limit",
+        );
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("5"));
+        r
+    } else {
+        tracing::error!(error = %err, "unhandled middleware error");
+        error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerError",
+            "internal error",
+        )
+    }
+}
+
 /// Body limits per route (bytes, after decompression).
 #[derive(Clone, Copy)]
 pub struct FleetLimits {

@@ -129,7 +129,6 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     // Ordinary requests: bounded in number and time.
     let bounded = Router::new()
         .merge(api)
-        .merge(fleet::router(fleet_limits))
         .route(
             "/api/fleet/openapi.json",
             get(move || async move { Json(openapi_json.clone()) }),
@@ -145,8 +144,18 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 .timeout(limits.request_timeout),
         );
 
+    // Agent requests: the same bounds, refused in the fleet protocol's terms.
+    let fleet_bounded = fleet::router(fleet_limits).layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(fleet::overloaded))
+            .load_shed()
+            .concurrency_limit(limits.max_concurrent_requests)
+            .timeout(limits.request_timeout),
+    );
+
     Router::new()
         .merge(bounded)
+        .merge(fleet_bounded)
         // Long polls: their own cap and deadline (see fleet::checkin_router).
         .merge(fleet::checkin_router(fleet_limits))
         .fallback(not_found)
