@@ -77,6 +77,14 @@ pub struct Agent {
     pub last_checkin_status: Option<String>,
     pub last_checkin_message: Option<String>,
     pub last_checkin: Option<DateTime<Utc>>,
+    /// The agent's version, from its user agent.
+    pub agent_version: Option<String>,
+    /// Component and unit health, as the agent last reported it.
+    #[schema(value_type = Option<Object>)]
+    pub components: Option<Value>,
+    /// The policy and revision the agent last said it runs.
+    pub reported_policy_id: Option<String>,
+    pub reported_policy_revision: Option<i64>,
     pub enrolled_at: DateTime<Utc>,
     pub unenrollment_started_at: Option<DateTime<Utc>>,
     pub unenrolled_at: Option<DateTime<Utc>>,

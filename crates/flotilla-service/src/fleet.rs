@@ -252,6 +252,23 @@ pub fn check_user_agent(header: Option<&str>, server_version: &str) -> Result<St
     Ok(format!("{}.{}.{}", version.0, version.1, version.2))
 }
 
+/// How long a check-in may wait: the agent's `poll_timeout` T gives
+/// max(1m, min(T − 2m, 1h)), otherwise the configured default; minus the
+/// jitter sample when that leaves something to wait.
+fn poll_duration(requested: Option<Duration>, default: Duration, jitter: Duration) -> Duration {
+    let base = match requested {
+        Some(t) if !t.is_zero() => t
+            .saturating_sub(Duration::from_secs(120))
+            .clamp(Duration::from_secs(60), Duration::from_secs(3600)),
+        _ => default,
+    };
+    if jitter < base {
+        base - jitter
+    } else {
+        base
+    }
+}
+
 /// Go-style durations as agents send them (`5m`, `1h30m`, `300s`).
 fn parse_poll_timeout(s: &str) -> Result<Duration> {
     humantime::parse_duration(s)
@@ -275,12 +292,20 @@ pub struct CheckinBuffer {
 #[derive(Default)]
 struct BufferState {
     pending: HashMap<String, CheckinRecord>,
-    /// What each agent last reported (status, message, metadata and
-    /// components digests).
-    last: HashMap<String, (String, String, Option<String>, Option<String>)>,
+    /// What each agent last reported.
+    last: HashMap<String, Fingerprint>,
     /// The last ack token each agent confirmed through this instance.
     tokens: HashMap<String, String>,
 }
+
+/// Status, message, digests of metadata and components, reported policy.
+type Fingerprint = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<(String, i64)>,
+);
 
 fn digest(v: &Option<Value>) -> Option<String> {
     v.as_ref()
@@ -296,6 +321,7 @@ impl CheckinBuffer {
             rec.message.clone(),
             digest(&rec.local_metadata),
             digest(&rec.components),
+            rec.reported_policy.clone(),
         );
         let changed = st.last.get(&rec.agent_id) != Some(&fingerprint);
         st.last.insert(rec.agent_id.clone(), fingerprint);
@@ -327,7 +353,7 @@ impl CheckinBuffer {
             rec.at = at;
             return;
         }
-        if let Some((status, message, _, _)) = st.last.get(agent_id).cloned() {
+        if let Some((status, message, ..)) = st.last.get(agent_id).cloned() {
             st.pending.insert(
                 agent_id.to_owned(),
                 CheckinRecord {
@@ -338,6 +364,7 @@ impl CheckinBuffer {
                     local_metadata: None,
                     components: None,
                     agent_version: None,
+                    reported_policy: None,
                 },
             );
         }
@@ -649,25 +676,13 @@ impl Services {
     }
 
     fn poll_duration(&self, requested: Option<Duration>) -> Duration {
-        let base = match requested {
-            Some(t) if !t.is_zero() => {
-                let t = t.saturating_sub(Duration::from_secs(120));
-                t.clamp(Duration::from_secs(60), Duration::from_secs(3600))
-            }
-            _ => self.settings.poll_timeout,
-        };
         let jitter = self.settings.poll_jitter;
-        if jitter.is_zero() {
-            return base;
-        }
-        let j = Duration::from_millis(
-            rand::thread_rng().gen_range(0..jitter.as_millis().max(1) as u64),
-        );
-        if j < base {
-            base - j
+        let sample = if jitter.is_zero() {
+            Duration::ZERO
         } else {
-            base
-        }
+            Duration::from_millis(rand::thread_rng().gen_range(0..jitter.as_millis().max(1) as u64))
+        };
+        poll_duration(requested, self.settings.poll_timeout, sample)
     }
 
     pub async fn checkin(
@@ -704,6 +719,7 @@ impl Services {
             local_metadata: body.local_metadata.clone().filter(|m| !m.is_null()),
             components: body.components.clone().filter(|c| !c.is_null()),
             agent_version: Some(version),
+            reported_policy: body.agent_policy_id.clone().zip(body.policy_revision_idx),
         };
         if let Some(now_rec) = self.checkins.offer(record, agent.last_checkin.is_none()) {
             self.store.record_checkins(&[now_rec]).await?;
@@ -1224,6 +1240,30 @@ mod tests {
     }
 
     #[test]
+    fn poll_durations_follow_the_reference() {
+        let (m, s) = (|n: u64| Duration::from_secs(60 * n), Duration::from_secs);
+        assert_eq!(poll_duration(None, m(5), s(0)), m(5));
+        assert_eq!(poll_duration(None, m(5), s(20)), m(5) - s(20));
+        assert_eq!(poll_duration(Some(m(14)), m(5), s(0)), m(12));
+        assert_eq!(
+            poll_duration(Some(m(2)), m(5), s(0)),
+            m(1),
+            "at least a minute"
+        );
+        assert_eq!(
+            poll_duration(Some(m(600)), m(5), s(0)),
+            m(60),
+            "at most an hour"
+        );
+        assert_eq!(poll_duration(Some(s(0)), m(5), s(0)), m(5), "0 means unset");
+        assert_eq!(
+            poll_duration(None, s(1), s(5)),
+            s(1),
+            "jitter never exceeds the poll"
+        );
+    }
+
+    #[test]
     fn poll_timeouts_parse_like_go() {
         assert_eq!(parse_poll_timeout("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(
@@ -1244,6 +1284,7 @@ mod tests {
             local_metadata: None,
             components: None,
             agent_version: None,
+            reported_policy: None,
         };
         assert!(b.offer(rec("online"), true).is_some(), "first check-in");
         assert!(b.offer(rec("online"), false).is_none(), "heartbeat");

@@ -25,6 +25,8 @@ ALTER TABLE agents ADD COLUMN replace_token_hash TEXT;
 ALTER TABLE agents ADD COLUMN enroll_type TEXT;
 ALTER TABLE agents ADD COLUMN agent_version TEXT;
 ALTER TABLE agents ADD COLUMN components TEXT;
+ALTER TABLE agents ADD COLUMN reported_policy_id TEXT;
+ALTER TABLE agents ADD COLUMN reported_policy_revision BIGINT;
 ALTER TABLE agents ADD COLUMN audit_unenrolled_reason TEXT;
 ALTER TABLE agents ADD COLUMN audit_unenrolled_time BIGINT;
 CREATE INDEX agents_enrollment_id ON agents (enrollment_id);

@@ -205,6 +205,10 @@ pub(crate) struct AgentRow {
     enrolled_at: i64,
     unenrollment_started_at: Option<i64>,
     unenrolled_at: Option<i64>,
+    agent_version: Option<String>,
+    components: Option<String>,
+    reported_policy_id: Option<String>,
+    reported_policy_revision: Option<i64>,
     status: String,
 }
 
@@ -214,6 +218,14 @@ impl AgentRow {
             status: AgentStatus::parse(&self.status)
                 .ok_or_else(|| corrupt("agent status", &self.status))?,
             local_metadata: json("agent metadata", &self.local_metadata)?,
+            components: self
+                .components
+                .as_deref()
+                .map(|c| json("agent components", c))
+                .transpose()?,
+            agent_version: self.agent_version,
+            reported_policy_id: self.reported_policy_id,
+            reported_policy_revision: self.reported_policy_revision,
             id: self.id,
             policy_id: self.policy_id,
             policy_revision: self.policy_revision,

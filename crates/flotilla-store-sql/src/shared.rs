@@ -39,7 +39,8 @@ macro_rules! agent_select_sql {
     () => {
         concat!("SELECT a.id, a.policy_id, a.policy_revision, a.active, a.local_metadata, a.last_checkin, \
                 a.last_checkin_status, a.last_checkin_message, a.enrolled_at, \
-                a.unenrollment_started_at, a.unenrolled_at, (",
+                a.unenrollment_started_at, a.unenrolled_at, a.agent_version, a.components, \
+                a.reported_policy_id, a.reported_policy_revision, (",
         agent_status_sql!(),
         ") AS status")
     };
@@ -1005,7 +1006,10 @@ macro_rules! impl_store {
                     sqlx::query(
                         "UPDATE agents SET last_checkin = $2, last_checkin_status = $3, last_checkin_message = $4, \
                          local_metadata = COALESCE($5, local_metadata), components = COALESCE($6, components), \
-                         agent_version = COALESCE($7, agent_version), audit_unenrolled_reason = NULL, \
+                         agent_version = COALESCE($7, agent_version), \
+                         reported_policy_id = COALESCE($8, reported_policy_id), \
+                         reported_policy_revision = COALESCE($9, reported_policy_revision), \
+                         audit_unenrolled_reason = NULL, \
                          audit_unenrolled_time = NULL, unenrolled_at = NULL, updated_at = $2 \
                          WHERE id = $1 AND active AND (last_checkin IS NULL OR last_checkin <= $2)",
                     )
@@ -1016,6 +1020,8 @@ macro_rules! impl_store {
                     .bind(c.local_metadata.as_ref().map(to_json))
                     .bind(c.components.as_ref().map(to_json))
                     .bind(&c.agent_version)
+                    .bind(c.reported_policy.as_ref().map(|(p, _)| p))
+                    .bind(c.reported_policy.as_ref().map(|(_, r)| *r))
                     .execute(&mut *tx)
                     .await
                     .map_err(other)?;

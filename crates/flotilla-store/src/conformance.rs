@@ -943,6 +943,7 @@ pub async fn checkins_are_recorded_in_batches(s: S) {
         local_metadata: Some(json!({"host": {"hostname": format!("{id}-new")}})),
         components: None,
         agent_version: Some("9.6.0".into()),
+        reported_policy: Some(("p".into(), 1)),
     };
     s.record_checkins(&[
         rec("a", "online"),
@@ -954,6 +955,11 @@ pub async fn checkins_are_recorded_in_batches(s: S) {
     let a = s.get_agent("a", now).await.unwrap();
     assert_eq!(a.status, AgentStatus::Online);
     assert_eq!(a.local_metadata["host"]["hostname"], "a-new");
+    assert_eq!(a.agent_version.as_deref(), Some("9.6.0"));
+    assert_eq!(
+        (a.reported_policy_id.as_deref(), a.reported_policy_revision),
+        (Some("p"), Some(1))
+    );
     assert_eq!(
         s.get_agent("b", now).await.unwrap().status,
         AgentStatus::Error

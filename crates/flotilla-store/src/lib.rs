@@ -171,6 +171,8 @@ pub struct CheckinRecord {
     pub local_metadata: Option<Value>,
     pub components: Option<Value>,
     pub agent_version: Option<String>,
+    /// The policy id and revision the agent says it runs.
+    pub reported_policy: Option<(String, i64)>,
 }
 
 #[derive(Debug, Clone)]

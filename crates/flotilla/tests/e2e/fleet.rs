@@ -188,6 +188,27 @@ async fn enrol_check_in_receive_policy_with_a_least_privilege_key_and_ack() {
         2
     );
 
+    // What it reports is recorded: version, components, the policy it runs.
+    let components = json!([{"id": "log-default", "type": "log", "status": "HEALTHY", "message": "ok", "units": []}]);
+    let quiet = s
+        .checkin(
+            &agent,
+            json!({"status": "online", "message": "ok", "components": components,
+            "agent_policy_id": "web", "policy_revision_idx": 2}),
+        )
+        .await;
+    assert!(quiet.body.get("actions").is_none(), "{}", quiet.body);
+    let (_, a) = s.get(&format!("/api/fleet/agents/{}", agent.0)).await;
+    assert_eq!(a["item"]["components"], components);
+    assert_eq!(a["item"]["agent_version"], "9.6.0");
+    assert_eq!(
+        (
+            a["item"]["reported_policy_id"].as_str(),
+            a["item"]["reported_policy_revision"].as_i64()
+        ),
+        (Some("web"), Some(2))
+    );
+
     // An agent that lost its state reports an older revision: it is re-sent.
     let lost = s
         .checkin(&agent, json!({"status": "online", "message": "ok", "agent_policy_id": "web", "policy_revision_idx": 0}))
