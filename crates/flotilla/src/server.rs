@@ -74,8 +74,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));
     let app_services = services.clone();
     let app = flotilla_http::app(AppState::new(services, stop_rx.clone()), &limits);
+    // Handlers are installed before the ready line, so a signal sent the
+    // moment the server is ready is a clean shutdown, not a kill.
+    let signals = shutdown_signal()?;
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.await;
         let _ = stop_tx.send(true);
     });
     tracing::info!(%addr, "flotilla server started");
@@ -162,24 +165,26 @@ fn init_tracing(config: &Config) {
     let _ = result;
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM. The handlers are registered when this is called.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+            tracing::info!("shutdown requested");
+        })
     }
-    tracing::info!("shutdown requested");
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown requested");
+        })
+    }
 }
