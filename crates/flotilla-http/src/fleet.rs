@@ -43,6 +43,7 @@ fn kind_status(kind: FleetErrorKind) -> (StatusCode, &'static str) {
         MalformedHeader => (StatusCode::BAD_REQUEST, "ErrMalformedHeader"),
         MalformedToken => (StatusCode::BAD_REQUEST, "ErrMalformedToken"),
         NoAuthHeader => (StatusCode::UNAUTHORIZED, "ErrNoAuthHeader"),
+        InvalidToken => (StatusCode::UNAUTHORIZED, "ErrInvalidToken"),
         Unauthorized => (StatusCode::UNAUTHORIZED, "ErrUnauthorized"),
         KeyNotEnabled => (StatusCode::UNAUTHORIZED, "Unauthorized"),
         AgentInactive => (StatusCode::UNAUTHORIZED, "ErrAgentInactive"),

@@ -36,6 +36,7 @@ pub enum FleetErrorKind {
     MalformedHeader,
     MalformedToken,
     NoAuthHeader,
+    InvalidToken,
     Unauthorized,
     KeyNotEnabled,
     AgentInactive,
@@ -442,6 +443,12 @@ impl Services {
                 return Err(FleetError::new(
                     FleetErrorKind::MalformedToken,
                     "malformed token",
+                ))
+            }
+            Err(KeyRejection::NotUtf8) => {
+                return Err(FleetError::new(
+                    FleetErrorKind::InvalidToken,
+                    "token not valid utf8",
                 ))
             }
             Err(KeyRejection::Unknown) => {
@@ -1023,7 +1030,7 @@ impl Services {
                 Err(_) => 400,
                 Ok(ev) if !ev.agent_id.is_empty() && ev.agent_id != agent.id => 400,
                 Ok(ev) if ev.action_id.starts_with("policy:") => {
-                    match parse_policy_action_id(&ev.action_id) {
+                    match parse_policy_ack(&ev.action_id, &agent.policy_id) {
                         Some(parsed) => {
                             if ev.error.as_deref().is_none_or(str::is_empty) {
                                 policy_acks.push(parsed);
@@ -1155,6 +1162,22 @@ pub fn parse_policy_action_id(id: &str) -> Option<(String, i64)> {
     Some((policy_id.to_owned(), rev.parse().ok()?))
 }
 
+/// A policy ack id for an agent on `current`: `policy:<id>:<rev>`, or the
+/// older `policy:<id>:<rev>:<coordinator>` when that names `current`.
+fn parse_policy_ack(id: &str, current: &str) -> Option<(String, i64)> {
+    let (pid, rev) = parse_policy_action_id(id)?;
+    if pid != current {
+        if let Some((legacy_pid, legacy_rev)) = pid.rsplit_once(':') {
+            if legacy_pid == current {
+                if let Ok(r) = legacy_rev.parse() {
+                    return Some((legacy_pid.to_owned(), r));
+                }
+            }
+        }
+    }
+    Some((pid, rev))
+}
+
 fn replace_token_hash(agent_id: &str, token: &str) -> String {
     hash_token(&format!("{agent_id}:{token}"))
 }
@@ -1237,6 +1260,18 @@ mod tests {
         assert_eq!(parse_policy_action_id("policy:p1:x"), None);
         assert_eq!(parse_policy_action_id("policy::3"), None);
         assert_eq!(parse_policy_action_id("other"), None);
+        assert_eq!(
+            parse_policy_ack("policy:p1:7:1", "p1"),
+            Some(("p1".into(), 7))
+        );
+        assert_eq!(
+            parse_policy_ack("policy:a:b:12", "a:b"),
+            Some(("a:b".into(), 12))
+        );
+        assert_eq!(
+            parse_policy_ack("policy:p1:7", "p2"),
+            Some(("p1".into(), 7))
+        );
     }
 
     #[test]

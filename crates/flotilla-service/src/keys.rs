@@ -36,8 +36,10 @@ impl MintedKey {
 /// Why a presented key was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeyRejection {
-    /// Not base64, not UTF-8, or not `id:secret`.
+    /// Not base64, or not `id:secret`.
     Malformed,
+    /// Decodes to bytes that are not UTF-8.
+    NotUtf8,
     Unknown,
     Invalidated,
 }
@@ -98,7 +100,7 @@ impl KeyService {
     /// Split a presented credential: base64 of `id:secret`, or `id:secret`.
     pub fn parse(presented: &str) -> Result<(String, String), KeyRejection> {
         let decoded = match base64::engine::general_purpose::STANDARD.decode(presented.trim()) {
-            Ok(bytes) => String::from_utf8(bytes).map_err(|_| KeyRejection::Malformed)?,
+            Ok(bytes) => String::from_utf8(bytes).map_err(|_| KeyRejection::NotUtf8)?,
             Err(_) if presented.contains(':') => presented.to_owned(),
             Err(_) => return Err(KeyRejection::Malformed),
         };
