@@ -405,6 +405,8 @@ pub struct CachedPolicy {
     /// Digest of the output and its role descriptors: a key minted for a
     /// different digest must be replaced.
     pub permissions_hash: String,
+    /// Only Elasticsearch outputs take API keys; others get none.
+    pub takes_api_key: bool,
     pub document: Value,
 }
 
@@ -867,7 +869,11 @@ impl Services {
             "{output_id}\n{}",
             serde_json::to_string(&permissions).expect("permissions serialise")
         )));
+        let takes_api_key = full.outputs.get(&output_id).is_some_and(|o| {
+            o.output_type == flotilla_domain::output::OutputType::Elasticsearch.as_str()
+        });
         let cached = Arc::new(CachedPolicy {
+            takes_api_key,
             policy_id: policy_id.to_owned(),
             revision: full.revision,
             updated_at: current.updated_at,
@@ -906,16 +912,21 @@ impl Services {
             Some(_) => 0,
             None => agent.policy_revision.unwrap_or(0),
         };
-        let key_current = agent.output_api_key_id.is_some()
-            && agent.output_permissions_hash.as_deref() == Some(policy.permissions_hash.as_str());
+        let key_current = !policy.takes_api_key
+            || (agent.output_api_key_id.is_some()
+                && agent.output_permissions_hash.as_deref()
+                    == Some(policy.permissions_hash.as_str()));
         if known >= policy.revision && key_current {
             return Ok(None);
+        }
+        let mut document = policy.document.clone();
+        if !policy.takes_api_key {
+            return Ok(Some(policy_change_action(&policy, &agent.id, document)));
         }
         let credential = match self.current_output_key(agent, key_current).await? {
             Some(plain) => plain,
             None => self.rotate_output_key(agent, &policy).await?,
         };
-        let mut document = policy.document.clone();
         if let Some(output) =
             document.pointer_mut(&format!("/outputs/{}", escape_pointer(&policy.output_id)))
         {
@@ -923,14 +934,7 @@ impl Services {
                 obj.insert("api_key".into(), Value::String(credential));
             }
         }
-        Ok(Some(json!({
-            "id": format!("policy:{}:{}", policy.policy_id, policy.revision),
-            "agent_id": agent.id,
-            "created_at": policy.updated_at,
-            "type": "POLICY_CHANGE",
-            "input_type": "",
-            "data": { "policy": document },
-        })))
+        Ok(Some(policy_change_action(&policy, &agent.id, document)))
     }
 
     /// The agent's current output key (`id:secret`), if it still fits the
@@ -1141,6 +1145,17 @@ impl Drop for WaitingGauge {
     fn drop(&mut self) {
         metrics::gauge!("flotilla_checkins_waiting").decrement(1.0);
     }
+}
+
+fn policy_change_action(policy: &CachedPolicy, agent_id: &str, document: Value) -> Value {
+    json!({
+        "id": format!("policy:{}:{}", policy.policy_id, policy.revision),
+        "agent_id": agent_id,
+        "created_at": policy.updated_at,
+        "type": "POLICY_CHANGE",
+        "input_type": "",
+        "data": { "policy": document },
+    })
 }
 
 fn status_text(status: u16) -> &'static str {

@@ -1164,3 +1164,40 @@ async fn changing_the_policys_output_changes_the_key() {
     );
     assert_ne!(output_key(change), key);
 }
+
+#[tokio::test]
+async fn outputs_other_than_elasticsearch_get_no_api_key() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let (st, _) = s
+        .post(
+            "/api/fleet/outputs",
+            json!({"id": "ls", "name": "ls", "type": "logstash", "hosts": ["ls:5044"]}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    s.post(
+        "/api/fleet/agent_policies",
+        json!({"id": "edge", "name": "edge", "output_id": "ls"}),
+    )
+    .await;
+    s.post(
+        "/api/fleet/package_policies",
+        json!({"name": "n", "policy_id": "edge", "package": {"name": "nginx"}}),
+    )
+    .await;
+    let (_, key) = s
+        .post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": "edge"}),
+        )
+        .await;
+    let agent = s.enroll(key["item"]["api_key"].as_str().unwrap()).await;
+    let r = s.checkin(&agent, json!({"status": "online"})).await;
+    let change = policy_change(&r);
+    let output = &change["data"]["policy"]["outputs"]["ls"];
+    assert_eq!(output["type"], "logstash");
+    assert!(output.get("api_key").is_none(), "{output}");
+    s.ack(&agent, &["policy:edge:2"]).await;
+    let quiet = s.checkin(&agent, json!({"status": "online"})).await;
+    assert!(quiet.body.get("actions").is_none(), "{}", quiet.body);
+}
