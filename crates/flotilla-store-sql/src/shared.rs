@@ -140,6 +140,14 @@ macro_rules! impl_store {
             Ok(done.rows_affected() > 0)
         }
 
+        async fn count(tx: &mut Tx<'_>, sql: &str, id: &str) -> Result<i64> {
+            sqlx::query_scalar(sql).bind(id).fetch_one(&mut **tx).await.map_err(other)
+        }
+
+        async fn execute_with_id(tx: &mut Tx<'_>, sql: &str, id: &str) -> Result<u64> {
+            Ok(sqlx::query(sql).bind(id).execute(&mut **tx).await.map_err(other)?.rows_affected())
+        }
+
         /// Take the agent's row lock for the rest of the transaction.
         async fn lock_agent(tx: &mut Tx<'_>, id: &str) -> Result<()> {
             sqlx::query("UPDATE agents SET updated_at = updated_at WHERE id = $1")
@@ -516,21 +524,13 @@ macro_rules! impl_store {
                         "the default output cannot be deleted; make another output the default first".into(),
                     ));
                 }
-                let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agent_policies WHERE output_id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(other)?;
+                let users = count(&mut tx, "SELECT COUNT(*) FROM agent_policies WHERE output_id = $1", id).await?;
                 if users > 0 {
                     return Err(StoreError::Conflict(format!(
                         "output '{id}' is used by {users} agent policies"
                     )));
                 }
-                sqlx::query("DELETE FROM outputs WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(other)?;
+                execute_with_id(&mut tx, "DELETE FROM outputs WHERE id = $1", id).await?;
                 tx.commit().await.map_err(other)?;
                 Ok(())
             }
@@ -650,21 +650,13 @@ macro_rules! impl_store {
                 if !policy_exists(&mut tx, id).await? {
                     return Err(StoreError::NotFound(format!("agent policy '{id}'")));
                 }
-                let agents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE policy_id = $1 AND active")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(other)?;
+                let agents = count(&mut tx, "SELECT COUNT(*) FROM agents WHERE policy_id = $1 AND active", id).await?;
                 if agents > 0 {
                     return Err(StoreError::Conflict(format!(
                         "agent policy '{id}' has {agents} enrolled agents; unenroll or reassign them first"
                     )));
                 }
-                sqlx::query("DELETE FROM agent_policies WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(other)?;
+                execute_with_id(&mut tx, "DELETE FROM agent_policies WHERE id = $1", id).await?;
                 tx.commit().await.map_err(other)?;
                 Ok(())
             }
@@ -758,11 +750,7 @@ macro_rules! impl_store {
                 let now = ms(now);
                 let mut tx = self.begin_write().await?;
                 let old = fetch_package_policy(&mut tx, id).await?;
-                sqlx::query("DELETE FROM package_policies WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(other)?;
+                execute_with_id(&mut tx, "DELETE FROM package_policies WHERE id = $1", id).await?;
                 bump_policy(&mut tx, &old.policy_id, now).await?;
                 tx.commit().await.map_err(other)?;
                 self.publish(StoreEvent::PolicyChanged { policy_id: Some(old.policy_id) }).await;
@@ -1288,11 +1276,7 @@ macro_rules! impl_store {
                 .await
                 .map_err(other)?;
                 let Some((action_type, acked_at)) = row else {
-                    let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM actions WHERE id = $1")
-                        .bind(action_id)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(other)?;
+                    let exists = count(&mut tx, "SELECT COUNT(*) FROM actions WHERE id = $1", action_id).await?;
                     return Ok(if exists > 0 { ActionAck::OtherAgent } else { ActionAck::NotFound });
                 };
                 let action_type = ActionType::parse(&action_type)
