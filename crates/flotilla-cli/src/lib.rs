@@ -213,6 +213,19 @@ pub enum AgentsCmd {
         #[arg(long)]
         policy: String,
     },
+    /// An agent's actions and whether it received and acknowledged them.
+    Actions {
+        id: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Change an agent's log level (a SETTINGS action).
+    Settings {
+        id: String,
+        /// trace, debug, info, warning or error.
+        #[arg(long)]
+        log_level: String,
+    },
     /// Replace an agent's tags.
     Tag {
         id: String,
@@ -324,6 +337,14 @@ const AGENT_COLS: &[(&str, &str)] = &[
     ("REVISION", "policy_revision"),
     ("TAGS", "tags"),
     ("LAST CHECK-IN", "last_checkin"),
+];
+const ACTION_COLS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("TYPE", "type"),
+    ("CREATED", "created_at"),
+    ("DELIVERED", "delivered"),
+    ("ACKED", "acked_at"),
+    ("ERROR", "ack_error"),
 ];
 const OUTPUT_COLS: &[(&str, &str)] = &[
     ("ID", "id"),
@@ -638,6 +659,21 @@ async fn agents(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             )
             .await?,
             AGENT_COLS,
+        ),
+        AgentsCmd::Actions { id, page } => view(
+            c.request(Method::GET, &format!("{}/actions", at(AGENTS, &id)), &page.query(), None)
+                .await?,
+            ACTION_COLS,
+        ),
+        AgentsCmd::Settings { id, log_level } => view(
+            c.request(
+                Method::POST,
+                &format!("{}/actions", at(AGENTS, &id)),
+                &[],
+                Some(&json!({ "action": { "type": "SETTINGS", "data": { "log_level": log_level } } })),
+            )
+            .await?,
+            ACTION_COLS,
         ),
         AgentsCmd::Tag { id, tags } => {
             let tags: Vec<String> = tags.into_iter().filter(|t| !t.is_empty()).collect();

@@ -46,6 +46,18 @@ pub struct Action {
     pub agents: Vec<String>,
 }
 
+/// Where one agent's copy of an action stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentActionStatus {
+    #[serde(flatten)]
+    pub action: Action,
+    /// The agent confirmed receiving it (sent back its ack token, or acked).
+    pub delivered: bool,
+    pub acked_at: Option<DateTime<Utc>>,
+    /// The error the agent reported when acknowledging, if any.
+    pub ack_error: Option<String>,
+}
+
 pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warning", "error"];
 
 /// Validate an action's data for its type.

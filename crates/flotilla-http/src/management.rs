@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use flotilla_domain::action::Action;
+use flotilla_domain::action::{Action, AgentActionStatus};
 use flotilla_domain::agent::{Agent, AgentStatus};
 use flotilla_domain::apikey::OperatorApiKey;
 use flotilla_domain::catalogue::PackageSpec;
@@ -183,7 +183,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_agent, update_agent))
         .routes(routes!(unenroll_agent))
         .routes(routes!(reassign_agent))
-        .routes(routes!(create_agent_action))
+        .routes(routes!(list_agent_actions, create_agent_action))
         .routes(routes!(list_api_keys, create_api_key))
         .routes(routes!(revoke_api_key))
 }
@@ -522,6 +522,22 @@ async fn reassign_agent(
 ) -> ApiResult<Json<Item<Agent>>> {
     Ok(item(
         s.services.management().reassign_agent(&id, req).await?,
+    ))
+}
+
+/// The agent's actions, newest first, with delivery and acknowledgement.
+#[utoipa::path(get, path = "/api/fleet/agents/{id}/actions", tag = "agents", params(PageQuery),
+    responses((status = 200, body = List<AgentActionStatus>), (status = 404, body = ErrorBody)))]
+async fn list_agent_actions(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<List<AgentActionStatus>>> {
+    let p = page(q.page, q.per_page)?;
+    Ok(list(
+        s.services.management().agent_actions(&id, p).await?,
+        p,
     ))
 }
 

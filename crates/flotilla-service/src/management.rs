@@ -649,6 +649,15 @@ impl Management<'_> {
         Ok(self.store().create_action(&action).await?)
     }
 
+    pub async fn agent_actions(
+        &self,
+        agent_id: &str,
+        page: Page,
+    ) -> Result<Paged<flotilla_domain::action::AgentActionStatus>> {
+        self.store().get_agent(agent_id, Utc::now()).await?;
+        Ok(self.store().agent_actions(agent_id, page).await?)
+    }
+
     /// An action for one agent: `UNENROLL`, `SETTINGS` or `POLICY_REASSIGN`.
     pub async fn create_action(&self, agent_id: &str, req: CreateAction) -> Result<Action> {
         let agent = self.store().get_agent(agent_id, Utc::now()).await?;

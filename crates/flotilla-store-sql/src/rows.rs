@@ -321,11 +321,11 @@ impl TryFrom<ApiKeyRow> for flotilla_store::ApiKeyRecord {
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct ActionRow {
-    id: String,
-    action_type: String,
-    data: String,
-    created_at: i64,
-    expiration: Option<i64>,
+    pub(crate) id: String,
+    pub(crate) action_type: String,
+    pub(crate) data: String,
+    pub(crate) created_at: i64,
+    pub(crate) expiration: Option<i64>,
 }
 
 impl ActionRow {

@@ -57,7 +57,7 @@ macro_rules! impl_store {
         use flotilla_domain::output::{NewOutput, Output, OutputUpdate};
         use flotilla_domain::package_policy::{NewPackagePolicy, PackagePolicy};
         use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
-        use flotilla_domain::action::{Action, ActionType};
+        use flotilla_domain::action::{Action, ActionType, AgentActionStatus};
         use flotilla_store::{
             ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, FleetAgent, NewAction,
             NewAgent, OutputKeyChange, Page, Paged, PackagePolicyFilter, PolicyFilter, Result, Store, StoreError,
@@ -1262,6 +1262,40 @@ macro_rules! impl_store {
                 .await
                 .map_err(other)?;
                 Ok(())
+            }
+
+            async fn agent_actions(&self, agent_id: &str, page: Page) -> Result<Paged<AgentActionStatus>> {
+                let rows: Vec<(String, String, String, i64, Option<i64>, bool, Option<i64>, Option<String>)> =
+                    sqlx::query_as(
+                        "SELECT a.id, a.action_type, a.data, a.created_at, a.expiration, t.confirmed, t.acked_at, \
+                         t.ack_error FROM action_targets t JOIN actions a ON a.id = t.action_id \
+                         WHERE t.agent_id = $1 ORDER BY a.created_at DESC, a.id LIMIT $2 OFFSET $3",
+                    )
+                    .bind(agent_id)
+                    .bind(i64::from(page.per_page))
+                    .bind(page.offset())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(other)?;
+                let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM action_targets WHERE agent_id = $1")
+                    .bind(agent_id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(other)?;
+                let items = rows
+                    .into_iter()
+                    .map(|(id, action_type, data, created_at, expiration, confirmed, acked_at, ack_error)| {
+                        let action = ActionRow { id, action_type, data, created_at, expiration }
+                            .into_action(vec![agent_id.to_owned()])?;
+                        Ok(AgentActionStatus {
+                            action,
+                            delivered: confirmed || acked_at.is_some(),
+                            acked_at: acked_at.map(from_ms),
+                            ack_error,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Paged { items, total: total.max(0) as u64 })
             }
 
             async fn ack_action(&self, agent_id: &str, action_id: &str, error: Option<&str>, now: DateTime<Utc>) -> Result<ActionAck> {

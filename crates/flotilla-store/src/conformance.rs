@@ -928,6 +928,19 @@ pub async fn actions_are_delivered_until_confirmed_and_acked(s: S) {
         s.ack_action("a", "nope", None, now).await.unwrap(),
         ActionAck::NotFound
     );
+
+    // The operator's view: delivery and acknowledgement per agent.
+    s.ack_action("a", "x1", Some("could not apply"), now)
+        .await
+        .unwrap();
+    let a = s.agent_actions("a", page(1, 10)).await.unwrap();
+    assert_eq!(a.total, 2);
+    let x1 = a.items.iter().find(|i| i.action.id == "x1").unwrap();
+    assert!(x1.delivered && x1.acked_at.is_some());
+    assert_eq!(x1.ack_error.as_deref(), Some("could not apply"));
+    let x2 = a.items.iter().find(|i| i.action.id == "x2").unwrap();
+    assert!(!x2.delivered && x2.acked_at.is_none());
+    assert_eq!(s.agent_actions("b", page(1, 10)).await.unwrap().total, 1);
 }
 
 pub async fn checkins_are_recorded_in_batches(s: S) {

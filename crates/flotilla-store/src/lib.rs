@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use flotilla_domain::action::{Action, ActionType};
+use flotilla_domain::action::{Action, ActionType, AgentActionStatus};
 use flotilla_domain::agent::{Agent, AgentStatus};
 use flotilla_domain::apikey::OperatorApiKey;
 use flotilla_domain::enrollment::EnrollmentApiKey;
@@ -408,6 +408,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// The agent sent `token` back: what was delivered with it arrived.
     async fn confirm_delivery(&self, agent_id: &str, token: &str) -> Result<()>;
+    /// The agent's actions, newest first, with their delivery and ack state.
+    async fn agent_actions(&self, agent_id: &str, page: Page) -> Result<Paged<AgentActionStatus>>;
     /// Records the agent's acknowledgement (idempotent).
     async fn ack_action(
         &self,

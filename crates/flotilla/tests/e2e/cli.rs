@@ -101,6 +101,47 @@ fn readme_walkthrough() {
     assert!(key["api_key"].is_string());
 }
 
+#[tokio::test]
+async fn agents_and_their_actions() {
+    let s = Server::sqlite();
+    let token = s.policy_with_token("web").await;
+    let agent = s.enroll(&token).await;
+    s.policy_with_token("db").await;
+
+    let shown = json(&s.cli(&["agents", "show", &agent.0, "--json"]));
+    assert_eq!(shown["policy_id"], "web");
+    let action = json(&s.cli(&[
+        "agents",
+        "settings",
+        &agent.0,
+        "--log-level",
+        "debug",
+        "--json",
+    ]));
+    assert_eq!(action["type"], "SETTINGS");
+    let err = one_line_error(&s.cli(&["agents", "settings", &agent.0, "--log-level", "loud"]));
+    assert!(err.contains("log_level"), "{err}");
+    let listed = json(&s.cli(&["agents", "actions", &agent.0, "--json"]));
+    assert_eq!(listed["items"][0]["delivered"], false);
+    s.ack(&agent, &[action["id"].as_str().unwrap()]).await;
+    let listed = json(&s.cli(&["agents", "actions", &agent.0, "--json"]));
+    assert_eq!(listed["items"][0]["delivered"], true);
+    assert!(listed["items"][0]["acked_at"].is_string());
+    let table = ok(&s.cli(&["agents", "actions", &agent.0]));
+    assert!(table.contains("SETTINGS"), "{table}");
+
+    let moved = json(&s.cli(&["agents", "reassign", &agent.0, "--policy", "db", "--json"]));
+    assert_eq!(moved["policy_id"], "db");
+    let tagged = json(&s.cli(&["agents", "tag", &agent.0, "--tags", "a,b", "--json"]));
+    assert_eq!(tagged["tags"], serde_json::json!(["a", "b"]));
+    let listed = ok(&s.cli(&["agents", "list", "--tag", "a"]));
+    assert!(listed.contains(&agent.0), "{listed}");
+    let gone = json(&s.cli(&["agents", "unenroll", &agent.0, "--revoke", "--json"]));
+    assert_eq!(gone["status"], "unenrolled");
+    let all = json(&s.cli(&["agents", "list", "--all", "--json"]));
+    assert_eq!(all["total"], 1);
+}
+
 #[test]
 fn errors_are_one_line_with_a_non_zero_exit() {
     let s = Server::sqlite();
