@@ -413,6 +413,19 @@ pub struct CachedPolicy {
 #[derive(Default)]
 pub struct PolicyCache {
     inner: Mutex<HashMap<String, Arc<CachedPolicy>>>,
+    /// Held while a revision is built, so a thousand agents woken by the
+    /// same change build it once, not a thousand times.
+    building: tokio::sync::Mutex<()>,
+}
+
+impl PolicyCache {
+    fn get(&self, policy_id: &str, revision: i64) -> Option<Arc<CachedPolicy>> {
+        let cache = self.inner.lock().expect("cache lock");
+        cache
+            .get(policy_id)
+            .filter(|c| c.revision == revision)
+            .cloned()
+    }
 }
 
 // --- the service -------------------------------------------------------------------------
@@ -847,18 +860,16 @@ impl Services {
         policy_id: &str,
     ) -> std::result::Result<Arc<CachedPolicy>, crate::ServiceError> {
         let current = self.store.get_policy(policy_id).await?;
-        if let Some(hit) = self
-            .policy_cache
-            .inner
-            .lock()
-            .expect("cache lock")
-            .get(policy_id)
-        {
-            if hit.revision == current.revision {
-                return Ok(hit.clone());
-            }
+        if let Some(hit) = self.policy_cache.get(policy_id, current.revision) {
+            return Ok(hit);
+        }
+        let _building = self.policy_cache.building.lock().await;
+        // Someone else may have built it while we waited.
+        if let Some(hit) = self.policy_cache.get(policy_id, current.revision) {
+            return Ok(hit);
         }
         let full = self.full_policy(policy_id).await?;
+        metrics::counter!("flotilla_policy_builds_total").increment(1);
         let (output_id, permissions) = full
             .output_permissions
             .iter()

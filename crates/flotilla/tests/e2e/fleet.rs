@@ -1019,22 +1019,60 @@ async fn two_instances_share_changes_through_postgres() {
     assert_eq!(change[0]["id"], "policy:web:3");
 }
 
+/// A counter or gauge from the server's `/metrics` (0 when absent).
+async fn metric(s: &Server, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_is_serialised_once_for_all_its_agents() {
+    let s = slow_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let mut agents = Vec::new();
+    for _ in 0..20 {
+        let agent = s.enroll(&token).await;
+        s.checkin(&agent, json!({"status": "online"})).await;
+        s.ack(&agent, &["policy:web:2"]).await;
+        agents.push(agent);
+    }
+    let polls: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            s.spawn_checkin(
+                a,
+                json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}),
+            )
+        })
+        .collect();
+    wait_for_waiting_polls(&s, 20).await;
+    let before = metric(&s, "flotilla_policy_builds_total").await;
+    s.put(
+        "/api/fleet/agent_policies/web",
+        json!({"description": "one change, twenty agents"}),
+    )
+    .await;
+    for p in polls {
+        let r = p.await.unwrap();
+        assert_eq!(policy_change(&r)["id"], "policy:web:3");
+    }
+    let after = metric(&s, "flotilla_policy_builds_total").await;
+    assert_eq!(after - before, 1.0, "revision 3 was built once");
+}
+
 /// Wait (bounded) until `n` long polls are waiting on `s`, read from its
 /// `flotilla_checkins_waiting` gauge.
 async fn wait_for_waiting_polls(s: &Server, n: u64) {
     for _ in 0..400 {
-        let text = reqwest::get(format!("{}/metrics", s.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let waiting = text
-            .lines()
-            .find_map(|l| l.strip_prefix("flotilla_checkins_waiting "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if waiting >= n as f64 {
+        if metric(s, "flotilla_checkins_waiting").await >= n as f64 {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
