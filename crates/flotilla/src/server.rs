@@ -39,6 +39,11 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     init_tracing(&config);
     tracing::debug!(?config, "configuration loaded");
 
+    // SQLite serves one server process: change events are in-process.
+    let _data_dir_lock = match &config.database_url {
+        Some(_) => None,
+        None => Some(lock_data_dir(&config.data_dir)?),
+    };
     let location = match &config.database_url {
         Some(url) => Location::Postgres(url),
         None => Location::DataDir(&config.data_dir),
@@ -109,6 +114,32 @@ async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiv
         }
         if stopping {
             return;
+        }
+    }
+}
+
+/// Hold an exclusive lock on `<data_dir>/flotilla.lock` for the life of
+/// the server, so a second server on the same SQLite database is refused
+/// instead of silently missing the first one's change events.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let path = data_dir.join("flotilla.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another flotilla server is using {}; the embedded database serves one server \
+             (use PostgreSQL with --database-url for several)",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
 }

@@ -184,3 +184,17 @@ fn sigterm_stops_the_server_cleanly() {
     let code = s.wait();
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let first = Server::sqlite();
+    let out = command()
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&first.data_dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another flotilla server"), "{err}");
+}
