@@ -918,21 +918,6 @@ macro_rules! impl_store {
                 self.agent_after_write(id, now).await
             }
 
-            async fn mark_agent_unenrolled(&self, id: &str, now: DateTime<Utc>) -> Result<Agent> {
-                let done = sqlx::query(
-                    "UPDATE agents SET active = FALSE, unenrolled_at = $2, updated_at = $2 WHERE id = $1 AND active",
-                )
-                .bind(id)
-                .bind(ms(now))
-                .execute(self.write_pool())
-                .await
-                .map_err(other)?;
-                if done.rows_affected() == 0 {
-                    return Err(self.agent_write_failed(id, now).await);
-                }
-                self.agent_after_write(id, now).await
-            }
-
             // --- fleet protocol ----------------------------------------------
 
             fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {

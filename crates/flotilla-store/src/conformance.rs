@@ -443,7 +443,7 @@ pub async fn deleting_a_policy_removes_its_integrations_and_keys(s: S) {
         matches!(s.delete_policy("p").await, Err(StoreError::Conflict(_))),
         "active agents block deletion"
     );
-    s.mark_agent_unenrolled("a", now).await.unwrap();
+    s.unenroll_now("a", now).await.unwrap();
     s.delete_policy("p").await.unwrap();
     assert!(matches!(
         s.get_package_policy("i").await,
@@ -599,12 +599,19 @@ pub async fn agents_filter_reassign_and_unenroll(s: S) {
 
     let leaving = s.start_agent_unenrollment("a3", now).await.unwrap();
     assert_eq!(leaving.status, AgentStatus::Unenrolling);
-    let gone = s.mark_agent_unenrolled("a3", now).await.unwrap();
+    s.unenroll_now("a3", now).await.unwrap();
+    let gone = s.get_agent("a3", now).await.unwrap();
     assert_eq!(gone.status, AgentStatus::Unenrolled);
     assert!(gone.unenrolled_at.is_some());
+    s.unenroll_now("a3", now).await.unwrap();
+    assert_eq!(
+        s.get_agent("a3", now).await.unwrap().unenrolled_at,
+        gone.unenrolled_at,
+        "idempotent"
+    );
     assert!(matches!(
-        s.mark_agent_unenrolled("a3", now).await,
-        Err(StoreError::Conflict(_))
+        s.unenroll_now("zz", now).await,
+        Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
         s.reassign_agent("a3", "p", now).await,

@@ -333,8 +333,6 @@ pub trait Store: Send + Sync + 'static {
     async fn reassign_agent(&self, id: &str, policy_id: &str, now: DateTime<Utc>) -> Result<Agent>;
     /// Records that unenrolment was requested (the agent will be told).
     async fn start_agent_unenrollment(&self, id: &str, now: DateTime<Utc>) -> Result<Agent>;
-    /// Marks the agent unenrolled: inactive from now on.
-    async fn mark_agent_unenrolled(&self, id: &str, now: DateTime<Utc>) -> Result<Agent>;
 
     // --- fleet protocol: agents -------------------------------------------------
     /// Subscribe to change events (see [`StoreEvent`]).
