@@ -100,8 +100,27 @@ impl FullAgentPolicy {
                             .iter()
                             .filter(|s| s.enabled)
                             .map(|s| {
-                                let mut vars = pp.vars.clone();
-                                vars.remove("dataset");
+                                // Catalogue defaults, then the integration's
+                                // variables, then the stream's own.
+                                let package = catalogue.package(&pp.package.name);
+                                let defaults = package
+                                    .and_then(|p| p.input(&input.input_type))
+                                    .and_then(|i| {
+                                        match package.and_then(|p| p.dataset_var.as_ref()) {
+                                            Some(_) => i.streams.first(),
+                                            None => i.stream(&s.data_stream.dataset),
+                                        }
+                                    })
+                                    .map(|spec| spec.vars.clone())
+                                    .unwrap_or_default();
+                                let mut vars = defaults;
+                                let mut package_vars = pp.vars.clone();
+                                if let Some(dataset_var) =
+                                    package.and_then(|p| p.dataset_var.as_ref())
+                                {
+                                    package_vars.remove(dataset_var);
+                                }
+                                vars.extend(package_vars);
                                 vars.extend(s.vars.clone());
                                 FullStream {
                                     id: format!(
@@ -133,5 +152,81 @@ impl FullAgentPolicy {
             output_permissions: BTreeMap::from([(output.id.clone(), perms)]),
             inputs,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::OutputType;
+    use crate::package_policy::resolve_inputs;
+    use serde_json::json;
+
+    fn nginx(vars: Value) -> PackagePolicy {
+        let catalogue = Catalogue::builtin();
+        let vars = vars.as_object().cloned().unwrap_or_default();
+        PackagePolicy {
+            id: "pp".into(),
+            name: "nginx-1".into(),
+            description: None,
+            policy_id: "p".into(),
+            package: PackageRef {
+                name: "nginx".into(),
+                version: "1.20.0".into(),
+            },
+            namespace: None,
+            inputs: resolve_inputs(catalogue.package("nginx").unwrap(), &vars, None).unwrap(),
+            vars,
+            cloud_connector_id: None,
+            created_at: Default::default(),
+            updated_at: Default::default(),
+        }
+    }
+
+    fn build(pp: PackagePolicy) -> FullAgentPolicy {
+        let policy = AgentPolicy {
+            id: "p".into(),
+            name: "p".into(),
+            namespace: "prod".into(),
+            description: None,
+            output_id: None,
+            inactivity_timeout: 3600,
+            revision: 4,
+            created_at: Default::default(),
+            updated_at: Default::default(),
+        };
+        let output = Output {
+            id: "out".into(),
+            name: "out".into(),
+            output_type: OutputType::Elasticsearch,
+            hosts: vec!["https://es:9200".into()],
+            is_default: true,
+            created_at: Default::default(),
+            updated_at: Default::default(),
+        };
+        FullAgentPolicy::build(&policy, &output, &[pp], Catalogue::builtin())
+    }
+
+    #[test]
+    fn variables_layer_catalogue_then_integration_then_stream() {
+        let full = build(nginx(json!({})));
+        assert_eq!(full.revision, 4);
+        assert_eq!(
+            full.inputs[0].streams[0].vars["paths"],
+            json!(["/var/log/nginx/access.log*"])
+        );
+        assert_eq!(full.inputs[0].data_stream.namespace, "prod");
+        assert!(full.output_permissions["out"].0.contains_key("nginx-1"));
+
+        let full = build(nginx(json!({"paths": ["/srv/nginx/*.log"]})));
+        assert_eq!(
+            full.inputs[0].streams[0].vars["paths"],
+            json!(["/srv/nginx/*.log"])
+        );
+        let doc = serde_json::to_value(&full).unwrap();
+        assert_eq!(
+            doc["inputs"][0]["streams"][0]["data_stream"]["dataset"],
+            "nginx.access"
+        );
     }
 }

@@ -17,6 +17,7 @@ pub struct PackageRef {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DataStreamRef {
     #[serde(rename = "type")]
     pub stream_type: String,
@@ -65,6 +66,7 @@ impl PackagePolicy {
 
 /// Caller-supplied inputs, before resolution against the catalogue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct InputRequest {
     #[serde(rename = "type")]
     pub input_type: String,
@@ -75,6 +77,7 @@ pub struct InputRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StreamRequest {
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -157,6 +160,7 @@ pub fn resolve_inputs(
             Some(_) => {}
         }
     }
+    check_reserved("vars", vars)?;
     if let Some(paths) = vars.get("paths") {
         validate_paths("vars.paths", paths)?;
     }
@@ -186,7 +190,9 @@ pub fn resolve_inputs(
                         .clone()
                         .unwrap_or_else(|| s.dataset.clone()),
                 },
-                vars: s.vars.clone(),
+                // Catalogue defaults are applied when the policy is built,
+                // so package-level variables can override them.
+                vars: Map::new(),
             })
             .collect()
     };
@@ -261,8 +267,17 @@ pub fn resolve_inputs(
                     if let Some(paths) = s.vars.get("paths") {
                         validate_paths(&format!("{field}.vars.paths"), paths)?;
                     }
-                    let mut vars = stream_spec.vars.clone();
-                    vars.extend(s.vars.clone());
+                    check_reserved(&format!("{field}.vars"), &s.vars)?;
+                    if streams[..j]
+                        .iter()
+                        .any(|o| o.data_stream.dataset == s.data_stream.dataset)
+                    {
+                        return Err(ValidationError::new(
+                            format!("{field}.data_stream.dataset"),
+                            format!("data stream '{}' is listed twice", s.data_stream.dataset),
+                        ));
+                    }
+                    let vars = s.vars.clone();
                     out.push(Stream {
                         enabled: s.enabled,
                         data_stream: DataStreamRef {
@@ -282,6 +297,16 @@ pub fn resolve_inputs(
         });
     }
     Ok(inputs)
+}
+
+/// Keys the agent's stream configuration owns; variables may not set them.
+const RESERVED_VARS: &[&str] = &["id", "type", "data_stream"];
+
+fn check_reserved(field: &str, vars: &Map<String, Value>) -> Result<(), ValidationError> {
+    match RESERVED_VARS.iter().find(|k| vars.contains_key(**k)) {
+        Some(k) => Err(ValidationError::new(format!("{field}.{k}"), "is reserved")),
+        None => Ok(()),
+    }
 }
 
 fn validate_paths(field: &str, paths: &Value) -> Result<(), ValidationError> {
@@ -379,6 +404,34 @@ mod tests {
                 .field,
             "vars.paths"
         );
+    }
+
+    #[test]
+    fn reserved_and_repeated_are_refused() {
+        let vars = json!({"paths": ["/x"], "data_stream": {"dataset": "evil"}});
+        let err = resolve_inputs(spec("log"), vars.as_object().unwrap(), None).unwrap_err();
+        assert_eq!(err.field, "vars.data_stream");
+        let req: Vec<InputRequest> =
+            serde_json::from_value(json!([{"type": "logfile", "streams": [
+            {"data_stream": {"type": "logs", "dataset": "nginx.access"}, "vars": {"id": "x"}}]}]))
+            .unwrap();
+        assert_eq!(
+            resolve_inputs(spec("nginx"), &Map::new(), Some(&req))
+                .unwrap_err()
+                .field,
+            "inputs[0].streams[0].vars.id"
+        );
+        let req: Vec<InputRequest> =
+            serde_json::from_value(json!([{"type": "logfile", "streams": [
+            {"data_stream": {"type": "logs", "dataset": "nginx.access"}},
+            {"data_stream": {"type": "logs", "dataset": "nginx.access"}}]}]))
+            .unwrap();
+        let err = resolve_inputs(spec("nginx"), &Map::new(), Some(&req)).unwrap_err();
+        assert_eq!(err.field, "inputs[0].streams[1].data_stream.dataset");
+        assert!(serde_json::from_value::<InputRequest>(
+            json!({"type": "logfile", "enabeld": false})
+        )
+        .is_err());
     }
 
     #[test]

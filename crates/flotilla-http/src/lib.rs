@@ -179,6 +179,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                     tracing::info_span!("http", method = %req.method(), path, request_id = id)
                 }))
                 .layer(middleware::from_fn(metrics::track))
+                .layer(middleware::from_fn(refuse_nul))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::internal().into_response()
                 })),
@@ -198,6 +199,22 @@ async fn overloaded(err: BoxError) -> ApiError {
         tracing::error!(error = %err, "unhandled middleware error");
         ApiError::internal()
     }
+}
+
+/// NUL can be neither an id nor a filter (PostgreSQL refuses it in text):
+/// refuse it up front instead of failing deep in a query.
+async fn refuse_nul(req: Request, next: middleware::Next) -> axum::response::Response {
+    let uri = req.uri();
+    let has_nul = |s: &str| {
+        s.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    };
+    if has_nul(uri.path()) || uri.query().is_some_and(has_nul) {
+        return ApiError::bad_request("NUL characters are not allowed in paths or query strings")
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

@@ -211,7 +211,7 @@ async fn create_output(
     Ok(item(s.services.management().create_output(req).await?))
 }
 
-#[utoipa::path(get, path = "/api/fleet/outputs/{id}", tag = "outputs",
+#[utoipa::path(get, path = "/api/fleet/outputs/{id}", params(("id" = String, Path, description = "The resource id")), tag = "outputs",
     responses((status = 200, body = Item<Output>), (status = 404, body = ErrorBody)))]
 async fn get_output(
     _: Operator,
@@ -221,7 +221,7 @@ async fn get_output(
     Ok(item(s.services.management().get_output(&id).await?))
 }
 
-#[utoipa::path(put, path = "/api/fleet/outputs/{id}", tag = "outputs", request_body = UpdateOutput,
+#[utoipa::path(put, path = "/api/fleet/outputs/{id}", params(("id" = String, Path, description = "The resource id")), tag = "outputs", request_body = UpdateOutput,
     responses((status = 200, body = Item<Output>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_output(
     _: Operator,
@@ -232,7 +232,7 @@ async fn update_output(
     Ok(item(s.services.management().update_output(&id, req).await?))
 }
 
-#[utoipa::path(delete, path = "/api/fleet/outputs/{id}", tag = "outputs",
+#[utoipa::path(delete, path = "/api/fleet/outputs/{id}", params(("id" = String, Path, description = "The resource id")), tag = "outputs",
     responses((status = 200, body = Deleted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_output(
     _: Operator,
@@ -270,7 +270,7 @@ async fn create_policy(
     Ok(item(s.services.management().create_policy(req).await?))
 }
 
-#[utoipa::path(get, path = "/api/fleet/agent_policies/{id}", tag = "agent policies",
+#[utoipa::path(get, path = "/api/fleet/agent_policies/{id}", params(("id" = String, Path, description = "The resource id")), tag = "agent policies",
     responses((status = 200, body = Item<AgentPolicy>), (status = 404, body = ErrorBody)))]
 async fn get_policy(
     _: Operator,
@@ -280,7 +280,7 @@ async fn get_policy(
     Ok(item(s.services.management().get_policy(&id).await?))
 }
 
-#[utoipa::path(put, path = "/api/fleet/agent_policies/{id}", tag = "agent policies", request_body = UpdateAgentPolicy,
+#[utoipa::path(put, path = "/api/fleet/agent_policies/{id}", params(("id" = String, Path, description = "The resource id")), tag = "agent policies", request_body = UpdateAgentPolicy,
     responses((status = 200, body = Item<AgentPolicy>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_policy(
     _: Operator,
@@ -291,7 +291,7 @@ async fn update_policy(
     Ok(item(s.services.management().update_policy(&id, req).await?))
 }
 
-#[utoipa::path(delete, path = "/api/fleet/agent_policies/{id}", tag = "agent policies",
+#[utoipa::path(delete, path = "/api/fleet/agent_policies/{id}", params(("id" = String, Path, description = "The resource id")), tag = "agent policies",
     responses((status = 200, body = Deleted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_policy(
     _: Operator,
@@ -302,7 +302,7 @@ async fn delete_policy(
     Ok(deleted(id))
 }
 
-#[utoipa::path(get, path = "/api/fleet/agent_policies/{id}/full", tag = "agent policies",
+#[utoipa::path(get, path = "/api/fleet/agent_policies/{id}/full", params(("id" = String, Path, description = "The resource id")), tag = "agent policies",
     responses((status = 200, body = Item<FullAgentPolicy>), (status = 404, body = ErrorBody)))]
 async fn get_full_policy(
     _: Operator,
@@ -347,7 +347,7 @@ async fn create_package_policy(
     ))
 }
 
-#[utoipa::path(get, path = "/api/fleet/package_policies/{id}", tag = "integrations",
+#[utoipa::path(get, path = "/api/fleet/package_policies/{id}", params(("id" = String, Path, description = "The resource id")), tag = "integrations",
     responses((status = 200, body = Item<PackagePolicy>), (status = 404, body = ErrorBody)))]
 async fn get_package_policy(
     _: Operator,
@@ -357,7 +357,7 @@ async fn get_package_policy(
     Ok(item(s.services.management().get_package_policy(&id).await?))
 }
 
-#[utoipa::path(put, path = "/api/fleet/package_policies/{id}", tag = "integrations", request_body = UpdatePackagePolicy,
+#[utoipa::path(put, path = "/api/fleet/package_policies/{id}", params(("id" = String, Path, description = "The resource id")), tag = "integrations", request_body = UpdatePackagePolicy,
     responses((status = 200, body = Item<PackagePolicy>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_package_policy(
     _: Operator,
@@ -373,7 +373,7 @@ async fn update_package_policy(
     ))
 }
 
-#[utoipa::path(delete, path = "/api/fleet/package_policies/{id}", tag = "integrations",
+#[utoipa::path(delete, path = "/api/fleet/package_policies/{id}", params(("id" = String, Path, description = "The resource id")), tag = "integrations",
     responses((status = 200, body = Deleted), (status = 404, body = ErrorBody)))]
 async fn delete_package_policy(
     _: Operator,
@@ -426,7 +426,7 @@ async fn create_enrollment_key(
     }))
 }
 
-#[utoipa::path(get, path = "/api/fleet/enrollment_api_keys/{id}", tag = "enrollment keys",
+#[utoipa::path(get, path = "/api/fleet/enrollment_api_keys/{id}", params(("id" = String, Path, description = "The resource id")), tag = "enrollment keys",
     responses((status = 200, body = Item<EnrollmentApiKey>), (status = 404, body = ErrorBody)))]
 async fn get_enrollment_key(
     _: Operator,
@@ -437,7 +437,7 @@ async fn get_enrollment_key(
 }
 
 /// Revokes the key: it can no longer enrol agents.
-#[utoipa::path(delete, path = "/api/fleet/enrollment_api_keys/{id}", tag = "enrollment keys",
+#[utoipa::path(delete, path = "/api/fleet/enrollment_api_keys/{id}", params(("id" = String, Path, description = "The resource id")), tag = "enrollment keys",
     responses((status = 200, body = Item<EnrollmentApiKey>), (status = 404, body = ErrorBody)))]
 async fn revoke_enrollment_key(
     _: Operator,
@@ -471,7 +471,7 @@ async fn list_agents(
     ))
 }
 
-#[utoipa::path(get, path = "/api/fleet/agents/{id}", tag = "agents",
+#[utoipa::path(get, path = "/api/fleet/agents/{id}", params(("id" = String, Path, description = "The resource id")), tag = "agents",
     responses((status = 200, body = Item<Agent>), (status = 404, body = ErrorBody)))]
 async fn get_agent(
     _: Operator,
@@ -481,7 +481,7 @@ async fn get_agent(
     Ok(item(s.services.management().get_agent(&id).await?))
 }
 
-#[utoipa::path(put, path = "/api/fleet/agents/{id}", tag = "agents", request_body = UpdateAgent,
+#[utoipa::path(put, path = "/api/fleet/agents/{id}", params(("id" = String, Path, description = "The resource id")), tag = "agents", request_body = UpdateAgent,
     responses((status = 200, body = Item<Agent>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_agent(
     _: Operator,
@@ -492,14 +492,16 @@ async fn update_agent(
     Ok(item(s.services.management().update_agent(&id, req).await?))
 }
 
-#[utoipa::path(post, path = "/api/fleet/agents/{id}/unenroll", tag = "agents", request_body = Option<UnenrollAgent>,
+#[utoipa::path(post, path = "/api/fleet/agents/{id}/unenroll", params(("id" = String, Path, description = "The resource id")), tag = "agents", request_body = Option<UnenrollAgent>,
     responses((status = 200, body = Item<Agent>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn unenroll_agent(
     _: Operator,
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Json<Item<Agent>>> {
+    let body = body
+        .map_err(|r| ApiError::new(r.status(), "request body is larger than the server accepts"))?;
     // The body is optional: `{}` or nothing both mean "ask the agent".
     let req = if body.iter().all(u8::is_ascii_whitespace) {
         UnenrollAgent::default()
@@ -512,7 +514,7 @@ async fn unenroll_agent(
     ))
 }
 
-#[utoipa::path(post, path = "/api/fleet/agents/{id}/reassign", tag = "agents", request_body = ReassignAgent,
+#[utoipa::path(post, path = "/api/fleet/agents/{id}/reassign", params(("id" = String, Path, description = "The resource id")), tag = "agents", request_body = ReassignAgent,
     responses((status = 200, body = Item<Agent>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn reassign_agent(
     _: Operator,
@@ -526,7 +528,7 @@ async fn reassign_agent(
 }
 
 /// The agent's actions, newest first, with delivery and acknowledgement.
-#[utoipa::path(get, path = "/api/fleet/agents/{id}/actions", tag = "agents", params(PageQuery),
+#[utoipa::path(get, path = "/api/fleet/agents/{id}/actions", tag = "agents", params(("id" = String, Path, description = "The resource id"), PageQuery),
     responses((status = 200, body = List<AgentActionStatus>), (status = 404, body = ErrorBody)))]
 async fn list_agent_actions(
     _: Operator,
@@ -543,7 +545,7 @@ async fn list_agent_actions(
 
 /// Create an action for one agent: `SETTINGS` (log level), `UNENROLL` or
 /// `POLICY_REASSIGN`, with an optional expiration.
-#[utoipa::path(post, path = "/api/fleet/agents/{id}/actions", tag = "agents", request_body = CreateAction,
+#[utoipa::path(post, path = "/api/fleet/agents/{id}/actions", params(("id" = String, Path, description = "The resource id")), tag = "agents", request_body = CreateAction,
     responses((status = 200, body = Item<Action>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_agent_action(
     _: Operator,
@@ -584,7 +586,7 @@ async fn create_api_key(
     }))
 }
 
-#[utoipa::path(delete, path = "/api/flotilla/api_keys/{id}", tag = "api keys",
+#[utoipa::path(delete, path = "/api/flotilla/api_keys/{id}", params(("id" = String, Path, description = "The resource id")), tag = "api keys",
     responses((status = 200, body = Item<OperatorApiKey>), (status = 404, body = ErrorBody)))]
 async fn revoke_api_key(
     Operator(me): Operator,

@@ -90,47 +90,74 @@ impl Management<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Some(key) = admin_key {
-            self.install_env_admin_key(key).await?;
-            return Ok(None);
+        match admin_key {
+            Some(key) => {
+                self.install_env_admin_key(key).await?;
+                return Ok(None);
+            }
+            None => self.retire_env_admin_keys(None).await?,
         }
-        if self
-            .store()
-            .list_operator_keys(Page {
-                page: 1,
-                per_page: 1,
-            })
-            .await?
-            .total
-            > 0
-        {
+        if self.store().active_operator_keys().await? > 0 {
             return Ok(None);
         }
         let token = NewToken::generate();
         let record = OperatorApiKey {
             id: token.id.clone(),
-            name: BOOTSTRAP_KEY_NAME.into(),
+            // Unique per start: several instances starting on an empty
+            // database each print a (valid) key.
+            name: format!("{BOOTSTRAP_KEY_NAME}-{}", &token.id[..8]),
             active: true,
             hint: token.hint(),
             created_at: Utc::now(),
         };
-        match self
-            .store()
+        self.store()
             .create_operator_key(&record, &token.hash())
-            .await
-        {
-            Ok(_) => Ok(Some(token.token)),
-            // Another instance bootstrapped first; its key is the one shown.
-            Err(StoreError::Conflict(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+            .await?;
+        Ok(Some(token.token))
     }
 
-    /// The key from `FLOTILLA_ADMIN_API_KEY` is valid while it is set; a key
-    /// installed from an earlier value is revoked when the value changes.
+    /// The key from `FLOTILLA_ADMIN_API_KEY` is valid while it is set (made
+    /// active again if it was revoked); keys installed from earlier values
+    /// are revoked.
     async fn install_env_admin_key(&self, key: &SecretString) -> Result<()> {
         let hash = hash_token(key.expose_secret());
-        let name = format!("{ENV_KEY_PREFIX}{}", &hash[..12]);
+        let current = if self.store().activate_operator_key(&hash).await? {
+            self.store()
+                .find_operator_key_by_hash(&hash)
+                .await?
+                .map(|k| k.id)
+        } else {
+            let record = OperatorApiKey {
+                id: uuid::Uuid::new_v4().to_string(),
+                // Random: the name is listed and must say nothing of the key.
+                name: format!(
+                    "{ENV_KEY_PREFIX}{}",
+                    crate::secrets::random_alphanumeric(8).to_lowercase()
+                ),
+                active: true,
+                hint: "(env)".into(),
+                created_at: Utc::now(),
+            };
+            match self.store().create_operator_key(&record, &hash).await {
+                Ok(k) => Some(k.id),
+                // Another instance installed it at the same moment.
+                Err(StoreError::Conflict(_)) => self
+                    .store()
+                    .find_operator_key_by_hash(&hash)
+                    .await?
+                    .map(|k| k.id),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.retire_env_admin_keys(current.as_deref()).await
+    }
+
+    /// Revoke keys installed from `FLOTILLA_ADMIN_API_KEY` other than `keep`.
+    /// With no current env key, they are revoked only while another key
+    /// remains, so the server is never left without one.
+    async fn retire_env_admin_keys(&self, keep: Option<&str>) -> Result<()> {
+        let mut env_keys = Vec::new();
+        let mut others_active = 0;
         let mut page = 1;
         loop {
             let keys = self
@@ -140,9 +167,13 @@ impl Management<'_> {
                     per_page: 500,
                 })
                 .await?;
-            for k in &keys.items {
-                if k.active && k.name.starts_with(ENV_KEY_PREFIX) && k.name != name {
-                    self.store().revoke_operator_key(&k.id).await?;
+            for k in keys.items.iter().filter(|k| k.active) {
+                if k.name.starts_with(ENV_KEY_PREFIX) {
+                    if Some(k.id.as_str()) != keep {
+                        env_keys.push(k.id.clone());
+                    }
+                } else {
+                    others_active += 1;
                 }
             }
             if keys.items.len() < 500 {
@@ -150,25 +181,17 @@ impl Management<'_> {
             }
             page += 1;
         }
-        if self
-            .store()
-            .find_operator_key_by_hash(&hash)
-            .await?
-            .is_some()
-        {
+        if keep.is_none() && others_active == 0 && !env_keys.is_empty() {
+            tracing::warn!(
+                "FLOTILLA_ADMIN_API_KEY is no longer set, but its key is the only operator key: it stays valid \
+                 until another key is created"
+            );
             return Ok(());
         }
-        let record = OperatorApiKey {
-            id: uuid::Uuid::new_v4().to_string(),
-            name,
-            active: true,
-            hint: "(env)".into(),
-            created_at: Utc::now(),
-        };
-        match self.store().create_operator_key(&record, &hash).await {
-            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
-            Err(e) => Err(e.into()),
+        for id in env_keys {
+            self.store().revoke_operator_key(&id).await?;
         }
+        Ok(())
     }
 
     // --- operator keys -------------------------------------------------------
@@ -186,7 +209,7 @@ impl Management<'_> {
         req: CreateOperatorKey,
     ) -> Result<(OperatorApiKey, SecretString)> {
         let name = flotilla_domain::output::validate_name_field(&req.name)?;
-        if name.starts_with(ENV_KEY_PREFIX) || name == BOOTSTRAP_KEY_NAME {
+        if name.starts_with(ENV_KEY_PREFIX) || name.starts_with(BOOTSTRAP_KEY_NAME) {
             return Err(ValidationError::new("name", "is reserved").into());
         }
         let token = NewToken::generate();
@@ -710,6 +733,11 @@ impl Management<'_> {
         if agent.status == AgentStatus::Unenrolled {
             return Err(ServiceError::Conflict(format!(
                 "agent '{id}' is already unenrolled"
+            )));
+        }
+        if agent.unenrollment_started_at.is_some() && !req.revoke {
+            return Err(ServiceError::Conflict(format!(
+                "agent '{id}' is already unenrolling; pass revoke to unenroll it at once"
             )));
         }
         if req.revoke {

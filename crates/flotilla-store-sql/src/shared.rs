@@ -470,6 +470,8 @@ macro_rules! impl_store {
             async fn update_output(&self, id: &str, update: &OutputUpdate, now: DateTime<Utc>) -> Result<Output> {
                 let now = ms(now);
                 let mut tx = self.begin_write().await?;
+                // Row lock first, so concurrent updates apply in turn.
+                execute_with_id(&mut tx, "UPDATE outputs SET updated_at = updated_at WHERE id = $1", id).await?;
                 let current = fetch_output(&mut tx, id).await?;
                 if update.is_default == Some(false) && current.is_default {
                     return Err(StoreError::Conflict(
@@ -507,9 +509,9 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| db_err(e, || format!("an output named '{name}' already exists")))?;
-                if !becomes_default {
-                    bump_output_policies(&mut tx, id, current.is_default, now).await?;
-                }
+                // Policies naming this output changed too (when it became the
+                // default, those on the default were bumped above).
+                bump_output_policies(&mut tx, id, current.is_default, now).await?;
                 let out = fetch_output(&mut tx, id).await?;
                 tx.commit().await.map_err(other)?;
                 self.publish(StoreEvent::PolicyChanged { policy_id: None }).await;
@@ -604,6 +606,7 @@ macro_rules! impl_store {
             async fn update_policy(&self, id: &str, update: &AgentPolicyUpdate, now: DateTime<Utc>) -> Result<AgentPolicy> {
                 let now = ms(now);
                 let mut tx = self.begin_write().await?;
+                policy_exists(&mut tx, id).await?; // row lock before reading
                 let mut p = fetch_policy(&mut tx, id).await?;
                 if let Some(name) = &update.name {
                     p.name = name.clone();
@@ -1345,6 +1348,23 @@ macro_rules! impl_store {
                 .await
                 .map_err(other)?
                 .map(Into::into))
+            }
+
+            async fn activate_operator_key(&self, key_hash: &str) -> Result<bool> {
+                let done = sqlx::query("UPDATE operator_api_keys SET active = TRUE WHERE key_hash = $1")
+                    .bind(key_hash)
+                    .execute(self.write_pool())
+                    .await
+                    .map_err(other)?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn active_operator_keys(&self) -> Result<u64> {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM operator_api_keys WHERE active")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(other)?;
+                Ok(n.max(0) as u64)
             }
 
             async fn list_operator_keys(&self, page: Page) -> Result<Paged<OperatorApiKey>> {

@@ -428,5 +428,9 @@ pub trait Store: Send + Sync + 'static {
     /// Finds an active key by hash.
     async fn find_operator_key_by_hash(&self, key_hash: &str) -> Result<Option<OperatorApiKey>>;
     async fn list_operator_keys(&self, page: Page) -> Result<Paged<OperatorApiKey>>;
+    /// Makes the key with this hash active again; whether one exists.
+    async fn activate_operator_key(&self, key_hash: &str) -> Result<bool>;
+    /// How many keys are active.
+    async fn active_operator_keys(&self) -> Result<u64>;
     async fn revoke_operator_key(&self, id: &str) -> Result<OperatorApiKey>;
 }

@@ -565,6 +565,32 @@ async fn errors_follow_the_contract() {
         "Content-Type",
     );
 
+    // NUL never reaches the database; reserved and misspelt integration
+    // fields are refused.
+    assert_error(&s.get("/api/fleet/agent_policies/a%00b").await, 400, "NUL");
+    assert_error(
+        &s.get("/api/fleet/agent_policies?name=%00").await,
+        400,
+        "NUL",
+    );
+    s.post(
+        "/api/fleet/agent_policies",
+        json!({"id": "p1", "name": "p1"}),
+    )
+    .await;
+    let bad_var = json!({"name": "x1", "policy_id": "p1", "package": {"name": "nginx"}, "vars": {"data_stream": {"dataset": "evil"}}});
+    assert_error(
+        &s.post("/api/fleet/package_policies", bad_var).await,
+        400,
+        "vars.data_stream",
+    );
+    let typo = json!({"name": "x2", "policy_id": "p1", "package": {"name": "nginx"}, "inputs": [{"type": "logfile", "enabeld": false}]});
+    assert_error(
+        &s.post("/api/fleet/package_policies", typo).await,
+        400,
+        "enabeld",
+    );
+
     // 404: unknown ids and routes; 405: wrong method.
     assert_error(
         &s.get("/api/fleet/agent_policies/missing").await,
@@ -675,6 +701,12 @@ async fn openapi_document_and_metrics_are_served() {
         );
     }
     assert!(doc["components"]["schemas"]["CreatePackagePolicy"].is_object());
+    let get_output = &doc["paths"]["/api/fleet/outputs/{id}"]["get"];
+    assert_eq!(
+        get_output["parameters"][0]["name"], "id",
+        "path parameters are declared"
+    );
+    assert_eq!(get_output["parameters"][0]["in"], "path");
 
     s.get("/api/fleet/outputs").await;
     let text = reqwest::get(format!("{}/metrics", s.url))

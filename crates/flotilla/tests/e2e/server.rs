@@ -95,24 +95,53 @@ async fn first_start_generates_an_admin_key_shown_once() {
     );
 }
 
+async fn works(s: &Server, key: &str) -> u16 {
+    s.call_with_key(Method::GET, "/api/fleet/outputs", None, Some(key))
+        .await
+        .0
+}
+
 #[tokio::test]
 async fn a_changed_admin_key_replaces_the_previous_one() {
+    const A: &str = "first-admin-key-0123456789abcdefghijkl";
+    const B: &str = "second-admin-key-0123456789abcdefghijk";
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let first = Server::sqlite_at(&data, "first-admin-key-0123456789abcdefghijkl");
-    assert_eq!(first.get("/api/fleet/outputs").await.0, 200);
+    let first = Server::sqlite_at(&data, A);
+    assert_eq!(works(&first, A).await, 200);
     first.stop();
-    let second = Server::sqlite_at(&data, "second-admin-key-0123456789abcdefghijk");
-    assert_eq!(second.get("/api/fleet/outputs").await.0, 200);
-    let old = second
-        .call_with_key(
-            Method::GET,
-            "/api/fleet/outputs",
-            None,
-            Some("first-admin-key-0123456789abcdefghijkl"),
-        )
+    let second = Server::sqlite_at(&data, B);
+    assert_eq!(works(&second, B).await, 200);
+    assert_error(
+        &second
+            .call_with_key(Method::GET, "/api/fleet/outputs", None, Some(A))
+            .await,
+        401,
+        "",
+    );
+    // An operator key made meanwhile.
+    let (_, made) = second
+        .post("/api/flotilla/api_keys", json!({"name": "ops"}))
         .await;
-    assert_error(&old, 401, "");
+    let ops = made["item"]["api_key"].as_str().unwrap().to_owned();
+    second.stop();
+
+    // Back to the first value: it works again, the second does not.
+    let third = Server::sqlite_at(&data, A);
+    assert_eq!(works(&third, A).await, 200);
+    assert_eq!(works(&third, B).await, 401);
+    third.stop();
+
+    // Unset: the env key is retired since another key remains.
+    let mut fourth = Server::builder()
+        .no_admin_key()
+        .data_dir(&data)
+        .start()
+        .unwrap();
+    assert!(fourth.banner.iter().all(|l| !l.contains("admin API key")));
+    fourth.key = ops.clone();
+    assert_eq!(works(&fourth, &ops).await, 200);
+    assert_eq!(works(&fourth, A).await, 401);
 }
 
 #[tokio::test]
