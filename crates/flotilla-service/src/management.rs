@@ -489,6 +489,7 @@ impl Management<'_> {
         req: UpdatePackagePolicy,
     ) -> Result<PackagePolicy> {
         let current = self.store().get_package_policy(id).await?;
+        let read_at = current.updated_at;
         let package_changed = req
             .package
             .as_ref()
@@ -537,7 +538,7 @@ impl Management<'_> {
         self.check_ceiling(&new.policy_id, None, Some(&new), None)
             .await?;
         self.store()
-            .update_package_policy(id, &new, Utc::now())
+            .update_package_policy(id, &new, Some(read_at), Utc::now())
             .await
             .map_err(|e| match e {
                 StoreError::NotFound(what) if what.starts_with("agent policy") => {

@@ -728,10 +728,22 @@ macro_rules! impl_store {
                 rows.into_iter().map(TryInto::try_into).collect()
             }
 
-            async fn update_package_policy(&self, id: &str, new: &NewPackagePolicy, now: DateTime<Utc>) -> Result<PackagePolicy> {
+            async fn update_package_policy(
+                &self,
+                id: &str,
+                new: &NewPackagePolicy,
+                expected: Option<DateTime<Utc>>,
+                now: DateTime<Utc>,
+            ) -> Result<PackagePolicy> {
                 let now = ms(now);
                 let mut tx = self.begin_write().await?;
+                execute_with_id(&mut tx, "UPDATE package_policies SET updated_at = updated_at WHERE id = $1", id).await?;
                 let old = fetch_package_policy(&mut tx, id).await?;
+                if expected.is_some_and(|e| ms(e) != ms(old.updated_at)) {
+                    return Err(StoreError::Conflict(format!(
+                        "integration '{id}' changed concurrently; read it again and retry"
+                    )));
+                }
                 if old.policy_id != new.policy_id && !policy_exists(&mut tx, &new.policy_id).await? {
                     return Err(StoreError::NotFound(format!("agent policy '{}'", new.policy_id)));
                 }

@@ -390,7 +390,19 @@ pub async fn integrations_bump_their_policy(s: S) {
 
     let mut moved = integration("i1", "q");
     moved.name = pp.name.clone();
-    s.update_package_policy("i1", &moved, now).await.unwrap();
+    let stale = now - Duration::seconds(60);
+    assert!(
+        matches!(
+            s.update_package_policy("i1", &moved, Some(stale), now)
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "an update based on a stale read is refused"
+    );
+    let current = s.get_package_policy("i1").await.unwrap().updated_at;
+    s.update_package_policy("i1", &moved, Some(current), now)
+        .await
+        .unwrap();
     assert_eq!(s.get_policy("p").await.unwrap().revision, 4);
     assert_eq!(s.get_policy("q").await.unwrap().revision, 2);
 

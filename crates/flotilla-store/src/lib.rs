@@ -290,10 +290,14 @@ pub trait Store: Send + Sync + 'static {
     async fn policy_integrations(&self, policy_id: &str) -> Result<Vec<PackagePolicy>>;
     /// Replaces the integration (same id) and increments the revision of the
     /// policy it was on and, when moved, of the policy it moves to.
+    /// With `expected`, the change applies only if the integration's
+    /// `updated_at` is still that (a conflict otherwise): callers that merge
+    /// a partial update into what they read cannot lose another's change.
     async fn update_package_policy(
         &self,
         id: &str,
         new: &NewPackagePolicy,
+        expected: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<PackagePolicy>;
     /// Deletes the integration and increments its policy's revision.
