@@ -37,6 +37,10 @@ pub(crate) fn db_err(e: sqlx::Error, conflict: impl FnOnce() -> String) -> Store
     match &e {
         sqlx::Error::PoolTimedOut => StoreError::Busy,
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(conflict()),
+        // A concurrent change still refers to the row (or removed its parent).
+        sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+            StoreError::Conflict("a related record changed concurrently; retry".into())
+        }
         sqlx::Error::Database(db)
             if matches!(
                 db.code().as_deref(),
