@@ -338,6 +338,21 @@ async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
     into_response(code, &body)
 }
 
+/// Authenticate an agent's request, then read and parse its body (never
+/// the other way round). Also returns the user agent.
+async fn authed_request<T: DeserializeOwned>(
+    s: &AppState,
+    id: &str,
+    req: Request,
+    limit: usize,
+) -> FleetResult<(flotilla_service::fleet::AuthedAgent, Option<String>, T)> {
+    let cred = credential(req.headers())?;
+    let authed = s.services.authenticate_agent(&cred, id).await?;
+    let ua = user_agent(req.headers()).map(str::to_owned);
+    let (_, body) = read_body(req, limit).await?;
+    Ok((authed, ua, parse_body(&body)?))
+}
+
 async fn enroll(State(s): State<AppState>, req: Request, limit: usize) -> Response {
     render(
         async {
@@ -365,11 +380,7 @@ async fn checkin(
 ) -> Response {
     render(
         async {
-            let cred = credential(req.headers())?;
-            let authed = s.services.authenticate_agent(&cred, &id).await?;
-            let ua = user_agent(req.headers()).map(str::to_owned);
-            let (_, body) = read_body(req, limit).await?;
-            let body = parse_body(&body)?;
+            let (authed, ua, body) = authed_request(&s, &id, req, limit).await?;
             let Ok(_permit) = s.long_polls.clone().try_acquire_owned() else {
                 return Err(fleet_err(
                     FleetErrorKind::MaxLimit,
@@ -394,10 +405,7 @@ async fn acks(
 ) -> Response {
     render(
         async {
-            let cred = credential(req.headers())?;
-            let authed = s.services.authenticate_agent(&cred, &id).await?;
-            let (_, body) = read_body(req, limit).await?;
-            let body = parse_body(&body)?;
+            let (authed, _, body) = authed_request(&s, &id, req, limit).await?;
             let (status, resp) = s.services.ack(authed, body).await?;
             Ok(into_response(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -416,10 +424,7 @@ async fn audit_unenroll(
 ) -> Response {
     render(
         async {
-            let cred = credential(req.headers())?;
-            let authed = s.services.authenticate_agent(&cred, &id).await?;
-            let (_, body) = read_body(req, limit).await?;
-            let body = parse_body(&body)?;
+            let (authed, _, body) = authed_request(&s, &id, req, limit).await?;
             s.services.audit_unenroll(authed, body).await?;
             Ok(StatusCode::OK.into_response())
         }
