@@ -30,7 +30,23 @@ impl Client {
         })
     }
 
-    pub async fn request(
+    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
+        self.request(Method::GET, path, query, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.request(Method::POST, path, &[], Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        self.request(Method::PUT, path, &[], Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.request(Method::DELETE, path, &[], None).await
+    }
+
+    async fn request(
         &self,
         method: Method,
         path: &str,

@@ -7,7 +7,6 @@ mod client;
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
-use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 pub use client::Client;
@@ -434,21 +433,14 @@ async fn policy(opts: &ClientOpts, cmd: PolicyCmd) -> Result<View> {
             insert_some(&mut body, "description", description);
             insert_some(&mut body, "output_id", output);
             insert_some(&mut body, "inactivity_timeout", inactivity_timeout);
-            view(
-                c.request(Method::POST, POLICIES, &[], Some(&Value::Object(body)))
-                    .await?,
-                POLICY_COLS,
-            )
+            view(c.post(POLICIES, &Value::Object(body)).await?, POLICY_COLS)
         }
         PolicyCmd::List { name, page } => {
             let mut q = page.query();
             if let Some(n) = name {
                 q.push(("name", n));
             }
-            view(
-                c.request(Method::GET, POLICIES, &q, None).await?,
-                POLICY_COLS,
-            )
+            view(c.get(POLICIES, &q).await?, POLICY_COLS)
         }
         PolicyCmd::Show { id, full } => {
             let path = if full {
@@ -456,7 +448,7 @@ async fn policy(opts: &ClientOpts, cmd: PolicyCmd) -> Result<View> {
             } else {
                 at(POLICIES, &id)
             };
-            let value = c.request(Method::GET, &path, &[], None).await?;
+            let value = c.get(&path, &[]).await?;
             // The full policy is a document, not a row: always JSON.
             if full {
                 View {
@@ -485,21 +477,11 @@ async fn policy(opts: &ClientOpts, cmd: PolicyCmd) -> Result<View> {
                 return Err(anyhow!("nothing to change: pass at least one of --name, --namespace, --description, --output, --inactivity-timeout"));
             }
             view(
-                c.request(
-                    Method::PUT,
-                    &at(POLICIES, &id),
-                    &[],
-                    Some(&Value::Object(body)),
-                )
-                .await?,
+                c.put(&at(POLICIES, &id), &Value::Object(body)).await?,
                 POLICY_COLS,
             )
         }
-        PolicyCmd::Delete { id } => view(
-            c.request(Method::DELETE, &at(POLICIES, &id), &[], None)
-                .await?,
-            DELETED_COLS,
-        ),
+        PolicyCmd::Delete { id } => view(c.delete(&at(POLICIES, &id)).await?, DELETED_COLS),
     })
 }
 
@@ -545,13 +527,7 @@ async fn integration(opts: &ClientOpts, cmd: IntegrationCmd) -> Result<View> {
                 body.insert("inputs".into(), parsed);
             }
             view(
-                c.request(
-                    Method::POST,
-                    PACKAGE_POLICIES,
-                    &[],
-                    Some(&Value::Object(body)),
-                )
-                .await?,
+                c.post(PACKAGE_POLICIES, &Value::Object(body)).await?,
                 INTEGRATION_COLS,
             )
         }
@@ -560,26 +536,18 @@ async fn integration(opts: &ClientOpts, cmd: IntegrationCmd) -> Result<View> {
             if let Some(p) = policy {
                 q.push(("policy_id", p));
             }
-            view(
-                c.request(Method::GET, PACKAGE_POLICIES, &q, None).await?,
-                INTEGRATION_COLS,
-            )
+            view(c.get(PACKAGE_POLICIES, &q).await?, INTEGRATION_COLS)
         }
         IntegrationCmd::Show { id } => view(
-            c.request(Method::GET, &at(PACKAGE_POLICIES, &id), &[], None)
-                .await?,
+            c.get(&at(PACKAGE_POLICIES, &id), &[]).await?,
             INTEGRATION_COLS,
         ),
-        IntegrationCmd::Remove { id } => view(
-            c.request(Method::DELETE, &at(PACKAGE_POLICIES, &id), &[], None)
-                .await?,
-            DELETED_COLS,
-        ),
-        IntegrationCmd::Packages => view(
-            c.request(Method::GET, "/api/fleet/epm/packages", &[], None)
-                .await?,
-            PACKAGE_COLS,
-        ),
+        IntegrationCmd::Remove { id } => {
+            view(c.delete(&at(PACKAGE_POLICIES, &id)).await?, DELETED_COLS)
+        }
+        IntegrationCmd::Packages => {
+            view(c.get("/api/fleet/epm/packages", &[]).await?, PACKAGE_COLS)
+        }
     })
 }
 
@@ -591,8 +559,7 @@ async fn token(opts: &ClientOpts, cmd: TokenCmd) -> Result<View> {
             body.insert("policy_id".into(), policy.into());
             insert_some(&mut body, "name", name);
             view(
-                c.request(Method::POST, TOKENS, &[], Some(&Value::Object(body)))
-                    .await?,
+                c.post(TOKENS, &Value::Object(body)).await?,
                 TOKEN_CREATED_COLS,
             )
         }
@@ -601,13 +568,9 @@ async fn token(opts: &ClientOpts, cmd: TokenCmd) -> Result<View> {
             if let Some(p) = policy {
                 q.push(("policy_id", p));
             }
-            view(c.request(Method::GET, TOKENS, &q, None).await?, TOKEN_COLS)
+            view(c.get(TOKENS, &q).await?, TOKEN_COLS)
         }
-        TokenCmd::Revoke { id } => view(
-            c.request(Method::DELETE, &at(TOKENS, &id), &[], None)
-                .await?,
-            TOKEN_COLS,
-        ),
+        TokenCmd::Revoke { id } => view(c.delete(&at(TOKENS, &id)).await?, TOKEN_COLS),
     })
 }
 
@@ -634,43 +597,34 @@ async fn agents(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             if all {
                 q.push(("showInactive", "true".into()));
             }
-            view(c.request(Method::GET, AGENTS, &q, None).await?, AGENT_COLS)
+            view(c.get(AGENTS, &q).await?, AGENT_COLS)
         }
-        AgentsCmd::Show { id } => view(
-            c.request(Method::GET, &at(AGENTS, &id), &[], None).await?,
-            AGENT_COLS,
-        ),
+        AgentsCmd::Show { id } => view(c.get(&at(AGENTS, &id), &[]).await?, AGENT_COLS),
         AgentsCmd::Unenroll { id, revoke } => view(
-            c.request(
-                Method::POST,
+            c.post(
                 &format!("{}/unenroll", at(AGENTS, &id)),
-                &[],
-                Some(&json!({ "revoke": revoke })),
+                &json!({ "revoke": revoke }),
             )
             .await?,
             AGENT_COLS,
         ),
         AgentsCmd::Reassign { id, policy } => view(
-            c.request(
-                Method::POST,
+            c.post(
                 &format!("{}/reassign", at(AGENTS, &id)),
-                &[],
-                Some(&json!({ "policy_id": policy })),
+                &json!({ "policy_id": policy }),
             )
             .await?,
             AGENT_COLS,
         ),
         AgentsCmd::Actions { id, page } => view(
-            c.request(Method::GET, &format!("{}/actions", at(AGENTS, &id)), &page.query(), None)
+            c.get(&format!("{}/actions", at(AGENTS, &id)), &page.query())
                 .await?,
             ACTION_COLS,
         ),
         AgentsCmd::Settings { id, log_level } => view(
-            c.request(
-                Method::POST,
+            c.post(
                 &format!("{}/actions", at(AGENTS, &id)),
-                &[],
-                Some(&json!({ "action": { "type": "SETTINGS", "data": { "log_level": log_level } } })),
+                &json!({ "action": { "type": "SETTINGS", "data": { "log_level": log_level } } }),
             )
             .await?,
             ACTION_COLS,
@@ -678,13 +632,7 @@ async fn agents(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
         AgentsCmd::Tag { id, tags } => {
             let tags: Vec<String> = tags.into_iter().filter(|t| !t.is_empty()).collect();
             view(
-                c.request(
-                    Method::PUT,
-                    &at(AGENTS, &id),
-                    &[],
-                    Some(&json!({ "tags": tags })),
-                )
-                .await?,
+                c.put(&at(AGENTS, &id), &json!({ "tags": tags })).await?,
                 AGENT_COLS,
             )
         }
@@ -707,20 +655,10 @@ async fn output(opts: &ClientOpts, cmd: OutputCmd) -> Result<View> {
             body.insert("hosts".into(), hosts.into());
             body.insert("is_default".into(), default.into());
             insert_some(&mut body, "id", id);
-            view(
-                c.request(Method::POST, OUTPUTS, &[], Some(&Value::Object(body)))
-                    .await?,
-                OUTPUT_COLS,
-            )
+            view(c.post(OUTPUTS, &Value::Object(body)).await?, OUTPUT_COLS)
         }
-        OutputCmd::List { page } => view(
-            c.request(Method::GET, OUTPUTS, &page.query(), None).await?,
-            OUTPUT_COLS,
-        ),
-        OutputCmd::Show { id } => view(
-            c.request(Method::GET, &at(OUTPUTS, &id), &[], None).await?,
-            OUTPUT_COLS,
-        ),
+        OutputCmd::List { page } => view(c.get(OUTPUTS, &page.query()).await?, OUTPUT_COLS),
+        OutputCmd::Show { id } => view(c.get(&at(OUTPUTS, &id), &[]).await?, OUTPUT_COLS),
         OutputCmd::Update {
             id,
             name,
@@ -741,21 +679,11 @@ async fn output(opts: &ClientOpts, cmd: OutputCmd) -> Result<View> {
                 ));
             }
             view(
-                c.request(
-                    Method::PUT,
-                    &at(OUTPUTS, &id),
-                    &[],
-                    Some(&Value::Object(body)),
-                )
-                .await?,
+                c.put(&at(OUTPUTS, &id), &Value::Object(body)).await?,
                 OUTPUT_COLS,
             )
         }
-        OutputCmd::Delete { id } => view(
-            c.request(Method::DELETE, &at(OUTPUTS, &id), &[], None)
-                .await?,
-            DELETED_COLS,
-        ),
+        OutputCmd::Delete { id } => view(c.delete(&at(OUTPUTS, &id)).await?, DELETED_COLS),
     })
 }
 
@@ -763,19 +691,11 @@ async fn apikey(opts: &ClientOpts, cmd: ApikeyCmd) -> Result<View> {
     let c = client(opts)?;
     Ok(match cmd {
         ApikeyCmd::Create { name } => view(
-            c.request(Method::POST, APIKEYS, &[], Some(&json!({ "name": name })))
-                .await?,
+            c.post(APIKEYS, &json!({ "name": name })).await?,
             APIKEY_CREATED_COLS,
         ),
-        ApikeyCmd::List { page } => view(
-            c.request(Method::GET, APIKEYS, &page.query(), None).await?,
-            APIKEY_COLS,
-        ),
-        ApikeyCmd::Revoke { id } => view(
-            c.request(Method::DELETE, &at(APIKEYS, &id), &[], None)
-                .await?,
-            APIKEY_COLS,
-        ),
+        ApikeyCmd::List { page } => view(c.get(APIKEYS, &page.query()).await?, APIKEY_COLS),
+        ApikeyCmd::Revoke { id } => view(c.delete(&at(APIKEYS, &id)).await?, APIKEY_COLS),
     })
 }
 
