@@ -568,14 +568,6 @@ impl Services {
         let replace_token = nonempty(body.replace_token);
         let enrollment_id = nonempty(body.enrollment_id);
 
-        // The policy must exist: a static token's policy may not yet.
-        if let Err(StoreError::NotFound(_)) = self.store.get_policy(&policy_id).await {
-            return Err(FleetError::new(
-                FleetErrorKind::PolicyNotFound,
-                format!("agent policy '{policy_id}' does not exist yet; retry once it is created"),
-            ));
-        }
-
         let now = Utc::now();
         // Agents to remove in the enrolment's own transaction: a same
         // `enrollment_id` agent that never checked in (same policy), and
@@ -716,7 +708,6 @@ impl Services {
     ) -> Result<CheckinResponse> {
         let AuthedAgent { agent } = authed;
         let agent_id = agent.id.clone();
-        let agent_id = agent_id.as_str();
         let version = check_user_agent(user_agent, &self.settings.server_version)?;
         if body.status.trim().is_empty() {
             return Err(FleetError::bad("checkin status missing"));
@@ -732,6 +723,8 @@ impl Services {
                 return Err(FleetError::bad("unable to parse meta"));
             }
         }
+        // What the agent says it runs (agents from 9.2 report it).
+        let reports = body.agent_policy_id.clone().zip(body.policy_revision_idx);
         let now = Utc::now();
         let record = CheckinRecord {
             agent_id: agent.id.clone(),
@@ -741,7 +734,7 @@ impl Services {
             local_metadata: body.local_metadata.clone().filter(|m| !m.is_null()),
             components: body.components.clone().filter(|c| !c.is_null()),
             agent_version: Some(version),
-            reported_policy: body.agent_policy_id.clone().zip(body.policy_revision_idx),
+            reported_policy: reports.clone(),
         };
         if let Some(now_rec) = self.checkins.offer(record, agent.last_checkin.is_none()) {
             self.store.record_checkins(&[now_rec]).await?;
@@ -753,13 +746,15 @@ impl Services {
                 self.checkins.remember_token(&agent.id, token);
             }
         }
-        // What the agent says it runs (agents from 9.2 report it).
-        let reports = body.agent_policy_id.clone().zip(body.policy_revision_idx);
+        // A newer revision reported changes the agent's record (and may
+        // retire keys): only then is it read again below.
+        let mut reread = false;
         if let Some((p, rev)) = &reports {
             if *p == agent.policy_id && *rev > agent.policy_revision.unwrap_or(-1) {
                 self.store
                     .agent_runs_policy(&agent.id, p, *rev, now)
                     .await?;
+                reread = true;
             }
         }
         let poll = self.poll_duration(requested_poll);
@@ -768,12 +763,15 @@ impl Services {
         // wait goes unnoticed.
         let mut events = self.store.subscribe();
         let mut agent = agent;
-        let mut reread = reports.is_some();
         loop {
             if reread {
-                agent = self.store.get_fleet_agent(agent_id).await?.ok_or_else(|| {
-                    FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
-                })?;
+                agent = self
+                    .store
+                    .get_fleet_agent(&agent_id)
+                    .await?
+                    .ok_or_else(|| {
+                        FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
+                    })?;
                 if !agent.active {
                     return Err(FleetError::new(
                         FleetErrorKind::AgentInactive,
