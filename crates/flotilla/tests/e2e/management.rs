@@ -495,7 +495,7 @@ async fn errors_follow_the_contract() {
         )
         .await,
         400,
-        "",
+        "parse",
     );
     assert_error(
         &s.post("/api/fleet/agent_policies", json!({"name": 5}))
@@ -551,7 +551,7 @@ async fn errors_follow_the_contract() {
     assert_error(
         &s.put("/api/fleet/agent_policies/x", json!({})).await,
         400,
-        "",
+        "no field to change",
     );
     assert_error(
         &s.raw(

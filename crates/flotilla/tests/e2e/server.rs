@@ -192,7 +192,11 @@ async fn config_file_limits_apply() {
         .start()
         .unwrap();
     let body = json!({"name": "x".repeat(4096)});
-    assert_error(&s.post("/api/fleet/agent_policies", body).await, 413, "");
+    assert_error(
+        &s.post("/api/fleet/agent_policies", body).await,
+        413,
+        "larger",
+    );
     assert_eq!(
         s.post("/api/fleet/agent_policies", json!({"name": "small"}))
             .await
