@@ -117,7 +117,7 @@ async fn a_changed_admin_key_replaces_the_previous_one() {
             .call_with_key(Method::GET, "/api/fleet/outputs", None, Some(A))
             .await,
         401,
-        "",
+        "unknown or revoked",
     );
     // An operator key made meanwhile.
     let (_, made) = second
