@@ -2,10 +2,13 @@
 //! (`shared/reference/fleet-server-openapi.yml`), and the Elasticsearch-
 //! shaped key endpoints (`/_security/...`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -100,6 +103,12 @@ fn fleet_err(kind: FleetErrorKind, message: &str) -> FleetApiError {
 
 /// Parse a JSON body; errors in the contract's shape.
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> FleetResult<T> {
+    if crate::extract::json_has_nul(body) {
+        return Err(fleet_err(
+            FleetErrorKind::BadRequest,
+            &format!("Bad request: {}", crate::extract::NUL_MESSAGE),
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|e| fleet_err(FleetErrorKind::BadRequest, &format!("Bad request: {e}")))
 }
@@ -249,6 +258,124 @@ pub async fn overloaded(err: axum::BoxError) -> Response {
     }
 }
 
+/// The `{id}` of an agent route; a malformed one (not UTF-8 once
+/// percent-decoded) is the protocol's 400, not axum's plain-text rejection.
+pub struct AgentPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for AgentPath {
+    type Rejection = FleetApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| AgentPath(id))
+            .map_err(|_| {
+                fleet_err(
+                    FleetErrorKind::BadRequest,
+                    "Bad request: the agent id in the path is not valid UTF-8",
+                )
+            })
+    }
+}
+
+/// The long polls held open: at most `max` in all, and one per agent — a
+/// newer check-in of an agent replaces its waiting one (which answers at
+/// once, with no actions), so no agent can hold more than one slot.
+pub struct LongPolls {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: Mutex<HashMap<String, (u64, Arc<tokio::sync::Notify>)>>,
+    next: AtomicU64,
+}
+
+/// How long a check-in that replaced an agent's waiting one waits for that
+/// one to give its slot back when every slot is taken.
+const REPLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl LongPolls {
+    pub fn new(max: usize) -> Self {
+        LongPolls {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            waiting: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// A slot for the agent's check-in, replacing its previous one; `None`
+    /// when every slot is held by other agents.
+    pub async fn enter(self: &Arc<Self>, agent_id: &str) -> Option<LongPollSlot> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let replaced = Arc::new(tokio::sync::Notify::new());
+        let previous = self
+            .waiting
+            .lock()
+            .expect("long-poll lock")
+            .insert(agent_id.to_owned(), (id, replaced.clone()));
+        // Removes our entry again if no slot is had.
+        let mut slot = LongPollSlot {
+            polls: self.clone(),
+            agent_id: agent_id.to_owned(),
+            id,
+            replaced,
+            permit: None,
+        };
+        let had_previous = previous.is_some();
+        if let Some((_, older)) = previous {
+            // Stored if the older one is not waiting yet: it ends as soon as
+            // it would.
+            older.notify_one();
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if had_previous => {
+                tokio::time::timeout(REPLACE_WAIT, self.permits.clone().acquire_owned())
+                    .await
+                    .ok()?
+                    .ok()?
+            }
+            Err(_) => return None,
+        };
+        slot.permit = Some(permit);
+        Some(slot)
+    }
+
+    /// Slots in use.
+    pub fn held(&self) -> usize {
+        self.waiting.lock().expect("long-poll lock").len()
+    }
+}
+
+pub struct LongPollSlot {
+    polls: Arc<LongPolls>,
+    agent_id: String,
+    id: u64,
+    replaced: Arc<tokio::sync::Notify>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl LongPollSlot {
+    /// Resolves when a newer check-in of the same agent takes over.
+    pub async fn replaced(&self) {
+        self.replaced.notified().await
+    }
+}
+
+impl Drop for LongPollSlot {
+    fn drop(&mut self) {
+        let mut waiting = self.polls.waiting.lock().expect("long-poll lock");
+        if waiting
+            .get(&self.agent_id)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            waiting.remove(&self.agent_id);
+        }
+        drop(waiting);
+        self.permit.take();
+    }
+}
+
 /// Body limits per route (bytes, after decompression).
 #[derive(Clone, Copy)]
 pub struct FleetLimits {
@@ -268,11 +395,11 @@ pub fn router(limits: FleetLimits) -> Router<AppState> {
         )
         .route(
             "/api/fleet/agents/{id}/acks",
-            post(move |s: State<AppState>, p: Path<String>, r: Request| acks(s, p, r, limits.ack)),
+            post(move |s: State<AppState>, p: AgentPath, r: Request| acks(s, p, r, limits.ack)),
         )
         .route(
             "/api/fleet/agents/{id}/audit/unenroll",
-            post(move |s: State<AppState>, p: Path<String>, r: Request| {
+            post(move |s: State<AppState>, p: AgentPath, r: Request| {
                 audit_unenroll(s, p, r, limits.audit)
             }),
         )
@@ -290,11 +417,10 @@ pub fn checkin_router(limits: FleetLimits) -> Router<AppState> {
     Router::new()
         .route(
             "/api/fleet/agents/{id}/checkin",
-            post(move |s: State<AppState>, p: Path<String>, r: Request| {
+            post(move |s: State<AppState>, p: AgentPath, r: Request| {
                 checkin(s, p, r, limits.checkin)
             }),
         )
-        .layer(tower_http::decompression::RequestDecompressionLayer::new().gzip(true))
         .layer(tower_http::compression::CompressionLayer::new().gzip(true))
         .layer(middleware::from_fn(api_version))
 }
@@ -374,22 +500,29 @@ async fn enroll(State(s): State<AppState>, req: Request, limit: usize) -> Respon
 
 async fn checkin(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    AgentPath(id): AgentPath,
     req: Request,
     limit: usize,
 ) -> Response {
     render(
         async {
             let (authed, ua, body) = authed_request(&s, &id, req, limit).await?;
-            let Ok(_permit) = s.long_polls.clone().try_acquire_owned() else {
+            let Some(slot) = s.long_polls.enter(&id).await else {
                 return Err(fleet_err(
                     FleetErrorKind::MaxLimit,
                     "exceeded the max limit",
                 ));
             };
+            let mut shutdown = s.shutdown.clone();
+            let stop = async move {
+                tokio::select! {
+                    _ = shutdown.wait_for(|stopping| *stopping) => {}
+                    _ = slot.replaced() => {}
+                }
+            };
             let resp = s
                 .services
-                .checkin(authed, ua.as_deref(), body, s.shutdown.clone())
+                .checkin(authed, ua.as_deref(), body, stop)
                 .await?;
             Ok(into_response(StatusCode::OK, &resp))
         }
@@ -399,7 +532,7 @@ async fn checkin(
 
 async fn acks(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    AgentPath(id): AgentPath,
     req: Request,
     limit: usize,
 ) -> Response {
@@ -418,7 +551,7 @@ async fn acks(
 
 async fn audit_unenroll(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    AgentPath(id): AgentPath,
     req: Request,
     limit: usize,
 ) -> Response {
@@ -435,15 +568,7 @@ async fn audit_unenroll(
 // --- Elasticsearch-shaped key endpoints ---------------------------------------------------
 
 fn security_error(status: StatusCode, reason: &str) -> Response {
-    let body = json!({
-        "error": {
-            "root_cause": [{"type": "security_exception", "reason": reason}],
-            "type": "security_exception",
-            "reason": reason,
-        },
-        "status": status.as_u16(),
-    });
-    (status, Json(body)).into_response()
+    es_error(status, "security_exception", reason)
 }
 
 async fn authenticated_key(
@@ -495,80 +620,167 @@ async fn authenticate(State(s): State<AppState>, headers: HeaderMap) -> Response
     }
 }
 
-async fn has_privileges(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let key = match authenticated_key(&s, &headers).await {
+/// The most (name, privilege) checks one `_has_privileges` request may ask
+/// for; its answer grows with them.
+pub const MAX_PRIVILEGE_CHECKS: usize = 10_000;
+
+/// `_has_privileges` bodies are small lists of names.
+pub const HAS_PRIVILEGES_BODY_LIMIT: usize = 64 * 1024;
+
+pub(crate) fn es_error(status: StatusCode, kind: &str, reason: &str) -> Response {
+    let body = json!({
+        "error": {
+            "root_cause": [{"type": kind, "reason": reason}],
+            "type": kind,
+            "reason": reason,
+        },
+        "status": status.as_u16(),
+    });
+    (status, Json(body)).into_response()
+}
+
+#[derive(serde::Deserialize, Default)]
+struct HasPrivilegesRequest {
+    #[serde(default)]
+    cluster: Vec<String>,
+    #[serde(default)]
+    index: Vec<IndexCheck>,
+    #[serde(default)]
+    application: Vec<ApplicationCheck>,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexCheck {
+    #[serde(default, deserialize_with = "one_or_many")]
+    names: Vec<String>,
+    #[serde(default)]
+    privileges: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    allow_restricted_indices: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApplicationCheck {
+    application: String,
+    #[serde(default)]
+    privileges: Vec<String>,
+    #[serde(default)]
+    resources: Vec<String>,
+}
+
+/// Elasticsearch accepts `"names": "x"` as well as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match <OneOrMany as serde::Deserialize>::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// How many checks a request asks for (saturating).
+fn privilege_checks(req: &HasPrivilegesRequest) -> usize {
+    let index = req.index.iter().fold(0usize, |n, e| {
+        n.saturating_add(e.names.len().saturating_mul(e.privileges.len()))
+    });
+    let app = req.application.iter().fold(0usize, |n, e| {
+        n.saturating_add(e.privileges.len().saturating_mul(e.resources.len().max(1)))
+    });
+    index.saturating_add(app).saturating_add(req.cluster.len())
+}
+
+/// Authenticated first; the body is read only then, under a small limit;
+/// the checks are capped and the key's descriptors parsed once.
+async fn has_privileges(State(s): State<AppState>, req: Request) -> Response {
+    let key = match authenticated_key(&s, req.headers()).await {
         Ok(k) => k,
         Err(r) => return r,
     };
-    let request: Value = if body.is_empty() {
-        json!({})
+    let body = match read_body(req, HAS_PRIVILEGES_BODY_LIMIT).await {
+        Ok((_, body)) => body,
+        Err(FleetApiError(e)) if e.kind == FleetErrorKind::PayloadTooLarge => {
+            let mut r = es_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "content_too_long_exception",
+                &format!("the request body exceeds {HAS_PRIVILEGES_BODY_LIMIT} bytes"),
+            );
+            r.headers_mut()
+                .insert("connection", HeaderValue::from_static("close"));
+            return r;
+        }
+        Err(FleetApiError(e)) => {
+            return es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.message)
+        }
+    };
+    let request: HasPrivilegesRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        HasPrivilegesRequest::default()
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                return security_error(
+                return es_error(
                     StatusCode::BAD_REQUEST,
+                    "x_content_parse_exception",
                     &format!("invalid request body: {e}"),
                 )
             }
         }
     };
+    let checks = privilege_checks(&request);
+    if checks > MAX_PRIVILEGE_CHECKS {
+        return es_error(
+            StatusCode::BAD_REQUEST,
+            "illegal_argument_exception",
+            &format!(
+                "the request asks for {checks} privilege checks; at most {MAX_PRIVILEGE_CHECKS} are allowed"
+            ),
+        );
+    }
+    let granted = KeyService::permissions(&key);
     // Output and access keys carry index privileges only: every cluster or
     // application privilege asked about is refused.
     let mut asked = false;
     let mut all = true;
     let mut cluster = serde_json::Map::new();
-    for p in request
-        .get("cluster")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for p in &request.cluster {
         asked = true;
         all = false;
-        cluster.insert(p.to_owned(), Value::Bool(false));
+        cluster.insert(p.clone(), Value::Bool(false));
     }
     let mut application = serde_json::Map::new();
-    for entry in request
-        .get("application")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for entry in &request.application {
+        if entry.privileges.is_empty() {
+            continue;
+        }
         asked = true;
         all = false;
-        if let Some(app) = entry.get("application").and_then(Value::as_str) {
-            application.insert(app.to_owned(), json!({}));
+        let resources = application
+            .entry(entry.application.clone())
+            .or_insert_with(|| json!({}));
+        for r in &entry.resources {
+            let slot = &mut resources[r.as_str()];
+            if !slot.is_object() {
+                *slot = json!({});
+            }
+            for p in &entry.privileges {
+                slot[p.as_str()] = Value::Bool(false);
+            }
         }
     }
     let mut index = serde_json::Map::new();
-    for entry in request
-        .get("index")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let names = entry
-            .get("names")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str);
-        let privileges: Vec<&str> = entry
-            .get("privileges")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        for name in names {
-            let slot = index.entry(name.to_owned()).or_insert_with(|| json!({}));
-            for p in &privileges {
+    for entry in &request.index {
+        for name in &entry.names {
+            let slot = index.entry(name.clone()).or_insert_with(|| json!({}));
+            for p in &entry.privileges {
                 asked = true;
-                let ok = KeyService::has_privileges(&key, name, p);
+                let ok = granted.as_ref().is_some_and(|g| g.allows(name, p));
                 all &= ok;
-                slot[*p] = Value::Bool(ok);
+                slot[p.as_str()] = Value::Bool(ok);
             }
         }
     }

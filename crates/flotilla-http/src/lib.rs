@@ -9,10 +9,10 @@ pub mod extract;
 pub mod fleet;
 pub mod management;
 mod metrics;
+mod serve;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -21,6 +21,7 @@ use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{BoxError, Json, Router};
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -56,15 +57,13 @@ pub struct AppState {
     /// Becomes `true` when the server starts shutting down; long polls
     /// return at once.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    /// Long polls served at once.
-    pub long_polls: Arc<tokio::sync::Semaphore>,
+    /// Long polls served at once, one per agent.
+    pub long_polls: Arc<fleet::LongPolls>,
 }
 
 impl AppState {
     pub fn new(services: Services, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
-        let long_polls = Arc::new(tokio::sync::Semaphore::new(
-            services.settings.max_long_polls,
-        ));
+        let long_polls = Arc::new(fleet::LongPolls::new(services.settings.max_long_polls));
         AppState {
             services,
             shutdown,
@@ -126,7 +125,10 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         audit: 1024,
     };
 
-    // Ordinary requests: bounded in number and time.
+    // Ordinary requests: bounded in time, and in number by one semaphore
+    // shared by every route (a layer on a router is cloned per route, so a
+    // per-service limit would multiply by the number of routes).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
     let bounded = Router::new()
         .merge(api)
         .route(
@@ -140,7 +142,9 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(overloaded))
                 .load_shed()
-                .concurrency_limit(limits.max_concurrent_requests)
+                .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                    in_flight.clone(),
+                ))
                 .timeout(limits.request_timeout),
         );
 
@@ -149,7 +153,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(fleet::overloaded))
             .load_shed()
-            .concurrency_limit(limits.max_concurrent_requests)
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(in_flight))
             .timeout(limits.request_timeout),
     );
 
@@ -180,6 +184,10 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 }))
                 .layer(middleware::from_fn(metrics::track))
                 .layer(middleware::from_fn(refuse_nul))
+                .layer(middleware::from_fn(content_encoding))
+                // gzip request bodies on every route; limits apply to what
+                // they decompress to.
+                .layer(tower_http::decompression::RequestDecompressionLayer::new().gzip(true))
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::internal().into_response()
                 })),
@@ -217,6 +225,48 @@ async fn refuse_nul(req: Request, next: middleware::Next) -> axum::response::Res
     next.run(req).await
 }
 
+/// Request bodies may be plain or gzip (`gzip`, `x-gzip`, any case);
+/// anything else — other codings, or gzip applied twice — is refused with
+/// 415 and the contract's JSON body (tower-http would answer it empty).
+async fn content_encoding(mut req: Request, next: middleware::Next) -> axum::response::Response {
+    use axum::http::header::CONTENT_ENCODING;
+    let mut codings = Vec::new();
+    let mut readable = true;
+    for value in req.headers().get_all(CONTENT_ENCODING) {
+        match value.to_str() {
+            Ok(v) => codings.extend(
+                v.split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty() && c != "identity"),
+            ),
+            Err(_) => readable = false,
+        }
+    }
+    match (readable, codings.as_slice()) {
+        (true, []) => {
+            req.headers_mut().remove(CONTENT_ENCODING);
+        }
+        (true, [one]) if one == "gzip" || one == "x-gzip" => {
+            req.headers_mut().insert(
+                CONTENT_ENCODING,
+                axum::http::HeaderValue::from_static("gzip"),
+            );
+        }
+        _ => {
+            let message = "unsupported Content-Encoding; request bodies may be sent plain or gzip";
+            if req.uri().path().starts_with("/_security/") {
+                return fleet::es_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "illegal_argument_exception",
+                    message,
+                );
+            }
+            return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message).into_response();
+        }
+    }
+    next.run(req).await
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
@@ -239,31 +289,4 @@ async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, A
     ))
 }
 
-/// Serve `app` on `listener` until `shutdown` turns `true`, then drain
-/// open requests for at most `drain` (long polls return at once on the
-/// same signal; the deadline bounds anything else).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    drain: Duration,
-) -> std::io::Result<()> {
-    let mut rx = shutdown.clone();
-    let mut rx2 = shutdown;
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = rx.wait_for(|v| *v).await;
-    });
-    tokio::select! {
-        res = server => res,
-        _ = async {
-            let _ = rx2.wait_for(|v| *v).await;
-            let started = Instant::now();
-            tokio::time::sleep(drain).await;
-            tracing::warn!(waited_ms = started.elapsed().as_millis() as u64, "drain deadline reached; closing open requests");
-        } => Ok(()),
-    }
-}
+pub use serve::{serve, ConnLimits};

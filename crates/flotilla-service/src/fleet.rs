@@ -419,6 +419,11 @@ pub struct PolicyCache {
 }
 
 impl PolicyCache {
+    /// Drop a deleted policy's entry.
+    fn forget(&self, policy_id: &str) {
+        self.inner.lock().expect("cache lock").remove(policy_id);
+    }
+
     fn get(&self, policy_id: &str, revision: i64) -> Option<Arc<CachedPolicy>> {
         let cache = self.inner.lock().expect("cache lock");
         cache
@@ -569,20 +574,9 @@ impl Services {
         let enrollment_id = nonempty(body.enrollment_id);
 
         let now = Utc::now();
-        // Agents to remove in the enrolment's own transaction: a same
-        // `enrollment_id` agent that never checked in (same policy), and
-        // the agent this one replaces.
+        // The agent this one replaces, removed in the enrolment's own
+        // transaction (which also settles any same-`enrollment_id` agent).
         let mut replace = Vec::new();
-        if let Some(eid) = &enrollment_id {
-            if let Some(old) = self.store.find_agent_by_enrollment_id(eid).await? {
-                if old.last_checkin.is_none()
-                    && old.policy_id == policy_id
-                    && Some(&old.id) != requested_id.as_ref()
-                {
-                    replace.push(old.id);
-                }
-            }
-        }
         let agent_id = match requested_id {
             Some(id) => {
                 validate_id("id", &id).map_err(|e| FleetError::bad(e.to_string()))?;
@@ -704,8 +698,11 @@ impl Services {
         authed: AuthedAgent,
         user_agent: Option<&str>,
         body: CheckinRequest,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        stop: impl std::future::Future<Output = ()>,
     ) -> Result<CheckinResponse> {
+        // Ends a waiting poll at once (shutdown, or a newer check-in of the
+        // same agent) with an empty answer.
+        let mut stop = std::pin::pin!(stop);
         let AuthedAgent { agent } = authed;
         let agent_id = agent.id.clone();
         let version = check_user_agent(user_agent, &self.settings.server_version)?;
@@ -836,9 +833,7 @@ impl Services {
                     },
                     _ = refresh.tick() => self.checkins.refresh(&agent.id, Utc::now()),
                     _ = tokio::time::sleep_until(deadline) => return Ok(self.empty_checkin(&body)),
-                    _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => {
-                        return Ok(self.empty_checkin(&body))
-                    }
+                    _ = &mut stop => return Ok(self.empty_checkin(&body)),
                 }
             }
         }
@@ -857,7 +852,15 @@ impl Services {
         &self,
         policy_id: &str,
     ) -> std::result::Result<Arc<CachedPolicy>, crate::ServiceError> {
-        let current = self.store.get_policy(policy_id).await?;
+        let current = match self.store.get_policy(policy_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                if matches!(e, flotilla_store::StoreError::NotFound(_)) {
+                    self.policy_cache.forget(policy_id);
+                }
+                return Err(e.into());
+            }
+        };
         if let Some(hit) = self.policy_cache.get(policy_id, current.revision) {
             return Ok(hit);
         }
@@ -921,17 +924,40 @@ impl Services {
             Some(_) => 0,
             None => agent.policy_revision.unwrap_or(0),
         };
-        let key_current = !policy.takes_api_key
-            || (agent.output_api_key_id.is_some()
+        let key_current = if policy.takes_api_key {
+            agent.output_api_key_id.is_some()
                 && agent.output_permissions_hash.as_deref()
-                    == Some(policy.permissions_hash.as_str()));
+                    == Some(policy.permissions_hash.as_str())
+        } else {
+            agent.output_api_key_id.is_none()
+        };
         if known >= policy.revision && key_current {
             return Ok(None);
         }
-        let mut document = policy.document.clone();
         if !policy.takes_api_key {
-            return Ok(Some(policy_change_action(&policy, &agent.id, document)));
+            // An output that takes no key: the key the agent held for an
+            // earlier output is retired once it runs this revision.
+            if let Some(key_id) = &agent.output_api_key_id {
+                self.store
+                    .retire_output_key(
+                        &agent.id,
+                        key_id,
+                        &policy.policy_id,
+                        policy.revision,
+                        Utc::now(),
+                    )
+                    .await?;
+            }
+            if known >= policy.revision {
+                return Ok(None);
+            }
+            return Ok(Some(policy_change_action(
+                &policy,
+                &agent.id,
+                policy.document.clone(),
+            )));
         }
+        let mut document = policy.document.clone();
         let credential = match self.current_output_key(agent, key_current).await? {
             Some(plain) => plain,
             None => self.rotate_output_key(agent, &policy).await?,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize as _;
 use serde_json::Value;
 
 use flotilla_domain::permissions::Permissions;
@@ -136,11 +137,15 @@ impl KeyService {
         Ok(Ok(record))
     }
 
+    /// The key's role descriptors, parsed (once per request, not per
+    /// check); `None` when they are not a permissions block (grants nothing).
+    pub fn permissions(key: &ApiKeyRecord) -> Option<Permissions> {
+        Permissions::deserialize(&key.role_descriptors).ok()
+    }
+
     /// Whether the key's role descriptors grant `privilege` on `index`.
     pub fn has_privileges(key: &ApiKeyRecord, index: &str, privilege: &str) -> bool {
-        serde_json::from_value::<Permissions>(key.role_descriptors.clone())
-            .map(|p| p.allows(index, privilege))
-            .unwrap_or(false)
+        Self::permissions(key).is_some_and(|p| p.allows(index, privilege))
     }
 
     pub async fn invalidate(&self, ids: &[String]) -> Result<u64, ServiceError> {

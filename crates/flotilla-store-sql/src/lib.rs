@@ -49,15 +49,50 @@ pub async fn open(location: Location<'_>) -> Result<Arc<dyn Store>, MigrationErr
     })
 }
 
-/// A database URL with its password replaced, for logs and messages.
+/// Connection parameters that carry a credential (libpq's names), masked
+/// wherever they appear in a URL's query string.
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "sslpassword",
+    "passfile_password",
+    "sslkey_password",
+];
+
+/// A database URL with every credential replaced, for logs and messages:
+/// the password in `user:pass@`, and `password`, `sslpassword` (or any
+/// parameter whose name contains "password") in the query string. Text
+/// that does not parse as a URL is withheld whole if it could hold one.
 pub fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.rsplit_once('@') {
-            let user = userinfo.split(':').next().unwrap_or("");
-            return format!("{scheme}://{user}:***@{host}");
-        }
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        let lower = url.to_ascii_lowercase();
+        return if lower.contains("password") || lower.contains('@') {
+            "(database URL withheld: it may contain a credential)".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
-    url.to_owned()
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.contains(&k.as_ref())
+                    || k.to_ascii_lowercase().contains("password");
+                (
+                    k.into_owned(),
+                    if secret {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    },
+                )
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -69,5 +104,28 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(super::redact_url("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn redacts_every_credential_form_libpq_accepts() {
+        let redacted = super::redact_url(
+            "postgres://h/db?user=fl&password=hunter2&sslmode=require&sslpassword=s3cret&PGPASSWORD=x",
+        );
+        assert!(!redacted.contains("hunter2"), "{redacted}");
+        assert!(!redacted.contains("s3cret"), "{redacted}");
+        assert!(!redacted.contains("=x"), "{redacted}");
+        assert!(
+            redacted.contains("user=fl") && redacted.contains("sslmode=require"),
+            "{redacted}"
+        );
+        let both = super::redact_url("postgresql://u:pw1@h/db?password=pw2");
+        assert!(!both.contains("pw1") && !both.contains("pw2"), "{both}");
+        // Percent-encoded secrets are masked too, not just decoded.
+        let enc = super::redact_url("postgres://h/db?pass%77ord=enc0ded");
+        assert!(!enc.contains("enc0ded"), "{enc}");
+        assert_eq!(
+            super::redact_url("host=h password=pw3"),
+            "(database URL withheld: it may contain a credential)"
+        );
     }
 }

@@ -287,6 +287,25 @@ macro_rules! impl_store {
             Ok(())
         }
 
+/// Marks the agent unenrolled and invalidates every key it holds; whether
+        /// it exists.
+        async fn unenroll_in(tx: &mut Tx<'_>, agent_id: &str, now: i64) -> Result<bool> {
+            let done = sqlx::query(
+                "UPDATE agents SET active = FALSE, unenrolled_at = COALESCE(unenrolled_at, $2), updated_at = $2 \
+                 WHERE id = $1",
+            )
+            .bind(agent_id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(other)?;
+            if done.rows_affected() == 0 {
+                return Ok(false);
+            }
+            invalidate_agent_keys(tx, agent_id, now).await?;
+            Ok(true)
+        }
+
         async fn fetch_fleet_agent(tx: &mut Tx<'_>, id: &str) -> Result<Option<FleetAgent>> {
             Ok(sqlx::query_as::<_, FleetAgentRow>(&format!("SELECT {FLEET_AGENT_COLS} FROM agents WHERE id = $1"))
                 .bind(id)
@@ -547,9 +566,11 @@ macro_rules! impl_store {
                         return Err(StoreError::NotFound(format!("output '{output}'")));
                     }
                 }
+                // Above any revision an earlier policy with this id reached.
                 sqlx::query(
                     "INSERT INTO agent_policies (id, name, namespace, description, output_id, inactivity_timeout, \
-                     revision, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)",
+                     revision, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, \
+                     COALESCE((SELECT revision FROM policy_revision_floors WHERE policy_id = $1), 0) + 1, $7, $7)",
                 )
                 .bind(&new.id)
                 .bind(&new.name)
@@ -659,6 +680,14 @@ macro_rules! impl_store {
                         "agent policy '{id}' has {agents} enrolled agents; unenroll or reassign them first"
                     )));
                 }
+                execute_with_id(
+                    &mut tx,
+                    "INSERT INTO policy_revision_floors (policy_id, revision) \
+                     SELECT id, revision FROM agent_policies WHERE id = $1 \
+                     ON CONFLICT (policy_id) DO UPDATE SET revision = excluded.revision",
+                    id,
+                )
+                .await?;
                 execute_with_id(&mut tx, "DELETE FROM agent_policies WHERE id = $1", id).await?;
                 tx.commit().await.map_err(other)?;
                 Ok(())
@@ -968,13 +997,44 @@ macro_rules! impl_store {
                 for old in replace {
                     remove_agent(&mut tx, old, now).await?;
                 }
+                let mut changed: Vec<String> = replace.to_vec();
+                // At most one active agent per enrollment id, decided inside
+                // this transaction (a unique index backs it: of two
+                // concurrent enrolments on PostgreSQL one gets a conflict).
+                if let Some(eid) = &agent.enrollment_id {
+                    let same: Vec<FleetAgentRow> = sqlx::query_as(&format!(
+                        "SELECT {FLEET_AGENT_COLS} FROM agents WHERE enrollment_id = $1 AND active AND id <> $2"
+                    ))
+                    .bind(eid)
+                    .bind(&agent.id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(other)?;
+                    for old in same.into_iter().map(FleetAgent::from) {
+                        if old.last_checkin.is_none() && old.policy_id == agent.policy_id {
+                            // Never checked in: a failed earlier attempt.
+                            remove_agent(&mut tx, &old.id, now).await?;
+                        } else {
+                            unenroll_in(&mut tx, &old.id, now).await?;
+                        }
+                        changed.push(old.id);
+                    }
+                }
                 insert_key(&mut tx, access_key).await?;
                 insert_agent_row(&mut tx, agent).await?;
                 tx.commit().await.map_err(other)?;
-                for old in replace {
-                    self.publish(StoreEvent::AgentChanged { agent_id: old.clone() }).await;
+                for old in changed {
+                    self.publish(StoreEvent::AgentChanged { agent_id: old }).await;
                 }
-                self.agent_after_write(&agent.id, agent.enrolled_at).await
+                match self.agent_after_write(&agent.id, agent.enrolled_at).await {
+                    // Replaced since by a concurrent enrolment with the same
+                    // enrollment id.
+                    Err(StoreError::NotFound(_)) => Err(StoreError::Conflict(format!(
+                        "agent '{}' was replaced by a concurrent enrolment",
+                        agent.id
+                    ))),
+                    other => other,
+                }
             }
 
             async fn delete_agent(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
@@ -1055,6 +1115,50 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn retire_output_key(&self, agent_id: &str, key_id: &str, policy_id: &str, revision: i64, now: DateTime<Utc>) -> Result<bool> {
+                let mut tx = self.begin_write().await?;
+                // Compare-and-swap, like a rotation: only the key it was asked
+                // to retire.
+                let done = sqlx::query(
+                    "UPDATE agents SET output_api_key_id = NULL, output_api_key_sealed = NULL, \
+                     output_permissions_hash = NULL, output_key_policy_id = $3, output_key_revision = $4 \
+                     WHERE id = $1 AND active AND output_api_key_id = $2 AND policy_id = $3",
+                )
+                .bind(agent_id)
+                .bind(key_id)
+                .bind(policy_id)
+                .bind(revision)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE api_keys SET retire_pending = TRUE \
+                     WHERE agent_id = $1 AND kind = 'output' AND invalidated_at IS NULL",
+                )
+                .bind(agent_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                // Already running that revision: nothing will come to retire
+                // it later, so now.
+                sqlx::query(
+                    "UPDATE api_keys SET invalidated_at = $3 \
+                     WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL \
+                     AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND policy_revision >= $2)",
+                )
+                .bind(agent_id)
+                .bind(revision)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(other)?;
+                tx.commit().await.map_err(other)?;
+                Ok(true)
+            }
+
             async fn agent_runs_policy(&self, agent_id: &str, policy_id: &str, revision: i64, now: DateTime<Utc>) -> Result<Vec<String>> {
                 let mut tx = self.begin_write().await?;
                 // Serialise with key rotation for this agent.
@@ -1112,19 +1216,9 @@ macro_rules! impl_store {
             async fn unenroll_now(&self, agent_id: &str, now: DateTime<Utc>) -> Result<()> {
                 let now_ms = ms(now);
                 let mut tx = self.begin_write().await?;
-                let done = sqlx::query(
-                    "UPDATE agents SET active = FALSE, unenrolled_at = COALESCE(unenrolled_at, $2), updated_at = $2 \
-                     WHERE id = $1",
-                )
-                .bind(agent_id)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(other)?;
-                if done.rows_affected() == 0 {
+                if !unenroll_in(&mut tx, agent_id, now_ms).await? {
                     return Err(StoreError::NotFound(format!("agent '{agent_id}'")));
                 }
-                invalidate_agent_keys(&mut tx, agent_id, now_ms).await?;
                 tx.commit().await.map_err(other)?;
                 self.publish(StoreEvent::AgentChanged { agent_id: agent_id.to_owned() }).await;
                 Ok(())

@@ -29,7 +29,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open (creating if needed) `<dir>/flotilla.db` and migrate it.
     pub async fn open_dir(dir: &Path) -> Result<Self, MigrationError> {
-        std::fs::create_dir_all(dir).map_err(|source| MigrationError::DataDir {
+        create_private_dir(dir).map_err(|source| MigrationError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
@@ -37,6 +37,12 @@ impl SqliteStore {
     }
 
     pub async fn open_file(path: &Path) -> Result<Self, MigrationError> {
+        // SQLite gives the -wal and -shm files the database file's mode, so
+        // a private database file keeps all three private.
+        make_private_file(path).map_err(|source| MigrationError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(MigrationError::Connect)?
             .filename(path)
@@ -78,6 +84,58 @@ impl SqliteStore {
             .await
             .map_err(crate::rows::other)
     }
+}
+
+/// Create `dir` (and missing parents) readable by the owner only (0700).
+/// A directory that already exists is left as it is (it may be shared on
+/// purpose), with a warning when others can read it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.is_dir() && meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %dir.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the data directory is accessible to other users; consider chmod 700");
+            }
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Make sure the database file and its WAL companions exist with mode
+/// 0600, tightening files an older version created more widely.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            match std::fs::metadata(&file) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");

@@ -41,7 +41,11 @@ macro_rules! conformance_suite {
             enrolment_output_keys_and_retirement,
             actions_are_delivered_until_confirmed_and_acked,
             checkins_are_recorded_in_batches,
-            changes_reach_subscribers
+            changes_reach_subscribers,
+            revisions_never_repeat_across_delete_and_recreate,
+            one_active_agent_per_enrollment_id,
+            concurrent_enrolments_with_one_enrollment_id_leave_one_agent,
+            a_key_less_output_retires_the_agents_key
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1043,4 +1047,212 @@ pub async fn changes_reach_subscribers(s: S) {
     .expect("the change event arrives");
     assert!(got.concerns("any-agent", "p"));
     assert!(!got.concerns("any-agent", "q"));
+}
+
+/// (id, revision) names one content for ever: caches and action ids trust it.
+pub async fn revisions_never_repeat_across_delete_and_recreate(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("q", "Q"), now).await.unwrap();
+    let u = AgentPolicyUpdate {
+        description: Some(Some("x".into())),
+        ..Default::default()
+    };
+    assert_eq!(s.update_policy("q", &u, now).await.unwrap().revision, 2);
+    s.delete_policy("q").await.unwrap();
+    let again = s.create_policy(&policy("q", "Q"), now).await.unwrap();
+    assert_eq!(
+        again.revision, 3,
+        "a recreated policy starts above the deleted one"
+    );
+    s.update_policy("q", &u, now).await.unwrap();
+    s.delete_policy("q").await.unwrap();
+    assert_eq!(
+        s.create_policy(&policy("q", "Q"), now)
+            .await
+            .unwrap()
+            .revision,
+        5
+    );
+    // Other ids are unaffected.
+    assert_eq!(
+        s.create_policy(&policy("r", "R"), now)
+            .await
+            .unwrap()
+            .revision,
+        1
+    );
+}
+
+fn enrolling(id: &str, policy_id: &str, enrollment_id: &str) -> (NewAgent, ApiKeyRecord) {
+    let mut a = agent(id, policy_id, &[]);
+    a.enrollment_id = Some(enrollment_id.into());
+    let access = key(&format!("acc-{id}"), id, "access");
+    a.access_api_key_id = Some(access.id.clone());
+    (a, access)
+}
+
+pub async fn one_active_agent_per_enrollment_id(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.create_policy(&policy("p2", "P2"), now).await.unwrap();
+    // Never checked in: the next enrolment with its enrollment id removes it.
+    let (a, k) = enrolling("a", "p", "e");
+    s.enroll_agent(&a, &k, &[]).await.unwrap();
+    let (b, k) = enrolling("b", "p", "e");
+    s.enroll_agent(&b, &k, &[]).await.unwrap();
+    assert!(s.get_fleet_agent("a").await.unwrap().is_none());
+    assert!(s
+        .get_api_key("acc-a")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    // Checked in: unenrolled (kept as a record), its keys invalidated.
+    s.record_checkins(&[CheckinRecord {
+        agent_id: "b".into(),
+        at: now,
+        status: "online".into(),
+        message: String::new(),
+        local_metadata: None,
+        components: None,
+        agent_version: None,
+        reported_policy: None,
+    }])
+    .await
+    .unwrap();
+    let (c, k) = enrolling("c", "p2", "e");
+    s.enroll_agent(&c, &k, &[]).await.unwrap();
+    let b = s.get_fleet_agent("b").await.unwrap().unwrap();
+    assert!(
+        !b.active,
+        "the older agent with the enrollment id is unenrolled"
+    );
+    assert!(s
+        .get_api_key("acc-b")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    let active = s
+        .list_agents(&AgentFilter::default(), Page::default(), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        active
+            .items
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
+        ["c"]
+    );
+}
+
+/// Two connections enrol with one enrollment id at once, many times: at
+/// most one active agent remains each time (PostgreSQL's READ COMMITTED
+/// lets both transactions miss each other; the unique index catches it).
+pub async fn concurrent_enrolments_with_one_enrollment_id_leave_one_agent(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    for round in 0..10 {
+        let eid = format!("e{round}");
+        let mut tasks = Vec::new();
+        for n in 0..4 {
+            let s = s.clone();
+            let (a, k) = enrolling(&format!("r{round}-{n}"), "p", &eid);
+            tasks.push(tokio::spawn(
+                async move { s.enroll_agent(&a, &k, &[]).await },
+            ));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(StoreError::Conflict(_)) | Err(StoreError::Busy) => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        assert!(ok >= 1, "one enrolment succeeds");
+        let active = s
+            .list_agents(
+                &AgentFilter::default(),
+                Page {
+                    page: 1,
+                    per_page: 1000,
+                },
+                now,
+            )
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|a| a.id.starts_with(&format!("r{round}-")))
+            .count();
+        assert_eq!(
+            active, 1,
+            "round {round}: one active agent per enrollment id"
+        );
+    }
+}
+
+pub async fn a_key_less_output_retires_the_agents_key(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    let mut a = agent("a", "p", &[]);
+    a.access_api_key_id = Some("acc".into());
+    s.enroll_agent(&a, &key("acc", "a", "access"), &[])
+        .await
+        .unwrap();
+    s.set_output_key("a", &output_change("o1", "a", 1, None))
+        .await
+        .unwrap();
+    s.agent_runs_policy("a", "p", 1, now).await.unwrap();
+    let u = AgentPolicyUpdate {
+        description: Some(Some("to logstash".into())),
+        ..Default::default()
+    };
+    s.update_policy("p", &u, now).await.unwrap();
+    assert!(
+        !s.retire_output_key("a", "other", "p", 2, now)
+            .await
+            .unwrap(),
+        "not its current key"
+    );
+    assert!(s.retire_output_key("a", "o1", "p", 2, now).await.unwrap());
+    let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(fa.output_api_key_id, None);
+    let o1 = s.get_api_key("o1").await.unwrap().unwrap();
+    assert!(
+        o1.retire_pending && o1.invalidated_at.is_none(),
+        "valid until the agent runs revision 2"
+    );
+    assert_eq!(s.agent_runs_policy("a", "p", 2, now).await.unwrap(), ["o1"]);
+    assert!(s
+        .get_api_key("o1")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+
+    // An agent already running the revision loses the key at once.
+    s.set_output_key("a", &output_change("o2", "a", 2, None))
+        .await
+        .unwrap();
+    assert!(s.retire_output_key("a", "o2", "p", 2, now).await.unwrap());
+    assert!(s
+        .get_api_key("o2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(s
+        .get_api_key("acc")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_none());
 }

@@ -346,7 +346,11 @@ pub trait Store: Send + Sync + 'static {
     /// Records a newly enrolled agent with its access key, atomically; the
     /// policy must exist (`NotFound` otherwise, and nothing is written).
     /// The agents in `replace` (and their keys) are removed in the same
-    /// transaction.
+    /// transaction, and so is any other active agent with the same
+    /// `enrollment_id`: deleted if it never checked in (on the same policy),
+    /// else unenrolled with its keys invalidated. At most one active agent
+    /// holds an enrollment id; a concurrent enrolment that would break that
+    /// is a conflict.
     async fn enroll_agent(
         &self,
         agent: &NewAgent,
@@ -361,6 +365,19 @@ pub trait Store: Send + Sync + 'static {
     /// Installs a new output key for the agent; its previous output key is
     /// marked for retirement (still valid until retired).
     async fn set_output_key(&self, agent_id: &str, change: &OutputKeyChange) -> Result<()>;
+    /// The agent's policy (at `revision`) sends to an output that takes no
+    /// key: the agent's current output key `key_id` stops being current and
+    /// is retired like a replaced one — once the agent runs `revision`, or
+    /// at once if it already does. False (nothing changed) when `key_id` is
+    /// no longer the agent's current key.
+    async fn retire_output_key(
+        &self,
+        agent_id: &str,
+        key_id: &str,
+        policy_id: &str,
+        revision: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
     /// The agent acknowledged or reported running `revision` of `policy_id`:
     /// record it (if newer, for its current policy) and invalidate output
     /// keys marked for retirement once it runs the revision that replaced

@@ -157,6 +157,16 @@ pub struct HttpConfig {
     /// On shutdown, how long open requests may finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_drain: Duration,
+    /// From accepting a connection (or answering on it) to the end of the
+    /// next request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once (long polls included); lowered to fit the
+    /// process's file-descriptor limit.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -190,6 +200,9 @@ impl Default for Config {
                 request_timeout: Duration::from_secs(60),
                 max_concurrent_requests: 1024,
                 shutdown_drain: Duration::from_secs(10),
+                header_read_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(30),
+                max_connections: 24_000,
             },
         }
     }
@@ -267,6 +280,15 @@ impl Config {
         }
         if self.http.request_timeout.is_zero() {
             bail!("invalid configuration: http.request_timeout must be positive");
+        }
+        if self.http.header_read_timeout.is_zero() {
+            bail!("invalid configuration: http.header_read_timeout must be positive");
+        }
+        if self.http.idle_timeout.is_zero() {
+            bail!("invalid configuration: http.idle_timeout must be positive");
+        }
+        if self.http.max_connections == 0 {
+            bail!("invalid configuration: http.max_connections must be at least 1");
         }
         if self
             .log

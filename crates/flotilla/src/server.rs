@@ -66,6 +66,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         );
     }
 
+    let max_connections = fit_connections_to_fd_limit(config.http.max_connections);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -90,7 +91,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     // The ready line tests and scripts wait for.
     println!("listening on {addr}");
     let services_for_flush = app_services;
-    flotilla_http::serve(listener, app, stop_rx, config.http.shutdown_drain).await?;
+    let conn_limits = flotilla_http::ConnLimits {
+        header_read_timeout: config.http.header_read_timeout,
+        idle_timeout: config.http.idle_timeout,
+        max_connections,
+        drain: config.http.shutdown_drain,
+    };
+    flotilla_http::serve(listener, app, stop_rx, conn_limits).await?;
     let _ = flusher.await;
     // Check-ins that finished while draining.
     if let Err(e) = services_for_flush.flush_checkins().await {
@@ -98,6 +105,46 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
     tracing::info!("flotilla server stopped");
     Ok(())
+}
+
+/// Descriptors kept back from the connection cap: the database, the
+/// listener, logs, the lock file.
+const RESERVED_FDS: u64 = 256;
+
+/// Raise the soft open-file limit to the hard one, and lower the
+/// connection cap to what the limit allows, so the server stops accepting
+/// before `accept` fails with "too many open files".
+fn fit_connections_to_fd_limit(wanted: usize) -> usize {
+    #[cfg(unix)]
+    {
+        use rustix::process::{getrlimit, setrlimit, Resource};
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            let raised = rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => limit = getrlimit(Resource::Nofile),
+                Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+            }
+        }
+        if let Some(current) = limit.current {
+            let fits = current.saturating_sub(RESERVED_FDS).max(1) as usize;
+            if fits < wanted {
+                tracing::warn!(
+                    configured = wanted,
+                    open_file_limit = current,
+                    max_connections = fits,
+                    "http.max_connections lowered to fit the open-file limit"
+                );
+                return fits;
+            }
+        }
+        wanted
+    }
+    #[cfg(not(unix))]
+    wanted
 }
 
 /// Write buffered heartbeats on a timer, and once more at shutdown.
@@ -122,13 +169,17 @@ async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiv
 /// the server, so a second server on the same SQLite database is refused
 /// instead of silently missing the first one's change events.
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(data_dir)
+    flotilla_store_sql::sqlite::create_private_dir(data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let path = data_dir.join("flotilla.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     match file.try_lock() {
