@@ -12,6 +12,55 @@ use crate::migrate::{MigrationError, MIGRATOR};
 /// The channel change events travel on between instances.
 const CHANNEL: &str = "flotilla_events";
 
+/// The URL query parameters the driver understands (sqlx's list).
+const KNOWN_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The URL without the query parameters the driver does not understand:
+/// it would log each one with its value, and some (`sslpassword`) are
+/// secrets. Dropped parameters are named in a warning, never their values.
+pub(crate) fn known_parameters_only(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_owned();
+    };
+    if parsed.query().is_none() {
+        return url.to_owned();
+    }
+    let (keep, drop): (Vec<_>, Vec<_>) = parsed
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .partition(|(k, _)| KNOWN_PARAMETERS.contains(&k.as_str()) || k.starts_with("options["));
+    if drop.is_empty() {
+        return url.to_owned();
+    }
+    let names: Vec<&str> = drop.iter().map(|(k, _)| k.as_str()).collect();
+    tracing::warn!(parameters = ?names, "database_url parameters not supported by the PostgreSQL driver are ignored");
+    if keep.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(keep);
+    }
+    parsed.to_string()
+}
+
 pub struct PgStore {
     pool: PgPool,
     /// Fed by this instance's LISTEN connection, which hears every
@@ -21,10 +70,11 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, MigrationError> {
+        let url = known_parameters_only(url);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect(&url)
             .await
             .map_err(MigrationError::Connect)?;
         MIGRATOR.run(&pool).await?;
@@ -97,3 +147,26 @@ async fn relay(mut listener: PgListener, events: broadcast::Sender<StoreEvent>) 
 }
 
 impl_store!(PgStore, sqlx::Postgres, "postgres");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unknown_parameters_are_dropped_by_name() {
+        let url = super::known_parameters_only(
+            "postgres://u@h/db?password=p&sslpassword=secret&sslmode=disable&options[search_path]=x",
+        );
+        assert!(
+            !url.contains("secret") && !url.contains("sslpassword"),
+            "{url}"
+        );
+        assert!(
+            url.contains("password=p") && url.contains("sslmode=disable"),
+            "{url}"
+        );
+        assert!(url.contains("search_path"), "{url}");
+        assert_eq!(
+            super::known_parameters_only("postgres://h/db"),
+            "postgres://h/db"
+        );
+    }
+}

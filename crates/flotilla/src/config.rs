@@ -164,9 +164,9 @@ pub struct HttpConfig {
     /// A keep-alive connection with no request in flight is closed after this.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Connections open at once (long polls included); lowered to fit the
-    /// process's file-descriptor limit.
-    pub max_connections: usize,
+    /// Connections open at once (long polls included); unset: as many as
+    /// the process's open-file limit allows. Lowered to fit that limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -202,7 +202,7 @@ impl Default for Config {
                 shutdown_drain: Duration::from_secs(10),
                 header_read_timeout: Duration::from_secs(10),
                 idle_timeout: Duration::from_secs(30),
-                max_connections: 24_000,
+                max_connections: None,
             },
         }
     }
@@ -287,7 +287,7 @@ impl Config {
         if self.http.idle_timeout.is_zero() {
             bail!("invalid configuration: http.idle_timeout must be positive");
         }
-        if self.http.max_connections == 0 {
+        if self.http.max_connections == Some(0) {
             bail!("invalid configuration: http.max_connections must be at least 1");
         }
         if self

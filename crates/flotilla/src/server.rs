@@ -67,6 +67,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
 
     let max_connections = fit_connections_to_fd_limit(config.http.max_connections);
+    tracing::debug!(max_connections, "connection cap");
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -111,10 +112,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
 /// listener, logs, the lock file.
 const RESERVED_FDS: u64 = 256;
 
-/// Raise the soft open-file limit to the hard one, and lower the
-/// connection cap to what the limit allows, so the server stops accepting
-/// before `accept` fails with "too many open files".
-fn fit_connections_to_fd_limit(wanted: usize) -> usize {
+/// Without a configured cap and a known open-file limit.
+const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
+/// Raise the soft open-file limit to the hard one, and fit the connection
+/// cap to what the limit allows, so the server stops accepting before
+/// `accept` fails with "too many open files".
+fn fit_connections_to_fd_limit(wanted: Option<usize>) -> usize {
     #[cfg(unix)]
     {
         use rustix::process::{getrlimit, setrlimit, Resource};
@@ -129,22 +133,27 @@ fn fit_connections_to_fd_limit(wanted: usize) -> usize {
                 Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
             }
         }
-        if let Some(current) = limit.current {
-            let fits = current.saturating_sub(RESERVED_FDS).max(1) as usize;
-            if fits < wanted {
+        let Some(current) = limit.current else {
+            return wanted.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        };
+        let fits =
+            usize::try_from(current.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+        match wanted {
+            None => fits,
+            Some(w) if w > fits => {
                 tracing::warn!(
-                    configured = wanted,
+                    configured = w,
                     open_file_limit = current,
                     max_connections = fits,
                     "http.max_connections lowered to fit the open-file limit"
                 );
-                return fits;
+                fits
             }
+            Some(w) => w,
         }
-        wanted
     }
     #[cfg(not(unix))]
-    wanted
+    wanted.unwrap_or(DEFAULT_MAX_CONNECTIONS)
 }
 
 /// Write buffered heartbeats on a timer, and once more at shutdown.

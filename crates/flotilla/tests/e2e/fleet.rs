@@ -10,31 +10,31 @@ use serde_json::{json, Value};
 
 use crate::support::{assert_error, Engine, Server};
 
-fn quick_polls(b: crate::support::Builder) -> crate::support::Builder {
+pub(crate) fn quick_polls(b: crate::support::Builder) -> crate::support::Builder {
     b.env("FLOTILLA_FLEET__POLL_TIMEOUT", "1s")
         .env("FLOTILLA_FLEET__POLL_JITTER", "0s")
 }
 
-fn slow_polls(b: crate::support::Builder) -> crate::support::Builder {
+pub(crate) fn slow_polls(b: crate::support::Builder) -> crate::support::Builder {
     b.env("FLOTILLA_FLEET__POLL_TIMEOUT", "60s")
         .env("FLOTILLA_FLEET__POLL_JITTER", "0s")
 }
 
 #[track_caller]
-fn assert_fleet_error(r: &crate::support::FleetResponse, status: u16, token: &str) {
+pub(crate) fn assert_fleet_error(r: &crate::support::FleetResponse, status: u16, token: &str) {
     assert_eq!(r.status, status, "{}", r.body);
     assert_eq!(r.body["statusCode"], status, "{}", r.body);
     assert_eq!(r.body["error"], token, "{}", r.body);
 }
 
-fn policy_change(r: &crate::support::FleetResponse) -> &Value {
+pub(crate) fn policy_change(r: &crate::support::FleetResponse) -> &Value {
     r.body["actions"]
         .as_array()
         .and_then(|a| a.iter().find(|a| a["type"] == "POLICY_CHANGE"))
         .unwrap_or_else(|| panic!("no POLICY_CHANGE in {}", r.body))
 }
 
-fn output_key(change: &Value) -> String {
+pub(crate) fn output_key(change: &Value) -> String {
     let outputs = change["data"]["policy"]["outputs"].as_object().unwrap();
     outputs.values().next().unwrap()["api_key"]
         .as_str()
@@ -1013,7 +1013,7 @@ async fn two_instances_share_changes_through_postgres() {
 }
 
 /// A counter or gauge from the server's `/metrics` (0 when absent).
-async fn metric(s: &Server, name: &str) -> f64 {
+pub(crate) async fn metric(s: &Server, name: &str) -> f64 {
     let text = reqwest::get(format!("{}/metrics", s.url))
         .await
         .unwrap()
@@ -1063,7 +1063,7 @@ async fn a_revision_is_serialised_once_for_all_its_agents() {
 
 /// Wait (bounded) until `n` long polls are waiting on `s`, read from its
 /// `flotilla_checkins_waiting` gauge.
-async fn wait_for_waiting_polls(s: &Server, n: u64) {
+pub(crate) async fn wait_for_waiting_polls(s: &Server, n: u64) {
     for _ in 0..400 {
         if metric(s, "flotilla_checkins_waiting").await >= n as f64 {
             return;
@@ -1144,7 +1144,8 @@ async fn an_enrollment_id_replaces_an_agent_that_never_checked_in() {
         "its key is invalidated"
     );
 
-    // Once it has checked in, a re-enrolment keeps it.
+    // Once it has checked in, a re-enrolment unenrols it (one active agent
+    // per enrollment id) but keeps its record.
     let second_agent = (
         second_id.clone(),
         second.body["item"]["access_api_key"]
@@ -1160,10 +1161,9 @@ async fn an_enrollment_id_replaces_an_agent_that_never_checked_in() {
         Some(body),
     )
     .await;
-    assert_eq!(
-        s.get(&format!("/api/fleet/agents/{second_id}")).await.0,
-        200
-    );
+    let (st, kept) = s.get(&format!("/api/fleet/agents/{second_id}")).await;
+    assert_eq!(st, 200);
+    assert_eq!(kept["item"]["status"], "unenrolled", "{kept}");
 }
 
 #[tokio::test]

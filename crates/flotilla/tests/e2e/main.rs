@@ -5,5 +5,6 @@ mod support;
 
 mod cli;
 mod fleet;
+mod hostile;
 mod management;
 mod server;

@@ -42,6 +42,8 @@ pub struct Server {
     /// Lines the server printed on stdout before it was ready.
     pub banner: Vec<String>,
     child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     http: reqwest::Client,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -104,15 +106,29 @@ impl Builder {
         if let Some(key) = &self.admin_key {
             cmd.env("FLOTILLA_ADMIN_API_KEY", key);
         }
+        cmd.env("RUST_LOG", "warn");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn flotilla server");
-        let (addr, banner) = wait_ready(&mut child);
+        // Drained as it comes, so a chatty server never blocks on the pipe.
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let stderr_reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let (addr, banner) = wait_ready(&mut child, &stderr);
         let key = self
             .admin_key
             .clone()
@@ -128,6 +144,8 @@ impl Builder {
             data_dir,
             banner,
             child,
+            stderr,
+            stderr_reader: Some(stderr_reader),
             http: reqwest::Client::new(),
             _tmp: Some(tmp),
         })
@@ -136,7 +154,10 @@ impl Builder {
 
 /// Read stdout until the ready line, under a deadline; on failure show
 /// what the server said.
-fn wait_ready(child: &mut Child) -> (String, Vec<String>) {
+fn wait_ready(
+    child: &mut Child,
+    stderr: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) -> (String, Vec<String>) {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -156,11 +177,8 @@ fn wait_ready(child: &mut Child) -> (String, Vec<String>) {
         Ok(Ok(ready)) => ready,
         other => {
             let _ = child.kill();
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut stderr);
-            }
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
             panic!("server did not become ready: {other:?}\nstderr:\n{stderr}");
         }
     }
@@ -272,6 +290,19 @@ impl Server {
             .env("FLOTILLA_API_KEY", &self.key)
             .output()
             .expect("run the CLI")
+    }
+
+    /// Stop the server (SIGTERM, then wait) and return what it wrote on
+    /// stderr.
+    pub fn stop_with_stderr(mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 
     pub fn stop(mut self) {
