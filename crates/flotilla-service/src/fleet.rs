@@ -759,6 +759,7 @@ impl Services {
         // Subscribe before reading, so no change between the read and the
         // wait goes unnoticed.
         let mut events = self.store.subscribe();
+        let mut events_closed = false;
         let mut agent = agent;
         loop {
             if reread {
@@ -820,23 +821,38 @@ impl Services {
                 tokio::time::Instant::now() + HEARTBEAT_REFRESH,
                 HEARTBEAT_REFRESH,
             );
+            let recheck = tokio::time::sleep(self.recheck_after());
+            tokio::pin!(recheck);
             loop {
                 tokio::select! {
-                    ev = events.recv() => match ev {
+                    ev = events.recv(), if !events_closed => match ev {
                         Ok(ev) if ev.concerns(&agent.id, &agent.policy_id) => break,
                         Ok(_) => continue,
                         Err(RecvError::Lagged(_)) => break,
-                        Err(RecvError::Closed) => {
-                            tokio::time::sleep_until(deadline).await;
-                            return Ok(self.empty_checkin(&body));
-                        }
+                        // No more events: the timers and `stop` still end the wait.
+                        Err(RecvError::Closed) => events_closed = true,
                     },
+                    // A notification may have been lost: read again anyway.
+                    _ = &mut recheck => break,
                     _ = refresh.tick() => self.checkins.refresh(&agent.id, Utc::now()),
                     _ = tokio::time::sleep_until(deadline) => return Ok(self.empty_checkin(&body)),
                     _ = &mut stop => return Ok(self.empty_checkin(&body)),
                 }
             }
         }
+    }
+
+    /// The recheck interval less up to a quarter, at random, so waiters
+    /// woken by no event do not all read at once.
+    fn recheck_after(&self) -> Duration {
+        let every = self.settings.recheck_interval;
+        let spread = (every.as_millis() / 4) as u64;
+        let off = if spread == 0 {
+            0
+        } else {
+            rand::thread_rng().gen_range(0..spread)
+        };
+        every.saturating_sub(Duration::from_millis(off))
     }
 
     fn empty_checkin(&self, body: &CheckinRequest) -> CheckinResponse {

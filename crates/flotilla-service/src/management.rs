@@ -662,14 +662,7 @@ impl Management<'_> {
         data: serde_json::Value,
         expiration: Option<chrono::DateTime<Utc>>,
     ) -> Result<Action> {
-        let action = NewAction {
-            id: uuid::Uuid::new_v4().to_string(),
-            action_type,
-            data,
-            created_at: Utc::now(),
-            expiration,
-            agent_ids: vec![agent_id.to_owned()],
-        };
+        let action = new_action(agent_id, action_type, data, expiration);
         Ok(self.store().create_action(&action).await?)
     }
 
@@ -701,11 +694,11 @@ impl Management<'_> {
         }
         match action_type {
             ActionType::Unenroll => {
+                let action = new_action(agent_id, action_type, data, req.action.expiration);
                 self.store()
-                    .start_agent_unenrollment(agent_id, Utc::now())
+                    .start_agent_unenrollment(agent_id, &action, Utc::now())
                     .await?;
-                self.create_stored_action(agent_id, action_type, data, req.action.expiration)
-                    .await
+                Ok(stored(action))
             }
             ActionType::PolicyReassign => {
                 let policy_id = data["policy_id"].as_str().unwrap_or_default().to_owned();
@@ -746,10 +739,40 @@ impl Management<'_> {
             self.store().unenroll_now(id, now).await?;
             Ok(self.store().get_agent(id, now).await?)
         } else {
-            let agent = self.store().start_agent_unenrollment(id, now).await?;
-            self.create_stored_action(id, ActionType::Unenroll, serde_json::Value::Null, None)
-                .await?;
-            Ok(agent)
+            let action = new_action(id, ActionType::Unenroll, serde_json::Value::Null, None);
+            Ok(self
+                .store()
+                .start_agent_unenrollment(id, &action, now)
+                .await?)
         }
+    }
+}
+
+/// A new action for one agent.
+fn new_action(
+    agent_id: &str,
+    action_type: ActionType,
+    data: serde_json::Value,
+    expiration: Option<chrono::DateTime<Utc>>,
+) -> NewAction {
+    NewAction {
+        id: uuid::Uuid::new_v4().to_string(),
+        action_type,
+        data,
+        created_at: Utc::now(),
+        expiration,
+        agent_ids: vec![agent_id.to_owned()],
+    }
+}
+
+/// The action as stored.
+fn stored(action: NewAction) -> Action {
+    Action {
+        id: action.id,
+        action_type: action.action_type,
+        data: action.data,
+        created_at: action.created_at,
+        expiration: action.expiration,
+        agents: action.agent_ids,
     }
 }

@@ -126,6 +126,10 @@ pub struct FleetSettings {
     pub poll_jitter: Duration,
     /// Heartbeat check-ins are written in batches this often.
     pub checkin_flush_interval: Duration,
+    /// A waiting check-in re-reads the store this often (less up to a
+    /// quarter, at random) even without a change event, so a lost
+    /// notification delays delivery by at most this much.
+    pub recheck_interval: Duration,
     /// Long polls served at once; more get 429.
     pub max_long_polls: usize,
     /// The version this server reports; agents newer than its minor are refused.
@@ -140,6 +144,7 @@ impl Default for FleetSettings {
             poll_timeout: Duration::from_secs(300),
             poll_jitter: Duration::from_secs(30),
             checkin_flush_interval: Duration::from_secs(10),
+            recheck_interval: Duration::from_secs(30),
             max_long_polls: 20_000,
             server_version: "9.6.0".into(),
         }

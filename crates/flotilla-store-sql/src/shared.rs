@@ -306,6 +306,27 @@ macro_rules! impl_store {
             Ok(true)
         }
 
+async fn insert_action(tx: &mut Tx<'_>, action: &NewAction) -> Result<()> {
+            sqlx::query("INSERT INTO actions (id, action_type, data, created_at, expiration) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&action.id)
+                .bind(action.action_type.as_str())
+                .bind(to_json(&action.data))
+                .bind(ms(action.created_at))
+                .bind(action.expiration.map(ms))
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| db_err(e, || format!("action '{}' already exists", action.id)))?;
+            for agent in &action.agent_ids {
+                sqlx::query("INSERT INTO action_targets (action_id, agent_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(&action.id)
+                    .bind(agent)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(other)?;
+            }
+            Ok(())
+        }
+
         async fn fetch_fleet_agent(tx: &mut Tx<'_>, id: &str) -> Result<Option<FleetAgent>> {
             Ok(sqlx::query_as::<_, FleetAgentRow>(&format!("SELECT {FLEET_AGENT_COLS} FROM agents WHERE id = $1"))
                 .bind(id)
@@ -539,19 +560,28 @@ macro_rules! impl_store {
 
             async fn delete_output(&self, id: &str) -> Result<()> {
                 let mut tx = self.begin_write().await?;
-                let current = fetch_output(&mut tx, id).await?;
-                if current.is_default {
-                    return Err(StoreError::Conflict(
-                        "the default output cannot be deleted; make another output the default first".into(),
-                    ));
-                }
-                let users = count(&mut tx, "SELECT COUNT(*) FROM agent_policies WHERE output_id = $1", id).await?;
-                if users > 0 {
+                // The statement itself checks: on PostgreSQL a concurrent
+                // "make default" is re-checked against the row it commits,
+                // so a read beforehand could not be trusted.
+                let deleted = execute_with_id(
+                    &mut tx,
+                    "DELETE FROM outputs WHERE id = $1 AND NOT is_default \
+                     AND NOT EXISTS (SELECT 1 FROM agent_policies WHERE output_id = $1)",
+                    id,
+                )
+                .await?;
+                if deleted == 0 {
+                    let current = fetch_output(&mut tx, id).await?;
+                    if current.is_default {
+                        return Err(StoreError::Conflict(
+                            "the default output cannot be deleted; make another output the default first".into(),
+                        ));
+                    }
+                    let users = count(&mut tx, "SELECT COUNT(*) FROM agent_policies WHERE output_id = $1", id).await?;
                     return Err(StoreError::Conflict(format!(
                         "output '{id}' is used by {users} agent policies"
                     )));
                 }
-                execute_with_id(&mut tx, "DELETE FROM outputs WHERE id = $1", id).await?;
                 tx.commit().await.map_err(other)?;
                 Ok(())
             }
@@ -793,11 +823,20 @@ macro_rules! impl_store {
             async fn delete_package_policy(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
                 let now = ms(now);
                 let mut tx = self.begin_write().await?;
-                let old = fetch_package_policy(&mut tx, id).await?;
-                execute_with_id(&mut tx, "DELETE FROM package_policies WHERE id = $1", id).await?;
-                bump_policy(&mut tx, &old.policy_id, now).await?;
+                // The policy it was on when deleted, not when read: a
+                // concurrent move to another policy must bump that one.
+                let policy_id: Option<String> =
+                    sqlx::query_scalar("DELETE FROM package_policies WHERE id = $1 RETURNING policy_id")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(other)?;
+                let Some(policy_id) = policy_id else {
+                    return Err(StoreError::NotFound(format!("integration '{id}'")));
+                };
+                bump_policy(&mut tx, &policy_id, now).await?;
                 tx.commit().await.map_err(other)?;
-                self.publish(StoreEvent::PolicyChanged { policy_id: Some(old.policy_id) }).await;
+                self.publish(StoreEvent::PolicyChanged { policy_id: Some(policy_id) }).await;
                 Ok(())
             }
 
@@ -946,19 +985,24 @@ macro_rules! impl_store {
                 self.agent_after_write(id, now).await
             }
 
-            async fn start_agent_unenrollment(&self, id: &str, now: DateTime<Utc>) -> Result<Agent> {
+            async fn start_agent_unenrollment(&self, id: &str, action: &NewAction, now: DateTime<Utc>) -> Result<Agent> {
+                let mut tx = self.begin_write().await?;
                 let done = sqlx::query(
                     "UPDATE agents SET unenrollment_started_at = COALESCE(unenrollment_started_at, $2), \
                      updated_at = $2 WHERE id = $1 AND active",
                 )
                 .bind(id)
                 .bind(ms(now))
-                .execute(self.write_pool())
+                .execute(&mut *tx)
                 .await
                 .map_err(other)?;
                 if done.rows_affected() == 0 {
+                    drop(tx);
                     return Err(self.agent_write_failed(id, now).await);
                 }
+                insert_action(&mut tx, action).await?;
+                tx.commit().await.map_err(other)?;
+                self.publish(StoreEvent::ActionsCreated { agent_ids: Some(action.agent_ids.clone()) }).await;
                 self.agent_after_write(id, now).await
             }
 
@@ -1226,6 +1270,7 @@ macro_rules! impl_store {
 
             async fn audit_unenroll(&self, agent_id: &str, reason: &str, time: DateTime<Utc>, now: DateTime<Utc>) -> Result<()> {
                 let mut tx = self.begin_write().await?;
+                lock_agent(&mut tx, agent_id).await?; // row lock before reading
                 let agent = fetch_fleet_agent(&mut tx, agent_id)
                     .await?
                     .ok_or_else(|| StoreError::NotFound(format!("agent '{agent_id}'")))?;
@@ -1282,23 +1327,7 @@ macro_rules! impl_store {
 
             async fn create_action(&self, action: &NewAction) -> Result<Action> {
                 let mut tx = self.begin_write().await?;
-                sqlx::query("INSERT INTO actions (id, action_type, data, created_at, expiration) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(&action.id)
-                    .bind(action.action_type.as_str())
-                    .bind(to_json(&action.data))
-                    .bind(ms(action.created_at))
-                    .bind(action.expiration.map(ms))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| db_err(e, || format!("action '{}' already exists", action.id)))?;
-                for agent in &action.agent_ids {
-                    sqlx::query("INSERT INTO action_targets (action_id, agent_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                        .bind(&action.id)
-                        .bind(agent)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(other)?;
-                }
+                insert_action(&mut tx, action).await?;
                 tx.commit().await.map_err(other)?;
                 // NOTIFY payloads are small; many targets wake everyone instead.
                 let agent_ids = (action.agent_ids.len() <= 50).then(|| action.agent_ids.clone());
@@ -1409,10 +1438,12 @@ macro_rules! impl_store {
                 };
                 let action_type = ActionType::parse(&action_type)
                     .ok_or_else(|| StoreError::Other(format!("corrupt action type {action_type}").into()))?;
+                let mut first_time = false;
                 if acked_at.is_none() {
-                    sqlx::query(
+                    // Conditional, so of two concurrent acks one is first.
+                    let done = sqlx::query(
                         "UPDATE action_targets SET acked_at = $3, ack_error = $4, confirmed = TRUE \
-                         WHERE action_id = $1 AND agent_id = $2",
+                         WHERE action_id = $1 AND agent_id = $2 AND acked_at IS NULL",
                     )
                     .bind(action_id)
                     .bind(agent_id)
@@ -1421,9 +1452,10 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(other)?;
+                    first_time = done.rows_affected() > 0;
                 }
                 tx.commit().await.map_err(other)?;
-                Ok(ActionAck::Acked { action_type, first_time: acked_at.is_none() })
+                Ok(ActionAck::Acked { action_type, first_time })
             }
 
             // --- operator keys ---------------------------------------------

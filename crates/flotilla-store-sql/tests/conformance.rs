@@ -29,6 +29,111 @@ mod postgres {
     flotilla_store::conformance_suite!(store());
 }
 
+/// PostgreSQL only: a race made deterministic by holding a row lock from a
+/// third connection, so the interleaving that loses a change is forced.
+mod postgres_races {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use flotilla_domain::package_policy::{NewPackagePolicy, PackageRef};
+    use flotilla_domain::policy::NewAgentPolicy;
+    use flotilla_store::Store;
+    use flotilla_store_sql::PgStore;
+    use sqlx::Connection;
+
+    fn policy(id: &str) -> NewAgentPolicy {
+        NewAgentPolicy {
+            id: id.into(),
+            name: id.into(),
+            namespace: "default".into(),
+            description: None,
+            output_id: None,
+            inactivity_timeout: 3600,
+        }
+    }
+
+    fn integration(id: &str, policy_id: &str) -> NewPackagePolicy {
+        NewPackagePolicy {
+            id: id.into(),
+            name: format!("n-{id}"),
+            description: None,
+            policy_id: policy_id.into(),
+            package: PackageRef {
+                name: "nginx".into(),
+                version: "1.20.0".into(),
+            },
+            namespace: None,
+            vars: Default::default(),
+            inputs: vec![],
+            cloud_connector_id: None,
+        }
+    }
+
+    /// Wait (bounded) until `n` backends wait on a lock.
+    async fn lock_waiters(conn: &mut sqlx::PgConnection, n: i64) {
+        for _ in 0..400 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            if waiting >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} lock waiters never appeared");
+    }
+
+    /// An integration is moved from `f` to `t` while it is deleted: the
+    /// delete must bump `t` (where it was when deleted), not `f` (where it
+    /// was when a read before the delete saw it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delete_bumps_the_policy_an_integration_moved_to() {
+        let Some(cluster) = flotilla_testkit::postgres() else {
+            return;
+        };
+        let url = cluster.create_database();
+        let store = std::sync::Arc::new(PgStore::connect(&url).await.unwrap());
+        let now = Utc::now();
+        store.create_policy(&policy("f"), now).await.unwrap();
+        store.create_policy(&policy("t"), now).await.unwrap();
+        let pp = store
+            .create_package_policy(&integration("i", "f"), now)
+            .await
+            .unwrap();
+        let t_before = store.get_policy("t").await.unwrap().revision;
+
+        // Hold policy t's row: the move locks the integration, then waits.
+        let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut watcher = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+        sqlx::query("SELECT id FROM agent_policies WHERE id = 't' FOR UPDATE")
+            .execute(&mut blocker)
+            .await
+            .unwrap();
+        let (s1, s2) = (store.clone(), store.clone());
+        let mut moved = integration("i", "t");
+        moved.name = pp.name.clone();
+        let mv =
+            tokio::spawn(async move { s2.update_package_policy("i", &moved, None, now).await });
+        lock_waiters(&mut watcher, 1).await;
+        // The delete now waits on the integration's row, which the move holds.
+        let delete = tokio::spawn(async move { s1.delete_package_policy("i", now).await });
+        lock_waiters(&mut watcher, 2).await;
+        sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+        mv.await.unwrap().unwrap();
+        delete.await.unwrap().unwrap();
+        let t_after = store.get_policy("t").await.unwrap().revision;
+        assert_eq!(
+            t_after,
+            t_before + 2,
+            "moved to t (one revision), then deleted from t (another)"
+        );
+    }
+}
+
 /// A database migrated by a newer binary is refused with a clear message.
 #[tokio::test]
 async fn a_newer_schema_is_refused() {

@@ -335,8 +335,15 @@ pub trait Store: Send + Sync + 'static {
     async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent>;
     /// Moves an active agent to another policy; its reported revision is reset.
     async fn reassign_agent(&self, id: &str, policy_id: &str, now: DateTime<Utc>) -> Result<Agent>;
-    /// Records that unenrolment was requested (the agent will be told).
-    async fn start_agent_unenrollment(&self, id: &str, now: DateTime<Utc>) -> Result<Agent>;
+    /// Records that unenrolment was requested and stores the `UNENROLL`
+    /// action that tells the agent, in one transaction (neither without the
+    /// other).
+    async fn start_agent_unenrollment(
+        &self,
+        id: &str,
+        action: &NewAction,
+        now: DateTime<Utc>,
+    ) -> Result<Agent>;
 
     // --- fleet protocol: agents -------------------------------------------------
     /// Subscribe to change events (see [`StoreEvent`]).

@@ -258,6 +258,16 @@ impl PgCluster {
         self.port
     }
 
+    /// Run SQL in the database at `url` (one from [`PgCluster::create_database`])
+    /// with `psql`, bypassing Flotilla: no change event is sent.
+    pub fn execute(&self, url: &str, sql: &str) {
+        self.run(
+            "psql",
+            &["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+        )
+        .expect("psql");
+    }
+
     /// A fresh, empty database; returns its URL.
     pub fn create_database(&self) -> String {
         let n = self.next_db.fetch_add(1, Ordering::SeqCst);

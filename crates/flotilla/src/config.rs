@@ -58,6 +58,9 @@ pub struct FleetConfig {
     /// How often heartbeat check-ins are written (changes are written at once).
     #[serde(with = "humantime_serde")]
     pub checkin_flush_interval: Duration,
+    /// How often a waiting check-in re-reads the store without an event.
+    #[serde(with = "humantime_serde")]
+    pub recheck_interval: Duration,
     /// Long polls served at once; more get 429.
     pub max_long_polls: usize,
     /// The version reported to agents; Elastic agents of a newer minor are refused.
@@ -181,6 +184,7 @@ impl Default for Config {
                 poll_timeout: Duration::from_secs(300),
                 poll_jitter: Duration::from_secs(30),
                 checkin_flush_interval: Duration::from_secs(10),
+                recheck_interval: Duration::from_secs(30),
                 max_long_polls: 20_000,
                 server_version: "9.6.0".into(),
                 output_key_ceiling: vec![CeilingEntry {
@@ -281,6 +285,9 @@ impl Config {
         if self.http.request_timeout.is_zero() {
             bail!("invalid configuration: http.request_timeout must be positive");
         }
+        if self.fleet.recheck_interval.is_zero() {
+            bail!("invalid configuration: fleet.recheck_interval must be positive");
+        }
         if self.http.header_read_timeout.is_zero() {
             bail!("invalid configuration: http.header_read_timeout must be positive");
         }
@@ -348,6 +355,7 @@ impl Config {
             poll_timeout: self.fleet.poll_timeout,
             poll_jitter: self.fleet.poll_jitter,
             checkin_flush_interval: self.fleet.checkin_flush_interval,
+            recheck_interval: self.fleet.recheck_interval,
             max_long_polls: self.fleet.max_long_polls,
             server_version: self.fleet.server_version.clone(),
         })

@@ -468,7 +468,10 @@ async fn one_agent_cannot_take_every_long_poll_slot() {
     wait_for_waiting_polls(&s, 1).await;
     let second = s.spawn_checkin(&a, waiting.clone());
     // The newer poll replaces the older, which answers at once, empty.
-    let replaced = first.await.unwrap();
+    let replaced = tokio::time::timeout(Duration::from_secs(20), first)
+        .await
+        .expect("the older poll is answered when a newer one arrives, not at its deadline")
+        .unwrap();
     assert_eq!(replaced.status, 200, "{}", replaced.body);
     assert!(replaced.body.get("actions").is_none(), "{}", replaced.body);
     let third = s.spawn_checkin(&a, waiting);
@@ -682,6 +685,66 @@ async fn moving_to_a_key_less_output_retires_the_agents_key() {
         .es(Method::GET, "/_security/_authenticate", &key, None)
         .await;
     assert_eq!(st, 401, "{body}");
+}
+
+// --- lost notifications (storage refactor issue) ---------------------------------
+
+/// A change that sends no notification (made behind the server's back, or
+/// whose NOTIFY was lost with the LISTEN connection) still reaches a waiting
+/// check-in within `fleet.recheck_interval`, not at the poll's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_delays_a_change_by_the_recheck_interval_at_most() {
+    let Some(cluster) = flotilla_testkit::postgres() else {
+        return;
+    };
+    let url = cluster.create_database();
+    let s = slow_polls(Server::builder())
+        .engine(Engine::Postgres)
+        .database_url(&url)
+        .env("FLOTILLA_FLEET__RECHECK_INTERVAL", "2s")
+        .start()
+        .unwrap();
+    let (agent, _) = running_agent(&s, "web").await;
+    let poll = s.spawn_checkin(
+        &agent,
+        json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 2}),
+    );
+    wait_for_waiting_polls(&s, 1).await;
+    // A change that sends no notification at all.
+    cluster.execute(
+        &url,
+        "UPDATE agent_policies SET revision = revision + 1, description = 'behind its back' WHERE id = 'web'",
+    );
+    let r = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("delivered within the recheck bound, not at the 60 s poll deadline")
+        .unwrap();
+    assert_eq!(policy_change(&r)["id"], "policy:web:3", "{}", r.body);
+    s.ack(&agent, &["policy:web:3"]).await;
+
+    // The server's LISTEN connection is cut, then a change is made.
+    let poll = s.spawn_checkin(
+        &agent,
+        json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": 3}),
+    );
+    wait_for_waiting_polls(&s, 1).await;
+    cluster.execute(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    );
+    let (st, _) = s
+        .put(
+            "/api/fleet/agent_policies/web",
+            json!({"description": "after the cut"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let r = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("delivered within the recheck bound")
+        .unwrap();
+    assert_eq!(policy_change(&r)["id"], "policy:web:4", "{}", r.body);
 }
 
 // --- 11. error bodies --------------------------------------------------------------
