@@ -21,7 +21,9 @@ pub enum ServiceError {
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(what) => ServiceError::NotFound(what),
+            StoreError::NotFound { entity, id } => {
+                ServiceError::NotFound(format!("{entity} '{id}'"))
+            }
             StoreError::Conflict(msg) => ServiceError::Conflict(msg),
             StoreError::Busy => ServiceError::Unavailable("storage is busy, retry shortly".into()),
             StoreError::Other(e) => ServiceError::Internal(e),
@@ -34,9 +36,9 @@ impl ServiceError {
     /// mistake (400 naming the field), not a missing resource (404).
     pub fn invalid_reference(field: &str, e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(what) => ServiceError::Invalid(ValidationError::new(
+            StoreError::NotFound { entity, id } => ServiceError::Invalid(ValidationError::new(
                 field,
-                format!("{what} does not exist"),
+                format!("{entity} '{id}' does not exist"),
             )),
             other => other.into(),
         }

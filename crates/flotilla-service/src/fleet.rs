@@ -20,9 +20,11 @@ use tokio::sync::broadcast::error::RecvError;
 use flotilla_domain::action::{Action, ActionType};
 use flotilla_domain::agent::validate_tags;
 use flotilla_domain::validate_id;
-use flotilla_store::{ActionAck, CheckinRecord, FleetAgent, NewAgent, OutputKeyChange, StoreError};
+use flotilla_store::{
+    ActionAck, CheckinRecord, Entity, FleetAgent, KeyKind, NewAgent, OutputKeyChange, StoreError,
+};
 
-use crate::keys::{KeyRejection, KeyService, KIND_ACCESS, KIND_OUTPUT};
+use crate::keys::{KeyRejection, KeyService};
 use crate::secrets::{ct_eq, hash_token};
 use crate::settings::StaticMatch;
 use crate::Services;
@@ -76,8 +78,23 @@ impl From<StoreError> for FleetError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Busy => FleetError::new(FleetErrorKind::Unavailable, "storage busy; retry"),
-            StoreError::NotFound(what) => {
-                FleetError::new(FleetErrorKind::AgentNotFound, format!("{what} not found"))
+            StoreError::NotFound {
+                entity: Entity::Agent,
+                id,
+            } => FleetError::new(
+                FleetErrorKind::AgentNotFound,
+                format!("agent '{id}' not found"),
+            ),
+            StoreError::NotFound {
+                entity: Entity::AgentPolicy,
+                id,
+            } => FleetError::new(
+                FleetErrorKind::PolicyNotFound,
+                format!("agent policy '{id}' not found"),
+            ),
+            e @ StoreError::NotFound { .. } => {
+                tracing::error!(error = %e, "a record the fleet API needs is missing");
+                FleetError::new(FleetErrorKind::Internal, "internal error")
             }
             StoreError::Conflict(msg) => FleetError::bad(msg),
             StoreError::Other(e) => {
@@ -484,7 +501,7 @@ impl Services {
                 ))
             }
         };
-        if key.kind != KIND_ACCESS {
+        if key.kind != KeyKind::Access {
             return Err(FleetError::new(
                 FleetErrorKind::Unauthorized,
                 "unauthorized",
@@ -608,7 +625,7 @@ impl Services {
         }
         let access = self.keys().mint(
             &agent_id,
-            KIND_ACCESS,
+            KeyKind::Access,
             Some(&agent_id),
             &Default::default(),
             json!({"agent_id": agent_id, "managed": true, "type": "access"}),
@@ -639,7 +656,7 @@ impl Services {
                     "a concurrent enrolment for the same agent is in progress; retry",
                 ))
             }
-            Err(StoreError::NotFound(_)) => {
+            Err(StoreError::NotFound { .. }) => {
                 return Err(FleetError::new(
                     FleetErrorKind::PolicyNotFound,
                     format!(
@@ -871,7 +888,7 @@ impl Services {
         let current = match self.store.get_policy(policy_id).await {
             Ok(p) => p,
             Err(e) => {
-                if matches!(e, flotilla_store::StoreError::NotFound(_)) {
+                if matches!(e, flotilla_store::StoreError::NotFound { .. }) {
                     self.policy_cache.forget(policy_id);
                 }
                 return Err(e.into());
@@ -1025,7 +1042,7 @@ impl Services {
         }
         let minted = self.keys().mint(
             &format!("{}:{}", agent.id, policy.output_id),
-            KIND_OUTPUT,
+            KeyKind::Output,
             Some(&agent.id),
             &policy.permissions,
             json!({"agent_id": agent.id, "managed": true, "type": "output", "output_name": policy.output_id,

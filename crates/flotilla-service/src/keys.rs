@@ -13,13 +13,10 @@ use serde::Deserialize as _;
 use serde_json::Value;
 
 use flotilla_domain::permissions::Permissions;
-use flotilla_store::{ApiKeyRecord, Store};
+use flotilla_store::{ApiKeyRecord, KeyKind, Store};
 
 use crate::secrets::{ct_eq, hash_token, random_alphanumeric};
 use crate::ServiceError;
-
-pub const KIND_ACCESS: &str = "access";
-pub const KIND_OUTPUT: &str = "output";
 
 /// A freshly minted key: its record (to store) and its plain `id:secret`.
 pub struct MintedKey {
@@ -55,11 +52,11 @@ impl KeyService {
         KeyService { store }
     }
 
-    /// Create a key (not yet stored; see [`KeyService::grant`]).
+    /// Create a key (not yet stored: the caller stores it with what it belongs to).
     pub fn mint(
         &self,
         name: &str,
-        kind: &str,
+        kind: KeyKind,
         agent_id: Option<&str>,
         roles: &Permissions,
         metadata: Value,
@@ -69,7 +66,7 @@ impl KeyService {
         let record = ApiKeyRecord {
             id: id.clone(),
             name: name.to_owned(),
-            kind: kind.to_owned(),
+            kind,
             agent_id: agent_id.map(str::to_owned),
             secret_hash: hash_token(&secret),
             role_descriptors: serde_json::to_value(roles).expect("permissions serialise"),
@@ -82,20 +79,6 @@ impl KeyService {
             record,
             credential: SecretString::from(format!("{id}:{secret}")),
         }
-    }
-
-    /// Mint and store a key.
-    pub async fn grant(
-        &self,
-        name: &str,
-        kind: &str,
-        agent_id: Option<&str>,
-        roles: &Permissions,
-        metadata: Value,
-    ) -> Result<MintedKey, ServiceError> {
-        let key = self.mint(name, kind, agent_id, roles, metadata);
-        self.store.insert_api_key(&key.record).await?;
-        Ok(key)
     }
 
     /// Split a presented credential: base64 of `id:secret`, or `id:secret`.

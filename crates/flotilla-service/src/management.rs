@@ -20,7 +20,8 @@ use flotilla_domain::policy::{
 };
 use flotilla_domain::{validate_id, ValidationError};
 use flotilla_store::{
-    AgentFilter, EnrollmentKeyFilter, PackagePolicyFilter, Page, Paged, PolicyFilter, StoreError,
+    AgentFilter, EnrollmentKeyFilter, Entity, PackagePolicyFilter, Page, Paged, PolicyFilter,
+    StoreError,
 };
 
 use crate::requests::*;
@@ -541,9 +542,10 @@ impl Management<'_> {
             .update_package_policy(id, &new, Some(read_at), Utc::now())
             .await
             .map_err(|e| match e {
-                StoreError::NotFound(what) if what.starts_with("agent policy") => {
-                    ServiceError::invalid_reference("policy_id", StoreError::NotFound(what))
-                }
+                e @ StoreError::NotFound {
+                    entity: Entity::AgentPolicy,
+                    ..
+                } => ServiceError::invalid_reference("policy_id", e),
                 other => other.into(),
             })
     }
@@ -637,9 +639,10 @@ impl Management<'_> {
             .reassign_agent(id, &req.policy_id, Utc::now())
             .await
             .map_err(|e| match e {
-                StoreError::NotFound(what) if what.starts_with("agent policy") => {
-                    ServiceError::invalid_reference("policy_id", StoreError::NotFound(what))
-                }
+                e @ StoreError::NotFound {
+                    entity: Entity::AgentPolicy,
+                    ..
+                } => ServiceError::invalid_reference("policy_id", e),
                 other => other.into(),
             })?;
         // The agent learns of it from the new policy (its id changed); the

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use flotilla_domain::permissions::{IndexPermission, Permissions, RoleDescriptor};
 use flotilla_service::keys::{KeyRejection, KeyService};
+use flotilla_store::KeyKind;
 
 fn roles() -> Permissions {
     Permissions(
@@ -33,16 +34,14 @@ async fn grant_authenticate_check_and_invalidate() {
         .unwrap();
     let keys = KeyService::new(Arc::clone(&store));
 
-    let key = keys
-        .grant(
-            "agent-1:default",
-            "output",
-            Some("agent-1"),
-            &roles(),
-            json!({"a": 1}),
-        )
-        .await
-        .unwrap();
+    let key = keys.mint(
+        "agent-1:default",
+        KeyKind::Output,
+        Some("agent-1"),
+        &roles(),
+        json!({"a": 1}),
+    );
+    store.insert_api_key(&key.record).await.unwrap();
     let plain = key.credential.expose_secret().to_owned();
     let stored = store.get_api_key(&key.record.id).await.unwrap().unwrap();
     assert!(

@@ -2,13 +2,11 @@
 //! PostgreSQL, for several server instances sharing one database.
 //!
 //! Architecture invariant: this is the only crate that knows SQL. Both
-//! engines run the same migrations and the same query text (see `shared`);
-//! what differs — connection set-up, how a write transaction starts, and the
-//! engine-native features later issues add — lives in `sqlite` and
-//! `postgres`.
+//! engines run the same migrations and the same query text (`shared/`,
+//! compiled once per engine); what differs — connection set-up, how a write
+//! transaction starts, and the engine-native features later issues add —
+//! lives in `sqlite` and `postgres`.
 
-#[macro_use]
-mod shared;
 mod migrate;
 pub mod postgres;
 mod rows;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use flotilla_store::StoreEvent;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::broadcast;
 
@@ -109,7 +110,8 @@ impl PgStore {
     }
 
     async fn begin_write(&self) -> flotilla_store::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
-        self.pool.begin().await.map_err(crate::rows::other)
+        use crate::rows::DbResultExt as _;
+        self.pool.begin().await.db()
     }
 }
 
@@ -146,7 +148,14 @@ async fn relay(mut listener: PgListener, events: broadcast::Sender<StoreEvent>) 
     }
 }
 
-impl_store!(PgStore, sqlx::Postgres, "postgres");
+// The shared `Store` implementation, compiled for this engine.
+pub(crate) type Db = sqlx::Postgres;
+pub(crate) type Engine = PgStore;
+pub(crate) const ENGINE: &str = "postgres";
+// Deliberately loaded once per engine (see shared/mod.rs).
+#[allow(clippy::duplicate_mod)]
+#[path = "shared/mod.rs"]
+mod shared;
 
 #[cfg(test)]
 mod tests {

@@ -58,6 +58,23 @@ pub(crate) fn other(e: sqlx::Error) -> StoreError {
     db_err(e, || "conflicting change".to_owned())
 }
 
+/// `?` on sqlx results: engine errors become [`StoreError`]s.
+pub(crate) trait DbResultExt<T> {
+    /// Any engine error, mapped by [`db_err`].
+    fn db(self) -> Result<T, StoreError>;
+    /// The same, with the message for a uniqueness violation.
+    fn or_conflict(self, message: impl FnOnce() -> String) -> Result<T, StoreError>;
+}
+
+impl<T> DbResultExt<T> for Result<T, sqlx::Error> {
+    fn db(self) -> Result<T, StoreError> {
+        self.map_err(other)
+    }
+    fn or_conflict(self, message: impl FnOnce() -> String) -> Result<T, StoreError> {
+        self.map_err(|e| db_err(e, message))
+    }
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct OutputRow {
     id: String,
@@ -313,7 +330,8 @@ impl TryFrom<ApiKeyRow> for flotilla_store::ApiKeyRecord {
             metadata: json("key metadata", &r.metadata)?,
             id: r.id,
             name: r.name,
-            kind: r.kind,
+            kind: flotilla_store::KeyKind::parse(&r.kind)
+                .ok_or_else(|| StoreError::Other(format!("corrupt key kind {}", r.kind).into()))?,
             agent_id: r.agent_id,
             secret_hash: r.secret_hash,
             created_at: from_ms(r.created_at),

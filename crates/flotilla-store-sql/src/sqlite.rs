@@ -79,10 +79,8 @@ impl SqliteStore {
     }
 
     async fn begin_write(&self) -> flotilla_store::Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(crate::rows::other)
+        use crate::rows::DbResultExt as _;
+        self.writer.begin_with("BEGIN IMMEDIATE").await.db()
     }
 }
 
@@ -138,4 +136,11 @@ fn make_private_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");
+// The shared `Store` implementation, compiled for this engine.
+pub(crate) type Db = sqlx::Sqlite;
+pub(crate) type Engine = SqliteStore;
+pub(crate) const ENGINE: &str = "sqlite";
+// Deliberately loaded once per engine (see shared/mod.rs).
+#[allow(clippy::duplicate_mod)]
+#[path = "shared/mod.rs"]
+mod shared;

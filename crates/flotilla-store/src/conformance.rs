@@ -163,7 +163,7 @@ pub async fn outputs_keep_exactly_one_default(s: S) {
     s.delete_output("b").await.unwrap();
     assert!(matches!(
         s.get_output("b").await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 
     let listed = s.list_outputs(page(1, 10)).await.unwrap();
@@ -189,7 +189,7 @@ pub async fn output_changes_bump_the_policies_that_use_them(s: S) {
     missing.output_id = Some("nope".into());
     assert!(matches!(
         s.create_policy(&missing, now).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 
     let hosts = OutputUpdate {
@@ -244,7 +244,7 @@ pub async fn policies_crud_and_paging(s: S) {
     );
     assert!(matches!(
         s.get_policy("nope").await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 
     let second = s
@@ -284,7 +284,7 @@ pub async fn policies_crud_and_paging(s: S) {
     s.delete_policy("p4").await.unwrap();
     assert!(matches!(
         s.delete_policy("p4").await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 }
 
@@ -328,11 +328,11 @@ pub async fn policy_revision_counts_every_change(s: S) {
     };
     assert!(matches!(
         s.update_policy("p", &bad_output, now).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         s.update_policy("zz", &clear, now).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 }
 
@@ -369,7 +369,7 @@ pub async fn integrations_bump_their_policy(s: S) {
     assert!(matches!(
         s.create_package_policy(&integration("x", "missing"), now)
             .await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     let mut new = integration("i1", "p");
     new.vars.insert("k".into(), json!("v"));
@@ -431,11 +431,11 @@ pub async fn integrations_bump_their_policy(s: S) {
     assert_eq!(s.get_policy("q").await.unwrap().revision, 3);
     assert!(matches!(
         s.get_package_policy("i1").await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         s.delete_package_policy("i1", now).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 }
 
@@ -468,7 +468,7 @@ pub async fn deleting_a_policy_removes_its_integrations_and_keys(s: S) {
     s.delete_policy("p").await.unwrap();
     assert!(matches!(
         s.get_package_policy("i").await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(s
         .find_enrollment_key_by_hash("hash-k")
@@ -489,7 +489,7 @@ pub async fn enrollment_keys_lookup_and_revoke(s: S) {
     assert!(matches!(
         s.create_enrollment_key(&enrollment_key("x", "none"), "h")
             .await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     s.create_enrollment_key(&enrollment_key("k1", "p"), "hash-1")
         .await
@@ -542,7 +542,7 @@ pub async fn enrollment_keys_lookup_and_revoke(s: S) {
     );
     assert!(matches!(
         s.revoke_enrollment_key("nope").await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 }
 
@@ -566,7 +566,7 @@ pub async fn agents_filter_reassign_and_unenroll(s: S) {
     assert_eq!(a1.local_metadata["host"]["hostname"], "a1");
     assert!(matches!(
         s.get_agent("zz", now).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 
     let by_policy = s
@@ -608,11 +608,11 @@ pub async fn agents_filter_reassign_and_unenroll(s: S) {
     );
     assert!(matches!(
         s.reassign_agent("a2", "none", now).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         s.reassign_agent("zz", "q", now).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 
     let tagged = s.set_agent_tags("a2", &["blue".into()], now).await.unwrap();
@@ -635,7 +635,7 @@ pub async fn agents_filter_reassign_and_unenroll(s: S) {
     );
     assert!(matches!(
         s.unenroll_now("zz", now).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
         s.reassign_agent("a3", "p", now).await,
@@ -707,15 +707,16 @@ pub async fn operator_keys_lookup_and_revoke(s: S) {
     assert!(s.find_operator_key_by_hash("h1").await.unwrap().is_none());
     assert!(matches!(
         s.revoke_operator_key("zz").await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
 }
 
 fn key(id: &str, agent: &str, kind: &str) -> ApiKeyRecord {
+    let kind = crate::KeyKind::parse(kind).expect("a key kind");
     ApiKeyRecord {
         id: id.into(),
-        name: format!("{agent}:{kind}"),
-        kind: kind.into(),
+        name: format!("{agent}:{}", kind.as_str()),
+        kind,
         agent_id: Some(agent.into()),
         secret_hash: format!("hash-{id}"),
         role_descriptors: json!({}),
@@ -743,7 +744,7 @@ pub async fn enrolment_output_keys_and_retirement(s: S) {
     a.access_api_key_id = Some("acc".into());
     assert!(matches!(
         s.enroll_agent(&a, &key("acc", "a", "access"), &[]).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::NotFound { .. })
     ));
     assert!(
         s.get_fleet_agent("a").await.unwrap().is_none(),

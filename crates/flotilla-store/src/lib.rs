@@ -20,10 +20,34 @@ use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
 
 pub mod conformance;
 
+/// What a [`StoreError::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Output,
+    AgentPolicy,
+    Integration,
+    EnrollmentKey,
+    Agent,
+    OperatorKey,
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Entity::Output => "output",
+            Entity::AgentPolicy => "agent policy",
+            Entity::Integration => "integration",
+            Entity::EnrollmentKey => "enrollment key",
+            Entity::Agent => "agent",
+            Entity::OperatorKey => "API key",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0} not found")]
-    NotFound(String),
+    #[error("{entity} '{id}' not found")]
+    NotFound { entity: Entity, id: String },
     /// A uniqueness rule or a concurrent change was violated; the message is
     /// safe to show to the caller.
     #[error("{0}")]
@@ -33,6 +57,15 @@ pub enum StoreError {
     Busy,
     #[error("storage error: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn not_found(entity: Entity, id: &str) -> Self {
+        StoreError::NotFound {
+            entity,
+            id: id.to_owned(),
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -137,8 +170,7 @@ pub struct FleetAgent {
 pub struct ApiKeyRecord {
     pub id: String,
     pub name: String,
-    /// `access` (an agent's fleet credential) or `output`.
-    pub kind: String,
+    pub kind: KeyKind,
     pub agent_id: Option<String>,
     pub secret_hash: String,
     pub role_descriptors: Value,
@@ -146,6 +178,32 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
     pub retire_pending: bool,
     pub invalidated_at: Option<DateTime<Utc>>,
+}
+
+/// What a key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// An agent's fleet credential (check-in, acks).
+    Access,
+    /// What an agent writes its data with.
+    Output,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Access => "access",
+            KeyKind::Output => "output",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "access" => Some(KeyKind::Access),
+            "output" => Some(KeyKind::Output),
+            _ => None,
+        }
+    }
 }
 
 /// A new output key for an agent, replacing (and retiring) its previous one.
@@ -364,8 +422,6 @@ pub trait Store: Send + Sync + 'static {
         access_key: &ApiKeyRecord,
         replace: &[String],
     ) -> Result<Agent>;
-    /// Removes an agent record and invalidates all its keys.
-    async fn delete_agent(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
     /// Applies a batch of buffered check-ins in one transaction; inactive or
     /// missing agents are skipped.
     async fn record_checkins(&self, batch: &[CheckinRecord]) -> Result<()>;

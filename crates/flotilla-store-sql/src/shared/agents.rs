@@ -1,0 +1,127 @@
+//! Agents as operators see them: listing, tags, reassignment, unenrolment requests.
+
+use super::prelude::*;
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn insert_agent(s: &Engine, agent: &NewAgent) -> Result<Agent> {
+    let mut tx = s.begin_write().await?;
+    insert_agent_row(&mut tx, agent).await?;
+    tx.commit().await.db()?;
+    agent_after_write(s, &agent.id, agent.enrolled_at).await
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn get_agent(s: &Engine, id: &str, now: DateTime<Utc>) -> Result<Agent> {
+    agents_query(
+        s,
+        &AgentFilter::default(),
+        Some(id),
+        Page {
+            page: 1,
+            per_page: 1,
+        },
+        now,
+    )
+    .await?
+    .items
+    .pop()
+    .ok_or_else(|| StoreError::not_found(Entity::Agent, id))
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn list_agents(
+    s: &Engine,
+    filter: &AgentFilter,
+    page: Page,
+    now: DateTime<Utc>,
+) -> Result<Paged<Agent>> {
+    agents_query(s, filter, None, page, now).await
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn set_agent_tags(
+    s: &Engine,
+    id: &str,
+    tags: &[String],
+    now: DateTime<Utc>,
+) -> Result<Agent> {
+    let mut tx = s.begin_write().await?;
+    let done = sqlx::query("UPDATE agents SET updated_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .db()?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::not_found(Entity::Agent, id));
+    }
+    sqlx::query("DELETE FROM agent_tags WHERE agent_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+    insert_tags(&mut tx, id, tags).await?;
+    tx.commit().await.db()?;
+    agent_after_write(s, id, now).await
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn reassign_agent(
+    s: &Engine,
+    id: &str,
+    policy_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Agent> {
+    let mut tx = s.begin_write().await?;
+    if !policy_exists(&mut tx, policy_id).await? {
+        return Err(StoreError::not_found(Entity::AgentPolicy, policy_id));
+    }
+    let done = sqlx::query(
+                    "UPDATE agents SET policy_id = $2, policy_revision = NULL, updated_at = $3 WHERE id = $1 AND active",
+                )
+                .bind(id)
+                .bind(policy_id)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .db()?;
+    tx.commit().await.db()?;
+    if done.rows_affected() == 0 {
+        return Err(agent_write_failed(s, id, now).await);
+    }
+    s.publish(StoreEvent::AgentChanged {
+        agent_id: id.to_owned(),
+    })
+    .await;
+    agent_after_write(s, id, now).await
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn start_agent_unenrollment(
+    s: &Engine,
+    id: &str,
+    action: &NewAction,
+    now: DateTime<Utc>,
+) -> Result<Agent> {
+    let mut tx = s.begin_write().await?;
+    let done = sqlx::query(
+        "UPDATE agents SET unenrollment_started_at = COALESCE(unenrollment_started_at, $2), \
+                     updated_at = $2 WHERE id = $1 AND active",
+    )
+    .bind(id)
+    .bind(ms(now))
+    .execute(&mut *tx)
+    .await
+    .db()?;
+    if done.rows_affected() == 0 {
+        drop(tx);
+        return Err(agent_write_failed(s, id, now).await);
+    }
+    insert_action(&mut tx, action).await?;
+    tx.commit().await.db()?;
+    s.publish(StoreEvent::ActionsCreated {
+        agent_ids: Some(action.agent_ids.clone()),
+    })
+    .await;
+    agent_after_write(s, id, now).await
+}

@@ -1,0 +1,160 @@
+//! Agents as the fleet protocol sees them: enrolment, check-ins, unenrolment.
+
+use super::prelude::*;
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn get_fleet_agent(s: &Engine, id: &str) -> Result<Option<FleetAgent>> {
+    fetch_fleet_agent(&mut *s.pool.acquire().await.db()?, id).await
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn find_agent_by_enrollment_id(
+    s: &Engine,
+    enrollment_id: &str,
+) -> Result<Option<FleetAgent>> {
+    Ok(sqlx::query_as::<_, FleetAgentRow>(&format!(
+                    "SELECT {FLEET_AGENT_COLS} FROM agents WHERE enrollment_id = $1 ORDER BY enrolled_at DESC LIMIT 1"
+                ))
+                .bind(enrollment_id)
+                .fetch_optional(&s.pool)
+                .await
+                .db()?
+                .map(Into::into))
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn enroll_agent(
+    s: &Engine,
+    agent: &NewAgent,
+    access_key: &ApiKeyRecord,
+    replace: &[String],
+) -> Result<Agent> {
+    let now = ms(agent.enrolled_at);
+    let mut tx = s.begin_write().await?;
+    if !policy_exists(&mut tx, &agent.policy_id).await? {
+        return Err(StoreError::not_found(Entity::AgentPolicy, &agent.policy_id));
+    }
+    for old in replace {
+        remove_agent(&mut tx, old, now).await?;
+    }
+    let mut changed: Vec<String> = replace.to_vec();
+    // At most one active agent per enrollment id, decided inside
+    // this transaction (a unique index backs it: of two
+    // concurrent enrolments on PostgreSQL one gets a conflict).
+    if let Some(eid) = &agent.enrollment_id {
+        let same: Vec<FleetAgentRow> = sqlx::query_as(&format!(
+                        "SELECT {FLEET_AGENT_COLS} FROM agents WHERE enrollment_id = $1 AND active AND id <> $2"
+                    ))
+                    .bind(eid)
+                    .bind(&agent.id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .db()?;
+        for old in same.into_iter().map(FleetAgent::from) {
+            if old.last_checkin.is_none() && old.policy_id == agent.policy_id {
+                // Never checked in: a failed earlier attempt.
+                remove_agent(&mut tx, &old.id, now).await?;
+            } else {
+                unenroll_in(&mut tx, &old.id, now).await?;
+            }
+            changed.push(old.id);
+        }
+    }
+    insert_key(&mut tx, access_key).await?;
+    insert_agent_row(&mut tx, agent).await?;
+    tx.commit().await.db()?;
+    for old in changed {
+        s.publish(StoreEvent::AgentChanged { agent_id: old }).await;
+    }
+    match agent_after_write(s, &agent.id, agent.enrolled_at).await {
+        // Replaced since by a concurrent enrolment with the same
+        // enrollment id.
+        Err(StoreError::NotFound { .. }) => Err(StoreError::Conflict(format!(
+            "agent '{}' was replaced by a concurrent enrolment",
+            agent.id
+        ))),
+        other => other,
+    }
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn record_checkins(s: &Engine, batch: &[CheckinRecord]) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut tx = s.begin_write().await?;
+    for c in batch {
+        sqlx::query(
+                        "UPDATE agents SET last_checkin = $2, last_checkin_status = $3, last_checkin_message = $4, \
+                         local_metadata = COALESCE($5, local_metadata), components = COALESCE($6, components), \
+                         agent_version = COALESCE($7, agent_version), \
+                         reported_policy_id = COALESCE($8, reported_policy_id), \
+                         reported_policy_revision = COALESCE($9, reported_policy_revision), \
+                         audit_unenrolled_reason = NULL, \
+                         audit_unenrolled_time = NULL, unenrolled_at = NULL, updated_at = $2 \
+                         WHERE id = $1 AND active AND (last_checkin IS NULL OR last_checkin <= $2)",
+                    )
+                    .bind(&c.agent_id)
+                    .bind(ms(c.at))
+                    .bind(&c.status)
+                    .bind(&c.message)
+                    .bind(c.local_metadata.as_ref().map(to_json))
+                    .bind(c.components.as_ref().map(to_json))
+                    .bind(&c.agent_version)
+                    .bind(c.reported_policy.as_ref().map(|(p, _)| p))
+                    .bind(c.reported_policy.as_ref().map(|(_, r)| *r))
+                    .execute(&mut *tx)
+                    .await
+                    .db()?;
+    }
+    tx.commit().await.db()?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn unenroll_now(s: &Engine, agent_id: &str, now: DateTime<Utc>) -> Result<()> {
+    let now_ms = ms(now);
+    let mut tx = s.begin_write().await?;
+    if !unenroll_in(&mut tx, agent_id, now_ms).await? {
+        return Err(StoreError::not_found(Entity::Agent, agent_id));
+    }
+    tx.commit().await.db()?;
+    s.publish(StoreEvent::AgentChanged {
+        agent_id: agent_id.to_owned(),
+    })
+    .await;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn audit_unenroll(
+    s: &Engine,
+    agent_id: &str,
+    reason: &str,
+    time: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut tx = s.begin_write().await?;
+    lock_agent(&mut tx, agent_id).await?; // row lock before reading
+    let agent = fetch_fleet_agent(&mut tx, agent_id)
+        .await?
+        .ok_or_else(|| StoreError::not_found(Entity::Agent, agent_id))?;
+    if agent.audit_unenrolled_reason.as_deref() == Some("orphaned") {
+        return Err(StoreError::Conflict(
+            "agent document contains audit_unenroll_reason".into(),
+        ));
+    }
+    sqlx::query(
+                    "UPDATE agents SET audit_unenrolled_reason = $2, audit_unenrolled_time = $3, unenrolled_at = $4, \
+                     updated_at = $4 WHERE id = $1",
+                )
+                .bind(agent_id)
+                .bind(reason)
+                .bind(ms(time))
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .db()?;
+    tx.commit().await.db()?;
+    Ok(())
+}

@@ -1,0 +1,361 @@
+//! The `Store` implementation, written once and compiled for each engine.
+//!
+//! The SQL is portable (see the first migration's header), so one text
+//! serves SQLite and PostgreSQL. Each engine module (`sqlite.rs`,
+//! `postgres.rs`) declares `Db` (its sqlx database), `Engine` (its store
+//! type) and `ENGINE` (its name), provides `begin_write`, `publish` and its
+//! pools, and includes this folder with `#[path]`; the code here names only
+//! those, so it compiles to concrete sqlx types per engine — no ORM, no
+//! generic-database bounds, no macro. One module per resource; `common`
+//! holds the statements several of them share.
+
+#[macro_use]
+mod common;
+mod actions;
+mod agents;
+mod api_keys;
+mod enrollment_keys;
+mod fleet_agents;
+mod integrations;
+mod operator_keys;
+mod output_keys;
+mod outputs;
+mod policies;
+
+/// What every resource module uses.
+mod prelude {
+    #![allow(unused_imports)]
+    pub(crate) use super::super::{Db, Engine, ENGINE};
+    pub(crate) use super::common::*;
+    pub(crate) use crate::rows::*;
+    pub(crate) use async_trait::async_trait;
+    pub(crate) use chrono::{DateTime, Utc};
+    pub(crate) use flotilla_domain::action::{Action, ActionType, AgentActionStatus};
+    pub(crate) use flotilla_domain::agent::Agent;
+    pub(crate) use flotilla_domain::apikey::OperatorApiKey;
+    pub(crate) use flotilla_domain::enrollment::EnrollmentApiKey;
+    pub(crate) use flotilla_domain::output::{NewOutput, Output, OutputUpdate};
+    pub(crate) use flotilla_domain::package_policy::{NewPackagePolicy, PackagePolicy};
+    pub(crate) use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
+    pub(crate) use flotilla_store::Entity;
+    pub(crate) use flotilla_store::{
+        ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, FleetAgent,
+        NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter, Page, Paged, PolicyFilter,
+        Result, Store, StoreError, StoreEvent,
+    };
+}
+
+use prelude::*;
+
+#[async_trait]
+impl Store for Engine {
+    fn engine(&self) -> &'static str {
+        ENGINE
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.db()?;
+        Ok(())
+    }
+
+    async fn create_output(&self, id: &str, new: &NewOutput, now: DateTime<Utc>) -> Result<Output> {
+        outputs::create_output(self, id, new, now).await
+    }
+
+    async fn get_output(&self, id: &str) -> Result<Output> {
+        outputs::get_output(self, id).await
+    }
+
+    async fn default_output(&self) -> Result<Option<Output>> {
+        outputs::default_output(self).await
+    }
+
+    async fn list_outputs(&self, page: Page) -> Result<Paged<Output>> {
+        outputs::list_outputs(self, page).await
+    }
+
+    async fn update_output(
+        &self,
+        id: &str,
+        update: &OutputUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Output> {
+        outputs::update_output(self, id, update, now).await
+    }
+
+    async fn delete_output(&self, id: &str) -> Result<()> {
+        outputs::delete_output(self, id).await
+    }
+
+    async fn create_policy(&self, new: &NewAgentPolicy, now: DateTime<Utc>) -> Result<AgentPolicy> {
+        policies::create_policy(self, new, now).await
+    }
+
+    async fn get_policy(&self, id: &str) -> Result<AgentPolicy> {
+        policies::get_policy(self, id).await
+    }
+
+    async fn list_policies(&self, filter: &PolicyFilter, page: Page) -> Result<Paged<AgentPolicy>> {
+        policies::list_policies(self, filter, page).await
+    }
+
+    async fn update_policy(
+        &self,
+        id: &str,
+        update: &AgentPolicyUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<AgentPolicy> {
+        policies::update_policy(self, id, update, now).await
+    }
+
+    async fn delete_policy(&self, id: &str) -> Result<()> {
+        policies::delete_policy(self, id).await
+    }
+
+    async fn create_package_policy(
+        &self,
+        new: &NewPackagePolicy,
+        now: DateTime<Utc>,
+    ) -> Result<PackagePolicy> {
+        integrations::create_package_policy(self, new, now).await
+    }
+
+    async fn get_package_policy(&self, id: &str) -> Result<PackagePolicy> {
+        integrations::get_package_policy(self, id).await
+    }
+
+    async fn list_package_policies(
+        &self,
+        filter: &PackagePolicyFilter,
+        page: Page,
+    ) -> Result<Paged<PackagePolicy>> {
+        integrations::list_package_policies(self, filter, page).await
+    }
+
+    async fn policy_integrations(&self, policy_id: &str) -> Result<Vec<PackagePolicy>> {
+        integrations::policy_integrations(self, policy_id).await
+    }
+
+    async fn update_package_policy(
+        &self,
+        id: &str,
+        new: &NewPackagePolicy,
+        expected: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<PackagePolicy> {
+        integrations::update_package_policy(self, id, new, expected, now).await
+    }
+
+    async fn delete_package_policy(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
+        integrations::delete_package_policy(self, id, now).await
+    }
+
+    async fn create_enrollment_key(
+        &self,
+        key: &EnrollmentApiKey,
+        token_hash: &str,
+    ) -> Result<EnrollmentApiKey> {
+        enrollment_keys::create_enrollment_key(self, key, token_hash).await
+    }
+
+    async fn get_enrollment_key(&self, id: &str) -> Result<EnrollmentApiKey> {
+        enrollment_keys::get_enrollment_key(self, id).await
+    }
+
+    async fn list_enrollment_keys(
+        &self,
+        filter: &EnrollmentKeyFilter,
+        page: Page,
+    ) -> Result<Paged<EnrollmentApiKey>> {
+        enrollment_keys::list_enrollment_keys(self, filter, page).await
+    }
+
+    async fn find_enrollment_key_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<EnrollmentApiKey>> {
+        enrollment_keys::find_enrollment_key_by_hash(self, token_hash).await
+    }
+
+    async fn revoke_enrollment_key(&self, id: &str) -> Result<EnrollmentApiKey> {
+        enrollment_keys::revoke_enrollment_key(self, id).await
+    }
+
+    async fn insert_agent(&self, agent: &NewAgent) -> Result<Agent> {
+        agents::insert_agent(self, agent).await
+    }
+
+    async fn get_agent(&self, id: &str, now: DateTime<Utc>) -> Result<Agent> {
+        agents::get_agent(self, id, now).await
+    }
+
+    async fn list_agents(
+        &self,
+        filter: &AgentFilter,
+        page: Page,
+        now: DateTime<Utc>,
+    ) -> Result<Paged<Agent>> {
+        agents::list_agents(self, filter, page, now).await
+    }
+
+    async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent> {
+        agents::set_agent_tags(self, id, tags, now).await
+    }
+
+    async fn reassign_agent(&self, id: &str, policy_id: &str, now: DateTime<Utc>) -> Result<Agent> {
+        agents::reassign_agent(self, id, policy_id, now).await
+    }
+
+    async fn start_agent_unenrollment(
+        &self,
+        id: &str,
+        action: &NewAction,
+        now: DateTime<Utc>,
+    ) -> Result<Agent> {
+        agents::start_agent_unenrollment(self, id, action, now).await
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    async fn get_fleet_agent(&self, id: &str) -> Result<Option<FleetAgent>> {
+        fleet_agents::get_fleet_agent(self, id).await
+    }
+
+    async fn find_agent_by_enrollment_id(&self, enrollment_id: &str) -> Result<Option<FleetAgent>> {
+        fleet_agents::find_agent_by_enrollment_id(self, enrollment_id).await
+    }
+
+    async fn enroll_agent(
+        &self,
+        agent: &NewAgent,
+        access_key: &ApiKeyRecord,
+        replace: &[String],
+    ) -> Result<Agent> {
+        fleet_agents::enroll_agent(self, agent, access_key, replace).await
+    }
+
+    async fn record_checkins(&self, batch: &[CheckinRecord]) -> Result<()> {
+        fleet_agents::record_checkins(self, batch).await
+    }
+
+    async fn set_output_key(&self, agent_id: &str, change: &OutputKeyChange) -> Result<()> {
+        output_keys::set_output_key(self, agent_id, change).await
+    }
+
+    async fn retire_output_key(
+        &self,
+        agent_id: &str,
+        key_id: &str,
+        policy_id: &str,
+        revision: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        output_keys::retire_output_key(self, agent_id, key_id, policy_id, revision, now).await
+    }
+
+    async fn agent_runs_policy(
+        &self,
+        agent_id: &str,
+        policy_id: &str,
+        revision: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        output_keys::agent_runs_policy(self, agent_id, policy_id, revision, now).await
+    }
+
+    async fn unenroll_now(&self, agent_id: &str, now: DateTime<Utc>) -> Result<()> {
+        fleet_agents::unenroll_now(self, agent_id, now).await
+    }
+
+    async fn audit_unenroll(
+        &self,
+        agent_id: &str,
+        reason: &str,
+        time: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        fleet_agents::audit_unenroll(self, agent_id, reason, time, now).await
+    }
+
+    async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        api_keys::insert_api_key(self, key).await
+    }
+
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
+        api_keys::get_api_key(self, id).await
+    }
+
+    async fn invalidate_api_keys(&self, ids: &[String], now: DateTime<Utc>) -> Result<u64> {
+        api_keys::invalidate_api_keys(self, ids, now).await
+    }
+
+    async fn create_action(&self, action: &NewAction) -> Result<Action> {
+        actions::create_action(self, action).await
+    }
+
+    async fn pending_actions(
+        &self,
+        agent_id: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Action>> {
+        actions::pending_actions(self, agent_id, now, limit).await
+    }
+
+    async fn mark_delivered(
+        &self,
+        agent_id: &str,
+        action_ids: &[String],
+        token: &str,
+    ) -> Result<()> {
+        actions::mark_delivered(self, agent_id, action_ids, token).await
+    }
+
+    async fn confirm_delivery(&self, agent_id: &str, token: &str) -> Result<()> {
+        actions::confirm_delivery(self, agent_id, token).await
+    }
+
+    async fn agent_actions(&self, agent_id: &str, page: Page) -> Result<Paged<AgentActionStatus>> {
+        actions::agent_actions(self, agent_id, page).await
+    }
+
+    async fn ack_action(
+        &self,
+        agent_id: &str,
+        action_id: &str,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<ActionAck> {
+        actions::ack_action(self, agent_id, action_id, error, now).await
+    }
+
+    async fn create_operator_key(
+        &self,
+        key: &OperatorApiKey,
+        key_hash: &str,
+    ) -> Result<OperatorApiKey> {
+        operator_keys::create_operator_key(self, key, key_hash).await
+    }
+
+    async fn find_operator_key_by_hash(&self, key_hash: &str) -> Result<Option<OperatorApiKey>> {
+        operator_keys::find_operator_key_by_hash(self, key_hash).await
+    }
+
+    async fn activate_operator_key(&self, key_hash: &str) -> Result<bool> {
+        operator_keys::activate_operator_key(self, key_hash).await
+    }
+
+    async fn active_operator_keys(&self) -> Result<u64> {
+        operator_keys::active_operator_keys(self).await
+    }
+
+    async fn list_operator_keys(&self, page: Page) -> Result<Paged<OperatorApiKey>> {
+        operator_keys::list_operator_keys(self, page).await
+    }
+
+    async fn revoke_operator_key(&self, id: &str) -> Result<OperatorApiKey> {
+        operator_keys::revoke_operator_key(self, id).await
+    }
+}

@@ -1,0 +1,159 @@
+//! Agents' output keys: rotation, and retirement once an agent runs the revision.
+
+use super::prelude::*;
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn set_output_key(
+    s: &Engine,
+    agent_id: &str,
+    change: &OutputKeyChange,
+) -> Result<()> {
+    let mut tx = s.begin_write().await?;
+    // Compare-and-swap on the current key: of two concurrent
+    // rotations one wins, the other learns it lost.
+    let done = sqlx::query(
+                    "UPDATE agents SET output_api_key_id = $2, output_api_key_sealed = $3, output_permissions_hash = $4, \
+                     output_key_policy_id = $5, output_key_revision = $6 WHERE id = $1 AND active \
+                     AND (output_api_key_id = $7 OR (output_api_key_id IS NULL AND $7 IS NULL))",
+                )
+                .bind(agent_id)
+                .bind(&change.key.id)
+                .bind(&change.sealed_secret)
+                .bind(&change.permissions_hash)
+                .bind(&change.policy_id)
+                .bind(change.revision)
+                .bind(&change.replaces)
+                .execute(&mut *tx)
+                .await
+                .db()?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!(
+            "agent '{agent_id}' is inactive or its output key changed concurrently"
+        )));
+    }
+    sqlx::query(
+        "UPDATE api_keys SET retire_pending = TRUE \
+                     WHERE agent_id = $1 AND kind = 'output' AND invalidated_at IS NULL",
+    )
+    .bind(agent_id)
+    .execute(&mut *tx)
+    .await
+    .db()?;
+    insert_key(&mut tx, &change.key).await?;
+    tx.commit().await.db()?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn retire_output_key(
+    s: &Engine,
+    agent_id: &str,
+    key_id: &str,
+    policy_id: &str,
+    revision: i64,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let mut tx = s.begin_write().await?;
+    // Compare-and-swap, like a rotation: only the key it was asked
+    // to retire.
+    let done = sqlx::query(
+                    "UPDATE agents SET output_api_key_id = NULL, output_api_key_sealed = NULL, \
+                     output_permissions_hash = NULL, output_key_policy_id = $3, output_key_revision = $4 \
+                     WHERE id = $1 AND active AND output_api_key_id = $2 AND policy_id = $3",
+                )
+                .bind(agent_id)
+                .bind(key_id)
+                .bind(policy_id)
+                .bind(revision)
+                .execute(&mut *tx)
+                .await
+                .db()?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE api_keys SET retire_pending = TRUE \
+                     WHERE agent_id = $1 AND kind = 'output' AND invalidated_at IS NULL",
+    )
+    .bind(agent_id)
+    .execute(&mut *tx)
+    .await
+    .db()?;
+    // Already running that revision: nothing will come to retire
+    // it later, so now.
+    sqlx::query(
+        "UPDATE api_keys SET invalidated_at = $3 \
+                     WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL \
+                     AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND policy_revision >= $2)",
+    )
+    .bind(agent_id)
+    .bind(revision)
+    .bind(ms(now))
+    .execute(&mut *tx)
+    .await
+    .db()?;
+    tx.commit().await.db()?;
+    Ok(true)
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn agent_runs_policy(
+    s: &Engine,
+    agent_id: &str,
+    policy_id: &str,
+    revision: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let mut tx = s.begin_write().await?;
+    // Serialise with key rotation for this agent.
+    lock_agent(&mut tx, agent_id).await?;
+    let Some(agent) = fetch_fleet_agent(&mut tx, agent_id).await? else {
+        return Ok(vec![]);
+    };
+    if !agent.active || agent.policy_id != policy_id {
+        return Ok(vec![]);
+    }
+    // A revision the policy never had (a restored agent, a forged
+    // ack) is not believed.
+    let latest: Option<i64> =
+        sqlx::query_scalar("SELECT revision FROM agent_policies WHERE id = $1")
+            .bind(policy_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?;
+    if latest.is_none_or(|latest| revision > latest) {
+        return Ok(vec![]);
+    }
+    if revision > agent.policy_revision.unwrap_or(-1) {
+        sqlx::query("UPDATE agents SET policy_revision = $2, updated_at = $3 WHERE id = $1")
+            .bind(agent_id)
+            .bind(revision)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .db()?;
+    }
+    let mut retired = Vec::new();
+    if agent.output_key_policy_id.as_deref() == Some(policy_id)
+        && agent.output_key_revision.is_some_and(|r| revision >= r)
+    {
+        retired = sqlx::query_scalar(
+                        "SELECT id FROM api_keys WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL",
+                    )
+                    .bind(agent_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .db()?;
+        sqlx::query(
+            "UPDATE api_keys SET invalidated_at = $2 \
+                         WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL",
+        )
+        .bind(agent_id)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .db()?;
+    }
+    tx.commit().await.db()?;
+    Ok(retired)
+}
