@@ -17,10 +17,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use flotilla_service::fleet::{FleetError, FleetErrorKind};
-use flotilla_service::keys::{KeyRejection, KeyService};
+use flotilla_service::fleet::{AckItem, AckOutcome, AckResponse, FleetError, FleetErrorKind};
+use flotilla_service::keys::{HasPrivilegesRequest, KeyRejection, KeyService};
 
 use crate::AppState;
 
@@ -438,7 +438,7 @@ fn render(r: FleetResult<Response>) -> Response {
 
 async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let stopping = *s.shutdown.borrow();
-    let healthy = !stopping && s.services.store.ping().await.is_ok();
+    let healthy = !stopping && s.services.management().storage_health().await.is_ok();
     let state = if stopping {
         "STOPPING"
     } else if healthy {
@@ -448,7 +448,7 @@ async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
     };
     let mut body = json!({"name": "fleet-server", "status": state});
     if let Ok(cred) = credential(&headers) {
-        if s.services.is_valid_key(&cred).await {
+        if s.services.fleet().is_valid_key(&cred).await {
             body["version"] = json!({
                 "number": s.services.settings.server_version,
                 "build_hash": env!("CARGO_PKG_VERSION"),
@@ -473,7 +473,7 @@ async fn authed_request<T: DeserializeOwned>(
     limit: usize,
 ) -> FleetResult<(flotilla_service::fleet::AuthedAgent, Option<String>, T)> {
     let cred = credential(req.headers())?;
-    let authed = s.services.authenticate_agent(&cred, id).await?;
+    let authed = s.services.fleet().authenticate_agent(&cred, id).await?;
     let ua = user_agent(req.headers()).map(str::to_owned);
     let (_, body) = read_body(req, limit).await?;
     Ok((authed, ua, parse_body(&body)?))
@@ -487,11 +487,15 @@ async fn enroll(State(s): State<AppState>, req: Request, limit: usize) -> Respon
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(addr)| addr.ip());
             let cred = credential(req.headers())?;
-            let grant = s.services.enrollment_grant(&cred, peer).await?;
+            let grant = s.services.fleet().enrollment_grant(&cred, peer).await?;
             let ua = user_agent(req.headers()).map(str::to_owned);
             let (_, body) = read_body(req, limit).await?;
             let body = parse_body(&body)?;
-            let resp = s.services.enroll(grant, ua.as_deref(), body).await?;
+            let resp = s
+                .services
+                .fleet()
+                .enroll(grant, ua.as_deref(), body)
+                .await?;
             Ok(into_response(StatusCode::OK, &resp))
         }
         .await,
@@ -522,6 +526,7 @@ async fn checkin(
             };
             let resp = s
                 .services
+                .fleet()
                 .checkin(authed, ua.as_deref(), body, stop)
                 .await?;
             Ok(into_response(StatusCode::OK, &resp))
@@ -539,14 +544,41 @@ async fn acks(
     render(
         async {
             let (authed, _, body) = authed_request(&s, &id, req, limit).await?;
-            let (status, resp) = s.services.ack(authed, body).await?;
-            Ok(into_response(
-                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                &resp,
-            ))
+            let outcomes = s.services.fleet().ack(authed, body).await?;
+            let items: Vec<AckItem> = outcomes
+                .iter()
+                .map(|o| {
+                    let status = ack_status(*o);
+                    AckItem {
+                        status: status.as_u16(),
+                        message: status.canonical_reason().unwrap_or("").to_owned(),
+                    }
+                })
+                .collect();
+            // The response's status is the highest of its items'.
+            let status = outcomes
+                .iter()
+                .map(|o| ack_status(*o))
+                .max()
+                .unwrap_or(StatusCode::OK);
+            let body = AckResponse {
+                action: "acks",
+                errors: items.iter().any(|i| i.status != 200),
+                items,
+            };
+            Ok(into_response(status, &body))
         }
         .await,
     )
+}
+
+fn ack_status(outcome: AckOutcome) -> StatusCode {
+    match outcome {
+        AckOutcome::Acked => StatusCode::OK,
+        AckOutcome::Refused => StatusCode::BAD_REQUEST,
+        AckOutcome::UnknownAction => StatusCode::NOT_FOUND,
+        AckOutcome::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 async fn audit_unenroll(
@@ -558,7 +590,7 @@ async fn audit_unenroll(
     render(
         async {
             let (authed, _, body) = authed_request(&s, &id, req, limit).await?;
-            s.services.audit_unenroll(authed, body).await?;
+            s.services.fleet().audit_unenroll(authed, body).await?;
             Ok(StatusCode::OK.into_response())
         }
         .await,
@@ -581,10 +613,7 @@ async fn authenticated_key(
             "missing authentication credentials",
         ));
     };
-    match KeyService::new(s.services.store.clone())
-        .authenticate(&cred)
-        .await
-    {
+    match s.services.keys().authenticate(&cred).await {
         Ok(Ok(key)) => Ok(key),
         Ok(Err(KeyRejection::Invalidated)) => Err(security_error(
             StatusCode::UNAUTHORIZED,
@@ -620,13 +649,8 @@ async fn authenticate(State(s): State<AppState>, headers: HeaderMap) -> Response
     }
 }
 
-/// The most (name, privilege) checks one `_has_privileges` request may ask
-/// for; its answer grows with them.
-pub const MAX_PRIVILEGE_CHECKS: usize = 10_000;
-
-/// `_has_privileges` bodies are small lists of names.
-pub const HAS_PRIVILEGES_BODY_LIMIT: usize = 64 * 1024;
-
+/// An Elasticsearch-shaped error (`/_security/*` answers these on purpose:
+/// Elasticsearch clients read them).
 pub(crate) fn es_error(status: StatusCode, kind: &str, reason: &str) -> Response {
     let body = json!({
         "error": {
@@ -639,63 +663,11 @@ pub(crate) fn es_error(status: StatusCode, kind: &str, reason: &str) -> Response
     (status, Json(body)).into_response()
 }
 
-#[derive(serde::Deserialize, Default)]
-struct HasPrivilegesRequest {
-    #[serde(default)]
-    cluster: Vec<String>,
-    #[serde(default)]
-    index: Vec<IndexCheck>,
-    #[serde(default)]
-    application: Vec<ApplicationCheck>,
-}
-
-#[derive(serde::Deserialize)]
-struct IndexCheck {
-    #[serde(default, deserialize_with = "one_or_many")]
-    names: Vec<String>,
-    #[serde(default)]
-    privileges: Vec<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    allow_restricted_indices: Option<bool>,
-}
-
-#[derive(serde::Deserialize)]
-struct ApplicationCheck {
-    application: String,
-    #[serde(default)]
-    privileges: Vec<String>,
-    #[serde(default)]
-    resources: Vec<String>,
-}
-
-/// Elasticsearch accepts `"names": "x"` as well as a list.
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match <OneOrMany as serde::Deserialize>::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
-}
-
-/// How many checks a request asks for (saturating).
-fn privilege_checks(req: &HasPrivilegesRequest) -> usize {
-    let index = req.index.iter().fold(0usize, |n, e| {
-        n.saturating_add(e.names.len().saturating_mul(e.privileges.len()))
-    });
-    let app = req.application.iter().fold(0usize, |n, e| {
-        n.saturating_add(e.privileges.len().saturating_mul(e.resources.len().max(1)))
-    });
-    index.saturating_add(app).saturating_add(req.cluster.len())
-}
+/// `_has_privileges` bodies are small lists of names.
+pub const HAS_PRIVILEGES_BODY_LIMIT: usize = 64 * 1024;
 
 /// Authenticated first; the body is read only then, under a small limit;
-/// the checks are capped and the key's descriptors parsed once.
+/// the key service caps the checks and answers.
 async fn has_privileges(State(s): State<AppState>, req: Request) -> Response {
     let key = match authenticated_key(&s, req.headers()).await {
         Ok(k) => k,
@@ -731,65 +703,12 @@ async fn has_privileges(State(s): State<AppState>, req: Request) -> Response {
             }
         }
     };
-    let checks = privilege_checks(&request);
-    if checks > MAX_PRIVILEGE_CHECKS {
-        return es_error(
+    match KeyService::has_privileges_report(&key, &request) {
+        Ok(report) => Json(report).into_response(),
+        Err(too_many) => es_error(
             StatusCode::BAD_REQUEST,
             "illegal_argument_exception",
-            &format!(
-                "the request asks for {checks} privilege checks; at most {MAX_PRIVILEGE_CHECKS} are allowed"
-            ),
-        );
+            &too_many.to_string(),
+        ),
     }
-    let granted = KeyService::permissions(&key);
-    // Output and access keys carry index privileges only: every cluster or
-    // application privilege asked about is refused.
-    let mut asked = false;
-    let mut all = true;
-    let mut cluster = serde_json::Map::new();
-    for p in &request.cluster {
-        asked = true;
-        all = false;
-        cluster.insert(p.clone(), Value::Bool(false));
-    }
-    let mut application = serde_json::Map::new();
-    for entry in &request.application {
-        if entry.privileges.is_empty() {
-            continue;
-        }
-        asked = true;
-        all = false;
-        let resources = application
-            .entry(entry.application.clone())
-            .or_insert_with(|| json!({}));
-        for r in &entry.resources {
-            let slot = &mut resources[r.as_str()];
-            if !slot.is_object() {
-                *slot = json!({});
-            }
-            for p in &entry.privileges {
-                slot[p.as_str()] = Value::Bool(false);
-            }
-        }
-    }
-    let mut index = serde_json::Map::new();
-    for entry in &request.index {
-        for name in &entry.names {
-            let slot = index.entry(name.clone()).or_insert_with(|| json!({}));
-            for p in &entry.privileges {
-                asked = true;
-                let ok = granted.as_ref().is_some_and(|g| g.allows(name, p));
-                all &= ok;
-                slot[p.as_str()] = Value::Bool(ok);
-            }
-        }
-    }
-    Json(json!({
-        "username": key.name,
-        "has_all_requested": all && asked,
-        "cluster": cluster,
-        "index": index,
-        "application": application,
-    }))
-    .into_response()
 }

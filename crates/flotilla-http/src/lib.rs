@@ -279,14 +279,13 @@ async fn method_not_allowed() -> ApiError {
 }
 
 async fn healthz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    s.services
-        .store
-        .ping()
+    let engine = s
+        .services
+        .management()
+        .storage_health()
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage unreachable"))?;
-    Ok(Json(
-        serde_json::json!({"status": "ok", "storage": s.services.store.engine()}),
-    ))
+    Ok(Json(serde_json::json!({"status": "ok", "storage": engine})))
 }
 
 pub use serve::{serve, ConnLimits};

@@ -3,7 +3,6 @@
 //! `{"items", "total", "page", "perPage"}`).
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -593,13 +592,10 @@ async fn revoke_api_key(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Item<OperatorApiKey>>> {
-    if me.id == id {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "an API key cannot revoke itself",
-        ));
-    }
     Ok(item(
-        s.services.management().revoke_operator_key(&id).await?,
+        s.services
+            .management()
+            .revoke_operator_key(&me.id, &id)
+            .await?,
     ))
 }

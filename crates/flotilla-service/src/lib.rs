@@ -1,4 +1,5 @@
-//! Flotilla's services: the use cases behind the management API.
+//! Flotilla's services: the use cases behind the management API
+//! ([`Management`]) and the fleet protocol ([`fleet::Fleet`]).
 //!
 //! A service validates requests (turning them into domain values), applies
 //! the domain rules, and calls the [`Store`]. It knows nothing of HTTP; the
@@ -48,5 +49,14 @@ impl Services {
 
     pub fn management(&self) -> Management<'_> {
         Management { services: self }
+    }
+
+    /// The key service over this store.
+    pub fn keys(&self) -> keys::KeyService {
+        keys::KeyService::new(self.store.clone())
+    }
+
+    pub fn fleet(&self) -> fleet::Fleet<'_> {
+        fleet::Fleet { services: self }
     }
 }

@@ -232,8 +232,21 @@ impl Management<'_> {
         Ok(self.store().list_operator_keys(page).await?)
     }
 
-    pub async fn revoke_operator_key(&self, id: &str) -> Result<OperatorApiKey> {
+    /// Revoke operator key `id` on behalf of the operator holding `caller`
+    /// (the key the request authenticated with), which cannot revoke itself.
+    pub async fn revoke_operator_key(&self, caller: &str, id: &str) -> Result<OperatorApiKey> {
+        if caller == id {
+            return Err(ServiceError::Conflict(
+                "an API key cannot revoke itself".into(),
+            ));
+        }
         Ok(self.store().revoke_operator_key(id).await?)
+    }
+
+    /// Whether storage answers, and which engine it is.
+    pub async fn storage_health(&self) -> std::result::Result<&'static str, ServiceError> {
+        self.store().ping().await?;
+        Ok(self.store().engine())
     }
 
     // --- outputs ---------------------------------------------------------------

@@ -101,7 +101,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     flotilla_http::serve(listener, app, stop_rx, conn_limits).await?;
     let _ = flusher.await;
     // Check-ins that finished while draining.
-    if let Err(e) = services_for_flush.flush_checkins().await {
+    if let Err(e) = services_for_flush.fleet().flush_checkins().await {
         tracing::warn!(error = %e, "could not write the last buffered check-ins");
     }
     tracing::info!("flotilla server stopped");
@@ -165,7 +165,7 @@ async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiv
             _ = tick.tick() => false,
             _ = stop.wait_for(|s| *s) => true,
         };
-        if let Err(e) = services.flush_checkins().await {
+        if let Err(e) = services.fleet().flush_checkins().await {
             tracing::warn!(error = %e, "could not write buffered check-ins");
         }
         if stopping {

@@ -16,7 +16,10 @@ use flotilla_domain::permissions::Permissions;
 use flotilla_store::{ApiKeyRecord, KeyKind, Store};
 
 use crate::secrets::{ct_eq, hash_token, random_alphanumeric};
+
+mod privileges;
 use crate::ServiceError;
+pub use privileges::{HasPrivilegesRequest, TooManyChecks, MAX_PRIVILEGE_CHECKS};
 
 /// A freshly minted key: its record (to store) and its plain `id:secret`.
 pub struct MintedKey {

@@ -1,0 +1,105 @@
+//! Who is asking: an agent's access key, an enrollment credential.
+
+use std::net::IpAddr;
+
+use flotilla_store::KeyKind;
+
+use super::*;
+use crate::keys::KeyRejection;
+use crate::secrets::hash_token;
+use crate::settings::StaticMatch;
+
+impl Fleet<'_> {
+    /// Authenticate `Authorization: ApiKey <credential>` as the access key
+    /// of agent `agent_id`.
+    pub async fn authenticate_agent(
+        &self,
+        credential: &str,
+        agent_id: &str,
+    ) -> Result<AuthedAgent> {
+        let key = match self.keys().authenticate(credential).await? {
+            Ok(k) => k,
+            Err(KeyRejection::Malformed) => {
+                return Err(FleetError::new(
+                    FleetErrorKind::MalformedToken,
+                    "malformed token",
+                ))
+            }
+            Err(KeyRejection::NotUtf8) => {
+                return Err(FleetError::new(
+                    FleetErrorKind::InvalidToken,
+                    "token not valid utf8",
+                ))
+            }
+            Err(KeyRejection::Unknown) => {
+                return Err(FleetError::new(
+                    FleetErrorKind::Unauthorized,
+                    "unauthorized",
+                ))
+            }
+            Err(KeyRejection::Invalidated) => {
+                return Err(FleetError::new(
+                    FleetErrorKind::KeyNotEnabled,
+                    "ApiKey not enabled",
+                ))
+            }
+        };
+        if key.kind != KeyKind::Access {
+            return Err(FleetError::new(
+                FleetErrorKind::Unauthorized,
+                "unauthorized",
+            ));
+        }
+        let agent = self.store.get_fleet_agent(agent_id).await?.ok_or_else(|| {
+            FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
+        })?;
+        if agent.access_api_key_id.as_deref() != Some(key.id.as_str()) {
+            return Err(FleetError::new(
+                FleetErrorKind::AgentIdentity,
+                "Agent header contains wrong identifier",
+            ));
+        }
+        if !agent.active {
+            return Err(FleetError::new(
+                FleetErrorKind::AgentInactive,
+                "Agent inactive",
+            ));
+        }
+        Ok(AuthedAgent { agent })
+    }
+
+    /// Whether the credential is any valid key (for `/api/status`).
+    pub async fn is_valid_key(&self, credential: &str) -> bool {
+        matches!(self.keys().authenticate(credential).await, Ok(Ok(_)))
+            || self.management().authenticate(credential).await.is_ok()
+    }
+
+    /// Which policy may this credential enrol into? Checked before the
+    /// request body is read.
+    pub async fn enrollment_grant(
+        &self,
+        credential: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<EnrollGrant> {
+        let policy_id = match self.settings.static_tokens.lookup(credential, peer) {
+            StaticMatch::Allowed(token) => token.policy_id.clone(),
+            StaticMatch::AddressRefused(token) => {
+                tracing::warn!(token = %token.label, ?peer, "static enrollment token used from a refused address");
+                return Err(FleetError::new(
+                    FleetErrorKind::AddressRefused,
+                    "enrollment is not allowed from this address",
+                ));
+            }
+            StaticMatch::NoMatch => {
+                let key = self
+                    .store
+                    .find_enrollment_key_by_hash(&hash_token(credential))
+                    .await?
+                    .filter(|k| k.active)
+                    .ok_or_else(|| FleetError::new(FleetErrorKind::Unauthorized, "unauthorized"))?;
+                key.policy_id
+            }
+        };
+        Ok(EnrollGrant { policy_id })
+    }
+}

@@ -1,0 +1,166 @@
+//! The check-in buffer: heartbeats written in batches, changes at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use flotilla_store::CheckinRecord;
+
+/// How often a waiting long poll refreshes its agent's last-seen time (well
+/// inside the 5-minute offline threshold).
+pub(super) const HEARTBEAT_REFRESH: Duration = Duration::from_secs(30);
+
+/// Coalesces check-in writes: a heartbeat that changes nothing but the time
+/// waits for the next batch; a first check-in or a change of status,
+/// message or metadata is written at once.
+#[derive(Default)]
+pub struct CheckinBuffer {
+    inner: Mutex<BufferState>,
+}
+
+#[derive(Default)]
+pub(super) struct BufferState {
+    pending: HashMap<String, CheckinRecord>,
+    /// What each agent last reported.
+    last: HashMap<String, Fingerprint>,
+    /// The last ack token each agent confirmed through this instance.
+    tokens: HashMap<String, String>,
+}
+
+/// Status, message, digests of metadata and components, reported policy.
+pub(super) type Fingerprint = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<(String, i64)>,
+);
+
+pub(super) fn digest(v: &Option<Value>) -> Option<String> {
+    v.as_ref()
+        .map(|v| hex::encode(Sha256::digest(v.to_string())))
+}
+
+impl CheckinBuffer {
+    /// Buffer a check-in; returns it back when it should be written now.
+    pub(super) fn offer(&self, rec: CheckinRecord, first: bool) -> Option<CheckinRecord> {
+        let mut st = self.inner.lock().expect("buffer lock");
+        let fingerprint = (
+            rec.status.clone(),
+            rec.message.clone(),
+            digest(&rec.local_metadata),
+            digest(&rec.components),
+            rec.reported_policy.clone(),
+        );
+        let changed = st.last.get(&rec.agent_id) != Some(&fingerprint);
+        st.last.insert(rec.agent_id.clone(), fingerprint);
+        if first || changed {
+            st.pending.remove(&rec.agent_id);
+            Some(rec)
+        } else {
+            st.pending.insert(rec.agent_id.clone(), rec);
+            None
+        }
+    }
+
+    /// Whether `token` was already confirmed for this agent here.
+    pub(super) fn token_confirmed(&self, agent_id: &str, token: &str) -> bool {
+        let st = self.inner.lock().expect("buffer lock");
+        st.tokens.get(agent_id).is_some_and(|t| t == token)
+    }
+
+    pub(super) fn remember_token(&self, agent_id: &str, token: &str) {
+        let mut st = self.inner.lock().expect("buffer lock");
+        st.tokens.insert(agent_id.to_owned(), token.to_owned());
+    }
+
+    /// A heartbeat while a long poll waits, so a waiting agent never looks
+    /// offline: buffered like any unchanged check-in.
+    pub(super) fn refresh(&self, agent_id: &str, at: DateTime<Utc>) {
+        let mut st = self.inner.lock().expect("buffer lock");
+        if let Some(rec) = st.pending.get_mut(agent_id) {
+            rec.at = at;
+            return;
+        }
+        if let Some((status, message, ..)) = st.last.get(agent_id).cloned() {
+            st.pending.insert(
+                agent_id.to_owned(),
+                CheckinRecord {
+                    agent_id: agent_id.to_owned(),
+                    at,
+                    status,
+                    message,
+                    local_metadata: None,
+                    components: None,
+                    agent_version: None,
+                    reported_policy: None,
+                },
+            );
+        }
+    }
+
+    /// Put back a batch that could not be written, unless newer records
+    /// arrived meanwhile.
+    pub fn requeue(&self, batch: Vec<CheckinRecord>) {
+        let mut st = self.inner.lock().expect("buffer lock");
+        for rec in batch {
+            st.pending.entry(rec.agent_id.clone()).or_insert(rec);
+        }
+    }
+
+    pub fn drain(&self) -> Vec<CheckinRecord> {
+        let mut st = self.inner.lock().expect("buffer lock");
+        st.pending.drain().map(|(_, v)| v).collect()
+    }
+
+    pub fn forget(&self, agent_id: &str) {
+        let mut st = self.inner.lock().expect("buffer lock");
+        st.pending.remove(agent_id);
+        st.last.remove(agent_id);
+        st.tokens.remove(agent_id);
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_writes_changes_at_once_and_coalesces_heartbeats() {
+        let b = CheckinBuffer::default();
+        let rec = |status: &str| CheckinRecord {
+            agent_id: "a".into(),
+            at: Utc::now(),
+            status: status.into(),
+            message: "m".into(),
+            local_metadata: None,
+            components: None,
+            agent_version: None,
+            reported_policy: None,
+        };
+        assert!(b.offer(rec("online"), true).is_some(), "first check-in");
+        assert!(b.offer(rec("online"), false).is_none(), "heartbeat");
+        assert!(b.offer(rec("online"), false).is_none());
+        assert_eq!(b.drain().len(), 1, "coalesced to one write");
+        assert!(b.offer(rec("error"), false).is_some(), "status change");
+        assert!(b.drain().is_empty());
+
+        // A waiting poll refreshes the last-seen time, buffered.
+        let later = Utc::now() + chrono::Duration::seconds(30);
+        b.refresh("a", later);
+        let drained = b.drain();
+        assert_eq!(
+            (drained.len(), drained[0].at, drained[0].status.as_str()),
+            (1, later, "error")
+        );
+        // A failed write is put back, unless something newer arrived.
+        b.requeue(drained.clone());
+        assert_eq!(b.drain(), drained);
+        b.refresh("a", later + chrono::Duration::seconds(30));
+        b.requeue(drained);
+        assert_eq!(b.drain()[0].at, later + chrono::Duration::seconds(30));
+    }
+}

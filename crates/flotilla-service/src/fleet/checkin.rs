@@ -1,0 +1,243 @@
+//! The long-poll check-in.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use flotilla_domain::action::{Action, ActionType};
+use flotilla_store::{CheckinRecord, StoreError};
+
+use super::*;
+
+impl Fleet<'_> {
+    /// Write buffered heartbeats; the server calls this on a timer and at
+    /// shutdown.
+    pub async fn flush_checkins(&self) -> std::result::Result<(), StoreError> {
+        let batch = self.checkins.drain();
+        if let Err(e) = self.store.record_checkins(&batch).await {
+            self.checkins.requeue(batch);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(super) fn poll_duration(&self, requested: Option<Duration>) -> Duration {
+        let jitter = self.settings.poll_jitter;
+        let sample = if jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(rand::thread_rng().gen_range(0..jitter.as_millis().max(1) as u64))
+        };
+        poll_duration(requested, self.settings.poll_timeout, sample)
+    }
+
+    pub async fn checkin(
+        &self,
+        authed: AuthedAgent,
+        user_agent: Option<&str>,
+        body: CheckinRequest,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<CheckinResponse> {
+        // Ends a waiting poll at once (shutdown, or a newer check-in of the
+        // same agent) with an empty answer.
+        let mut stop = std::pin::pin!(stop);
+        let AuthedAgent { agent } = authed;
+        let agent_id = agent.id.clone();
+        let version = check_user_agent(user_agent, &self.settings.server_version)?;
+        if body.status.trim().is_empty() {
+            return Err(FleetError::bad("checkin status missing"));
+        }
+        let requested_poll = body
+            .poll_timeout
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(parse_poll_timeout)
+            .transpose()?;
+        if let Some(meta) = &body.local_metadata {
+            if !meta.is_object() && !meta.is_null() {
+                return Err(FleetError::bad("unable to parse meta"));
+            }
+        }
+        // What the agent says it runs (agents from 9.2 report it).
+        let reports = body.agent_policy_id.clone().zip(body.policy_revision_idx);
+        let now = Utc::now();
+        let record = CheckinRecord {
+            agent_id: agent.id.clone(),
+            at: now,
+            status: body.status.trim().to_lowercase(),
+            message: body.message.clone(),
+            local_metadata: body.local_metadata.clone().filter(|m| !m.is_null()),
+            components: body.components.clone().filter(|c| !c.is_null()),
+            agent_version: Some(version),
+            reported_policy: reports.clone(),
+        };
+        if let Some(now_rec) = self.checkins.offer(record, agent.last_checkin.is_none()) {
+            self.store.record_checkins(&[now_rec]).await?;
+        }
+        if let Some(token) = body.ack_token.as_deref().filter(|t| !t.is_empty()) {
+            // Agents send their last token on every check-in; confirm it once.
+            if !self.checkins.token_confirmed(&agent.id, token) {
+                self.store.confirm_delivery(&agent.id, token).await?;
+                self.checkins.remember_token(&agent.id, token);
+            }
+        }
+        // A newer revision reported changes the agent's record (and may
+        // retire keys): only then is it read again below.
+        let mut reread = false;
+        if let Some((p, rev)) = &reports {
+            if *p == agent.policy_id && *rev > agent.policy_revision.unwrap_or(-1) {
+                self.store
+                    .agent_runs_policy(&agent.id, p, *rev, now)
+                    .await?;
+                reread = true;
+            }
+        }
+        let poll = self.poll_duration(requested_poll);
+        let deadline = tokio::time::Instant::now() + poll;
+        // Subscribe before reading, so no change between the read and the
+        // wait goes unnoticed.
+        let mut events = self.store.subscribe();
+        let mut events_closed = false;
+        let mut agent = agent;
+        loop {
+            if reread {
+                agent = self
+                    .store
+                    .get_fleet_agent(&agent_id)
+                    .await?
+                    .ok_or_else(|| {
+                        FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
+                    })?;
+                if !agent.active {
+                    return Err(FleetError::new(
+                        FleetErrorKind::AgentInactive,
+                        "Agent inactive",
+                    ));
+                }
+            }
+            reread = true;
+            // A report about another policy (it was reassigned) counts as
+            // running nothing of the current one.
+            let reported = reports
+                .as_ref()
+                .map(|(p, rev)| if *p == agent.policy_id { *rev } else { 0 });
+            let stored = self
+                .store
+                .pending_actions(&agent.id, Utc::now(), 100)
+                .await?;
+            let mut actions = Vec::new();
+            match self.policy_change_for(&agent, reported).await {
+                Ok(Some(change)) => actions.push(change),
+                Ok(None) => {}
+                // A policy that cannot be delivered must not hold back the
+                // agent's other actions (an UNENROLL, say).
+                Err(e) if !stored.is_empty() => {
+                    tracing::error!(agent_id = %agent.id, error = %e, "policy not delivered");
+                }
+                Err(e) => return Err(e),
+            }
+            if !stored.is_empty() || !actions.is_empty() {
+                let mut ack_token = body.ack_token.clone().unwrap_or_default();
+                if !stored.is_empty() {
+                    ack_token = uuid::Uuid::new_v4().to_string();
+                    let ids: Vec<String> = stored.iter().map(|a| a.id.clone()).collect();
+                    self.store
+                        .mark_delivered(&agent.id, &ids, &ack_token)
+                        .await?;
+                    actions.extend(stored.iter().map(|a| action_json(a, &agent.id)));
+                }
+                return Ok(CheckinResponse {
+                    action: "checkin",
+                    ack_token,
+                    actions,
+                });
+            }
+            // Nothing yet: wait for a relevant change, the deadline or
+            // shutdown, refreshing the agent's last-seen time meanwhile.
+            let _waiting = WaitingGauge::enter();
+            let mut refresh = tokio::time::interval_at(
+                tokio::time::Instant::now() + HEARTBEAT_REFRESH,
+                HEARTBEAT_REFRESH,
+            );
+            let recheck = tokio::time::sleep(self.recheck_after());
+            tokio::pin!(recheck);
+            loop {
+                tokio::select! {
+                    ev = events.recv(), if !events_closed => match ev {
+                        Ok(ev) if ev.concerns(&agent.id, &agent.policy_id) => break,
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(_)) => break,
+                        // No more events: the timers and `stop` still end the wait.
+                        Err(RecvError::Closed) => events_closed = true,
+                    },
+                    // A notification may have been lost: read again anyway.
+                    _ = &mut recheck => break,
+                    _ = refresh.tick() => self.checkins.refresh(&agent.id, Utc::now()),
+                    _ = tokio::time::sleep_until(deadline) => return Ok(self.empty_checkin(&body)),
+                    _ = &mut stop => return Ok(self.empty_checkin(&body)),
+                }
+            }
+        }
+    }
+
+    /// The recheck interval less up to a quarter, at random, so waiters
+    /// woken by no event do not all read at once.
+    pub(super) fn recheck_after(&self) -> Duration {
+        let every = self.settings.recheck_interval;
+        let spread = (every.as_millis() / 4) as u64;
+        let off = if spread == 0 {
+            0
+        } else {
+            rand::thread_rng().gen_range(0..spread)
+        };
+        every.saturating_sub(Duration::from_millis(off))
+    }
+
+    pub(super) fn empty_checkin(&self, body: &CheckinRequest) -> CheckinResponse {
+        CheckinResponse {
+            action: "checkin",
+            ack_token: body.ack_token.clone().unwrap_or_default(),
+            actions: vec![],
+        }
+    }
+}
+
+/// `flotilla_checkins_waiting`: long polls currently waiting for a change.
+pub(super) struct WaitingGauge;
+
+impl WaitingGauge {
+    pub(super) fn enter() -> Self {
+        metrics::gauge!("flotilla_checkins_waiting").increment(1.0);
+        WaitingGauge
+    }
+}
+
+impl Drop for WaitingGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("flotilla_checkins_waiting").decrement(1.0);
+    }
+}
+
+pub(super) fn action_json(a: &Action, agent_id: &str) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(a.id));
+    m.insert("agent_id".into(), json!(agent_id));
+    m.insert("created_at".into(), json!(a.created_at));
+    m.insert("type".into(), json!(a.action_type.as_str()));
+    m.insert("input_type".into(), json!(""));
+    m.insert(
+        "data".into(),
+        if a.action_type == ActionType::Unenroll {
+            Value::Null
+        } else {
+            a.data.clone()
+        },
+    );
+    if let Some(exp) = a.expiration {
+        m.insert("expiration".into(), json!(exp));
+    }
+    Value::Object(m)
+}

@@ -1,0 +1,58 @@
+//! The fleet protocol's use cases: enrolment, long-poll check-in, acks,
+//! audit/unenroll — and the per-agent output keys they hand out.
+//!
+//! Errors carry a [`FleetErrorKind`], which the HTTP layer renders with the
+//! reference implementation's `error` tokens.
+
+mod ack;
+mod auth;
+mod buffer;
+mod checkin;
+mod enroll;
+mod errors;
+mod output_keys;
+mod policy_cache;
+mod protocol;
+mod unenroll;
+mod wire;
+
+pub use ack::{parse_policy_action_id, AckOutcome};
+pub use buffer::CheckinBuffer;
+pub use errors::{FleetError, FleetErrorKind};
+pub use output_keys::output_key_aad;
+pub use policy_cache::{CachedPolicy, PolicyCache};
+pub use protocol::check_user_agent;
+pub use wire::*;
+
+// What the use-case modules share among themselves.
+use buffer::*;
+use errors::*;
+use protocol::*;
+
+use flotilla_store::FleetAgent;
+
+use crate::Services;
+
+/// The fleet protocol's use cases, as `Management` is the operators':
+/// `services.fleet().checkin(…)`.
+pub struct Fleet<'a> {
+    pub(crate) services: &'a Services,
+}
+
+/// The use cases read the shared parts (store, settings, caches) directly.
+impl std::ops::Deref for Fleet<'_> {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        self.services
+    }
+}
+
+/// The policy an enrollment credential may enrol into.
+pub struct EnrollGrant {
+    pub policy_id: String,
+}
+
+/// What authenticating an agent's request yields.
+pub struct AuthedAgent {
+    pub agent: FleetAgent,
+}

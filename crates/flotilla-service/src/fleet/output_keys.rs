@@ -1,0 +1,197 @@
+//! The agent's POLICY_CHANGE with its own output key: minted, rotated, retired.
+
+use chrono::Utc;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use flotilla_store::{FleetAgent, KeyKind, OutputKeyChange, StoreError};
+
+use super::*;
+
+impl Fleet<'_> {
+    /// A `POLICY_CHANGE` for the agent when it is behind (or its key no
+    /// longer matches the policy's permissions), with its own output key.
+    pub(super) async fn policy_change_for(
+        &self,
+        agent: &FleetAgent,
+        reported: Option<i64>,
+    ) -> Result<Option<Value>> {
+        let policy = match self.cached_policy(&agent.policy_id).await {
+            Ok(p) => p,
+            // The policy was deleted under the agent: nothing to send.
+            Err(crate::ServiceError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // What it runs: as reported (so a restored agent is re-sent what it
+        // lost), else as acked; a revision the policy never had counts as 0.
+        let known = match reported {
+            Some(r) if r <= policy.revision => r,
+            Some(_) => 0,
+            None => agent.policy_revision.unwrap_or(0),
+        };
+        let key_current = if policy.takes_api_key {
+            agent.output_api_key_id.is_some()
+                && agent.output_permissions_hash.as_deref()
+                    == Some(policy.permissions_hash.as_str())
+        } else {
+            agent.output_api_key_id.is_none()
+        };
+        if known >= policy.revision && key_current {
+            return Ok(None);
+        }
+        if !policy.takes_api_key {
+            // An output that takes no key: the key the agent held for an
+            // earlier output is retired once it runs this revision.
+            if let Some(key_id) = &agent.output_api_key_id {
+                self.store
+                    .retire_output_key(
+                        &agent.id,
+                        key_id,
+                        &policy.policy_id,
+                        policy.revision,
+                        Utc::now(),
+                    )
+                    .await?;
+            }
+            if known >= policy.revision {
+                return Ok(None);
+            }
+            return Ok(Some(policy_change_action(
+                &policy,
+                &agent.id,
+                policy.document.clone(),
+            )));
+        }
+        let mut document = policy.document.clone();
+        let credential = match self.current_output_key(agent, key_current).await? {
+            Some(plain) => plain,
+            None => self.rotate_output_key(agent, &policy).await?,
+        };
+        if let Some(output) =
+            document.pointer_mut(&format!("/outputs/{}", escape_pointer(&policy.output_id)))
+        {
+            if let Some(obj) = output.as_object_mut() {
+                obj.insert("api_key".into(), Value::String(credential));
+            }
+        }
+        Ok(Some(policy_change_action(&policy, &agent.id, document)))
+    }
+
+    /// The agent's current output key (`id:secret`), if it still fits the
+    /// policy and has not been invalidated.
+    pub(super) async fn current_output_key(
+        &self,
+        agent: &FleetAgent,
+        fits: bool,
+    ) -> Result<Option<String>> {
+        let (Some(key_id), Some(sealed), true) = (
+            agent.output_api_key_id.as_deref(),
+            agent.output_api_key_sealed.as_deref(),
+            fits,
+        ) else {
+            return Ok(None);
+        };
+        match self.store.get_api_key(key_id).await? {
+            Some(k) if k.invalidated_at.is_none() => {}
+            _ => return Ok(None),
+        }
+        let plain = self.sealer.open(sealed, &output_key_aad(&agent.id, key_id)).map_err(|e| {
+            tracing::error!(agent_id = %agent.id, error = %e, "cannot open the agent's output key");
+            FleetError::new(FleetErrorKind::Internal, "internal error")
+        })?;
+        String::from_utf8(plain)
+            .map(Some)
+            .map_err(|_| FleetError::new(FleetErrorKind::Internal, "internal error"))
+    }
+
+    /// Mint the agent a key with exactly the policy's permissions; the old
+    /// one stays valid until the agent runs this revision. When another
+    /// check-in of the same agent rotated first, its key is used.
+    pub(super) async fn rotate_output_key(
+        &self,
+        agent: &FleetAgent,
+        policy: &CachedPolicy,
+    ) -> Result<String> {
+        let excess = self.settings.ceiling.excess(&policy.permissions);
+        if !excess.is_empty() {
+            tracing::error!(policy_id = %policy.policy_id, ?excess, "policy exceeds the grant ceiling; no key minted");
+            return Err(FleetError::new(
+                FleetErrorKind::Internal,
+                "the policy's permissions exceed what this server may grant",
+            ));
+        }
+        let minted = self.keys().mint(
+            &format!("{}:{}", agent.id, policy.output_id),
+            KeyKind::Output,
+            Some(&agent.id),
+            &policy.permissions,
+            json!({"agent_id": agent.id, "managed": true, "type": "output", "output_name": policy.output_id,
+                   "policy_id": policy.policy_id}),
+        );
+        let plain = minted.credential.expose_secret().to_owned();
+        let change = OutputKeyChange {
+            sealed_secret: self.sealer.seal(
+                plain.as_bytes(),
+                &output_key_aad(&agent.id, &minted.record.id),
+            ),
+            key: minted.record,
+            replaces: agent.output_api_key_id.clone(),
+            permissions_hash: policy.permissions_hash.clone(),
+            policy_id: policy.policy_id.clone(),
+            revision: policy.revision,
+        };
+        match self.store.set_output_key(&agent.id, &change).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                let winner = self.store.get_fleet_agent(&agent.id).await?;
+                let fits = winner.as_ref().is_some_and(|w| {
+                    w.active
+                        && w.output_permissions_hash.as_deref()
+                            == Some(policy.permissions_hash.as_str())
+                });
+                return match winner {
+                    Some(w) if fits => self.current_output_key(&w, true).await?.ok_or_else(|| {
+                        FleetError::new(
+                            FleetErrorKind::Unavailable,
+                            "output key changed concurrently; retry",
+                        )
+                    }),
+                    Some(w) if !w.active => Err(FleetError::new(
+                        FleetErrorKind::AgentInactive,
+                        "Agent inactive",
+                    )),
+                    _ => Err(FleetError::new(
+                        FleetErrorKind::Unavailable,
+                        "output key changed concurrently; retry",
+                    )),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(agent_id = %agent.id, policy_id = %policy.policy_id, revision = policy.revision, "output key minted");
+        Ok(plain)
+    }
+}
+
+pub(super) fn policy_change_action(
+    policy: &CachedPolicy,
+    agent_id: &str,
+    document: Value,
+) -> Value {
+    json!({
+        "id": format!("policy:{}:{}", policy.policy_id, policy.revision),
+        "agent_id": agent_id,
+        "created_at": policy.updated_at,
+        "type": "POLICY_CHANGE",
+        "input_type": "",
+        "data": { "policy": document },
+    })
+}
+
+pub fn output_key_aad(agent_id: &str, key_id: &str) -> String {
+    format!("agents.output_api_key:{agent_id}:{key_id}")
+}
+
+pub(super) fn escape_pointer(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
