@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::broadcast::error::RecvError;
 
 use flotilla_domain::action::{Action, ActionType};
-use flotilla_store::{CheckinRecord, StoreError};
+use flotilla_store::{CheckinRecord, FleetAgent, StoreError};
 
 use super::*;
 
@@ -34,6 +34,10 @@ impl Fleet<'_> {
         poll_duration(requested, self.settings.poll_timeout, sample)
     }
 
+    /// A long-poll check-in: validate, record, then answer with what the
+    /// agent is owed — at once, or when a change arrives, the poll's
+    /// deadline passes or `stop` (shutdown, or a newer check-in of the same
+    /// agent) resolves, whichever comes first (the last two: no actions).
     pub async fn checkin(
         &self,
         authed: AuthedAgent,
@@ -41,122 +45,24 @@ impl Fleet<'_> {
         body: CheckinRequest,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<CheckinResponse> {
-        // Ends a waiting poll at once (shutdown, or a newer check-in of the
-        // same agent) with an empty answer.
         let mut stop = std::pin::pin!(stop);
-        let AuthedAgent { agent } = authed;
-        let agent_id = agent.id.clone();
-        let version = check_user_agent(user_agent, &self.settings.server_version)?;
-        if body.status.trim().is_empty() {
-            return Err(FleetError::bad("checkin status missing"));
-        }
-        let requested_poll = body
-            .poll_timeout
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(parse_poll_timeout)
-            .transpose()?;
-        if let Some(meta) = &body.local_metadata {
-            if !meta.is_object() && !meta.is_null() {
-                return Err(FleetError::bad("unable to parse meta"));
-            }
-        }
-        // What the agent says it runs (agents from 9.2 report it).
-        let reports = body.agent_policy_id.clone().zip(body.policy_revision_idx);
-        let now = Utc::now();
-        let record = CheckinRecord {
-            agent_id: agent.id.clone(),
-            at: now,
-            status: body.status.trim().to_lowercase(),
-            message: body.message.clone(),
-            local_metadata: body.local_metadata.clone().filter(|m| !m.is_null()),
-            components: body.components.clone().filter(|c| !c.is_null()),
-            agent_version: Some(version),
-            reported_policy: reports.clone(),
-        };
-        if let Some(now_rec) = self.checkins.offer(record, agent.last_checkin.is_none()) {
-            self.store.record_checkins(&[now_rec]).await?;
-        }
-        if let Some(token) = body.ack_token.as_deref().filter(|t| !t.is_empty()) {
-            // Agents send their last token on every check-in; confirm it once.
-            if !self.checkins.token_confirmed(&agent.id, token) {
-                self.store.confirm_delivery(&agent.id, token).await?;
-                self.checkins.remember_token(&agent.id, token);
-            }
-        }
-        // A newer revision reported changes the agent's record (and may
-        // retire keys): only then is it read again below.
-        let mut reread = false;
-        if let Some((p, rev)) = &reports {
-            if *p == agent.policy_id && *rev > agent.policy_revision.unwrap_or(-1) {
-                self.store
-                    .agent_runs_policy(&agent.id, p, *rev, now)
-                    .await?;
-                reread = true;
-            }
-        }
-        let poll = self.poll_duration(requested_poll);
-        let deadline = tokio::time::Instant::now() + poll;
-        // Subscribe before reading, so no change between the read and the
+        let AuthedAgent { mut agent } = authed;
+        let checkin = validate(user_agent, &body, &self.settings.server_version)?;
+        let mut reread = self.record(&agent, &body, &checkin).await?;
+        let deadline = tokio::time::Instant::now() + self.poll_duration(checkin.poll_timeout);
+        // Subscribed before reading, so no change between the read and the
         // wait goes unnoticed.
         let mut events = self.store.subscribe();
         let mut events_closed = false;
-        let mut agent = agent;
         loop {
             if reread {
-                agent = self
-                    .store
-                    .get_fleet_agent(&agent_id)
-                    .await?
-                    .ok_or_else(|| {
-                        FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
-                    })?;
-                if !agent.active {
-                    return Err(FleetError::new(
-                        FleetErrorKind::AgentInactive,
-                        "Agent inactive",
-                    ));
-                }
+                agent = self.reload(&agent.id).await?;
             }
             reread = true;
-            // A report about another policy (it was reassigned) counts as
-            // running nothing of the current one.
-            let reported = reports
-                .as_ref()
-                .map(|(p, rev)| if *p == agent.policy_id { *rev } else { 0 });
-            let stored = self
-                .store
-                .pending_actions(&agent.id, Utc::now(), 100)
-                .await?;
-            let mut actions = Vec::new();
-            match self.policy_change_for(&agent, reported).await {
-                Ok(Some(change)) => actions.push(change),
-                Ok(None) => {}
-                // A policy that cannot be delivered must not hold back the
-                // agent's other actions (an UNENROLL, say).
-                Err(e) if !stored.is_empty() => {
-                    tracing::error!(agent_id = %agent.id, error = %e, "policy not delivered");
-                }
-                Err(e) => return Err(e),
+            if let Some(answer) = self.owed(&agent, &body, checkin.reports.as_ref()).await? {
+                return Ok(answer);
             }
-            if !stored.is_empty() || !actions.is_empty() {
-                let mut ack_token = body.ack_token.clone().unwrap_or_default();
-                if !stored.is_empty() {
-                    ack_token = uuid::Uuid::new_v4().to_string();
-                    let ids: Vec<String> = stored.iter().map(|a| a.id.clone()).collect();
-                    self.store
-                        .mark_delivered(&agent.id, &ids, &ack_token)
-                        .await?;
-                    actions.extend(stored.iter().map(|a| action_json(a, &agent.id)));
-                }
-                return Ok(CheckinResponse {
-                    action: "checkin",
-                    ack_token,
-                    actions,
-                });
-            }
-            // Nothing yet: wait for a relevant change, the deadline or
-            // shutdown, refreshing the agent's last-seen time meanwhile.
+            // Nothing yet: wait, refreshing the agent's last-seen time.
             let _waiting = WaitingGauge::enter();
             let mut refresh = tokio::time::interval_at(
                 tokio::time::Instant::now() + HEARTBEAT_REFRESH,
@@ -183,6 +89,109 @@ impl Fleet<'_> {
         }
     }
 
+    /// Record the check-in (buffered unless something changed), confirm
+    /// the deliveries its ack token covers, and note a newer revision the
+    /// agent reports running (which may retire keys). Whether the agent's
+    /// record changed, so must be read again.
+    async fn record(
+        &self,
+        agent: &FleetAgent,
+        body: &CheckinRequest,
+        checkin: &ValidCheckin,
+    ) -> Result<bool> {
+        let now = Utc::now();
+        let record = CheckinRecord {
+            agent_id: agent.id.clone(),
+            at: now,
+            status: body.status.trim().to_lowercase(),
+            message: body.message.clone(),
+            local_metadata: body.local_metadata.clone().filter(|m| !m.is_null()),
+            components: body.components.clone().filter(|c| !c.is_null()),
+            agent_version: Some(checkin.version.clone()),
+            reported_policy: checkin.reports.clone(),
+        };
+        if let Some(now_rec) = self.checkins.offer(record, agent.last_checkin.is_none()) {
+            self.store.record_checkins(&[now_rec]).await?;
+        }
+        if let Some(token) = body.ack_token.as_deref().filter(|t| !t.is_empty()) {
+            // Agents send their last token on every check-in; confirm it once.
+            if !self.checkins.token_confirmed(&agent.id, token) {
+                self.store.confirm_delivery(&agent.id, token).await?;
+                self.checkins.remember_token(&agent.id, token);
+            }
+        }
+        match &checkin.reports {
+            Some((p, rev))
+                if *p == agent.policy_id && *rev > agent.policy_revision.unwrap_or(-1) =>
+            {
+                self.store
+                    .agent_runs_policy(&agent.id, p, *rev, now)
+                    .await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn reload(&self, agent_id: &str) -> Result<FleetAgent> {
+        let agent = self.store.get_fleet_agent(agent_id).await?.ok_or_else(|| {
+            FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
+        })?;
+        if !agent.active {
+            return Err(FleetError::new(
+                FleetErrorKind::AgentInactive,
+                "Agent inactive",
+            ));
+        }
+        Ok(agent)
+    }
+
+    /// What the agent is owed now: its pending actions (stamped with a new
+    /// ack token) and a POLICY_CHANGE when it is behind or its key no
+    /// longer fits; `None` when nothing.
+    async fn owed(
+        &self,
+        agent: &FleetAgent,
+        body: &CheckinRequest,
+        reports: Option<&(String, i64)>,
+    ) -> Result<Option<CheckinResponse>> {
+        // A report about another policy (it was reassigned) counts as
+        // running nothing of the current one.
+        let reported = reports.map(|(p, rev)| if *p == agent.policy_id { *rev } else { 0 });
+        let stored = self
+            .store
+            .pending_actions(&agent.id, Utc::now(), 100)
+            .await?;
+        let mut actions = Vec::new();
+        match self.policy_change_for(agent, reported).await {
+            Ok(Some(change)) => actions.push(change),
+            Ok(None) => {}
+            // A policy that cannot be delivered must not hold back the
+            // agent's other actions (an UNENROLL, say).
+            Err(e) if !stored.is_empty() => {
+                tracing::error!(agent_id = %agent.id, error = %e, "policy not delivered");
+            }
+            Err(e) => return Err(e),
+        }
+        if stored.is_empty() && actions.is_empty() {
+            return Ok(None);
+        }
+        let mut ack_token = body.ack_token.clone().unwrap_or_default();
+        if !stored.is_empty() {
+            ack_token = uuid::Uuid::new_v4().to_string();
+            let ids: Vec<String> = stored.iter().map(|a| a.id.clone()).collect();
+            self.store
+                .mark_delivered(&agent.id, &ids, &ack_token)
+                .await?;
+            actions.extend(stored.iter().map(|a| action_json(a, &agent.id)));
+        }
+        Ok(Some(CheckinResponse {
+            action: "checkin",
+            ack_token,
+            actions,
+        }))
+    }
+
     /// The recheck interval less up to a quarter, at random, so waiters
     /// woken by no event do not all read at once.
     pub(super) fn recheck_after(&self) -> Duration {
@@ -203,6 +212,44 @@ impl Fleet<'_> {
             actions: vec![],
         }
     }
+}
+
+/// A check-in body that passed validation.
+struct ValidCheckin {
+    /// The agent's version, from its user agent.
+    version: String,
+    poll_timeout: Option<Duration>,
+    /// The policy and revision the agent says it runs (agents from 9.2).
+    reports: Option<(String, i64)>,
+}
+
+fn validate(
+    user_agent: Option<&str>,
+    body: &CheckinRequest,
+    server_version: &str,
+) -> Result<ValidCheckin> {
+    let version = check_user_agent(user_agent, server_version)?;
+    if body.status.trim().is_empty() {
+        return Err(FleetError::bad("checkin status missing"));
+    }
+    let poll_timeout = body
+        .poll_timeout
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(parse_poll_timeout)
+        .transpose()?;
+    if body
+        .local_metadata
+        .as_ref()
+        .is_some_and(|m| !m.is_object() && !m.is_null())
+    {
+        return Err(FleetError::bad("unable to parse meta"));
+    }
+    Ok(ValidCheckin {
+        version,
+        poll_timeout,
+        reports: body.agent_policy_id.clone().zip(body.policy_revision_idx),
+    })
 }
 
 /// `flotilla_checkins_waiting`: long polls currently waiting for a change.
