@@ -34,12 +34,14 @@ impl Client {
         self.request(Method::GET, path, query, None).await
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.request(Method::POST, path, &[], Some(body)).await
+    pub async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Value> {
+        let body = serde_json::to_value(body)?;
+        self.request(Method::POST, path, &[], Some(&body)).await
     }
 
-    pub async fn put(&self, path: &str, body: &Value) -> Result<Value> {
-        self.request(Method::PUT, path, &[], Some(body)).await
+    pub async fn put(&self, path: &str, body: &impl serde::Serialize) -> Result<Value> {
+        let body = serde_json::to_value(body)?;
+        self.request(Method::PUT, path, &[], Some(&body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value> {

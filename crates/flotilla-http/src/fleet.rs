@@ -19,7 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use flotilla_service::fleet::{AckItem, AckOutcome, AckResponse, FleetError, FleetErrorKind};
+use flotilla_api::fleet::{AckItem, AckResponse};
+use flotilla_service::fleet::{AckOutcome, FleetError, FleetErrorKind};
 use flotilla_service::keys::{HasPrivilegesRequest, KeyRejection, KeyService};
 
 use crate::AppState;

@@ -5,11 +5,12 @@
 use axum::extract::State;
 use axum::Json;
 use secrecy::ExposeSecret;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use flotilla_api::management::*;
 use flotilla_domain::action::{Action, AgentActionStatus};
 use flotilla_domain::agent::{Agent, AgentStatus};
 use flotilla_domain::apikey::OperatorApiKey;
@@ -19,7 +20,6 @@ use flotilla_domain::full_policy::FullAgentPolicy;
 use flotilla_domain::output::Output;
 use flotilla_domain::package_policy::PackagePolicy;
 use flotilla_domain::policy::AgentPolicy;
-use flotilla_service::requests::*;
 use flotilla_store::{
     AgentFilter, EnrollmentKeyFilter, PackagePolicyFilter, Page, Paged, PolicyFilter,
 };
@@ -29,26 +29,6 @@ use crate::extract::{ApiJson, ApiPath, ApiQuery, Operator};
 use crate::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Item<T> {
-    pub item: T,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct List<T> {
-    pub items: Vec<T>,
-    pub total: u64,
-    pub page: u32,
-    #[serde(rename = "perPage")]
-    pub per_page: u32,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Deleted {
-    pub id: String,
-    pub success: bool,
-}
 
 fn item<T>(item: T) -> Json<Item<T>> {
     Json(Item { item })
@@ -142,24 +122,6 @@ pub struct AgentQuery {
     #[serde(rename = "showInactive")]
     #[param(rename = "showInactive")]
     show_inactive: Option<bool>,
-}
-
-/// An enrollment key as created: the only time its token is shown.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EnrollmentKeyWithToken {
-    #[serde(flatten)]
-    pub key: EnrollmentApiKey,
-    /// The enrollment token, `base64(id:secret)`. Shown once, never stored.
-    pub api_key: String,
-}
-
-/// An operator API key as created: the only time its secret is shown.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OperatorKeyWithSecret {
-    #[serde(flatten)]
-    pub key: OperatorApiKey,
-    /// Use as `Authorization: ApiKey <api_key>`. Shown once, never stored.
-    pub api_key: String,
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -384,9 +346,11 @@ async fn delete_package_policy(
 }
 
 #[utoipa::path(get, path = "/api/fleet/epm/packages", tag = "integrations",
-    responses((status = 200, description = "The built-in integration catalogue", body = Vec<PackageSpec>)))]
-async fn list_packages(_: Operator, State(s): State<AppState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "items": s.services.catalogue.packages }))
+    responses((status = 200, description = "The built-in integration catalogue", body = Items<PackageSpec>)))]
+async fn list_packages(_: Operator, State(s): State<AppState>) -> Json<Items<PackageSpec>> {
+    Json(Items {
+        items: s.services.catalogue.packages.clone(),
+    })
 }
 
 // --- enrollment keys -----------------------------------------------------------

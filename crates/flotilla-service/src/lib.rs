@@ -11,7 +11,6 @@ pub mod fleet;
 pub mod full_policy;
 pub mod keys;
 pub mod management;
-pub mod requests;
 pub mod secrets;
 pub mod settings;
 

@@ -24,9 +24,9 @@ use flotilla_store::{
     StoreError,
 };
 
-use crate::requests::*;
 use crate::secrets::{hash_token, NewToken};
 use crate::{ServiceError, Services};
+use flotilla_api::management::*;
 
 type Result<T> = std::result::Result<T, ServiceError>;
 

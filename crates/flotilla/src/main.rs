@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the fleet server (management API and, later, the fleet API).
+    /// Run the server: the management API and the agents' fleet API.
     Server(server::ServerArgs),
     /// Run an agent (not available yet).
     Agent,
@@ -31,13 +31,15 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        // Help and version are printed as clap renders them; a usage error
+        // is one line, like every other error.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -66,5 +68,35 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A clap usage error on one line: its first line, with the possible values
+/// (or the usage) it lists after, minus the "try --help" footer.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut out = lines
+        .next()
+        .unwrap_or("error: invalid arguments")
+        .to_owned();
+    for l in lines {
+        if l.starts_with("For more information") {
+            continue;
+        }
+        out.push(' ');
+        out.push_str(l);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usage_errors_fold_to_one_line() {
+        let rendered = "error: invalid value 'loud' for '--log-level <LOG_LEVEL>'\n  [possible values: trace, debug]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::one_line(rendered),
+            "error: invalid value 'loud' for '--log-level <LOG_LEVEL>' [possible values: trace, debug]"
+        );
     }
 }

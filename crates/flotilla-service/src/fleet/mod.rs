@@ -14,15 +14,14 @@ mod output_keys;
 mod policy_cache;
 mod protocol;
 mod unenroll;
-mod wire;
 
 pub use ack::{parse_policy_action_id, AckOutcome};
 pub use buffer::CheckinBuffer;
 pub use errors::{FleetError, FleetErrorKind};
+pub use flotilla_api::fleet::*;
 pub use output_keys::output_key_aad;
 pub use policy_cache::{CachedPolicy, PolicyCache};
 pub use protocol::check_user_agent;
-pub use wire::*;
 
 // What the use-case modules share among themselves.
 use buffer::*;

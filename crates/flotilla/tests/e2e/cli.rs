@@ -120,7 +120,10 @@ async fn agents_and_their_actions() {
     ]));
     assert_eq!(action["type"], "SETTINGS");
     let err = one_line_error(&s.cli(&["agents", "settings", &agent.0, "--log-level", "loud"]));
-    assert!(err.contains("log_level"), "{err}");
+    assert!(
+        err.contains("--log-level") && err.contains("possible values: trace"),
+        "{err}"
+    );
     let listed = json(&s.cli(&["agents", "actions", &agent.0, "--json"]));
     assert_eq!(listed["items"][0]["delivered"], false);
     s.ack(&agent, &[action["id"].as_str().unwrap()]).await;

@@ -1,4 +1,5 @@
-//! The fleet API's request and response bodies, as agents send and read them.
+//! The fleet API's request and response bodies, as agents send and read
+//! them (`shared/reference/fleet-server-openapi.yml`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

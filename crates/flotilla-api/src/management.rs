@@ -1,6 +1,8 @@
-//! Request bodies of the management API, as callers send them. Services
+//! The management API's bodies: requests as callers send them (services
 //! validate them into domain values; unknown fields are refused so that a
-//! typo is an error rather than a silently ignored setting.
+//! typo is an error rather than a silently ignored setting; absent fields
+//! are not sent, so an update changes only what it names) and the
+//! envelopes answers come in.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -23,7 +25,7 @@ where
 #[serde(deny_unknown_fields)]
 pub struct CreateOutput {
     /// Optional caller-chosen id; generated when omitted.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub id: Option<String>,
     pub name: String,
     #[serde(rename = "type")]
@@ -36,13 +38,13 @@ pub struct CreateOutput {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOutput {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub name: Option<String>,
-    #[serde(default, rename = "type")]
+    #[serde(skip_serializing_if = "Option::is_none", default, rename = "type")]
     pub output_type: Option<OutputType>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub hosts: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub is_default: Option<bool>,
 }
 
@@ -50,38 +52,46 @@ pub struct UpdateOutput {
 #[serde(deny_unknown_fields)]
 pub struct CreateAgentPolicy {
     /// Optional caller-chosen id; generated when omitted.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub id: Option<String>,
     pub name: String,
     /// Defaults to `default`.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub namespace: Option<String>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub description: Option<String>,
     /// The output to use; omitted means the default output.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub output_id: Option<String>,
     /// Seconds; defaults to two weeks.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub inactivity_timeout: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgentPolicy {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub namespace: Option<String>,
     /// `null` clears it.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "double_option"
+    )]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
     /// `null` switches back to the default output.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "double_option"
+    )]
     #[schema(value_type = Option<String>)]
     pub output_id: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub inactivity_timeout: Option<u64>,
 }
 
@@ -90,30 +100,30 @@ pub struct UpdateAgentPolicy {
 pub struct PackageRequest {
     pub name: String,
     /// Defaults to the catalogue's version.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePackagePolicy {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub id: Option<String>,
     pub name: String,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub description: Option<String>,
     pub policy_id: String,
     pub package: PackageRequest,
     /// Defaults to the agent policy's namespace.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub namespace: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub vars: Map<String, Value>,
     /// Omitted: the integration's default inputs.
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub inputs: Option<Vec<InputRequest>>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cloud_connector_id: Option<String>,
 }
 
@@ -121,25 +131,37 @@ pub struct CreatePackagePolicy {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePackagePolicy {
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub name: Option<String>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "double_option"
+    )]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub policy_id: Option<String>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub package: Option<PackageRequest>,
     /// `null` returns to the agent policy's namespace.
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "double_option"
+    )]
     #[schema(value_type = Option<String>)]
     pub namespace: Option<Option<String>>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(value_type = Option<Object>)]
     pub vars: Option<Map<String, Value>>,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub inputs: Option<Vec<InputRequest>>,
-    #[serde(default, deserialize_with = "double_option")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "double_option"
+    )]
     #[schema(value_type = Option<String>)]
     pub cloud_connector_id: Option<Option<String>>,
 }
@@ -148,7 +170,7 @@ pub struct UpdatePackagePolicy {
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollmentKey {
     pub policy_id: String,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub name: Option<String>,
 }
 
@@ -186,7 +208,7 @@ pub struct ActionRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub data: Value,
-    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub expiration: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -195,4 +217,51 @@ pub struct ActionRequest {
 #[serde(deny_unknown_fields)]
 pub struct CreateAction {
     pub action: ActionRequest,
+}
+
+/// `{"item": …}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Item<T> {
+    pub item: T,
+}
+
+/// `{"items", "total", "page", "perPage"}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct List<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+    pub page: u32,
+    #[serde(rename = "perPage")]
+    pub per_page: u32,
+}
+
+/// `{"items": […]}`, unpaged (the package catalogue, as Kibana's EPM).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+/// What a delete answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Deleted {
+    pub id: String,
+    pub success: bool,
+}
+
+/// An enrollment key as created: the only time its token is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrollmentKeyWithToken {
+    #[serde(flatten)]
+    pub key: flotilla_domain::enrollment::EnrollmentApiKey,
+    /// The enrollment token, `base64(id:secret)`. Shown once, never stored.
+    pub api_key: String,
+}
+
+/// An operator API key as created: the only time its secret is shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatorKeyWithSecret {
+    #[serde(flatten)]
+    pub key: flotilla_domain::apikey::OperatorApiKey,
+    /// Use as `Authorization: ApiKey <api_key>`. Shown once, never stored.
+    pub api_key: String,
 }

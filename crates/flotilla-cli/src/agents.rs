@@ -1,0 +1,203 @@
+//! `flotilla agents`: enrolled agents and the actions sent to them.
+
+use anyhow::Result;
+use clap::{Subcommand, ValueEnum};
+
+use flotilla_api::management::{
+    ActionRequest, CreateAction, ReassignAgent, UnenrollAgent, UpdateAgent,
+};
+use flotilla_domain::action::ActionType;
+use flotilla_domain::agent::AgentStatus;
+
+use crate::render::{view, Columns, View};
+use crate::{at, client, ClientOpts, PageArgs, AGENTS};
+
+/// An agent's status, as `--status` takes it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    Online,
+    Offline,
+    Inactive,
+    Error,
+    Degraded,
+    Enrolling,
+    Unenrolling,
+    Unenrolled,
+}
+
+impl StatusArg {
+    fn status(self) -> AgentStatus {
+        match self {
+            StatusArg::Online => AgentStatus::Online,
+            StatusArg::Offline => AgentStatus::Offline,
+            StatusArg::Inactive => AgentStatus::Inactive,
+            StatusArg::Error => AgentStatus::Error,
+            StatusArg::Degraded => AgentStatus::Degraded,
+            StatusArg::Enrolling => AgentStatus::Enrolling,
+            StatusArg::Unenrolling => AgentStatus::Unenrolling,
+            StatusArg::Unenrolled => AgentStatus::Unenrolled,
+        }
+    }
+}
+
+/// An agent's log level, as `--log-level` takes it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+impl LogLevel {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warning",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCmd {
+    /// List agents.
+    List {
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Include unenrolled agents.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one agent.
+    Show { id: String },
+    /// Unenrol an agent.
+    Unenroll {
+        id: String,
+        /// At once, without waiting for the agent.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Move an agent to another policy.
+    Reassign {
+        id: String,
+        #[arg(long)]
+        policy: String,
+    },
+    /// An agent's actions and whether it received and acknowledged them.
+    Actions {
+        id: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Change an agent's log level (a SETTINGS action).
+    Settings {
+        id: String,
+        #[arg(long, value_enum)]
+        log_level: LogLevel,
+    },
+    /// Replace an agent's tags.
+    Tag {
+        id: String,
+        /// Comma-separated; empty clears.
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+    },
+}
+
+const AGENT_COLS: Columns = &[
+    ("ID", "id"),
+    ("STATUS", "status"),
+    ("POLICY", "policy_id"),
+    ("REVISION", "policy_revision"),
+    ("TAGS", "tags"),
+    ("LAST CHECK-IN", "last_checkin"),
+];
+const ACTION_COLS: Columns = &[
+    ("ID", "id"),
+    ("TYPE", "type"),
+    ("CREATED", "created_at"),
+    ("DELIVERED", "delivered"),
+    ("ACKED", "acked_at"),
+    ("ERROR", "ack_error"),
+];
+
+pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
+    let c = client(opts)?;
+    Ok(match cmd {
+        AgentsCmd::List {
+            policy,
+            status,
+            tag,
+            all,
+            page,
+        } => {
+            let mut q = page.query();
+            if let Some(p) = policy {
+                q.push(("policy_id", p));
+            }
+            if let Some(s) = status {
+                q.push(("status", s.status().as_str().to_owned()));
+            }
+            if let Some(t) = tag {
+                q.push(("tag", t));
+            }
+            if all {
+                q.push(("showInactive", "true".into()));
+            }
+            view(c.get(AGENTS, &q).await?, AGENT_COLS)
+        }
+        AgentsCmd::Show { id } => view(c.get(&at(AGENTS, &id), &[]).await?, AGENT_COLS),
+        AgentsCmd::Unenroll { id, revoke } => view(
+            c.post(
+                &format!("{}/unenroll", at(AGENTS, &id)),
+                &UnenrollAgent { revoke },
+            )
+            .await?,
+            AGENT_COLS,
+        ),
+        AgentsCmd::Reassign { id, policy } => view(
+            c.post(
+                &format!("{}/reassign", at(AGENTS, &id)),
+                &ReassignAgent { policy_id: policy },
+            )
+            .await?,
+            AGENT_COLS,
+        ),
+        AgentsCmd::Actions { id, page } => view(
+            c.get(&format!("{}/actions", at(AGENTS, &id)), &page.query())
+                .await?,
+            ACTION_COLS,
+        ),
+        AgentsCmd::Settings { id, log_level } => {
+            let body = CreateAction {
+                action: ActionRequest {
+                    action_type: ActionType::Settings,
+                    data: serde_json::json!({ "log_level": log_level.as_str() }),
+                    expiration: None,
+                },
+            };
+            view(
+                c.post(&format!("{}/actions", at(AGENTS, &id)), &body)
+                    .await?,
+                ACTION_COLS,
+            )
+        }
+        AgentsCmd::Tag { id, tags } => {
+            let tags: Vec<String> = tags.into_iter().filter(|t| !t.is_empty()).collect();
+            view(
+                c.put(&at(AGENTS, &id), &UpdateAgent { tags }).await?,
+                AGENT_COLS,
+            )
+        }
+    })
+}
