@@ -5,5 +5,7 @@
 //! Architecture invariant: types and their (de)serialisation only — no
 //! I/O, no validation (services validate), no HTTP.
 
+#![warn(unreachable_pub)]
+
 pub mod fleet;
 pub mod management;

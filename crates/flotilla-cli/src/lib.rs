@@ -2,6 +2,8 @@
 //! API. Data goes to stdout (tables, or JSON with `--json`); errors are one
 //! line on stderr and a non-zero exit, chosen by `main`.
 
+#![warn(unreachable_pub)]
+
 mod agents;
 mod apikey;
 mod client;

@@ -6,6 +6,8 @@
 //! SQL, HTTP or the async runtime. Everything here is a pure function of its
 //! inputs, so it is tested with plain unit tests.
 
+#![warn(unreachable_pub)]
+
 pub mod action;
 pub mod agent;
 pub mod apikey;

@@ -4,6 +4,8 @@
 //! and HTTP status codes. Handlers are thin: extract, call a service, wrap
 //! the result in the API's envelope. Errors go through [`error::ApiError`].
 
+#![warn(unreachable_pub)]
+
 pub mod error;
 pub mod extract;
 pub mod fleet;

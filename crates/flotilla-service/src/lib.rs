@@ -5,6 +5,8 @@
 //! the domain rules, and calls the [`Store`]. It knows nothing of HTTP; the
 //! HTTP crate maps [`ServiceError`] to responses.
 
+#![warn(unreachable_pub)]
+
 pub mod crypto;
 pub mod error;
 pub mod fleet;

@@ -7,6 +7,8 @@
 //! transaction starts, and the engine-native features later issues add —
 //! lives in `sqlite` and `postgres`.
 
+#![warn(unreachable_pub)]
+
 mod migrate;
 pub mod postgres;
 mod rows;

@@ -24,6 +24,11 @@ pub enum MigrationError {
     Failed(#[source] MigrateError),
     #[error("could not open the database: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error(
+        "another flotilla server is using {path}; the embedded database serves one server \
+         (use PostgreSQL with --database-url for several)"
+    )]
+    InUse { path: String },
     #[error("could not create the data directory {path}: {source}")]
     DataDir {
         path: String,

@@ -24,16 +24,27 @@ pub struct SqliteStore {
     /// Change events: one process owns the file, so in-process signalling
     /// reaches every waiter.
     events: tokio::sync::broadcast::Sender<flotilla_store::StoreEvent>,
+    /// With [`SqliteStore::open_dir`]: an exclusive lock on
+    /// `<dir>/flotilla.lock` for the store's life, so a second process on
+    /// the same database is refused instead of silently missing this one's
+    /// change events (they are in-process).
+    _lock: Option<std::fs::File>,
 }
 
 impl SqliteStore {
     /// Open (creating if needed) `<dir>/flotilla.db` and migrate it.
+    /// Refused ([`MigrationError::InUse`]) while another store holds the
+    /// directory.
     pub async fn open_dir(dir: &Path) -> Result<Self, MigrationError> {
-        create_private_dir(dir).map_err(|source| MigrationError::DataDir {
+        let io = |source| MigrationError::DataDir {
             path: dir.display().to_string(),
             source,
-        })?;
-        Self::open_file(&dir.join(DATABASE_FILE)).await
+        };
+        create_private_dir(dir).map_err(io)?;
+        let lock = lock_dir(dir)?;
+        let mut store = Self::open_file(&dir.join(DATABASE_FILE)).await?;
+        store._lock = Some(lock);
+        Ok(store)
     }
 
     pub async fn open_file(path: &Path) -> Result<Self, MigrationError> {
@@ -67,6 +78,7 @@ impl SqliteStore {
             pool,
             writer,
             events,
+            _lock: None,
         })
     }
 
@@ -81,6 +93,29 @@ impl SqliteStore {
     async fn begin_write(&self) -> flotilla_store::Result<sqlx::Transaction<'_, sqlx::Sqlite>> {
         use crate::rows::DbResultExt as _;
         self.writer.begin_with("BEGIN IMMEDIATE").await.db()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, MigrationError> {
+    let path = dir.join("flotilla.lock");
+    let io = |source| MigrationError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(MigrationError::InUse {
+            path: dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
 

@@ -134,6 +134,23 @@ mod postgres_races {
     }
 }
 
+/// One store per SQLite directory: a second is refused, and the first
+/// closing lets another open it.
+#[tokio::test]
+async fn a_second_store_on_one_directory_is_refused() {
+    use flotilla_store_sql::{MigrationError, SqliteStore};
+    let dir = tempfile::tempdir().unwrap();
+    let first = SqliteStore::open_dir(dir.path()).await.unwrap();
+    let err = SqliteStore::open_dir(dir.path())
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, MigrationError::InUse { .. }), "{err}");
+    assert!(err.to_string().contains("another flotilla server"), "{err}");
+    drop(first);
+    SqliteStore::open_dir(dir.path()).await.unwrap();
+}
+
 /// A database migrated by a newer binary is refused with a clear message.
 #[tokio::test]
 async fn a_newer_schema_is_refused() {

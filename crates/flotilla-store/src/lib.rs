@@ -6,6 +6,8 @@
 //! Architecture invariant: this crate knows no SQL and no engine. Its
 //! [`conformance`] module holds the cases every engine must pass.
 
+#![warn(unreachable_pub)]
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -18,6 +20,7 @@ use flotilla_domain::output::{NewOutput, Output, OutputUpdate};
 use flotilla_domain::package_policy::{NewPackagePolicy, PackagePolicy};
 use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 
 /// What a [`StoreError::NotFound`] did not find.

@@ -4,7 +4,11 @@
 //! (initdb + pg_ctl in a temp dir, on a free port) and each test its own
 //! database in it. When PostgreSQL is not installed the tests that need it
 //! are skipped — unless `FLOTILLA_REQUIRE_POSTGRES=1`, which turns that into
-//! a failure.
+//! a failure. `FLOTILLA_INSTALL_POSTGRES=1` lets it install PostgreSQL from
+//! the distribution's packages first (as root, with apt-get); nothing is
+//! installed unless asked.
+
+#![warn(unreachable_pub)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,12 @@ use anyhow::{bail, Context, Result};
 /// Whether a missing PostgreSQL must fail the run.
 pub fn postgres_required() -> bool {
     std::env::var("FLOTILLA_REQUIRE_POSTGRES")
+        .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Whether a missing PostgreSQL may be installed (`FLOTILLA_INSTALL_POSTGRES=1`).
+pub fn postgres_install_allowed() -> bool {
+    std::env::var("FLOTILLA_INSTALL_POSTGRES")
         .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
@@ -45,7 +55,8 @@ pub fn postgres() -> Option<&'static PgCluster> {
         .get_or_init(|| match find_bin_dir().or_else(install) {
             None if postgres_required() => {
                 panic!(
-                    "FLOTILLA_REQUIRE_POSTGRES=1 but PostgreSQL (initdb, pg_ctl) is not installed"
+                    "FLOTILLA_REQUIRE_POSTGRES=1 but PostgreSQL (initdb, pg_ctl) is not installed \
+                     (set FLOTILLA_INSTALL_POSTGRES=1 to let the tests install it, as root)"
                 )
             }
             None => {
@@ -60,7 +71,10 @@ pub fn postgres() -> Option<&'static PgCluster> {
 /// Install PostgreSQL from the distribution's packages where that is
 /// possible (root with apt-get), so a fresh machine can run the suite.
 fn install() -> Option<PathBuf> {
-    if !is_root() || Command::new("apt-get").arg("--version").output().is_err() {
+    if !postgres_install_allowed()
+        || !is_root()
+        || Command::new("apt-get").arg("--version").output().is_err()
+    {
         return None;
     }
     eprintln!("PostgreSQL not found: installing it with apt-get");

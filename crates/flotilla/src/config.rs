@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Top-level keys; environment variables for anything else (such as the
@@ -34,12 +35,16 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the embedded SQLite database.
     pub data_dir: PathBuf,
-    /// `postgres://…`: use PostgreSQL instead of SQLite.
-    pub database_url: Option<String>,
+    /// `postgres://…`: use PostgreSQL instead of SQLite. (It may hold a
+    /// password: secrets are never serialised, and shown only redacted.)
+    #[serde(skip_serializing)]
+    pub database_url: Option<SecretString>,
     /// The first operator API key (at least 32 characters).
-    pub admin_api_key: Option<String>,
+    #[serde(skip_serializing)]
+    pub admin_api_key: Option<SecretString>,
     /// Seals secrets that must be read back (agents' output keys).
-    pub encryption_key: Option<String>,
+    #[serde(skip_serializing)]
+    pub encryption_key: Option<SecretString>,
     pub log: LogConfig,
     pub http: HttpConfig,
     pub fleet: FleetConfig,
@@ -88,7 +93,8 @@ pub struct StaticTokensConfig {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticTokenConfig {
-    pub token: String,
+    #[serde(skip_serializing)]
+    pub token: SecretString,
     pub policy_id: String,
     #[serde(default)]
     pub allowed_ips: Vec<ipnet::IpNet>,
@@ -116,8 +122,8 @@ impl std::fmt::Debug for Config {
                 "database_url",
                 &self
                     .database_url
-                    .as_deref()
-                    .map(flotilla_store_sql::redact_url),
+                    .as_ref()
+                    .map(|u| flotilla_store_sql::redact_url(u.expose_secret())),
             )
             .field("admin_api_key", &self.admin_api_key.as_ref().map(|_| "***"))
             .field(
@@ -249,11 +255,12 @@ impl Config {
 
     fn validate(&self) -> Result<()> {
         if let Some(key) = &self.admin_api_key {
-            if key.chars().count() < 32 {
+            if key.expose_secret().chars().count() < 32 {
                 bail!("invalid configuration: admin_api_key (FLOTILLA_ADMIN_API_KEY) must be at least 32 characters");
             }
         }
         if let Some(url) = &self.database_url {
+            let url = url.expose_secret();
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 bail!("invalid configuration: database_url must be a postgres:// URL");
             }
@@ -265,7 +272,7 @@ impl Config {
             }
         }
         if let Some(key) = &self.encryption_key {
-            if key.chars().count() < 32 {
+            if key.expose_secret().chars().count() < 32 {
                 bail!("invalid configuration: encryption_key must be at least 32 characters");
             }
         }
@@ -328,7 +335,7 @@ impl Config {
                         "static_enrollment_tokens.tokens[{i}] (policy '{}')",
                         t.policy_id
                     ),
-                    t.token.clone(),
+                    t.token.expose_secret().to_owned(),
                     t.policy_id.clone(),
                     t.allowed_ips.clone(),
                 )
@@ -415,7 +422,10 @@ mod tests {
             let c = Config::load(Some("f.yml".as_ref()), &FlagOverrides::default()).unwrap();
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.http.max_body_bytes, 8192);
-            assert_eq!(c.database_url.as_deref(), Some("postgres://u@h/db"));
+            assert_eq!(
+                c.database_url.as_ref().map(|u| u.expose_secret()),
+                Some("postgres://u@h/db")
+            );
             let flags = FlagOverrides {
                 listen: Some("127.0.0.1:1".parse().unwrap()),
                 ..Default::default()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use secrecy::SecretString;
+use secrecy::ExposeSecret;
 
 use flotilla_http::{AppState, HttpLimits};
 use flotilla_service::crypto::Sealer;
@@ -39,26 +39,20 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     init_tracing(&config);
     tracing::debug!(?config, "configuration loaded");
 
-    // SQLite serves one server process: change events are in-process.
-    let _data_dir_lock = match &config.database_url {
-        Some(_) => None,
-        None => Some(lock_data_dir(&config.data_dir)?),
-    };
     let location = match &config.database_url {
-        Some(url) => Location::Postgres(url),
+        Some(url) => Location::Postgres(url.expose_secret()),
         None => Location::DataDir(&config.data_dir),
     };
     tracing::info!(storage = ?location, "opening storage");
     let store = flotilla_store_sql::open(location).await?;
     let sealer = match &config.encryption_key {
-        Some(key) => Sealer::from_secret(key.as_bytes()),
+        Some(key) => Sealer::from_secret(key.expose_secret().as_bytes()),
         None => Sealer::from_secret(local_encryption_key(&config.data_dir)?.as_bytes()),
     };
     let services = Services::new(store, config.fleet_settings()?, sealer);
 
-    let admin_key = config.admin_api_key.clone().map(SecretString::from);
+    let admin_key = config.admin_api_key.clone();
     if let Some(generated) = services.management().bootstrap(admin_key.as_ref()).await? {
-        use secrecy::ExposeSecret;
         // Deliberately not through tracing: shown once, never logged.
         println!(
             "admin API key (shown once, store it now): {}",
@@ -170,36 +164,6 @@ async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiv
         }
         if stopping {
             return;
-        }
-    }
-}
-
-/// Hold an exclusive lock on `<data_dir>/flotilla.lock` for the life of
-/// the server, so a second server on the same SQLite database is refused
-/// instead of silently missing the first one's change events.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
-    flotilla_store_sql::sqlite::create_private_dir(data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let path = data_dir.join("flotilla.lock");
-    let mut options = std::fs::OpenOptions::new();
-    options.create(true).truncate(false).write(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let file = options
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another flotilla server is using {}; the embedded database serves one server \
-             (use PostgreSQL with --database-url for several)",
-            data_dir.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
 }

@@ -10,17 +10,20 @@ use flotilla_store::{NewAgent, Store};
 
 use crate::support::{assert_error, Engine, Server};
 
-/// Start a server on `engine` and open a second handle on its storage, as
-/// a stand-in for agents enrolling (the fleet protocol is a later issue).
+/// Start a server on `engine` and open a second handle on its storage, to
+/// put agents in place directly. (On SQLite the database file itself: the
+/// directory is locked by the server.)
 async fn server_and_store(engine: Engine) -> Option<(Server, Arc<dyn Store>)> {
     match engine {
         Engine::Sqlite => {
             let server = Server::sqlite();
-            let store =
-                flotilla_store_sql::open(flotilla_store_sql::Location::DataDir(&server.data_dir))
-                    .await
-                    .unwrap();
-            Some((server, store))
+            let file = server
+                .data_dir
+                .join(flotilla_store_sql::sqlite::DATABASE_FILE);
+            let store = flotilla_store_sql::SqliteStore::open_file(&file)
+                .await
+                .unwrap();
+            Some((server, Arc::new(store)))
         }
         Engine::Postgres => {
             let url = flotilla_testkit::postgres()?.create_database();
