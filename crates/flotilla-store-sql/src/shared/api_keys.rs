@@ -12,15 +12,13 @@ pub(super) async fn insert_api_key(s: &Engine, key: &ApiKeyRecord) -> Result<()>
 
 #[tracing::instrument(skip_all)]
 pub(super) async fn get_api_key(s: &Engine, id: &str) -> Result<Option<ApiKeyRecord>> {
-    sqlx::query_as::<_, ApiKeyRow>(&format!(
-        "SELECT {API_KEY_COLS} FROM api_keys WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&s.pool)
-    .await
-    .db()?
-    .map(TryInto::try_into)
-    .transpose()
+    sqlx::query_as::<_, ApiKeyRow>(sql!("SELECT {API_KEY_COLS} FROM api_keys WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&s.pool)
+        .await
+        .db()?
+        .map(TryInto::try_into)
+        .transpose()
 }
 
 #[tracing::instrument(skip_all)]

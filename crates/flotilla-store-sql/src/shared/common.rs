@@ -65,12 +65,21 @@ pub(crate) fn like_pattern(s: &str) -> String {
 /// A connection, or a transaction (which derefs to one).
 pub(crate) type Conn = <Db as sqlx::Database>::Connection;
 
-/// Bind values for a statement run more than once (see [`page_of`]).
-pub(crate) type Args<'q> = <Db as sqlx::Database>::Arguments<'q>;
+/// A statement composed at run time. Every one here joins constant column
+/// lists and placeholders; no value ever reaches SQL text (values are
+/// bound), which is what sqlx asks us to assert.
+macro_rules! sql {
+    ($($t:tt)*) => {
+        sqlx::AssertSqlSafe(format!($($t)*))
+    };
+}
 
-pub(crate) fn add<'q, T>(args: &mut Args<'q>, value: T) -> Result<()>
+/// Bind values for a statement run more than once (see [`page_of`]).
+pub(crate) type Args = <Db as sqlx::Database>::Arguments;
+
+pub(crate) fn add<T>(args: &mut Args, value: T) -> Result<()>
 where
-    T: 'q + sqlx::Encode<'q, Db> + sqlx::Type<Db>,
+    T: for<'t> sqlx::Encode<'t, Db> + sqlx::Type<Db>,
 {
     use sqlx::Arguments as _;
     args.add(value).map_err(StoreError::Other)
@@ -82,7 +91,7 @@ pub(crate) async fn page_of<R>(
     pool: &sqlx::Pool<Db>,
     select: &str,
     count: &str,
-    args: Args<'_>,
+    args: Args,
     page: Page,
 ) -> Result<(Vec<R>, u64)>
 where
@@ -93,12 +102,12 @@ where
     let mut paged = args.clone();
     add(&mut paged, i64::from(page.per_page))?;
     add(&mut paged, page.offset())?;
-    let sql = format!("{select} LIMIT ${} OFFSET ${}", n + 1, n + 2);
-    let rows: Vec<R> = sqlx::query_as_with(&sql, paged)
-        .fetch_all(pool)
-        .await
-        .db()?;
-    let total: i64 = sqlx::query_scalar_with(count, args)
+    let rows: Vec<R> =
+        sqlx::query_as_with(sql!("{select} LIMIT ${} OFFSET ${}", n + 1, n + 2), paged)
+            .fetch_all(pool)
+            .await
+            .db()?;
+    let total: i64 = sqlx::query_scalar_with(sqlx::AssertSqlSafe(count.to_owned()), args)
         .fetch_one(pool)
         .await
         .db()?;
@@ -137,7 +146,7 @@ pub(crate) async fn bump_output_policies(
 }
 
 pub(crate) async fn fetch_output(conn: &mut Conn, id: &str) -> Result<Output> {
-    sqlx::query_as::<_, OutputRow>(&format!("SELECT {OUTPUT_COLS} FROM outputs WHERE id = $1"))
+    sqlx::query_as::<_, OutputRow>(sql!("SELECT {OUTPUT_COLS} FROM outputs WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await
@@ -147,7 +156,7 @@ pub(crate) async fn fetch_output(conn: &mut Conn, id: &str) -> Result<Output> {
 }
 
 pub(crate) async fn fetch_policy(conn: &mut Conn, id: &str) -> Result<AgentPolicy> {
-    sqlx::query_as::<_, PolicyRow>(&format!(
+    sqlx::query_as::<_, PolicyRow>(sql!(
         "SELECT {POLICY_COLS} FROM agent_policies WHERE id = $1"
     ))
     .bind(id)
@@ -171,7 +180,7 @@ pub(crate) async fn policy_exists(conn: &mut Conn, id: &str) -> Result<bool> {
     Ok(done.rows_affected() > 0)
 }
 
-pub(crate) async fn count(conn: &mut Conn, sql: &str, id: &str) -> Result<i64> {
+pub(crate) async fn count(conn: &mut Conn, sql: &'static str, id: &str) -> Result<i64> {
     sqlx::query_scalar(sql)
         .bind(id)
         .fetch_one(&mut *conn)
@@ -179,7 +188,7 @@ pub(crate) async fn count(conn: &mut Conn, sql: &str, id: &str) -> Result<i64> {
         .db()
 }
 
-pub(crate) async fn execute_with_id(conn: &mut Conn, sql: &str, id: &str) -> Result<u64> {
+pub(crate) async fn execute_with_id(conn: &mut Conn, sql: &'static str, id: &str) -> Result<u64> {
     Ok(sqlx::query(sql)
         .bind(id)
         .execute(&mut *conn)
@@ -242,7 +251,7 @@ pub(crate) async fn write_package_policy(
 }
 
 pub(crate) async fn fetch_package_policy(conn: &mut Conn, id: &str) -> Result<PackagePolicy> {
-    sqlx::query_as::<_, PackagePolicyRow>(&format!(
+    sqlx::query_as::<_, PackagePolicyRow>(sql!(
         "SELECT {PP_COLS} FROM package_policies WHERE id = $1"
     ))
     .bind(id)
@@ -378,7 +387,7 @@ pub(crate) async fn insert_action(conn: &mut Conn, action: &NewAction) -> Result
 }
 
 pub(crate) async fn fetch_fleet_agent(conn: &mut Conn, id: &str) -> Result<Option<FleetAgent>> {
-    Ok(sqlx::query_as::<_, FleetAgentRow>(&format!(
+    Ok(sqlx::query_as::<_, FleetAgentRow>(sql!(
         "SELECT {FLEET_AGENT_COLS} FROM agents WHERE id = $1"
     ))
     .bind(id)

@@ -32,7 +32,7 @@ pub(super) async fn create_enrollment_key(
 
 #[tracing::instrument(skip_all)]
 pub(super) async fn get_enrollment_key(s: &Engine, id: &str) -> Result<EnrollmentApiKey> {
-    sqlx::query_as::<_, EnrollmentKeyRow>(&format!(
+    sqlx::query_as::<_, EnrollmentKeyRow>(sql!(
         "SELECT {EK_COLS} FROM enrollment_api_keys WHERE id = $1"
     ))
     .bind(id)
@@ -71,7 +71,7 @@ pub(super) async fn find_enrollment_key_by_hash(
     s: &Engine,
     token_hash: &str,
 ) -> Result<Option<EnrollmentApiKey>> {
-    Ok(sqlx::query_as::<_, EnrollmentKeyRow>(&format!(
+    Ok(sqlx::query_as::<_, EnrollmentKeyRow>(sql!(
         "SELECT {EK_COLS} FROM enrollment_api_keys WHERE token_hash = $1"
     ))
     .bind(token_hash)

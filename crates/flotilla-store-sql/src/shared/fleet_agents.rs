@@ -12,7 +12,7 @@ pub(super) async fn find_agent_by_enrollment_id(
     s: &Engine,
     enrollment_id: &str,
 ) -> Result<Option<FleetAgent>> {
-    Ok(sqlx::query_as::<_, FleetAgentRow>(&format!(
+    Ok(sqlx::query_as::<_, FleetAgentRow>(sql!(
                     "SELECT {FLEET_AGENT_COLS} FROM agents WHERE enrollment_id = $1 ORDER BY enrolled_at DESC LIMIT 1"
                 ))
                 .bind(enrollment_id)
@@ -42,7 +42,7 @@ pub(super) async fn enroll_agent(
     // this transaction (a unique index backs it: of two
     // concurrent enrolments on PostgreSQL one gets a conflict).
     if let Some(eid) = &agent.enrollment_id {
-        let same: Vec<FleetAgentRow> = sqlx::query_as(&format!(
+        let same: Vec<FleetAgentRow> = sqlx::query_as(sql!(
                         "SELECT {FLEET_AGENT_COLS} FROM agents WHERE enrollment_id = $1 AND active AND id <> $2"
                     ))
                     .bind(eid)

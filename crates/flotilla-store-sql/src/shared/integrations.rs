@@ -59,7 +59,7 @@ pub(super) async fn list_package_policies(
 
 #[tracing::instrument(skip_all)]
 pub(super) async fn policy_integrations(s: &Engine, policy_id: &str) -> Result<Vec<PackagePolicy>> {
-    let rows: Vec<PackagePolicyRow> = sqlx::query_as(&format!(
+    let rows: Vec<PackagePolicyRow> = sqlx::query_as(sql!(
         "SELECT {PP_COLS} FROM package_policies WHERE policy_id = $1 ORDER BY created_at, id"
     ))
     .bind(policy_id)

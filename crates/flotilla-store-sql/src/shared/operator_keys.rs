@@ -29,7 +29,7 @@ pub(super) async fn find_operator_key_by_hash(
     s: &Engine,
     key_hash: &str,
 ) -> Result<Option<OperatorApiKey>> {
-    Ok(sqlx::query_as::<_, OperatorKeyRow>(&format!(
+    Ok(sqlx::query_as::<_, OperatorKeyRow>(sql!(
         "SELECT {OK_COLS} FROM operator_api_keys WHERE key_hash = $1 AND active"
     ))
     .bind(key_hash)
@@ -84,7 +84,7 @@ pub(super) async fn revoke_operator_key(s: &Engine, id: &str) -> Result<Operator
     if done.rows_affected() == 0 {
         return Err(StoreError::not_found(Entity::OperatorKey, id));
     }
-    sqlx::query_as::<_, OperatorKeyRow>(&format!(
+    sqlx::query_as::<_, OperatorKeyRow>(sql!(
         "SELECT {OK_COLS} FROM operator_api_keys WHERE id = $1"
     ))
     .bind(id)

@@ -58,14 +58,12 @@ pub(super) async fn get_output(s: &Engine, id: &str) -> Result<Output> {
 
 #[tracing::instrument(skip_all)]
 pub(super) async fn default_output(s: &Engine) -> Result<Option<Output>> {
-    sqlx::query_as::<_, OutputRow>(&format!(
-        "SELECT {OUTPUT_COLS} FROM outputs WHERE is_default"
-    ))
-    .fetch_optional(&s.pool)
-    .await
-    .db()?
-    .map(TryInto::try_into)
-    .transpose()
+    sqlx::query_as::<_, OutputRow>(sql!("SELECT {OUTPUT_COLS} FROM outputs WHERE is_default"))
+        .fetch_optional(&s.pool)
+        .await
+        .db()?
+        .map(TryInto::try_into)
+        .transpose()
 }
 
 #[tracing::instrument(skip_all)]
