@@ -1,6 +1,9 @@
 //! The agent-facing fleet API against the real binary: enrolment (stored
 //! and static tokens), long-poll check-in, acks, output keys and their
 //! rotation, actions, and two instances sharing PostgreSQL.
+//!
+//! Long on purpose: one file per API surface, its cases sharing the helpers
+//! at the top (and `hostile.rs` borrows them).
 
 use std::io::Write;
 use std::time::Instant;

@@ -1,6 +1,9 @@
 //! The hostile client: attacks from the security and reliability audit,
 //! each run in seconds against the real binary, so every capability added
 //! later is checked against them too. Each test failed before its fix.
+//!
+//! Long on purpose: one standing module, so that every attack is found and
+//! run in one place.
 
 use std::io::Write as _;
 use std::time::Duration;

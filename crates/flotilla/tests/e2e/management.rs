@@ -1,4 +1,6 @@
 //! The management API, resource by resource, on both storage engines.
+//!
+//! Long on purpose: one file per API surface.
 
 use std::sync::Arc;
 

@@ -2,10 +2,7 @@
 //! (`shared/reference/fleet-server-openapi.yml`), and the Elasticsearch-
 //! shaped key endpoints (`/_security/...`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -21,9 +18,16 @@ use serde_json::json;
 
 use flotilla_api::fleet::{AckItem, AckResponse};
 use flotilla_service::fleet::{AckOutcome, FleetError, FleetErrorKind};
-use flotilla_service::keys::{HasPrivilegesRequest, KeyRejection, KeyService};
 
 use crate::AppState;
+
+mod long_polls;
+mod security;
+
+pub use long_polls::{LongPollSlot, LongPolls};
+pub(crate) use security::es_error;
+pub use security::HAS_PRIVILEGES_BODY_LIMIT;
+use security::{authenticate, has_privileges};
 
 pub const API_VERSION_HEADER: &str = "elastic-api-version";
 pub const SUPPORTED_API_VERSION: &str = "2023-06-01";
@@ -282,101 +286,6 @@ impl<S: Send + Sync> FromRequestParts<S> for AgentPath {
     }
 }
 
-/// The long polls held open: at most `max` in all, and one per agent — a
-/// newer check-in of an agent replaces its waiting one (which answers at
-/// once, with no actions), so no agent can hold more than one slot.
-pub struct LongPolls {
-    permits: Arc<tokio::sync::Semaphore>,
-    waiting: Mutex<HashMap<String, (u64, Arc<tokio::sync::Notify>)>>,
-    next: AtomicU64,
-}
-
-/// How long a check-in that replaced an agent's waiting one waits for that
-/// one to give its slot back when every slot is taken.
-const REPLACE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-impl LongPolls {
-    pub fn new(max: usize) -> Self {
-        LongPolls {
-            permits: Arc::new(tokio::sync::Semaphore::new(max)),
-            waiting: Mutex::new(HashMap::new()),
-            next: AtomicU64::new(0),
-        }
-    }
-
-    /// A slot for the agent's check-in, replacing its previous one; `None`
-    /// when every slot is held by other agents.
-    pub async fn enter(self: &Arc<Self>, agent_id: &str) -> Option<LongPollSlot> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let replaced = Arc::new(tokio::sync::Notify::new());
-        let previous = self
-            .waiting
-            .lock()
-            .expect("long-poll lock")
-            .insert(agent_id.to_owned(), (id, replaced.clone()));
-        // Removes our entry again if no slot is had.
-        let mut slot = LongPollSlot {
-            polls: self.clone(),
-            agent_id: agent_id.to_owned(),
-            id,
-            replaced,
-            permit: None,
-        };
-        let had_previous = previous.is_some();
-        if let Some((_, older)) = previous {
-            // Stored if the older one is not waiting yet: it ends as soon as
-            // it would.
-            older.notify_one();
-        }
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) if had_previous => {
-                tokio::time::timeout(REPLACE_WAIT, self.permits.clone().acquire_owned())
-                    .await
-                    .ok()?
-                    .ok()?
-            }
-            Err(_) => return None,
-        };
-        slot.permit = Some(permit);
-        Some(slot)
-    }
-
-    /// Slots in use.
-    pub fn held(&self) -> usize {
-        self.waiting.lock().expect("long-poll lock").len()
-    }
-}
-
-pub struct LongPollSlot {
-    polls: Arc<LongPolls>,
-    agent_id: String,
-    id: u64,
-    replaced: Arc<tokio::sync::Notify>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl LongPollSlot {
-    /// Resolves when a newer check-in of the same agent takes over.
-    pub async fn replaced(&self) {
-        self.replaced.notified().await
-    }
-}
-
-impl Drop for LongPollSlot {
-    fn drop(&mut self) {
-        let mut waiting = self.polls.waiting.lock().expect("long-poll lock");
-        if waiting
-            .get(&self.agent_id)
-            .is_some_and(|(id, _)| *id == self.id)
-        {
-            waiting.remove(&self.agent_id);
-        }
-        drop(waiting);
-        self.permit.take();
-    }
-}
-
 /// Body limits per route (bytes, after decompression).
 #[derive(Clone, Copy)]
 pub struct FleetLimits {
@@ -596,120 +505,4 @@ async fn audit_unenroll(
         }
         .await,
     )
-}
-
-// --- Elasticsearch-shaped key endpoints ---------------------------------------------------
-
-fn security_error(status: StatusCode, reason: &str) -> Response {
-    es_error(status, "security_exception", reason)
-}
-
-async fn authenticated_key(
-    s: &AppState,
-    headers: &HeaderMap,
-) -> Result<flotilla_store::ApiKeyRecord, Response> {
-    let Ok(cred) = credential(headers) else {
-        return Err(security_error(
-            StatusCode::UNAUTHORIZED,
-            "missing authentication credentials",
-        ));
-    };
-    match s.services.keys().authenticate(&cred).await {
-        Ok(Ok(key)) => Ok(key),
-        Ok(Err(KeyRejection::Invalidated)) => Err(security_error(
-            StatusCode::UNAUTHORIZED,
-            "unable to authenticate: the API key is invalidated",
-        )),
-        Ok(Err(_)) => Err(security_error(
-            StatusCode::UNAUTHORIZED,
-            "unable to authenticate with provided credentials",
-        )),
-        Err(_) => Err(security_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "authentication unavailable",
-        )),
-    }
-}
-
-async fn authenticate(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    match authenticated_key(&s, &headers).await {
-        Ok(key) => Json(json!({
-            "username": key.name,
-            "roles": [],
-            "full_name": null,
-            "email": null,
-            "metadata": key.metadata,
-            "enabled": true,
-            "authentication_realm": {"name": "_es_api_key", "type": "_es_api_key"},
-            "lookup_realm": {"name": "_es_api_key", "type": "_es_api_key"},
-            "authentication_type": "api_key",
-            "api_key": {"id": key.id, "name": key.name},
-        }))
-        .into_response(),
-        Err(r) => r,
-    }
-}
-
-/// An Elasticsearch-shaped error (`/_security/*` answers these on purpose:
-/// Elasticsearch clients read them).
-pub(crate) fn es_error(status: StatusCode, kind: &str, reason: &str) -> Response {
-    let body = json!({
-        "error": {
-            "root_cause": [{"type": kind, "reason": reason}],
-            "type": kind,
-            "reason": reason,
-        },
-        "status": status.as_u16(),
-    });
-    (status, Json(body)).into_response()
-}
-
-/// `_has_privileges` bodies are small lists of names.
-pub const HAS_PRIVILEGES_BODY_LIMIT: usize = 64 * 1024;
-
-/// Authenticated first; the body is read only then, under a small limit;
-/// the key service caps the checks and answers.
-async fn has_privileges(State(s): State<AppState>, req: Request) -> Response {
-    let key = match authenticated_key(&s, req.headers()).await {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    let body = match read_body(req, HAS_PRIVILEGES_BODY_LIMIT).await {
-        Ok((_, body)) => body,
-        Err(FleetApiError(e)) if e.kind == FleetErrorKind::PayloadTooLarge => {
-            let mut r = es_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "content_too_long_exception",
-                &format!("the request body exceeds {HAS_PRIVILEGES_BODY_LIMIT} bytes"),
-            );
-            r.headers_mut()
-                .insert("connection", HeaderValue::from_static("close"));
-            return r;
-        }
-        Err(FleetApiError(e)) => {
-            return es_error(StatusCode::BAD_REQUEST, "parse_exception", &e.message)
-        }
-    };
-    let request: HasPrivilegesRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        HasPrivilegesRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return es_error(
-                    StatusCode::BAD_REQUEST,
-                    "x_content_parse_exception",
-                    &format!("invalid request body: {e}"),
-                )
-            }
-        }
-    };
-    match KeyService::has_privileges_report(&key, &request) {
-        Ok(report) => Json(report).into_response(),
-        Err(too_many) => es_error(
-            StatusCode::BAD_REQUEST,
-            "illegal_argument_exception",
-            &too_many.to_string(),
-        ),
-    }
 }

@@ -1,0 +1,470 @@
+//! Cases for the fleet protocol's storage: enrolment, output keys, actions, check-ins, change events.
+
+use super::*;
+
+pub async fn enrolment_output_keys_and_retirement(s: S) {
+    let now = Utc::now();
+    let mut a = agent("a", "missing", &["t"]);
+    a.access_api_key_id = Some("acc".into());
+    assert!(matches!(
+        s.enroll_agent(&a, &key("acc", "a", "access"), &[]).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        s.get_fleet_agent("a").await.unwrap().is_none(),
+        "nothing recorded against a missing policy"
+    );
+    assert!(s.get_api_key("acc").await.unwrap().is_none());
+
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    a.policy_id = "p".into();
+    a.enrollment_id = Some("e1".into());
+    let enrolled = s
+        .enroll_agent(&a, &key("acc", "a", "access"), &[])
+        .await
+        .unwrap();
+    assert_eq!(enrolled.tags, ["t"]);
+    let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(fa.access_api_key_id.as_deref(), Some("acc"));
+    assert_eq!(
+        s.find_agent_by_enrollment_id("e1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "a"
+    );
+
+    s.set_output_key("a", &output_change("o1", "a", 2, None))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            s.set_output_key("a", &output_change("lost", "a", 2, None))
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a rotation racing another loses instead of overwriting it"
+    );
+    assert!(s.get_api_key("lost").await.unwrap().is_none());
+    s.set_output_key("a", &output_change("o2", "a", 3, Some("o1")))
+        .await
+        .unwrap();
+    let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(
+        (fa.output_api_key_id.as_deref(), fa.output_key_revision),
+        (Some("o2"), Some(3))
+    );
+    assert_eq!(fa.output_api_key_sealed.as_deref(), Some("sealed-o2"));
+    assert!(s.get_api_key("o1").await.unwrap().unwrap().retire_pending);
+    assert!(!s.get_api_key("o2").await.unwrap().unwrap().retire_pending);
+
+    // A revision the policy never reached is not believed.
+    assert!(s
+        .agent_runs_policy("a", "p", 99, now)
+        .await
+        .unwrap()
+        .is_empty());
+    let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(fa.policy_revision, None);
+    // Bring the policy to revision 3.
+    for d in ["x", "y"] {
+        let u = AgentPolicyUpdate {
+            description: Some(Some(d.into())),
+            ..Default::default()
+        };
+        s.update_policy("p", &u, now).await.unwrap();
+    }
+    // Running an older revision retires nothing; the new one retires o1.
+    assert!(s
+        .agent_runs_policy("a", "p", 2, now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.get_fleet_agent("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .policy_revision,
+        Some(2)
+    );
+    assert_eq!(s.agent_runs_policy("a", "p", 3, now).await.unwrap(), ["o1"]);
+    assert!(s
+        .get_api_key("o1")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(s
+        .get_api_key("o2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_none());
+    assert!(s
+        .agent_runs_policy("a", "other", 9, now)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.get_fleet_agent("a")
+            .await
+            .unwrap()
+            .unwrap()
+            .policy_revision,
+        Some(3)
+    );
+
+    // Replacing the agent removes it and its keys; unenrolling invalidates all.
+    let mut b = agent("a", "p", &[]);
+    b.access_api_key_id = Some("acc2".into());
+    s.enroll_agent(&b, &key("acc2", "a", "access"), &["a".to_string()])
+        .await
+        .unwrap();
+    assert!(s
+        .get_api_key("acc")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(s
+        .get_api_key("o2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    s.unenroll_now("a", now).await.unwrap();
+    assert!(s
+        .get_api_key("acc2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(!s.get_fleet_agent("a").await.unwrap().unwrap().active);
+    assert_eq!(
+        s.invalidate_api_keys(&["acc2".into()], now).await.unwrap(),
+        0,
+        "idempotent"
+    );
+
+    s.audit_unenroll("a", "orphaned", now, now).await.unwrap();
+    assert!(matches!(
+        s.audit_unenroll("a", "uninstall", now, now).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+pub async fn actions_are_delivered_until_confirmed_and_acked(s: S) {
+    let now = Utc::now();
+    let new = |id: &str, agents: &[&str], expiration| NewAction {
+        id: id.into(),
+        action_type: ActionType::Settings,
+        data: json!({"log_level": "debug"}),
+        created_at: now,
+        expiration,
+        agent_ids: agents.iter().map(|a| a.to_string()).collect(),
+    };
+    s.create_action(&new("x1", &["a", "b"], None))
+        .await
+        .unwrap();
+    s.create_action(&new("x2", &["a"], Some(now - Duration::seconds(1))))
+        .await
+        .unwrap();
+    let pending = s.pending_actions("a", now, 100).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["x1"],
+        "expired actions are not delivered"
+    );
+    assert_eq!(pending[0].data["log_level"], "debug");
+
+    s.mark_delivered("a", &["x1".into()], "tok1").await.unwrap();
+    assert_eq!(
+        s.pending_actions("a", now, 100).await.unwrap().len(),
+        1,
+        "unconfirmed deliveries are resent"
+    );
+    s.confirm_delivery("a", "tok1").await.unwrap();
+    assert!(s.pending_actions("a", now, 100).await.unwrap().is_empty());
+    assert_eq!(
+        s.pending_actions("b", now, 100).await.unwrap().len(),
+        1,
+        "per agent"
+    );
+
+    assert_eq!(
+        s.ack_action("b", "x1", None, now).await.unwrap(),
+        ActionAck::Acked {
+            action_type: ActionType::Settings,
+            first_time: true
+        }
+    );
+    assert!(
+        s.pending_actions("b", now, 100).await.unwrap().is_empty(),
+        "acked actions are done"
+    );
+    assert_eq!(
+        s.ack_action("b", "x1", None, now).await.unwrap(),
+        ActionAck::Acked {
+            action_type: ActionType::Settings,
+            first_time: false
+        }
+    );
+    assert_eq!(
+        s.ack_action("c", "x1", None, now).await.unwrap(),
+        ActionAck::OtherAgent
+    );
+    assert_eq!(
+        s.ack_action("a", "nope", None, now).await.unwrap(),
+        ActionAck::NotFound
+    );
+
+    // The operator's view: delivery and acknowledgement per agent.
+    s.ack_action("a", "x1", Some("could not apply"), now)
+        .await
+        .unwrap();
+    let a = s.agent_actions("a", page(1, 10)).await.unwrap();
+    assert_eq!(a.total, 2);
+    let x1 = a.items.iter().find(|i| i.action.id == "x1").unwrap();
+    assert!(x1.delivered && x1.acked_at.is_some());
+    assert_eq!(x1.ack_error.as_deref(), Some("could not apply"));
+    let x2 = a.items.iter().find(|i| i.action.id == "x2").unwrap();
+    assert!(!x2.delivered && x2.acked_at.is_none());
+    assert_eq!(s.agent_actions("b", page(1, 10)).await.unwrap().total, 1);
+}
+
+pub async fn checkins_are_recorded_in_batches(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.insert_agent(&agent("a", "p", &[])).await.unwrap();
+    s.insert_agent(&agent("b", "p", &[])).await.unwrap();
+    let rec = |id: &str, status: &str| CheckinRecord {
+        agent_id: id.into(),
+        at: now,
+        status: status.into(),
+        message: "m".into(),
+        local_metadata: Some(json!({"host": {"hostname": format!("{id}-new")}})),
+        components: None,
+        agent_version: Some("9.6.0".into()),
+        reported_policy: Some(("p".into(), 1)),
+    };
+    s.record_checkins(&[
+        rec("a", "online"),
+        rec("b", "error"),
+        rec("ghost", "online"),
+    ])
+    .await
+    .unwrap();
+    let a = s.get_agent("a", now).await.unwrap();
+    assert_eq!(a.status, AgentStatus::Online);
+    assert_eq!(a.local_metadata["host"]["hostname"], "a-new");
+    assert_eq!(a.agent_version.as_deref(), Some("9.6.0"));
+    assert_eq!(
+        (a.reported_policy_id.as_deref(), a.reported_policy_revision),
+        (Some("p"), Some(1))
+    );
+    assert_eq!(
+        s.get_agent("b", now).await.unwrap().status,
+        AgentStatus::Error
+    );
+    let later = now + Duration::seconds(600);
+    assert_eq!(
+        s.get_agent("a", later).await.unwrap().status,
+        AgentStatus::Offline
+    );
+    let much_later = now + Duration::seconds(7200);
+    assert_eq!(
+        s.get_agent("a", much_later).await.unwrap().status,
+        AgentStatus::Inactive
+    );
+    let online = s
+        .list_agents(
+            &AgentFilter {
+                status: Some(AgentStatus::Online),
+                ..Default::default()
+            },
+            page(1, 10),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(online.total, 1);
+}
+
+pub async fn changes_reach_subscribers(s: S) {
+    let now = Utc::now();
+    let mut events = s.subscribe();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.create_package_policy(&integration("i", "p"), now)
+        .await
+        .unwrap();
+    let wanted = StoreEvent::PolicyChanged {
+        policy_id: Some("p".into()),
+    };
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(e) if e == wanted => return e,
+                Ok(_) => continue,
+                Err(e) => panic!("subscription failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the change event arrives");
+    assert!(got.concerns("any-agent", "p"));
+    assert!(!got.concerns("any-agent", "q"));
+}
+
+pub async fn one_active_agent_per_enrollment_id(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.create_policy(&policy("p2", "P2"), now).await.unwrap();
+    // Never checked in: the next enrolment with its enrollment id removes it.
+    let (a, k) = enrolling("a", "p", "e");
+    s.enroll_agent(&a, &k, &[]).await.unwrap();
+    let (b, k) = enrolling("b", "p", "e");
+    s.enroll_agent(&b, &k, &[]).await.unwrap();
+    assert!(s.get_fleet_agent("a").await.unwrap().is_none());
+    assert!(s
+        .get_api_key("acc-a")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    // Checked in: unenrolled (kept as a record), its keys invalidated.
+    s.record_checkins(&[CheckinRecord {
+        agent_id: "b".into(),
+        at: now,
+        status: "online".into(),
+        message: String::new(),
+        local_metadata: None,
+        components: None,
+        agent_version: None,
+        reported_policy: None,
+    }])
+    .await
+    .unwrap();
+    let (c, k) = enrolling("c", "p2", "e");
+    s.enroll_agent(&c, &k, &[]).await.unwrap();
+    let b = s.get_fleet_agent("b").await.unwrap().unwrap();
+    assert!(
+        !b.active,
+        "the older agent with the enrollment id is unenrolled"
+    );
+    assert!(s
+        .get_api_key("acc-b")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    let active = s
+        .list_agents(&AgentFilter::default(), Page::default(), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        active
+            .items
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
+        ["c"]
+    );
+}
+
+pub async fn a_key_less_output_retires_the_agents_key(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    let mut a = agent("a", "p", &[]);
+    a.access_api_key_id = Some("acc".into());
+    s.enroll_agent(&a, &key("acc", "a", "access"), &[])
+        .await
+        .unwrap();
+    s.set_output_key("a", &output_change("o1", "a", 1, None))
+        .await
+        .unwrap();
+    s.agent_runs_policy("a", "p", 1, now).await.unwrap();
+    let u = AgentPolicyUpdate {
+        description: Some(Some("to logstash".into())),
+        ..Default::default()
+    };
+    s.update_policy("p", &u, now).await.unwrap();
+    assert!(
+        !s.retire_output_key("a", "other", "p", 2, now)
+            .await
+            .unwrap(),
+        "not its current key"
+    );
+    assert!(s.retire_output_key("a", "o1", "p", 2, now).await.unwrap());
+    let fa = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(fa.output_api_key_id, None);
+    let o1 = s.get_api_key("o1").await.unwrap().unwrap();
+    assert!(
+        o1.retire_pending && o1.invalidated_at.is_none(),
+        "valid until the agent runs revision 2"
+    );
+    assert_eq!(s.agent_runs_policy("a", "p", 2, now).await.unwrap(), ["o1"]);
+    assert!(s
+        .get_api_key("o1")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+
+    // An agent already running the revision loses the key at once.
+    s.set_output_key("a", &output_change("o2", "a", 2, None))
+        .await
+        .unwrap();
+    assert!(s.retire_output_key("a", "o2", "p", 2, now).await.unwrap());
+    assert!(s
+        .get_api_key("o2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(s
+        .get_api_key("acc")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_none());
+}
+
+pub async fn unenrolment_and_its_action_are_one_transaction(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    enrolled(&s, "a", "p").await;
+    enrolled(&s, "b", "p").await;
+    s.create_action(&unenroll_action("taken", "b"))
+        .await
+        .unwrap();
+    // The action cannot be stored: the agent is not left "unenrolling".
+    assert!(matches!(
+        s.start_agent_unenrollment("a", &unenroll_action("taken", "a"), now)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.get_agent("a", now).await.unwrap().status,
+        AgentStatus::Enrolling
+    );
+    let leaving = s
+        .start_agent_unenrollment("a", &unenroll_action("u-a", "a"), now)
+        .await
+        .unwrap();
+    assert_eq!(leaving.status, AgentStatus::Unenrolling);
+    let pending = s.pending_actions("a", now, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].action_type, ActionType::Unenroll);
+}

@@ -1,0 +1,182 @@
+//! The storage conformance suite: the same cases, run against every engine.
+//!
+//! An engine's test file expands [`conformance_suite!`] with an async
+//! expression that yields `Option<Arc<dyn Store>>` (`None` skips, for an
+//! engine that is not available). Each case takes a fresh, empty store.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use serde_json::{json, Map};
+
+use flotilla_domain::agent::AgentStatus;
+use flotilla_domain::apikey::OperatorApiKey;
+use flotilla_domain::enrollment::EnrollmentApiKey;
+use flotilla_domain::output::{NewOutput, OutputType, OutputUpdate};
+use flotilla_domain::package_policy::{NewPackagePolicy, PackageRef};
+use flotilla_domain::policy::{AgentPolicyUpdate, NewAgentPolicy};
+
+use flotilla_domain::action::ActionType;
+
+use crate::{
+    ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, NewAction, NewAgent,
+    OutputKeyChange, PackagePolicyFilter, Page, PolicyFilter, Store, StoreError, StoreEvent,
+};
+
+/// Expands to one `#[tokio::test]` per conformance case.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($make:expr) => {
+        $crate::conformance_suite!(@cases $make;
+            outputs_keep_exactly_one_default,
+            output_changes_bump_the_policies_that_use_them,
+            policies_crud_and_paging,
+            policy_revision_counts_every_change,
+            concurrent_policy_updates_lose_nothing,
+            integrations_bump_their_policy,
+            deleting_a_policy_removes_its_integrations_and_keys,
+            enrollment_keys_lookup_and_revoke,
+            agents_filter_reassign_and_unenroll,
+            operator_keys_lookup_and_revoke,
+            enrolment_output_keys_and_retirement,
+            actions_are_delivered_until_confirmed_and_acked,
+            checkins_are_recorded_in_batches,
+            changes_reach_subscribers,
+            revisions_never_repeat_across_delete_and_recreate,
+            one_active_agent_per_enrollment_id,
+            concurrent_enrolments_with_one_enrollment_id_leave_one_agent,
+            a_key_less_output_retires_the_agents_key,
+            unenrolment_and_its_action_are_one_transaction,
+            deleting_an_output_races_making_it_default,
+            deleting_an_integration_races_moving_it,
+            concurrent_acks_have_one_first,
+            concurrent_orphaned_reports_have_one_winner
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let store: Option<std::sync::Arc<dyn $crate::Store>> = $make.await;
+                let Some(store) = store else { return };
+                $crate::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+
+mod fleet;
+mod management;
+mod races;
+
+pub use fleet::*;
+pub use management::*;
+pub use races::*;
+
+type S = Arc<dyn Store>;
+
+fn output(name: &str, is_default: bool) -> NewOutput {
+    NewOutput {
+        id: None,
+        name: name.into(),
+        output_type: OutputType::Elasticsearch,
+        hosts: vec!["https://es:9200".into()],
+        is_default,
+    }
+}
+
+fn policy(id: &str, name: &str) -> NewAgentPolicy {
+    NewAgentPolicy {
+        id: id.into(),
+        name: name.into(),
+        namespace: "default".into(),
+        description: None,
+        output_id: None,
+        inactivity_timeout: 3600,
+    }
+}
+
+fn integration(id: &str, policy_id: &str) -> NewPackagePolicy {
+    NewPackagePolicy {
+        id: id.into(),
+        name: format!("nginx-{id}"),
+        description: None,
+        policy_id: policy_id.into(),
+        package: PackageRef {
+            name: "nginx".into(),
+            version: "1.20.0".into(),
+        },
+        namespace: None,
+        vars: Map::new(),
+        inputs: vec![],
+        cloud_connector_id: None,
+    }
+}
+
+fn agent(id: &str, policy_id: &str, tags: &[&str]) -> NewAgent {
+    NewAgent {
+        id: id.into(),
+        policy_id: policy_id.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        local_metadata: json!({"host": {"hostname": id}}),
+        enrolled_at: Utc::now(),
+        ..Default::default()
+    }
+}
+
+fn page(page: u32, per_page: u32) -> Page {
+    Page { page, per_page }
+}
+
+fn key(id: &str, agent: &str, kind: &str) -> ApiKeyRecord {
+    let kind = crate::KeyKind::parse(kind).expect("a key kind");
+    ApiKeyRecord {
+        id: id.into(),
+        name: format!("{agent}:{}", kind.as_str()),
+        kind,
+        agent_id: Some(agent.into()),
+        secret_hash: format!("hash-{id}"),
+        role_descriptors: json!({}),
+        metadata: json!({"agent_id": agent}),
+        created_at: Utc::now(),
+        retire_pending: false,
+        invalidated_at: None,
+    }
+}
+
+fn output_change(id: &str, agent: &str, revision: i64, replaces: Option<&str>) -> OutputKeyChange {
+    OutputKeyChange {
+        key: key(id, agent, "output"),
+        replaces: replaces.map(Into::into),
+        sealed_secret: format!("sealed-{id}"),
+        permissions_hash: format!("perm-{id}"),
+        policy_id: "p".into(),
+        revision,
+    }
+}
+
+fn enrolling(id: &str, policy_id: &str, enrollment_id: &str) -> (NewAgent, ApiKeyRecord) {
+    let mut a = agent(id, policy_id, &[]);
+    a.enrollment_id = Some(enrollment_id.into());
+    let access = key(&format!("acc-{id}"), id, "access");
+    a.access_api_key_id = Some(access.id.clone());
+    (a, access)
+}
+
+fn unenroll_action(id: &str, agent: &str) -> NewAction {
+    NewAction {
+        id: id.into(),
+        action_type: ActionType::Unenroll,
+        data: json!(null),
+        created_at: Utc::now(),
+        expiration: None,
+        agent_ids: vec![agent.into()],
+    }
+}
+
+async fn enrolled(s: &S, id: &str, policy_id: &str) {
+    let mut a = agent(id, policy_id, &[]);
+    let access = key(&format!("acc-{id}"), id, "access");
+    a.access_api_key_id = Some(access.id.clone());
+    s.enroll_agent(&a, &access, &[]).await.unwrap();
+}
