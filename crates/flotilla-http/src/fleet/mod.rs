@@ -339,13 +339,6 @@ fn into_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn render(r: FleetResult<Response>) -> Response {
-    match r {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
 async fn status(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let stopping = *s.shutdown.borrow();
     let healthy = !stopping && s.services.management().storage_health().await.is_ok();
@@ -389,27 +382,22 @@ async fn authed_request<T: DeserializeOwned>(
     Ok((authed, ua, parse_body(&body)?))
 }
 
-async fn enroll(State(s): State<AppState>, req: Request, limit: usize) -> Response {
-    render(
-        async {
-            let peer = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip());
-            let cred = credential(req.headers())?;
-            let grant = s.services.fleet().enrollment_grant(&cred, peer).await?;
-            let ua = user_agent(req.headers()).map(str::to_owned);
-            let (_, body) = read_body(req, limit).await?;
-            let body = parse_body(&body)?;
-            let resp = s
-                .services
-                .fleet()
-                .enroll(grant, ua.as_deref(), body)
-                .await?;
-            Ok(into_response(StatusCode::OK, &resp))
-        }
-        .await,
-    )
+async fn enroll(State(s): State<AppState>, req: Request, limit: usize) -> FleetResult<Response> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let cred = credential(req.headers())?;
+    let grant = s.services.fleet().enrollment_grant(&cred, peer).await?;
+    let ua = user_agent(req.headers()).map(str::to_owned);
+    let (_, body) = read_body(req, limit).await?;
+    let body = parse_body(&body)?;
+    let resp = s
+        .services
+        .fleet()
+        .enroll(grant, ua.as_deref(), body)
+        .await?;
+    Ok(into_response(StatusCode::OK, &resp))
 }
 
 async fn checkin(
@@ -417,32 +405,27 @@ async fn checkin(
     AgentPath(id): AgentPath,
     req: Request,
     limit: usize,
-) -> Response {
-    render(
-        async {
-            let (authed, ua, body) = authed_request(&s, &id, req, limit).await?;
-            let Some(slot) = s.long_polls.enter(&id).await else {
-                return Err(fleet_err(
-                    FleetErrorKind::MaxLimit,
-                    "exceeded the max limit",
-                ));
-            };
-            let mut shutdown = s.shutdown.clone();
-            let stop = async move {
-                tokio::select! {
-                    _ = shutdown.wait_for(|stopping| *stopping) => {}
-                    _ = slot.replaced() => {}
-                }
-            };
-            let resp = s
-                .services
-                .fleet()
-                .checkin(authed, ua.as_deref(), body, stop)
-                .await?;
-            Ok(into_response(StatusCode::OK, &resp))
+) -> FleetResult<Response> {
+    let (authed, ua, body) = authed_request(&s, &id, req, limit).await?;
+    let Some(slot) = s.long_polls.enter(&id).await else {
+        return Err(fleet_err(
+            FleetErrorKind::MaxLimit,
+            "exceeded the max limit",
+        ));
+    };
+    let mut shutdown = s.shutdown.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+            _ = slot.replaced() => {}
         }
-        .await,
-    )
+    };
+    let resp = s
+        .services
+        .fleet()
+        .checkin(authed, ua.as_deref(), body, stop)
+        .await?;
+    Ok(into_response(StatusCode::OK, &resp))
 }
 
 async fn acks(
@@ -450,36 +433,31 @@ async fn acks(
     AgentPath(id): AgentPath,
     req: Request,
     limit: usize,
-) -> Response {
-    render(
-        async {
-            let (authed, _, body) = authed_request(&s, &id, req, limit).await?;
-            let outcomes = s.services.fleet().ack(authed, body).await?;
-            let items: Vec<AckItem> = outcomes
-                .iter()
-                .map(|o| {
-                    let status = ack_status(*o);
-                    AckItem {
-                        status: status.as_u16(),
-                        message: status.canonical_reason().unwrap_or("").to_owned(),
-                    }
-                })
-                .collect();
-            // The response's status is the highest of its items'.
-            let status = outcomes
-                .iter()
-                .map(|o| ack_status(*o))
-                .max()
-                .unwrap_or(StatusCode::OK);
-            let body = AckResponse {
-                action: "acks",
-                errors: items.iter().any(|i| i.status != 200),
-                items,
-            };
-            Ok(into_response(status, &body))
-        }
-        .await,
-    )
+) -> FleetResult<Response> {
+    let (authed, _, body) = authed_request(&s, &id, req, limit).await?;
+    let outcomes = s.services.fleet().ack(authed, body).await?;
+    let items: Vec<AckItem> = outcomes
+        .iter()
+        .map(|o| {
+            let status = ack_status(*o);
+            AckItem {
+                status: status.as_u16(),
+                message: status.canonical_reason().unwrap_or("").to_owned(),
+            }
+        })
+        .collect();
+    // The response's status is the highest of its items'.
+    let status = outcomes
+        .iter()
+        .map(|o| ack_status(*o))
+        .max()
+        .unwrap_or(StatusCode::OK);
+    let body = AckResponse {
+        action: "acks",
+        errors: items.iter().any(|i| i.status != 200),
+        items,
+    };
+    Ok(into_response(status, &body))
 }
 
 fn ack_status(outcome: AckOutcome) -> StatusCode {
@@ -496,13 +474,8 @@ async fn audit_unenroll(
     AgentPath(id): AgentPath,
     req: Request,
     limit: usize,
-) -> Response {
-    render(
-        async {
-            let (authed, _, body) = authed_request(&s, &id, req, limit).await?;
-            s.services.fleet().audit_unenroll(authed, body).await?;
-            Ok(StatusCode::OK.into_response())
-        }
-        .await,
-    )
+) -> FleetResult<Response> {
+    let (authed, _, body) = authed_request(&s, &id, req, limit).await?;
+    s.services.fleet().audit_unenroll(authed, body).await?;
+    Ok(StatusCode::OK.into_response())
 }

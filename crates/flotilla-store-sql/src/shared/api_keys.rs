@@ -12,13 +12,14 @@ pub(super) async fn insert_api_key(s: &Engine, key: &ApiKeyRecord) -> Result<()>
 
 #[tracing::instrument(skip_all)]
 pub(super) async fn get_api_key(s: &Engine, id: &str) -> Result<Option<ApiKeyRecord>> {
-    sqlx::query_as::<_, ApiKeyRow>(sql!("SELECT {API_KEY_COLS} FROM api_keys WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&s.pool)
-        .await
-        .db()?
-        .map(TryInto::try_into)
-        .transpose()
+    row_by::<ApiKeyRow, _, _>(
+        &s.pool,
+        sql!("SELECT {API_KEY_COLS} FROM api_keys WHERE id = $1"),
+        id.to_owned(),
+    )
+    .await?
+    .map(TryInto::try_into)
+    .transpose()
 }
 
 #[tracing::instrument(skip_all)]

@@ -74,6 +74,24 @@ macro_rules! sql {
     };
 }
 
+/// The row `select` finds by one bound value, if any.
+pub(crate) async fn row_by<'e, R, E, T>(
+    executor: E,
+    select: sqlx::AssertSqlSafe<String>,
+    value: T,
+) -> Result<Option<R>>
+where
+    E: sqlx::Executor<'e, Database = Db>,
+    R: for<'r> sqlx::FromRow<'r, <Db as sqlx::Database>::Row> + Send + Unpin,
+    T: 'static + for<'t> sqlx::Encode<'t, Db> + sqlx::Type<Db> + Send,
+{
+    sqlx::query_as::<_, R>(select)
+        .bind(value)
+        .fetch_optional(executor)
+        .await
+        .db()
+}
+
 /// Bind values for a statement run more than once (see [`page_of`]).
 pub(crate) type Args = <Db as sqlx::Database>::Arguments;
 
@@ -146,23 +164,23 @@ pub(crate) async fn bump_output_policies(
 }
 
 pub(crate) async fn fetch_output(conn: &mut Conn, id: &str) -> Result<Output> {
-    sqlx::query_as::<_, OutputRow>(sql!("SELECT {OUTPUT_COLS} FROM outputs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .db()?
-        .ok_or_else(|| StoreError::not_found(Entity::Output, id))?
-        .try_into()
+    row_by::<OutputRow, _, _>(
+        &mut *conn,
+        sql!("SELECT {OUTPUT_COLS} FROM outputs WHERE id = $1"),
+        id.to_owned(),
+    )
+    .await?
+    .ok_or_else(|| StoreError::not_found(Entity::Output, id))?
+    .try_into()
 }
 
 pub(crate) async fn fetch_policy(conn: &mut Conn, id: &str) -> Result<AgentPolicy> {
-    sqlx::query_as::<_, PolicyRow>(sql!(
-        "SELECT {POLICY_COLS} FROM agent_policies WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await
-    .db()?
+    row_by::<PolicyRow, _, _>(
+        &mut *conn,
+        sql!("SELECT {POLICY_COLS} FROM agent_policies WHERE id = $1"),
+        id.to_owned(),
+    )
+    .await?
     .map(Into::into)
     .ok_or_else(|| StoreError::not_found(Entity::AgentPolicy, id))
 }
@@ -251,13 +269,12 @@ pub(crate) async fn write_package_policy(
 }
 
 pub(crate) async fn fetch_package_policy(conn: &mut Conn, id: &str) -> Result<PackagePolicy> {
-    sqlx::query_as::<_, PackagePolicyRow>(sql!(
-        "SELECT {PP_COLS} FROM package_policies WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await
-    .db()?
+    row_by::<PackagePolicyRow, _, _>(
+        &mut *conn,
+        sql!("SELECT {PP_COLS} FROM package_policies WHERE id = $1"),
+        id.to_owned(),
+    )
+    .await?
     .ok_or_else(|| StoreError::not_found(Entity::Integration, id))?
     .try_into()
 }
@@ -387,13 +404,12 @@ pub(crate) async fn insert_action(conn: &mut Conn, action: &NewAction) -> Result
 }
 
 pub(crate) async fn fetch_fleet_agent(conn: &mut Conn, id: &str) -> Result<Option<FleetAgent>> {
-    Ok(sqlx::query_as::<_, FleetAgentRow>(sql!(
-        "SELECT {FLEET_AGENT_COLS} FROM agents WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await
-    .db()?
+    Ok(row_by::<FleetAgentRow, _, _>(
+        &mut *conn,
+        sql!("SELECT {FLEET_AGENT_COLS} FROM agents WHERE id = $1"),
+        id.to_owned(),
+    )
+    .await?
     .map(Into::into))
 }
 

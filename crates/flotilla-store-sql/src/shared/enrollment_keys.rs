@@ -32,13 +32,12 @@ pub(super) async fn create_enrollment_key(
 
 #[tracing::instrument(skip_all)]
 pub(super) async fn get_enrollment_key(s: &Engine, id: &str) -> Result<EnrollmentApiKey> {
-    sqlx::query_as::<_, EnrollmentKeyRow>(sql!(
-        "SELECT {EK_COLS} FROM enrollment_api_keys WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&s.pool)
-    .await
-    .db()?
+    row_by::<EnrollmentKeyRow, _, _>(
+        &s.pool,
+        sql!("SELECT {EK_COLS} FROM enrollment_api_keys WHERE id = $1"),
+        id.to_owned(),
+    )
+    .await?
     .map(Into::into)
     .ok_or_else(|| StoreError::not_found(Entity::EnrollmentKey, id))
 }
@@ -71,13 +70,12 @@ pub(super) async fn find_enrollment_key_by_hash(
     s: &Engine,
     token_hash: &str,
 ) -> Result<Option<EnrollmentApiKey>> {
-    Ok(sqlx::query_as::<_, EnrollmentKeyRow>(sql!(
-        "SELECT {EK_COLS} FROM enrollment_api_keys WHERE token_hash = $1"
-    ))
-    .bind(token_hash)
-    .fetch_optional(&s.pool)
-    .await
-    .db()?
+    Ok(row_by::<EnrollmentKeyRow, _, _>(
+        &s.pool,
+        sql!("SELECT {EK_COLS} FROM enrollment_api_keys WHERE token_hash = $1"),
+        token_hash.to_owned(),
+    )
+    .await?
     .map(Into::into))
 }
 

@@ -12,13 +12,9 @@ pub(super) async fn find_agent_by_enrollment_id(
     s: &Engine,
     enrollment_id: &str,
 ) -> Result<Option<FleetAgent>> {
-    Ok(sqlx::query_as::<_, FleetAgentRow>(sql!(
+    Ok(row_by::<FleetAgentRow, _, _>(&s.pool, sql!(
                     "SELECT {FLEET_AGENT_COLS} FROM agents WHERE enrollment_id = $1 ORDER BY enrolled_at DESC LIMIT 1"
-                ))
-                .bind(enrollment_id)
-                .fetch_optional(&s.pool)
-                .await
-                .db()?
+                ), enrollment_id.to_owned()).await?
                 .map(Into::into))
 }
 

@@ -29,13 +29,12 @@ pub(super) async fn find_operator_key_by_hash(
     s: &Engine,
     key_hash: &str,
 ) -> Result<Option<OperatorApiKey>> {
-    Ok(sqlx::query_as::<_, OperatorKeyRow>(sql!(
-        "SELECT {OK_COLS} FROM operator_api_keys WHERE key_hash = $1 AND active"
-    ))
-    .bind(key_hash)
-    .fetch_optional(&s.pool)
-    .await
-    .db()?
+    Ok(row_by::<OperatorKeyRow, _, _>(
+        &s.pool,
+        sql!("SELECT {OK_COLS} FROM operator_api_keys WHERE key_hash = $1 AND active"),
+        key_hash.to_owned(),
+    )
+    .await?
     .map(Into::into))
 }
 

@@ -31,14 +31,7 @@ pub(super) async fn set_output_key(
             "agent '{agent_id}' is inactive or its output key changed concurrently"
         )));
     }
-    sqlx::query(
-        "UPDATE api_keys SET retire_pending = TRUE \
-                     WHERE agent_id = $1 AND kind = 'output' AND invalidated_at IS NULL",
-    )
-    .bind(agent_id)
-    .execute(&mut *tx)
-    .await
-    .db()?;
+    mark_output_keys_retiring(&mut tx, agent_id).await?;
     insert_key(&mut tx, &change.key).await?;
     tx.commit().await.db()?;
     Ok(())
@@ -71,27 +64,17 @@ pub(super) async fn retire_output_key(
     if done.rows_affected() == 0 {
         return Ok(false);
     }
-    sqlx::query(
-        "UPDATE api_keys SET retire_pending = TRUE \
-                     WHERE agent_id = $1 AND kind = 'output' AND invalidated_at IS NULL",
-    )
-    .bind(agent_id)
-    .execute(&mut *tx)
-    .await
-    .db()?;
+    mark_output_keys_retiring(&mut tx, agent_id).await?;
     // Already running that revision: nothing will come to retire
     // it later, so now.
-    sqlx::query(
-        "UPDATE api_keys SET invalidated_at = $3 \
-                     WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL \
-                     AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND policy_revision >= $2)",
-    )
-    .bind(agent_id)
-    .bind(revision)
-    .bind(ms(now))
-    .execute(&mut *tx)
-    .await
-    .db()?;
+    let runs: Option<i64> = sqlx::query_scalar("SELECT policy_revision FROM agents WHERE id = $1")
+        .bind(agent_id)
+        .fetch_one(&mut *tx)
+        .await
+        .db()?;
+    if runs.is_some_and(|r| r >= revision) {
+        invalidate_retiring_keys(&mut tx, agent_id, now).await?;
+    }
     tx.commit().await.db()?;
     Ok(true)
 }
@@ -137,23 +120,38 @@ pub(super) async fn agent_runs_policy(
     if agent.output_key_policy_id.as_deref() == Some(policy_id)
         && agent.output_key_revision.is_some_and(|r| revision >= r)
     {
-        retired = sqlx::query_scalar(
-                        "SELECT id FROM api_keys WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL",
-                    )
-                    .bind(agent_id)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .db()?;
-        sqlx::query(
-            "UPDATE api_keys SET invalidated_at = $2 \
-                         WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL",
-        )
-        .bind(agent_id)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await
-        .db()?;
+        retired = invalidate_retiring_keys(&mut tx, agent_id, now).await?;
     }
     tx.commit().await.db()?;
     Ok(retired)
+}
+
+/// The agent's valid output keys are marked for retirement (still valid).
+async fn mark_output_keys_retiring(conn: &mut Conn, agent_id: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE api_keys SET retire_pending = TRUE \
+         WHERE agent_id = $1 AND kind = 'output' AND invalidated_at IS NULL",
+    )
+    .bind(agent_id)
+    .execute(&mut *conn)
+    .await
+    .db()?;
+    Ok(())
+}
+
+/// Invalidate the keys marked for retirement; their ids.
+async fn invalidate_retiring_keys(
+    conn: &mut Conn,
+    agent_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "UPDATE api_keys SET invalidated_at = $2 \
+         WHERE agent_id = $1 AND retire_pending AND invalidated_at IS NULL RETURNING id",
+    )
+    .bind(agent_id)
+    .bind(ms(now))
+    .fetch_all(&mut *conn)
+    .await
+    .db()
 }
