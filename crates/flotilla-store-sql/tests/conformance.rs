@@ -35,39 +35,10 @@ mod postgres_races {
     use std::time::Duration;
 
     use chrono::Utc;
-    use flotilla_domain::package_policy::{NewPackagePolicy, PackageRef};
-    use flotilla_domain::policy::NewAgentPolicy;
+    use flotilla_store::conformance::{integration, policy};
     use flotilla_store::Store;
     use flotilla_store_sql::PgStore;
     use sqlx::Connection;
-
-    fn policy(id: &str) -> NewAgentPolicy {
-        NewAgentPolicy {
-            id: id.into(),
-            name: id.into(),
-            namespace: "default".into(),
-            description: None,
-            output_id: None,
-            inactivity_timeout: 3600,
-        }
-    }
-
-    fn integration(id: &str, policy_id: &str) -> NewPackagePolicy {
-        NewPackagePolicy {
-            id: id.into(),
-            name: format!("n-{id}"),
-            description: None,
-            policy_id: policy_id.into(),
-            package: PackageRef {
-                name: "nginx".into(),
-                version: "1.20.0".into(),
-            },
-            namespace: None,
-            vars: Default::default(),
-            inputs: vec![],
-            cloud_connector_id: None,
-        }
-    }
 
     /// Wait (bounded) until `n` backends wait on a lock.
     async fn lock_waiters(conn: &mut sqlx::PgConnection, n: i64) {
@@ -97,8 +68,8 @@ mod postgres_races {
         let url = cluster.create_database();
         let store = std::sync::Arc::new(PgStore::connect(&url).await.unwrap());
         let now = Utc::now();
-        store.create_policy(&policy("f"), now).await.unwrap();
-        store.create_policy(&policy("t"), now).await.unwrap();
+        store.create_policy(&policy("f", "f"), now).await.unwrap();
+        store.create_policy(&policy("t", "t"), now).await.unwrap();
         let pp = store
             .create_package_policy(&integration("i", "f"), now)
             .await

@@ -85,7 +85,8 @@ fn output(name: &str, is_default: bool) -> NewOutput {
     }
 }
 
-fn policy(id: &str, name: &str) -> NewAgentPolicy {
+/// A policy fixture (also for engine-specific tests).
+pub fn policy(id: &str, name: &str) -> NewAgentPolicy {
     NewAgentPolicy {
         id: id.into(),
         name: name.into(),
@@ -96,7 +97,8 @@ fn policy(id: &str, name: &str) -> NewAgentPolicy {
     }
 }
 
-fn integration(id: &str, policy_id: &str) -> NewPackagePolicy {
+/// An nginx integration fixture (also for engine-specific tests).
+pub fn integration(id: &str, policy_id: &str) -> NewPackagePolicy {
     NewPackagePolicy {
         id: id.into(),
         name: format!("nginx-{id}"),
