@@ -137,8 +137,6 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
             "/api/fleet/openapi.json",
             get(move || async move { Json(openapi_json.clone()) }),
         )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(max))
         .layer(
             ServiceBuilder::new()
@@ -159,9 +157,21 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
             .timeout(limits.request_timeout),
     );
 
+    // Probes: outside the request limit, so an overloaded server still
+    // answers its health check and its metrics (bounded in time only).
+    let probes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overloaded))
+                .timeout(limits.request_timeout),
+        );
+
     Router::new()
         .merge(bounded)
         .merge(fleet_bounded)
+        .merge(probes)
         // Long polls: their own cap and deadline (see fleet::checkin_router).
         .merge(fleet::checkin_router(fleet_limits))
         .fallback(not_found)

@@ -150,6 +150,32 @@ impl Drop for InFlight {
     }
 }
 
+/// A response body that holds its request's [`InFlight`] until written.
+struct UntilWritten {
+    inner: axum::body::Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for UntilWritten {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The socket, telling [`Activity`] when bytes arrive.
 struct Watched {
     inner: tokio::net::TcpStream,
@@ -235,7 +261,8 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
     limits: ConnLimits,
 ) -> std::io::Result<()> {
-    let max = limits.max_connections.max(1);
+    // A semaphore holds at most u32::MAX permits to take back at once.
+    let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
     let mut errors = AcceptErrors {
         last: None,
@@ -275,7 +302,11 @@ pub async fn serve(
     drop(listener);
     // Drain: every connection gives its slot back when it closes.
     let started = Instant::now();
-    let drained = tokio::time::timeout(limits.drain, slots.acquire_many(max as u32)).await;
+    let drained = tokio::time::timeout(
+        limits.drain,
+        slots.acquire_many(u32::try_from(max).unwrap_or(u32::MAX)),
+    )
+    .await;
     if drained.is_err() {
         tracing::warn!(
             waited_ms = started.elapsed().as_millis() as u64,
@@ -299,9 +330,15 @@ async fn serve_connection(
         let guard = tracker.begin();
         let app = app.clone();
         async move {
-            let response = app.oneshot(req).await;
-            drop(guard);
-            response
+            // The request stays in flight until its response body has been
+            // written, so a slow reader is not taken for an idle connection.
+            let response = app.oneshot(req).await?;
+            Ok::<_, std::convert::Infallible>(response.map(|body| {
+                axum::body::Body::new(UntilWritten {
+                    inner: body,
+                    _guard: guard,
+                })
+            }))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

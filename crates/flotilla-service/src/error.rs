@@ -24,7 +24,7 @@ impl From<StoreError> for ServiceError {
             StoreError::NotFound { entity, id } => {
                 ServiceError::NotFound(format!("{entity} '{id}'"))
             }
-            StoreError::Conflict(msg) => ServiceError::Conflict(msg),
+            StoreError::Conflict(msg) | StoreError::InUse(msg) => ServiceError::Conflict(msg),
             StoreError::Busy => ServiceError::Unavailable("storage is busy, retry shortly".into()),
             StoreError::Other(e) => ServiceError::Internal(e),
         }

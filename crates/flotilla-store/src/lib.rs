@@ -55,6 +55,10 @@ pub enum StoreError {
     /// safe to show to the caller.
     #[error("{0}")]
     Conflict(String),
+    /// The change would take what another live record holds (a live agent's
+    /// enrollment id, say); retrying will not help.
+    #[error("{0}")]
+    InUse(String),
     /// The engine could not take the lock in time; retrying may succeed.
     #[error("storage busy")]
     Busy,
@@ -414,11 +418,11 @@ pub trait Store: Send + Sync + 'static {
     /// Records a newly enrolled agent with its access key, atomically; the
     /// policy must exist (`NotFound` otherwise, and nothing is written).
     /// The agents in `replace` (and their keys) are removed in the same
-    /// transaction, and so is any other active agent with the same
-    /// `enrollment_id`: deleted if it never checked in (on the same policy),
-    /// else unenrolled with its keys invalidated. At most one active agent
-    /// holds an enrollment id; a concurrent enrolment that would break that
-    /// is a conflict.
+    /// transaction, and so is another active agent with the same
+    /// `enrollment_id` that never checked in (on the same policy); any other
+    /// active holder of the enrollment id refuses the enrolment (`InUse`).
+    /// At most one active agent holds an enrollment id; a concurrent
+    /// enrolment that would break that is a conflict.
     async fn enroll_agent(
         &self,
         agent: &NewAgent,

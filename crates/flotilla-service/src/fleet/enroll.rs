@@ -115,6 +115,7 @@ impl Fleet<'_> {
             .enroll_agent(&new, &access.record, replace.as_slice())
             .await
             .map_err(|err| match err {
+                StoreError::InUse(msg) => FleetError::new(FleetErrorKind::AgentNotReplaceable, msg),
                 StoreError::Conflict(_) => FleetError::new(
                     FleetErrorKind::EnrollDuplicate,
                     "a concurrent enrolment for the same agent is in progress; retry",

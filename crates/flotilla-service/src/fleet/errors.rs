@@ -70,6 +70,7 @@ impl From<StoreError> for FleetError {
                 FleetError::new(FleetErrorKind::Internal, "internal error")
             }
             StoreError::Conflict(msg) => FleetError::bad(msg),
+            StoreError::InUse(msg) => FleetError::new(FleetErrorKind::AgentNotReplaceable, msg),
             StoreError::Other(e) => {
                 tracing::error!(error = %e, "storage failure in the fleet API");
                 FleetError::new(FleetErrorKind::Internal, "internal error")

@@ -19,7 +19,7 @@ use crate::secrets::{ct_eq, hash_token, random_alphanumeric};
 
 mod privileges;
 use crate::ServiceError;
-pub use privileges::{HasPrivilegesRequest, TooManyChecks, MAX_PRIVILEGE_CHECKS};
+pub use privileges::{HasPrivilegesRequest, TooManyChecks, MAX_NAME_BYTES, MAX_PRIVILEGE_CHECKS};
 
 /// A freshly minted key: its record (to store) and its plain `id:secret`.
 pub struct MintedKey {

@@ -57,13 +57,19 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
     })
 }
 
-/// A request beyond [`MAX_PRIVILEGE_CHECKS`].
+/// Elasticsearch's longest index name, in bytes; names and privileges
+/// longer than this are refused, so a check's cost is bounded too.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// A request beyond what one `_has_privileges` may ask.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the request asks for {asked} privilege checks; at most {MAX_PRIVILEGE_CHECKS} are allowed"
-)]
-pub struct TooManyChecks {
-    pub asked: usize,
+pub enum TooManyChecks {
+    #[error(
+        "the request asks for {0} privilege checks; at most {MAX_PRIVILEGE_CHECKS} are allowed"
+    )]
+    Checks(usize),
+    #[error("an index name or privilege is longer than {MAX_NAME_BYTES} bytes")]
+    NameTooLong,
 }
 
 impl HasPrivilegesRequest {
@@ -88,7 +94,15 @@ impl KeyService {
     ) -> Result<Value, TooManyChecks> {
         let asked_for = request.checks();
         if asked_for > MAX_PRIVILEGE_CHECKS {
-            return Err(TooManyChecks { asked: asked_for });
+            return Err(TooManyChecks::Checks(asked_for));
+        }
+        let too_long = |v: &[String]| v.iter().any(|n| n.len() > MAX_NAME_BYTES);
+        if request
+            .index
+            .iter()
+            .any(|e| too_long(&e.names) || too_long(&e.privileges))
+        {
+            return Err(TooManyChecks::NameTooLong);
         }
         let granted = Self::permissions(key);
         let mut asked = false;

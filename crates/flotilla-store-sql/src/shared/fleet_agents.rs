@@ -47,12 +47,16 @@ pub(super) async fn enroll_agent(
                     .await
                     .db()?;
         for old in same.into_iter().map(FleetAgent::from) {
-            if old.last_checkin.is_none() && old.policy_id == agent.policy_id {
-                // Never checked in: a failed earlier attempt.
-                remove_agent(&mut tx, &old.id, now).await?;
-            } else {
-                unenroll_in(&mut tx, &old.id, now).await?;
+            // Never checked in, on this policy: a failed earlier attempt,
+            // removed. Anything else is a live agent an enrollment token
+            // must not be able to displace.
+            if old.last_checkin.is_some() || old.policy_id != agent.policy_id {
+                return Err(StoreError::InUse(format!(
+                    "enrollment id '{eid}' belongs to active agent '{}'; unenrol it first",
+                    old.id
+                )));
             }
+            remove_agent(&mut tx, &old.id, now).await?;
             changed.push(old.id);
         }
     }
@@ -78,8 +82,12 @@ pub(super) async fn record_checkins(s: &Engine, batch: &[CheckinRecord]) -> Resu
     if batch.is_empty() {
         return Ok(());
     }
+    // Rows in one order on every instance, so two batches sharing agents
+    // cannot deadlock on PostgreSQL.
+    let mut ordered: Vec<&CheckinRecord> = batch.iter().collect();
+    ordered.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
     let mut tx = s.begin_write().await?;
-    for c in batch {
+    for c in ordered {
         sqlx::query(
                         "UPDATE agents SET last_checkin = $2, last_checkin_status = $3, last_checkin_message = $4, \
                          local_metadata = COALESCE($5, local_metadata), components = COALESCE($6, components), \

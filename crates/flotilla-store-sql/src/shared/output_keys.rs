@@ -52,7 +52,8 @@ pub(super) async fn retire_output_key(
     let done = sqlx::query(
                     "UPDATE agents SET output_api_key_id = NULL, output_api_key_sealed = NULL, \
                      output_permissions_hash = NULL, output_key_policy_id = $3, output_key_revision = $4 \
-                     WHERE id = $1 AND active AND output_api_key_id = $2 AND policy_id = $3",
+                     WHERE id = $1 AND active AND output_api_key_id = $2 AND policy_id = $3 \
+                     AND EXISTS (SELECT 1 FROM agent_policies WHERE id = $3 AND revision = $4)",
                 )
                 .bind(agent_id)
                 .bind(key_id)

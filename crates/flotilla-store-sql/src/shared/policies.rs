@@ -31,6 +31,19 @@ pub(super) async fn create_policy(
                 .execute(&mut *tx)
                 .await
                 .or_conflict(|| format!("an agent policy named '{}' or with id '{}' already exists", new.name, new.id))?;
+    // On PostgreSQL the INSERT's subquery reads the snapshot its statement
+    // began with: a delete committing meanwhile may have raised the floor.
+    // A new statement sees it.
+    sqlx::query(
+        "UPDATE agent_policies SET revision = \
+         (SELECT revision FROM policy_revision_floors WHERE policy_id = $1) + 1 \
+         WHERE id = $1 AND revision <= \
+         COALESCE((SELECT revision FROM policy_revision_floors WHERE policy_id = $1), 0)",
+    )
+    .bind(&new.id)
+    .execute(&mut *tx)
+    .await
+    .db()?;
     let policy = fetch_policy(&mut tx, &new.id).await?;
     tx.commit().await.db()?;
     Ok(policy)

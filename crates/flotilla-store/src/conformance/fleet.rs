@@ -352,32 +352,34 @@ pub async fn one_active_agent_per_enrollment_id(s: S) {
     }])
     .await
     .unwrap();
-    let (c, k) = enrolling("c", "p2", "e");
-    s.enroll_agent(&c, &k, &[]).await.unwrap();
+    // Checked in, or on another policy: a live agent no enrolment may
+    // displace; the enrolment is refused and nothing changes.
+    for (id, policy_id) in [("c", "p2"), ("d", "p")] {
+        let (c, k) = enrolling(id, policy_id, "e");
+        assert!(
+            matches!(s.enroll_agent(&c, &k, &[]).await, Err(StoreError::InUse(_))),
+            "{id} on {policy_id}"
+        );
+        assert!(s.get_fleet_agent(id).await.unwrap().is_none());
+    }
     let b = s.get_fleet_agent("b").await.unwrap().unwrap();
-    assert!(
-        !b.active,
-        "the older agent with the enrollment id is unenrolled"
-    );
+    assert!(b.active, "the live agent keeps its enrollment id");
     assert!(s
         .get_api_key("acc-b")
         .await
         .unwrap()
         .unwrap()
         .invalidated_at
-        .is_some());
-    let active = s
-        .list_agents(&AgentFilter::default(), Page::default(), now)
-        .await
-        .unwrap();
-    assert_eq!(
-        active
-            .items
-            .iter()
-            .map(|a| a.id.as_str())
-            .collect::<Vec<_>>(),
-        ["c"]
-    );
+        .is_none());
+    // Another policy's agent that never checked in is not removed either.
+    let (x, k) = enrolling("x", "p2", "e2");
+    s.enroll_agent(&x, &k, &[]).await.unwrap();
+    let (y, k) = enrolling("y", "p", "e2");
+    assert!(matches!(
+        s.enroll_agent(&y, &k, &[]).await,
+        Err(StoreError::InUse(_))
+    ));
+    assert!(s.get_fleet_agent("x").await.unwrap().unwrap().active);
 }
 
 pub async fn a_key_less_output_retires_the_agents_key(s: S) {

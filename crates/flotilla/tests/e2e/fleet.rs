@@ -1147,8 +1147,8 @@ async fn an_enrollment_id_replaces_an_agent_that_never_checked_in() {
         "its key is invalidated"
     );
 
-    // Once it has checked in, a re-enrolment unenrols it (one active agent
-    // per enrollment id) but keeps its record.
+    // Once it has checked in it is a live agent: a re-enrolment with its
+    // enrollment id is refused, and it keeps running.
     let second_agent = (
         second_id.clone(),
         second.body["item"]["access_api_key"]
@@ -1157,16 +1157,18 @@ async fn an_enrollment_id_replaces_an_agent_that_never_checked_in() {
             .to_owned(),
     );
     s.checkin(&second_agent, json!({"status": "online"})).await;
-    s.fleet(
-        Method::POST,
-        "/api/fleet/agents/enroll",
-        Some(&token),
-        Some(body),
-    )
-    .await;
+    let third = s
+        .fleet(
+            Method::POST,
+            "/api/fleet/agents/enroll",
+            Some(&token),
+            Some(body),
+        )
+        .await;
+    assert_fleet_error(&third, 403, "AgentNotReplaceable");
     let (st, kept) = s.get(&format!("/api/fleet/agents/{second_id}")).await;
     assert_eq!(st, 200);
-    assert_eq!(kept["item"]["status"], "unenrolled", "{kept}");
+    assert_eq!(kept["item"]["status"], "online", "{kept}");
 }
 
 #[tokio::test]

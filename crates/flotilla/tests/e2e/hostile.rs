@@ -132,6 +132,25 @@ async fn has_privileges_is_bounded_and_reads_no_body_before_authentication() {
     );
     assert_eq!(body["index"]["logs-other-prod"]["create_doc"], false);
 
+    // Names longer than Elasticsearch allows are refused: a check's cost
+    // is bounded too, not only their number.
+    let (st, body) = s
+        .es(
+            Method::POST,
+            "/_security/user/_has_privileges",
+            &key,
+            Some(json!({"index": [{"names": ["l".repeat(300)], "privileges": ["create_doc"]}]})),
+        )
+        .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body["error"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("255 bytes"),
+        "{body}"
+    );
+
     // A body over the route's small limit: 413 in Elasticsearch's shape.
     let big = json!({"index": [{"names": ["x".repeat(100_000)], "privileges": ["read"]}]});
     let (st, body) = s
@@ -443,6 +462,8 @@ async fn the_request_limit_is_one_for_the_whole_server() {
     }
     let shed = shed.expect("a request beyond the server-wide limit is shed");
     assert_error(&shed, 503, "overloaded");
+    // The probes stay outside the limit.
+    assert_eq!(s.get("/healthz").await.0, 200);
     drop(held);
 }
 
