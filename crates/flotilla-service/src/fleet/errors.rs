@@ -93,3 +93,32 @@ impl From<crate::ServiceError> for FleetError {
 }
 
 pub(super) type Result<T> = std::result::Result<T, FleetError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_store::Entity;
+
+    #[test]
+    fn store_errors_map_by_entity_not_by_message() {
+        let kind = |e: StoreError| FleetError::from(e).kind;
+        assert_eq!(
+            kind(StoreError::not_found(Entity::Agent, "a")),
+            FleetErrorKind::AgentNotFound
+        );
+        assert_eq!(
+            kind(StoreError::not_found(Entity::AgentPolicy, "p")),
+            FleetErrorKind::PolicyNotFound
+        );
+        assert_eq!(
+            kind(StoreError::not_found(Entity::Output, "o")),
+            FleetErrorKind::Internal,
+            "a missing output is the server's problem, not the agent's"
+        );
+        assert_eq!(
+            kind(StoreError::InUse("held".into())),
+            FleetErrorKind::AgentNotReplaceable
+        );
+        assert_eq!(kind(StoreError::Busy), FleetErrorKind::Unavailable);
+    }
+}

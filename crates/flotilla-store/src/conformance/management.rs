@@ -1,4 +1,6 @@
-//! Cases for the management resources: outputs, policies, integrations, enrollment and operator keys, agents.
+//! Cases for the management resources: outputs, policies, integrations,
+//! enrollment and operator keys, agents. (Test cases, each self-contained:
+//! longer than most files on purpose.)
 
 use super::*;
 
