@@ -63,28 +63,52 @@ impl Fleet<'_> {
                 return Ok(answer);
             }
             // Nothing yet: wait, refreshing the agent's last-seen time.
-            let _waiting = WaitingGauge::enter();
-            let mut refresh = tokio::time::interval_at(
-                tokio::time::Instant::now() + HEARTBEAT_REFRESH,
-                HEARTBEAT_REFRESH,
-            );
-            let recheck = tokio::time::sleep(self.recheck_after());
-            tokio::pin!(recheck);
-            loop {
-                tokio::select! {
-                    ev = events.recv(), if !events_closed => match ev {
-                        Ok(ev) if ev.concerns(&agent.id, &agent.policy_id) => break,
-                        Ok(_) => continue,
-                        Err(RecvError::Lagged(_)) => break,
-                        // No more events: the timers and `stop` still end the wait.
-                        Err(RecvError::Closed) => events_closed = true,
-                    },
-                    // A notification may have been lost: read again anyway.
-                    _ = &mut recheck => break,
-                    _ = refresh.tick() => self.checkins.refresh(&agent.id, Utc::now()),
-                    _ = tokio::time::sleep_until(deadline) => return Ok(self.empty_checkin(&body)),
-                    _ = &mut stop => return Ok(self.empty_checkin(&body)),
-                }
+            let wake = self
+                .wait(
+                    &mut events,
+                    &mut events_closed,
+                    &agent,
+                    deadline,
+                    stop.as_mut(),
+                )
+                .await;
+            if wake != Wake::Reread {
+                return Ok(self.empty_checkin(&body));
+            }
+        }
+    }
+
+    /// Wait for what ends a waiting poll: a change that concerns the agent
+    /// (or a possibly lost one: the recheck timer), the deadline, or `stop`.
+    pub(super) async fn wait(
+        &self,
+        events: &mut tokio::sync::broadcast::Receiver<flotilla_store::StoreEvent>,
+        events_closed: &mut bool,
+        agent: &FleetAgent,
+        deadline: tokio::time::Instant,
+        mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Wake {
+        let _waiting = WaitingGauge::enter();
+        let mut refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + HEARTBEAT_REFRESH,
+            HEARTBEAT_REFRESH,
+        );
+        let recheck = tokio::time::sleep(self.recheck_after());
+        tokio::pin!(recheck);
+        loop {
+            tokio::select! {
+                ev = events.recv(), if !*events_closed => match ev {
+                    Ok(ev) if ev.concerns(&agent.id, &agent.policy_id) => return Wake::Reread,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => return Wake::Reread,
+                    // No more events: the timers and `stop` still end the wait.
+                    Err(RecvError::Closed) => *events_closed = true,
+                },
+                // A notification may have been lost: read again anyway.
+                _ = &mut recheck => return Wake::Reread,
+                _ = refresh.tick() => self.checkins.refresh(&agent.id, Utc::now()),
+                _ = tokio::time::sleep_until(deadline) => return Wake::Deadline,
+                _ = &mut stop => return Wake::Stopped,
             }
         }
     }
@@ -214,6 +238,15 @@ impl Fleet<'_> {
     }
 }
 
+/// What ended a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wake {
+    /// Something may have changed: read the store again.
+    Reread,
+    Deadline,
+    Stopped,
+}
+
 /// A check-in body that passed validation.
 struct ValidCheckin {
     /// The agent's version, from its user agent.
@@ -287,4 +320,54 @@ pub(super) fn action_json(a: &Action, agent_id: &str) -> Value {
         m.insert("expiration".into(), json!(exp));
     }
     Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With its event channel closed, a waiting poll still ends when told
+    /// to stop (shutdown), not only at its deadline.
+    #[tokio::test]
+    async fn a_closed_event_channel_does_not_ignore_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = flotilla_store_sql::open(flotilla_store_sql::Location::DataDir(dir.path()))
+            .await
+            .unwrap();
+        let services = crate::Services::new(
+            store,
+            crate::FleetSettings::default(),
+            crate::crypto::Sealer::from_secret(b"a-test-sealing-key-of-32-bytes-at-least"),
+        );
+        let fleet = services.fleet();
+        let (tx, mut events) = tokio::sync::broadcast::channel(4);
+        drop(tx);
+        let agent = FleetAgent {
+            id: "a".into(),
+            policy_id: "p".into(),
+            active: true,
+            policy_revision: None,
+            access_api_key_id: None,
+            output_api_key_id: None,
+            output_api_key_sealed: None,
+            output_permissions_hash: None,
+            output_key_policy_id: None,
+            output_key_revision: None,
+            enrollment_id: None,
+            replace_token_hash: None,
+            last_checkin: None,
+            audit_unenrolled_reason: None,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let stop = std::pin::pin!(tokio::time::sleep(Duration::from_millis(20)));
+        let mut closed = false;
+        let wake = tokio::time::timeout(
+            Duration::from_secs(30),
+            fleet.wait(&mut events, &mut closed, &agent, deadline, stop),
+        )
+        .await
+        .expect("stopped, not left waiting for the deadline");
+        assert_eq!(wake, Wake::Stopped);
+        assert!(closed);
+    }
 }
