@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::providers::{Env, Format, Serialized};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use serde_saphyr::figment::Yaml;
 
 /// Top-level keys; environment variables for anything else (such as the
 /// CLI's `FLOTILLA_URL`) are not configuration.
