@@ -66,24 +66,14 @@ async fn grant_authenticate_check_and_invalidate() {
         KeyRejection::Malformed
     );
 
-    assert!(KeyService::has_privileges(
-        &found,
-        "logs-nginx.access-prod",
-        "create_doc"
-    ));
-    assert!(!KeyService::has_privileges(
-        &found,
-        "logs-nginx.access-prod",
-        "read"
-    ));
-    assert!(!KeyService::has_privileges(
-        &found,
-        "logs-nginx.access-dev",
-        "create_doc"
-    ));
+    let granted = KeyService::permissions(&found).expect("a permissions block");
+    assert!(granted.allows("logs-nginx.access-prod", "create_doc"));
+    assert!(!granted.allows("logs-nginx.access-prod", "read"));
+    assert!(!granted.allows("logs-nginx.access-dev", "create_doc"));
 
     assert_eq!(
-        keys.invalidate(std::slice::from_ref(&key.record.id))
+        store
+            .invalidate_api_keys(std::slice::from_ref(&key.record.id), chrono::Utc::now())
             .await
             .unwrap(),
         1
@@ -96,7 +86,8 @@ async fn grant_authenticate_check_and_invalidate() {
         KeyRejection::Invalidated
     );
     assert_eq!(
-        keys.invalidate(std::slice::from_ref(&key.record.id))
+        store
+            .invalidate_api_keys(std::slice::from_ref(&key.record.id), chrono::Utc::now())
             .await
             .unwrap(),
         0,

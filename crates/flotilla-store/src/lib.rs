@@ -414,7 +414,6 @@ pub trait Store: Send + Sync + 'static {
     /// Subscribe to change events (see [`StoreEvent`]).
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
     async fn get_fleet_agent(&self, id: &str) -> Result<Option<FleetAgent>>;
-    async fn find_agent_by_enrollment_id(&self, enrollment_id: &str) -> Result<Option<FleetAgent>>;
     /// Records a newly enrolled agent with its access key, atomically; the
     /// policy must exist (`NotFound` otherwise, and nothing is written).
     /// The agents in `replace` (and their keys) are removed in the same

@@ -63,11 +63,6 @@ impl LongPolls {
         slot.permit = Some(permit);
         Some(slot)
     }
-
-    /// Slots in use.
-    pub fn held(&self) -> usize {
-        self.waiting.lock().expect("long-poll lock").len()
-    }
 }
 
 pub struct LongPollSlot {

@@ -128,15 +128,6 @@ impl KeyService {
     pub fn permissions(key: &ApiKeyRecord) -> Option<Permissions> {
         Permissions::deserialize(&key.role_descriptors).ok()
     }
-
-    /// Whether the key's role descriptors grant `privilege` on `index`.
-    pub fn has_privileges(key: &ApiKeyRecord, index: &str, privilege: &str) -> bool {
-        Self::permissions(key).is_some_and(|p| p.allows(index, privilege))
-    }
-
-    pub async fn invalidate(&self, ids: &[String]) -> Result<u64, ServiceError> {
-        Ok(self.store.invalidate_api_keys(ids, Utc::now()).await?)
-    }
 }
 
 #[cfg(test)]

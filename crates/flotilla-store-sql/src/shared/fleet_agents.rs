@@ -8,17 +8,6 @@ pub(super) async fn get_fleet_agent(s: &Engine, id: &str) -> Result<Option<Fleet
 }
 
 #[tracing::instrument(skip_all)]
-pub(super) async fn find_agent_by_enrollment_id(
-    s: &Engine,
-    enrollment_id: &str,
-) -> Result<Option<FleetAgent>> {
-    Ok(row_by::<FleetAgentRow, _, _>(&s.pool, sql!(
-                    "SELECT {FLEET_AGENT_COLS} FROM agents WHERE enrollment_id = $1 ORDER BY enrolled_at DESC LIMIT 1"
-                ), enrollment_id.to_owned()).await?
-                .map(Into::into))
-}
-
-#[tracing::instrument(skip_all)]
 pub(super) async fn enroll_agent(
     s: &Engine,
     agent: &NewAgent,

@@ -223,10 +223,6 @@ impl Store for Engine {
         fleet_agents::get_fleet_agent(self, id).await
     }
 
-    async fn find_agent_by_enrollment_id(&self, enrollment_id: &str) -> Result<Option<FleetAgent>> {
-        fleet_agents::find_agent_by_enrollment_id(self, enrollment_id).await
-    }
-
     async fn enroll_agent(
         &self,
         agent: &NewAgent,
