@@ -9,7 +9,6 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use flotilla_domain::output::OutputType;
-use flotilla_domain::package_policy::InputRequest;
 
 /// Distinguishes an absent field (`None`) from an explicit `null`
 /// (`Some(None)`), for updates that can clear a value.
@@ -99,7 +98,7 @@ pub struct UpdateAgentPolicy {
 #[serde(deny_unknown_fields)]
 pub struct PackageRequest {
     pub name: String,
-    /// Defaults to the catalogue's version.
+    /// Defaults to the newest installed version.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub version: Option<String>,
 }
@@ -117,14 +116,24 @@ pub struct CreatePackagePolicy {
     /// Defaults to the agent policy's namespace.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub namespace: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub vars: Map<String, Value>,
-    /// Omitted: the integration's default inputs.
+    /// Package-level variables: plain values or Kibana's `{"value": …}`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub inputs: Option<Vec<InputRequest>>,
+    #[schema(value_type = Option<Object>)]
+    pub vars: Option<Map<String, Value>>,
+    /// Kibana's full form (a list of inputs with `type`, `policy_template`,
+    /// `enabled`, `vars`, `streams`) or its simplified form (an object keyed
+    /// `<policy template>-<input type>`). Omitted: the package's defaults.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cloud_connector_id: Option<String>,
+    /// Accepted for Kibana compatibility; integrations are always enabled.
+    #[serde(skip_serializing, default)]
+    pub enabled: Option<bool>,
+    /// Accepted for Kibana compatibility; ignored.
+    #[serde(skip_serializing, default)]
+    pub force: Option<bool>,
 }
 
 /// Fields left out keep their current value.
@@ -152,11 +161,14 @@ pub struct UpdatePackagePolicy {
     )]
     #[schema(value_type = Option<String>)]
     pub namespace: Option<Option<String>>,
+    /// Merged over the current values.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     #[schema(value_type = Option<Object>)]
     pub vars: Option<Map<String, Value>>,
+    /// Applied over the current inputs, in either of Kibana's forms.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub inputs: Option<Vec<InputRequest>>,
+    #[schema(value_type = Option<Object>)]
+    pub inputs: Option<Value>,
     #[serde(
         skip_serializing_if = "Option::is_none",
         default,
@@ -235,7 +247,7 @@ pub struct List<T> {
     pub per_page: u32,
 }
 
-/// `{"items": […]}`, unpaged (the package catalogue, as Kibana's EPM).
+/// `{"items": […]}`, unpaged (installed packages, as Kibana's EPM).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Items<T> {
     pub items: Vec<T>,

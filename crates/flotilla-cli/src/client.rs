@@ -31,21 +31,34 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value> {
-        self.request(Method::GET, path, query, None).await
+        self.request(Method::GET, path, query, Body::None).await
     }
 
     pub async fn post(&self, path: &str, body: &impl serde::Serialize) -> Result<Value> {
         let body = serde_json::to_value(body)?;
-        self.request(Method::POST, path, &[], Some(&body)).await
+        self.request(Method::POST, path, &[], Body::Json(&body))
+            .await
     }
 
     pub async fn put(&self, path: &str, body: &impl serde::Serialize) -> Result<Value> {
         let body = serde_json::to_value(body)?;
-        self.request(Method::PUT, path, &[], Some(&body)).await
+        self.request(Method::PUT, path, &[], Body::Json(&body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value> {
-        self.request(Method::DELETE, path, &[], None).await
+        self.request(Method::DELETE, path, &[], Body::None).await
+    }
+
+    /// POST raw bytes (a package archive).
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        bytes: Vec<u8>,
+    ) -> Result<Value> {
+        self.request(Method::POST, path, &[], Body::Raw(content_type, bytes))
+            .await
     }
 
     async fn request(
@@ -53,7 +66,7 @@ impl Client {
         method: Method,
         path: &str,
         query: &[(&str, String)],
-        body: Option<&Value>,
+        body: Body<'_>,
     ) -> Result<Value> {
         let api_key = self
             .api_key
@@ -64,8 +77,12 @@ impl Client {
             .request(method, format!("{}{path}", self.base))
             .header("authorization", format!("ApiKey {api_key}"))
             .query(query);
-        if let Some(body) = body {
-            req = req.json(body);
+        match body {
+            Body::None => {}
+            Body::Json(body) => req = req.json(body),
+            Body::Raw(content_type, bytes) => {
+                req = req.header("content-type", content_type).body(bytes)
+            }
         }
         let resp = req.send().await.map_err(|e| {
             anyhow!(
@@ -97,6 +114,12 @@ impl Client {
         }
         Ok(value)
     }
+}
+
+enum Body<'a> {
+    None,
+    Json(&'a Value),
+    Raw(&'static str, Vec<u8>),
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

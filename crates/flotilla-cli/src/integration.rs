@@ -15,9 +15,12 @@ pub enum IntegrationCmd {
     Add {
         #[arg(long)]
         policy: String,
-        /// Catalogue package: system, nginx, log…
+        /// An installed package: system, nginx, log… (`flotilla package list`).
         #[arg(long)]
         package: String,
+        /// The package version (default: the newest installed).
+        #[arg(long = "package-version")]
+        package_version: Option<String>,
         /// Name (default: <package>-<policy>).
         #[arg(long)]
         name: Option<String>,
@@ -27,7 +30,9 @@ pub enum IntegrationCmd {
         /// (`paths=["/var/log/app.log"]`), else taken as a string. Repeatable.
         #[arg(long = "var", value_name = "KEY=VALUE")]
         vars: Vec<String>,
-        /// Inputs as a JSON array (default: the integration's defaults).
+        /// Inputs as JSON, in Kibana's full form (a list) or its simplified
+        /// form (`{"<template>-<input>": {"enabled", "vars", "streams"}}`);
+        /// default: the package's defaults.
         #[arg(long)]
         inputs: Option<String>,
     },
@@ -42,8 +47,6 @@ pub enum IntegrationCmd {
     Show { id: String },
     /// Remove an integration from its policy.
     Remove { id: String },
-    /// List the integrations the catalogue offers.
-    Packages,
 }
 
 const INTEGRATION_COLS: Columns = &[
@@ -54,13 +57,6 @@ const INTEGRATION_COLS: Columns = &[
     ("VERSION", "package.version"),
     ("NAMESPACE", "namespace"),
 ];
-const PACKAGE_COLS: Columns = &[
-    ("NAME", "name"),
-    ("VERSION", "version"),
-    ("TITLE", "title"),
-    ("DESCRIPTION", "description"),
-];
-
 fn parse_var(s: &str) -> Result<(String, Value)> {
     let (k, v) = s
         .split_once('=')
@@ -78,6 +74,7 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: IntegrationCmd) -> Result<View> 
         IntegrationCmd::Add {
             policy,
             package,
+            package_version,
             name,
             namespace,
             vars,
@@ -91,7 +88,9 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: IntegrationCmd) -> Result<View> 
             let inputs = inputs
                 .map(|i| serde_json::from_str(&i))
                 .transpose()
-                .context("--inputs must be a JSON array of inputs")?;
+                .context(
+                "--inputs must be JSON: a list of inputs, or an object keyed <template>-<input>",
+            )?;
             let body = CreatePackagePolicy {
                 id: None,
                 name: name.unwrap_or_else(|| format!("{package}-{policy}")),
@@ -99,12 +98,14 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: IntegrationCmd) -> Result<View> 
                 policy_id: policy,
                 package: PackageRequest {
                     name: package,
-                    version: None,
+                    version: package_version,
                 },
                 namespace,
-                vars: var_map,
+                vars: (!var_map.is_empty()).then_some(var_map),
                 inputs,
                 cloud_connector_id: None,
+                enabled: None,
+                force: None,
             };
             view(c.post(PACKAGE_POLICIES, &body).await?, INTEGRATION_COLS)
         }
@@ -121,9 +122,6 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: IntegrationCmd) -> Result<View> 
         ),
         IntegrationCmd::Remove { id } => {
             view(c.delete(&at(PACKAGE_POLICIES, &id)).await?, DELETED_COLS)
-        }
-        IntegrationCmd::Packages => {
-            view(c.get("/api/fleet/epm/packages", &[]).await?, PACKAGE_COLS)
         }
     })
 }

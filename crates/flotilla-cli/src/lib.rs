@@ -9,6 +9,7 @@ mod apikey;
 mod client;
 mod integration;
 mod output;
+mod package;
 mod policy;
 mod render;
 mod token;
@@ -21,6 +22,7 @@ pub use apikey::ApikeyCmd;
 pub use client::Client;
 pub use integration::IntegrationCmd;
 pub use output::OutputCmd;
+pub use package::PackageCmd;
 pub use policy::PolicyCmd;
 pub use token::TokenCmd;
 
@@ -66,6 +68,8 @@ pub enum Command {
     Policy(Noun<PolicyCmd>),
     /// Integrations (package policies) on agent policies.
     Integration(Noun<IntegrationCmd>),
+    /// Installed packages (Elastic's package format).
+    Package(Noun<PackageCmd>),
     /// Enrollment tokens.
     Token(Noun<TokenCmd>),
     /// Enrolled agents.
@@ -89,6 +93,7 @@ pub async fn run(command: Command) -> Result<()> {
     let (opts, view) = match command {
         Command::Policy(n) => (n.opts.clone(), policy::run(&n.opts, n.verb).await?),
         Command::Integration(n) => (n.opts.clone(), integration::run(&n.opts, n.verb).await?),
+        Command::Package(n) => (n.opts.clone(), package::run(&n.opts, n.verb).await?),
         Command::Token(n) => (n.opts.clone(), token::run(&n.opts, n.verb).await?),
         Command::Agents(n) => (n.opts.clone(), agents::run(&n.opts, n.verb).await?),
         Command::Output(n) => (n.opts.clone(), output::run(&n.opts, n.verb).await?),

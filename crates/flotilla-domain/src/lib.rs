@@ -1,6 +1,7 @@
 //! Flotilla's domain: the resources an operator manages, the rules that make
-//! them valid, the built-in integration catalogue and the computation of a
-//! policy's permissions block.
+//! them valid, and the shapes of a policy's permissions block and of the
+//! full policy an agent receives (packages and their rendering live in
+//! `flotilla-packages`).
 //!
 //! Architecture invariant: this crate performs no I/O and knows nothing of
 //! SQL, HTTP or the async runtime. Everything here is a pure function of its
@@ -11,7 +12,6 @@
 pub mod action;
 pub mod agent;
 pub mod apikey;
-pub mod catalogue;
 pub mod enrollment;
 pub mod error;
 pub mod full_policy;

@@ -1,12 +1,14 @@
-//! Package policies ("integrations"): a catalogue package configured on an
-//! agent policy.
+//! Package policies ("integrations"): an installed package configured on
+//! an agent policy, stored in Kibana's shape (variables as `{value, type}`,
+//! inputs per policy template with their compiled streams).
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::catalogue::{Catalogue, PackageSpec};
 use crate::policy::validate_namespace;
 use crate::{validate_name, ValidationError};
 
@@ -14,30 +16,117 @@ use crate::{validate_name, ValidationError};
 pub struct PackageRef {
     pub name: String,
     pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct DataStreamRef {
     #[serde(rename = "type")]
     pub stream_type: String,
     pub dataset: String,
+    /// `dynamic_dataset` / `dynamic_namespace` / `privileges`, copied from
+    /// the data stream's manifest as Kibana does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub elasticsearch: Option<Value>,
 }
+
+/// A variable's value as Kibana stores it: `{"value": …, "type": "text"}`.
+/// A secret's value is a reference, `{"isSecretRef": true, "id": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ConfigVar {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub var_type: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for ConfigVar {
+    /// `{value, type}`, or (as older Flotilla stored them) a bare value.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(ConfigVar::from_value(v))
+    }
+}
+
+impl ConfigVar {
+    /// A `{value[, type][, frozen]}` object is the wrapped form; anything
+    /// else is a bare value.
+    pub fn from_value(v: Value) -> ConfigVar {
+        match v {
+            Value::Object(mut m)
+                if m.contains_key("value")
+                    && m.keys()
+                        .all(|k| matches!(k.as_str(), "value" | "type" | "frozen")) =>
+            {
+                let value = m.remove("value").filter(|v| !v.is_null());
+                let var_type = match m.remove("type") {
+                    Some(Value::String(t)) => Some(t),
+                    _ => None,
+                };
+                ConfigVar { value, var_type }
+            }
+            Value::Null => ConfigVar {
+                value: None,
+                var_type: None,
+            },
+            other => ConfigVar {
+                value: Some(other),
+                var_type: None,
+            },
+        }
+    }
+}
+
+/// Variables by name (dotted names are kept as written).
+pub type Vars = BTreeMap<String, ConfigVar>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Stream {
     pub enabled: bool,
     pub data_stream: DataStreamRef,
+    #[serde(default)]
     #[schema(value_type = Object)]
-    pub vars: Map<String, Value>,
+    pub vars: Vars,
+    /// The stream's agent template, rendered; absent for disabled streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub compiled_stream: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Input {
     #[serde(rename = "type")]
     pub input_type: String,
+    /// The policy template the input belongs to (absent in integrations
+    /// stored before packages were installable: the first template that
+    /// has the input is meant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_template: Option<String>,
     pub enabled: bool,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub vars: Vars,
     pub streams: Vec<Stream>,
+    /// An input-level template, rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub compiled_input: Option<Value>,
+}
+
+/// A secret a package policy holds (its value is stored encrypted, apart).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct SecretReference {
+    pub id: String,
+}
+
+/// A secret value to store for a package policy, sealed by the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSecret {
+    pub id: String,
+    pub sealed: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -50,9 +139,11 @@ pub struct PackagePolicy {
     /// The integration's own namespace; `None` means the agent policy's.
     pub namespace: Option<String>,
     #[schema(value_type = Object)]
-    pub vars: Map<String, Value>,
+    pub vars: Vars,
     pub inputs: Vec<Input>,
     pub cloud_connector_id: Option<String>,
+    #[serde(default)]
+    pub secret_references: Vec<SecretReference>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -64,34 +155,8 @@ impl PackagePolicy {
     }
 }
 
-/// Caller-supplied inputs, before resolution against the catalogue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InputRequest {
-    #[serde(rename = "type")]
-    pub input_type: String,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    #[serde(default)]
-    pub streams: Option<Vec<StreamRequest>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StreamRequest {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    pub data_stream: DataStreamRef,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub vars: Map<String, Value>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// A validated, catalogue-resolved package policy ready to store.
+/// A validated package policy, resolved against its package, ready to
+/// store (with the sealed values of the secrets it references).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewPackagePolicy {
     pub id: String,
@@ -100,9 +165,13 @@ pub struct NewPackagePolicy {
     pub policy_id: String,
     pub package: PackageRef,
     pub namespace: Option<String>,
-    pub vars: Map<String, Value>,
+    pub vars: Vars,
     pub inputs: Vec<Input>,
     pub cloud_connector_id: Option<String>,
+    pub secret_references: Vec<SecretReference>,
+    /// Secrets first stored by this change; stored secrets not in
+    /// `secret_references` any more are deleted with it.
+    pub new_secrets: Vec<NewSecret>,
 }
 
 pub fn validate_package_policy_name(name: &str) -> Result<String, ValidationError> {
@@ -111,223 +180,6 @@ pub fn validate_package_policy_name(name: &str) -> Result<String, ValidationErro
 
 pub fn validate_optional_namespace(ns: Option<&str>) -> Result<Option<String>, ValidationError> {
     ns.map(|ns| validate_namespace("namespace", ns)).transpose()
-}
-
-/// Find the package, checking the requested version against the catalogue.
-pub fn resolve_package<'c>(
-    catalogue: &'c Catalogue,
-    package: &PackageRef,
-) -> Result<&'c PackageSpec, ValidationError> {
-    let spec = catalogue.package(&package.name).ok_or_else(|| {
-        let known: Vec<_> = catalogue.packages.iter().map(|p| p.name.as_str()).collect();
-        ValidationError::new(
-            "package.name",
-            format!(
-                "unknown integration '{}' (known: {})",
-                package.name,
-                known.join(", ")
-            ),
-        )
-    })?;
-    if !package.version.is_empty() && package.version != spec.version {
-        return Err(ValidationError::new(
-            "package.version",
-            format!(
-                "integration '{}' is available in version {}, not {}",
-                spec.name, spec.version, package.version
-            ),
-        ));
-    }
-    Ok(spec)
-}
-
-/// Validate package-level variables and resolve the inputs against the
-/// catalogue. Omitted inputs (or an input's omitted streams) take the
-/// package's defaults; listed ones must exist in the package.
-pub fn resolve_inputs(
-    spec: &PackageSpec,
-    vars: &Map<String, Value>,
-    requested: Option<&[InputRequest]>,
-) -> Result<Vec<Input>, ValidationError> {
-    for required in &spec.required_vars {
-        match vars.get(required) {
-            None | Some(Value::Null) => {
-                return Err(ValidationError::new(
-                    format!("vars.{required}"),
-                    format!("is required by integration '{}'", spec.name),
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    check_reserved("vars", vars)?;
-    if let Some(paths) = vars.get("paths") {
-        validate_paths("vars.paths", paths)?;
-    }
-    let dataset_override = match &spec.dataset_var {
-        Some(var) => match vars.get(var) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(ds)) => Some(validate_dataset(&format!("vars.{var}"), ds)?),
-            Some(_) => {
-                return Err(ValidationError::new(
-                    format!("vars.{var}"),
-                    "must be a string",
-                ))
-            }
-        },
-        None => None,
-    };
-
-    let default_streams = |input: &crate::catalogue::InputSpec| -> Vec<Stream> {
-        input
-            .streams
-            .iter()
-            .map(|s| Stream {
-                enabled: true,
-                data_stream: DataStreamRef {
-                    stream_type: s.stream_type.clone(),
-                    dataset: dataset_override
-                        .clone()
-                        .unwrap_or_else(|| s.dataset.clone()),
-                },
-                // Catalogue defaults are applied when the policy is built,
-                // so package-level variables can override them.
-                vars: Map::new(),
-            })
-            .collect()
-    };
-
-    let Some(requested) = requested else {
-        return Ok(spec
-            .inputs
-            .iter()
-            .map(|i| Input {
-                input_type: i.input_type.clone(),
-                enabled: true,
-                streams: default_streams(i),
-            })
-            .collect());
-    };
-
-    let mut inputs = Vec::with_capacity(requested.len());
-    for (i, req) in requested.iter().enumerate() {
-        let input_spec = spec.input(&req.input_type).ok_or_else(|| {
-            ValidationError::new(
-                format!("inputs[{i}].type"),
-                format!(
-                    "integration '{}' has no input '{}'",
-                    spec.name, req.input_type
-                ),
-            )
-        })?;
-        if requested[..i]
-            .iter()
-            .any(|r| r.input_type == req.input_type)
-        {
-            return Err(ValidationError::new(
-                format!("inputs[{i}].type"),
-                format!("input '{}' is listed twice", req.input_type),
-            ));
-        }
-        let streams = match &req.streams {
-            None => default_streams(input_spec),
-            Some(streams) => {
-                let mut out = Vec::with_capacity(streams.len());
-                for (j, s) in streams.iter().enumerate() {
-                    let field = format!("inputs[{i}].streams[{j}]");
-                    // A package with a dataset variable has one configurable stream.
-                    let stream_spec = if spec.dataset_var.is_some() {
-                        input_spec.streams.first()
-                    } else {
-                        input_spec.stream(&s.data_stream.dataset)
-                    }
-                    .ok_or_else(|| {
-                        ValidationError::new(
-                            format!("{field}.data_stream.dataset"),
-                            format!(
-                                "input '{}' of '{}' has no data stream '{}'",
-                                req.input_type, spec.name, s.data_stream.dataset
-                            ),
-                        )
-                    })?;
-                    if s.data_stream.stream_type != stream_spec.stream_type {
-                        return Err(ValidationError::new(
-                            format!("{field}.data_stream.type"),
-                            format!("must be '{}'", stream_spec.stream_type),
-                        ));
-                    }
-                    let dataset = match (&dataset_override, spec.dataset_var.is_some()) {
-                        (Some(ds), _) => ds.clone(),
-                        (None, true) => validate_dataset(
-                            &format!("{field}.data_stream.dataset"),
-                            &s.data_stream.dataset,
-                        )?,
-                        (None, false) => stream_spec.dataset.clone(),
-                    };
-                    if let Some(paths) = s.vars.get("paths") {
-                        validate_paths(&format!("{field}.vars.paths"), paths)?;
-                    }
-                    check_reserved(&format!("{field}.vars"), &s.vars)?;
-                    if streams[..j]
-                        .iter()
-                        .any(|o| o.data_stream.dataset == s.data_stream.dataset)
-                    {
-                        return Err(ValidationError::new(
-                            format!("{field}.data_stream.dataset"),
-                            format!("data stream '{}' is listed twice", s.data_stream.dataset),
-                        ));
-                    }
-                    let vars = s.vars.clone();
-                    out.push(Stream {
-                        enabled: s.enabled,
-                        data_stream: DataStreamRef {
-                            stream_type: stream_spec.stream_type.clone(),
-                            dataset,
-                        },
-                        vars,
-                    });
-                }
-                out
-            }
-        };
-        inputs.push(Input {
-            input_type: req.input_type.clone(),
-            enabled: req.enabled,
-            streams,
-        });
-    }
-    Ok(inputs)
-}
-
-/// Keys the agent's stream configuration owns; variables may not set them.
-const RESERVED_VARS: &[&str] = &["id", "type", "data_stream"];
-
-fn check_reserved(field: &str, vars: &Map<String, Value>) -> Result<(), ValidationError> {
-    match RESERVED_VARS.iter().find(|k| vars.contains_key(**k)) {
-        Some(k) => Err(ValidationError::new(format!("{field}.{k}"), "is reserved")),
-        None => Ok(()),
-    }
-}
-
-fn validate_paths(field: &str, paths: &Value) -> Result<(), ValidationError> {
-    let Value::Array(items) = paths else {
-        return Err(ValidationError::new(field, "must be a list of file paths"));
-    };
-    if items.is_empty() {
-        return Err(ValidationError::new(field, "must list at least one path"));
-    }
-    for item in items {
-        match item {
-            Value::String(s) if !s.trim().is_empty() => {}
-            _ => {
-                return Err(ValidationError::new(
-                    field,
-                    "must contain only non-empty strings",
-                ))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Datasets are part of data stream names: lowercase letters, digits, `_` and
@@ -346,117 +198,5 @@ pub fn validate_dataset(field: &str, dataset: &str) -> Result<String, Validation
             field,
             "must be 1-100 lowercase letters, digits, '_' or '.', not starting with '.' or '_'",
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn spec(name: &str) -> &'static PackageSpec {
-        Catalogue::builtin().package(name).unwrap()
-    }
-
-    #[test]
-    fn omitted_inputs_take_the_catalogue_defaults() {
-        let inputs = resolve_inputs(spec("nginx"), &Map::new(), None).unwrap();
-        assert_eq!(inputs.len(), 1);
-        let datasets: Vec<_> = inputs[0]
-            .streams
-            .iter()
-            .map(|s| s.data_stream.dataset.as_str())
-            .collect();
-        assert_eq!(datasets, ["nginx.access", "nginx.error"]);
-    }
-
-    #[test]
-    fn unknown_input_and_dataset_are_named() {
-        let req: Vec<InputRequest> = serde_json::from_value(json!([{"type": "httpjson"}])).unwrap();
-        let err = resolve_inputs(spec("nginx"), &Map::new(), Some(&req)).unwrap_err();
-        assert_eq!(err.field, "inputs[0].type");
-
-        let req: Vec<InputRequest> =
-            serde_json::from_value(json!([{"type": "logfile", "streams": [
-            {"data_stream": {"type": "logs", "dataset": "nginx.stub"}}]}]))
-            .unwrap();
-        let err = resolve_inputs(spec("nginx"), &Map::new(), Some(&req)).unwrap_err();
-        assert_eq!(err.field, "inputs[0].streams[0].data_stream.dataset");
-    }
-
-    #[test]
-    fn custom_logs_need_paths_and_take_a_dataset() {
-        let err = resolve_inputs(spec("log"), &Map::new(), None).unwrap_err();
-        assert_eq!(err.field, "vars.paths");
-
-        let vars = json!({"paths": ["/var/log/app/*.log"], "dataset": "myapp"});
-        let inputs = resolve_inputs(spec("log"), vars.as_object().unwrap(), None).unwrap();
-        assert_eq!(inputs[0].streams[0].data_stream.dataset, "myapp");
-
-        let vars = json!({"paths": ["/x"], "dataset": "My-App"});
-        let err = resolve_inputs(spec("log"), vars.as_object().unwrap(), None).unwrap_err();
-        assert_eq!(err.field, "vars.dataset");
-
-        let vars = json!({"paths": "/x"});
-        assert_eq!(
-            resolve_inputs(spec("log"), vars.as_object().unwrap(), None)
-                .unwrap_err()
-                .field,
-            "vars.paths"
-        );
-    }
-
-    #[test]
-    fn reserved_and_repeated_are_refused() {
-        let vars = json!({"paths": ["/x"], "data_stream": {"dataset": "evil"}});
-        let err = resolve_inputs(spec("log"), vars.as_object().unwrap(), None).unwrap_err();
-        assert_eq!(err.field, "vars.data_stream");
-        let req: Vec<InputRequest> =
-            serde_json::from_value(json!([{"type": "logfile", "streams": [
-            {"data_stream": {"type": "logs", "dataset": "nginx.access"}, "vars": {"id": "x"}}]}]))
-            .unwrap();
-        assert_eq!(
-            resolve_inputs(spec("nginx"), &Map::new(), Some(&req))
-                .unwrap_err()
-                .field,
-            "inputs[0].streams[0].vars.id"
-        );
-        let req: Vec<InputRequest> =
-            serde_json::from_value(json!([{"type": "logfile", "streams": [
-            {"data_stream": {"type": "logs", "dataset": "nginx.access"}},
-            {"data_stream": {"type": "logs", "dataset": "nginx.access"}}]}]))
-            .unwrap();
-        let err = resolve_inputs(spec("nginx"), &Map::new(), Some(&req)).unwrap_err();
-        assert_eq!(err.field, "inputs[0].streams[1].data_stream.dataset");
-        assert!(serde_json::from_value::<InputRequest>(
-            json!({"type": "logfile", "enabeld": false})
-        )
-        .is_err());
-    }
-
-    #[test]
-    fn version_must_match_the_catalogue() {
-        let c = Catalogue::builtin();
-        let ok = PackageRef {
-            name: "nginx".into(),
-            version: "1.20.0".into(),
-        };
-        assert!(resolve_package(c, &ok).is_ok());
-        let bad = PackageRef {
-            name: "nginx".into(),
-            version: "0.1.0".into(),
-        };
-        assert_eq!(
-            resolve_package(c, &bad).unwrap_err().field,
-            "package.version"
-        );
-        let unknown = PackageRef {
-            name: "apache".into(),
-            version: String::new(),
-        };
-        assert_eq!(
-            resolve_package(c, &unknown).unwrap_err().field,
-            "package.name"
-        );
     }
 }

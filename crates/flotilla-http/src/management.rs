@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -14,7 +14,6 @@ use flotilla_api::management::*;
 use flotilla_domain::action::{Action, AgentActionStatus};
 use flotilla_domain::agent::{Agent, AgentStatus};
 use flotilla_domain::apikey::OperatorApiKey;
-use flotilla_domain::catalogue::PackageSpec;
 use flotilla_domain::enrollment::EnrollmentApiKey;
 use flotilla_domain::full_policy::FullAgentPolicy;
 use flotilla_domain::output::Output;
@@ -138,6 +137,11 @@ pub fn router() -> OpenApiRouter<AppState> {
             delete_package_policy
         ))
         .routes(routes!(list_packages))
+        .routes(routes!(get_latest_package))
+        .routes(routes!(get_package, delete_package))
+        .merge(OpenApiRouter::new().routes(routes!(install_package)).layer(
+            axum::extract::DefaultBodyLimit::max(MAX_PACKAGE_UPLOAD_BYTES),
+        ))
         .routes(routes!(list_enrollment_keys, create_enrollment_key))
         .routes(routes!(get_enrollment_key, revoke_enrollment_key))
         .routes(routes!(list_agents))
@@ -345,12 +349,189 @@ async fn delete_package_policy(
     Ok(deleted(id))
 }
 
-#[utoipa::path(get, path = "/api/fleet/epm/packages", tag = "integrations",
-    responses((status = 200, description = "The built-in integration catalogue", body = Items<PackageSpec>)))]
-async fn list_packages(_: Operator, State(s): State<AppState>) -> Json<Items<PackageSpec>> {
-    Json(Items {
-        items: s.services.catalogue.packages.clone(),
-    })
+/// The largest package upload accepted (zip or gzip'd tar).
+pub const MAX_PACKAGE_UPLOAD_BYTES: usize = 64 << 20;
+
+/// An installed package as listed.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct PackageListItem {
+    pub name: String,
+    pub version: String,
+    pub title: String,
+    #[serde(rename = "type")]
+    pub package_type: String,
+    /// Always `installed`: Flotilla lists what it has.
+    pub status: &'static str,
+    /// `builtin`, `upload` or `directory`.
+    pub install_source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// An installed package: its manifest, policy templates, data streams and
+/// variables.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct PackageView {
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub info: flotilla_packages::package::PackageInfo,
+    pub status: &'static str,
+    pub install_source: String,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct InstallMeta {
+    pub install_source: &'static str,
+    pub name: String,
+    pub version: String,
+    /// The same name, version and content were installed already.
+    pub already_installed: bool,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct InstallResult {
+    pub item: PackageView,
+    /// Kibana lists the installed assets here; Flotilla installs none.
+    pub items: Vec<serde_json::Value>,
+    #[serde(rename = "_meta")]
+    pub meta: InstallMeta,
+}
+
+#[utoipa::path(get, path = "/api/fleet/epm/packages", tag = "packages",
+    responses((status = 200, description = "Installed packages (built-in and installed)", body = Items<PackageListItem>)))]
+async fn list_packages(
+    _: Operator,
+    State(s): State<AppState>,
+) -> ApiResult<Json<Items<PackageListItem>>> {
+    let items = s
+        .services
+        .management()
+        .list_packages()
+        .await?
+        .into_iter()
+        .map(|p| PackageListItem {
+            name: p.name,
+            version: p.version,
+            title: p.title,
+            package_type: p.package_type,
+            status: "installed",
+            install_source: p.source,
+            installed_at: p.installed_at,
+        })
+        .collect();
+    Ok(Json(Items { items }))
+}
+
+#[utoipa::path(post, path = "/api/fleet/epm/packages", tag = "packages",
+    request_body(content = Vec<u8>, description = "A zip or gzip'd tar holding one `<name>-<version>/` folder",
+        content_type = "application/zip"),
+    responses((status = 200, body = InstallResult),
+              (status = 400, description = "Not a package, or a bad one (the file and field are named)", body = ErrorBody),
+              (status = 409, description = "That version is installed with other content, or built in", body = ErrorBody),
+              (status = 413, body = ErrorBody)))]
+async fn install_package(
+    _: Operator,
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<InstallResult>> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            e.status(),
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                format!(
+                    "the package is larger than {} MiB",
+                    MAX_PACKAGE_UPLOAD_BYTES >> 20
+                )
+            } else {
+                format!("could not read the upload: {e}")
+            },
+        )
+    })?;
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return Err(ApiError::bad_request(
+            "Flotilla installs packages by upload: send the package as a zip (Content-Type: application/zip) \
+             or a gzip'd tar (application/gzip); there is no package registry to install from by name",
+        ));
+    }
+    let (package, outcome) = s
+        .services
+        .management()
+        .install_package_archive(&body)
+        .await?;
+    tracing::info!(package = %package.name(), version = %package.version(),
+        new = outcome == flotilla_store::Installed::New, "package installed");
+    Ok(Json(InstallResult {
+        meta: InstallMeta {
+            install_source: "upload",
+            name: package.name().to_owned(),
+            version: package.version().to_owned(),
+            already_installed: outcome == flotilla_store::Installed::AlreadyInstalled,
+        },
+        item: PackageView {
+            info: package.info(),
+            status: "installed",
+            install_source: "upload".into(),
+        },
+        items: vec![],
+    }))
+}
+
+#[utoipa::path(get, path = "/api/fleet/epm/packages/{name}", tag = "packages",
+    params(("name" = String, Path, description = "Package name")),
+    responses((status = 200, description = "The newest installed version", body = Item<PackageView>), (status = 404, body = ErrorBody)))]
+async fn get_latest_package(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Item<PackageView>>> {
+    let (package, source) = s.services.management().get_package(&name, None).await?;
+    Ok(item(PackageView {
+        info: package.info(),
+        status: "installed",
+        install_source: source,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/fleet/epm/packages/{name}/{version}", tag = "packages",
+    params(("name" = String, Path, description = "Package name"), ("version" = String, Path, description = "Package version")),
+    responses((status = 200, body = Item<PackageView>), (status = 404, body = ErrorBody)))]
+async fn get_package(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Item<PackageView>>> {
+    let (package, source) = s
+        .services
+        .management()
+        .get_package(&name, Some(&version))
+        .await?;
+    Ok(item(PackageView {
+        info: package.info(),
+        status: "installed",
+        install_source: source,
+    }))
+}
+
+#[utoipa::path(delete, path = "/api/fleet/epm/packages/{name}/{version}", tag = "packages",
+    params(("name" = String, Path, description = "Package name"), ("version" = String, Path, description = "Package version")),
+    responses((status = 200, body = Items<serde_json::Value>),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "Used by integrations, or built in", body = ErrorBody)))]
+async fn delete_package(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
+) -> ApiResult<Json<Items<serde_json::Value>>> {
+    s.services
+        .management()
+        .remove_package(&name, &version)
+        .await?;
+    Ok(Json(Items { items: vec![] }))
 }
 
 // --- enrollment keys -----------------------------------------------------------

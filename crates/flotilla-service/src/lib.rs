@@ -13,12 +13,12 @@ pub mod fleet;
 pub mod full_policy;
 pub mod keys;
 pub mod management;
+pub mod packages;
 pub mod secrets;
 pub mod settings;
 
 use std::sync::Arc;
 
-use flotilla_domain::catalogue::Catalogue;
 use flotilla_store::Store;
 
 pub use error::ServiceError;
@@ -29,7 +29,7 @@ pub use settings::FleetSettings;
 #[derive(Clone)]
 pub struct Services {
     pub store: Arc<dyn Store>,
-    pub catalogue: &'static Catalogue,
+    pub packages: Arc<packages::PackageRegistry>,
     pub settings: Arc<FleetSettings>,
     pub sealer: Arc<crypto::Sealer>,
     pub checkins: Arc<fleet::CheckinBuffer>,
@@ -40,7 +40,7 @@ impl Services {
     pub fn new(store: Arc<dyn Store>, settings: FleetSettings, sealer: crypto::Sealer) -> Self {
         Services {
             store,
-            catalogue: Catalogue::builtin(),
+            packages: Default::default(),
             settings: Arc::new(settings),
             sealer: Arc::new(sealer),
             checkins: Default::default(),

@@ -16,10 +16,11 @@ fn roles() -> Permissions {
         [(
             "nginx".to_string(),
             RoleDescriptor {
-                indices: vec![IndexPermission {
+                cluster: vec![],
+                indices: Some(vec![IndexPermission {
                     names: vec!["logs-nginx.*-prod".into()],
                     privileges: vec!["create_doc".into()],
-                }],
+                }]),
             },
         )]
         .into(),

@@ -143,6 +143,7 @@ pub(crate) struct PackagePolicyRow {
     vars: String,
     inputs: String,
     cloud_connector_id: Option<String>,
+    secret_references: String,
     created_at: i64,
     updated_at: i64,
 }
@@ -160,9 +161,11 @@ impl TryFrom<PackagePolicyRow> for PackagePolicy {
             package: PackageRef {
                 name: r.package_name,
                 version: r.package_version,
+                title: None,
             },
             namespace: r.namespace,
             cloud_connector_id: r.cloud_connector_id,
+            secret_references: json("package policy secret references", &r.secret_references)?,
             created_at: from_ms(r.created_at),
             updated_at: from_ms(r.updated_at),
         })
@@ -363,6 +366,32 @@ impl ActionRow {
             created_at: from_ms(self.created_at),
             expiration: self.expiration.map(from_ms),
             agents,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct PackageRow {
+    name: String,
+    version: String,
+    title: String,
+    package_type: String,
+    source: String,
+    files: String,
+    installed_at: i64,
+}
+
+impl TryFrom<PackageRow> for flotilla_store::StoredPackage {
+    type Error = StoreError;
+    fn try_from(r: PackageRow) -> Result<Self, StoreError> {
+        Ok(flotilla_store::StoredPackage {
+            files: json("package files", &r.files)?,
+            name: r.name,
+            version: r.version,
+            title: r.title,
+            package_type: r.package_type,
+            source: r.source,
+            installed_at: from_ms(r.installed_at),
         })
     }
 }

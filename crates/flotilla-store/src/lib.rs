@@ -32,6 +32,7 @@ pub enum Entity {
     EnrollmentKey,
     Agent,
     OperatorKey,
+    Package,
 }
 
 impl std::fmt::Display for Entity {
@@ -43,6 +44,7 @@ impl std::fmt::Display for Entity {
             Entity::EnrollmentKey => "enrollment key",
             Entity::Agent => "agent",
             Entity::OperatorKey => "API key",
+            Entity::Package => "package",
         })
     }
 }
@@ -117,6 +119,29 @@ pub struct PolicyFilter {
 pub struct PackagePolicyFilter {
     pub policy_id: Option<String>,
     pub package_name: Option<String>,
+}
+
+/// An installed package as stored: its identity and the files Flotilla
+/// keeps (path inside the package -> text). Engines do not interpret them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPackage {
+    pub name: String,
+    pub version: String,
+    pub title: String,
+    /// `integration` or `input`.
+    pub package_type: String,
+    /// How it was installed: `upload` or `directory`.
+    pub source: String,
+    pub files: std::collections::BTreeMap<String, String>,
+    pub installed_at: DateTime<Utc>,
+}
+
+/// What installing a package did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    New,
+    /// The same name, version and files were installed already.
+    AlreadyInstalled,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -367,6 +392,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<PackagePolicy>;
     /// Deletes the integration and increments its policy's revision.
     async fn delete_package_policy(&self, id: &str, now: DateTime<Utc>) -> Result<()>;
+
+    // --- packages ------------------------------------------------------------
+    /// Installs a package. The same name and version with other files is a
+    /// conflict (a version, once installed, never changes).
+    async fn install_package(&self, package: &StoredPackage) -> Result<Installed>;
+    async fn get_package(&self, name: &str, version: &str) -> Result<StoredPackage>;
+    /// Every installed package (name, version order), without files.
+    async fn list_packages(&self) -> Result<Vec<StoredPackage>>;
+    /// Removes a package; refused ([`StoreError::InUse`]) while any
+    /// integration uses that version.
+    async fn delete_package(&self, name: &str, version: &str) -> Result<()>;
+    /// The sealed secrets of every integration on a policy: (id, sealed).
+    async fn policy_secrets(&self, policy_id: &str) -> Result<Vec<(String, String)>>;
 
     // --- enrollment keys -----------------------------------------------------
     /// Stores a key whose secret is known only by `token_hash`.

@@ -20,6 +20,7 @@ use serde_saphyr::figment::Yaml;
 const KEYS: &[&str] = &[
     "listen",
     "data_dir",
+    "packages_dir",
     "database_url",
     "admin_api_key",
     "encryption_key",
@@ -36,6 +37,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the embedded SQLite database.
     pub data_dir: PathBuf,
+    /// A directory of package folders (`<name>-<version>/`, Elastic's
+    /// package format) installed at start.
+    pub packages_dir: Option<PathBuf>,
     /// `postgres://…`: use PostgreSQL instead of SQLite. (It may hold a
     /// password: secrets are never serialised, and shown only redacted.)
     #[serde(skip_serializing)]
@@ -73,6 +77,9 @@ pub struct FleetConfig {
     pub server_version: String,
     /// What output keys may be granted at most.
     pub output_key_ceiling: Vec<CeilingEntry>,
+    /// Cluster privileges output keys may be granted at most (agents need
+    /// `monitor` to check their output).
+    pub output_key_cluster_ceiling: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +191,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:8220".parse().expect("valid default address"),
             data_dir: PathBuf::from("./flotilla-data"),
+            packages_dir: None,
             database_url: None,
             admin_api_key: None,
             encryption_key: None,
@@ -200,6 +208,7 @@ impl Default for Config {
                         .to_vec(),
                     privileges: ["auto_configure", "create_doc"].map(String::from).to_vec(),
                 }],
+                output_key_cluster_ceiling: vec!["monitor".into()],
             },
             static_enrollment_tokens: StaticTokensConfig::default(),
             log: LogConfig {
@@ -350,8 +359,9 @@ impl Config {
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(flotilla_service::FleetSettings {
             static_tokens,
-            ceiling: Ceiling(
-                self.fleet
+            ceiling: Ceiling {
+                indices: self
+                    .fleet
                     .output_key_ceiling
                     .iter()
                     .map(|c| IndexPermission {
@@ -359,7 +369,8 @@ impl Config {
                         privileges: c.privileges.clone(),
                     })
                     .collect(),
-            ),
+                cluster: self.fleet.output_key_cluster_ceiling.clone(),
+            },
             poll_timeout: self.fleet.poll_timeout,
             poll_jitter: self.fleet.poll_jitter,
             checkin_flush_interval: self.fleet.checkin_flush_interval,

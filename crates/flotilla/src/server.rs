@@ -60,6 +60,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         );
     }
 
+    if let Some(dir) = &config.packages_dir {
+        install_packages_dir(&services, dir).await?;
+    }
+
     let max_connections = fit_connections_to_fd_limit(config.http.max_connections);
     tracing::debug!(max_connections, "connection cap");
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -170,6 +174,32 @@ async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiv
 
 /// With SQLite and no configured key, the sealing key lives beside the
 /// database (mode 0600), generated on first start.
+/// Install every `<name>-<version>/` folder of the configured packages
+/// directory; a bad package stops the start, naming its folder.
+async fn install_packages_dir(services: &Services, dir: &std::path::Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read packages_dir {}", dir.display()))?;
+    let mut folders: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    folders.sort();
+    for folder in folders {
+        let (package, outcome) = services
+            .management()
+            .install_package_dir(&folder)
+            .await
+            .map_err(|e| anyhow::anyhow!("packages_dir: {}: {e}", folder.display()))?;
+        tracing::info!(
+            package = %package.name(),
+            version = %package.version(),
+            new = outcome == flotilla_store::Installed::New,
+            "package from packages_dir"
+        );
+    }
+    Ok(())
+}
+
 fn local_encryption_key(data_dir: &std::path::Path) -> Result<String> {
     let path = data_dir.join("encryption.key");
     match std::fs::read_to_string(&path) {

@@ -45,7 +45,57 @@ impl PolicyCache {
             .cloned()
     }
 }
+/// Put each `$co.elastic.secret{id}` reference's value in its place.
+fn substitute(v: &mut Value, values: &HashMap<String, String>) {
+    match v {
+        Value::String(s) if s.contains("$co.elastic.secret{") => {
+            for (reference, value) in values {
+                if s.contains(reference.as_str()) {
+                    *s = s.replace(reference.as_str(), value);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| substitute(x, values)),
+        Value::Object(m) => m.values_mut().for_each(|x| substitute(x, values)),
+        _ => {}
+    }
+}
+
 impl Fleet<'_> {
+    /// The document an agent receives: the full policy with its secrets'
+    /// values in place of their references (as fleet-server does; the
+    /// management API only ever shows references).
+    async fn with_secrets(
+        &self,
+        policy_id: &str,
+        full: &flotilla_domain::full_policy::FullAgentPolicy,
+    ) -> std::result::Result<Value, crate::ServiceError> {
+        let mut document = serde_json::to_value(full).expect("policies serialise");
+        if full.secret_references.is_empty() {
+            return Ok(document);
+        }
+        let mut values = HashMap::new();
+        for (id, sealed) in self.store.policy_secrets(policy_id).await? {
+            match self
+                .sealer
+                .open(&sealed, &crate::management::secret_aad(&id))
+            {
+                Ok(plain) => {
+                    values.insert(
+                        flotilla_packages::render::compiled_secret_ref(&id),
+                        String::from_utf8_lossy(&plain).into_owned(),
+                    );
+                }
+                Err(_) => tracing::error!(
+                    secret_id = %id,
+                    "a stored secret does not open with this server's key; the agent gets its reference"
+                ),
+            }
+        }
+        substitute(&mut document, &values);
+        Ok(document)
+    }
+
     /// The policy, serialised once per revision.
     pub async fn cached_policy(
         &self,
@@ -91,7 +141,7 @@ impl Fleet<'_> {
             output_id,
             permissions,
             permissions_hash,
-            document: serde_json::to_value(&full).expect("policies serialise"),
+            document: self.with_secrets(policy_id, &full).await?,
         });
         let mut cache = self.policy_cache.inner.lock().expect("cache lock");
         let keep = cache

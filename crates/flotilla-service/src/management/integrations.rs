@@ -1,11 +1,13 @@
-//! Integrations (package policies): variables layered, the ceiling checked.
+//! Integrations (package policies): resolved against their installed
+//! package as Kibana resolves them, secrets sealed, the ceiling checked.
 
 use chrono::Utc;
 
 use flotilla_domain::package_policy::{
-    self, InputRequest, NewPackagePolicy, PackagePolicy, PackageRef, StreamRequest,
+    self, NewPackagePolicy, NewSecret, PackagePolicy, PackageRef,
 };
 use flotilla_domain::{validate_id, ValidationError};
+use flotilla_packages::policy::{Base, PolicyRequest};
 use flotilla_store::{Entity, PackagePolicyFilter, Page, Paged, StoreError};
 
 use crate::ServiceError;
@@ -13,38 +15,100 @@ use flotilla_api::management::*;
 
 use super::*;
 
+/// The associated data a secret is sealed under: its own id.
+pub(crate) fn secret_aad(id: &str) -> String {
+    format!("package_policy_secret:{id}")
+}
+
+/// What a create or an update resolves from.
+struct Draft {
+    id: String,
+    name: String,
+    description: Option<String>,
+    policy_id: String,
+    package: PackageRequest,
+    namespace: Option<String>,
+    vars: Option<serde_json::Map<String, serde_json::Value>>,
+    inputs: Option<serde_json::Value>,
+    cloud_connector_id: Option<String>,
+}
+
 impl Management<'_> {
-    pub(super) fn resolve_package_policy(
+    async fn resolve_package_policy(
         &self,
-        id: String,
-        req: CreatePackagePolicy,
+        draft: Draft,
+        current: Option<&PackagePolicy>,
     ) -> Result<NewPackagePolicy> {
-        let catalogue = self.services.catalogue;
-        let package_ref = PackageRef {
-            name: req.package.name.clone(),
-            version: req.package.version.clone().unwrap_or_default(),
-        };
-        let spec = package_policy::resolve_package(catalogue, &package_ref)?;
-        let inputs = package_policy::resolve_inputs(spec, &req.vars, req.inputs.as_deref())?;
-        Ok(NewPackagePolicy {
-            id,
-            name: package_policy::validate_package_policy_name(&req.name)?,
-            description: optional_text("description", req.description.as_deref(), 4096)?,
-            policy_id: req.policy_id,
-            package: PackageRef {
-                name: spec.name.clone(),
-                version: spec.version.clone(),
+        let registry = &self.services.packages;
+        let package = match draft.package.version.as_deref().filter(|v| !v.is_empty()) {
+            Some(v) => registry.get(self.store(), &draft.package.name, v).await,
+            None => match current.filter(|c| c.package.name == draft.package.name) {
+                Some(c) => {
+                    registry
+                        .get(self.store(), &c.package.name, &c.package.version)
+                        .await
+                }
+                None => registry.latest(self.store(), &draft.package.name).await,
             },
-            namespace: package_policy::validate_optional_namespace(req.namespace.as_deref())?,
-            vars: req.vars,
-            inputs,
-            cloud_connector_id: match req.cloud_connector_id {
+        }
+        .map_err(|e| match e {
+            ServiceError::NotFound(what) => ServiceError::Invalid(ValidationError::new(
+                "package.name",
+                format!("{what} is not installed (see GET /api/fleet/epm/packages)"),
+            )),
+            other => other,
+        })?;
+        // An update starts from the current values (of this or, on an
+        // upgrade, an older version; what no longer applies is dropped).
+        let base = current
+            .filter(|c| c.package.name == package.name())
+            .map(|c| Base {
+                vars: &c.vars,
+                inputs: &c.inputs,
+            });
+        let previous = current
+            .map(|c| c.secret_references.clone())
+            .unwrap_or_default();
+        let resolved = package.resolve_policy(
+            PolicyRequest {
+                vars: draft.vars.as_ref(),
+                inputs: draft.inputs.as_ref(),
+            },
+            base,
+            &previous,
+            &mut || uuid::Uuid::new_v4().to_string(),
+        )?;
+        let sealer = &self.services.sealer;
+        let new_secrets = resolved
+            .new_secrets
+            .into_iter()
+            .map(|s| NewSecret {
+                sealed: sealer.seal(s.value.as_bytes(), &secret_aad(&s.id)),
+                id: s.id,
+            })
+            .collect();
+        Ok(NewPackagePolicy {
+            id: draft.id,
+            name: package_policy::validate_package_policy_name(&draft.name)?,
+            description: optional_text("description", draft.description.as_deref(), 4096)?,
+            policy_id: draft.policy_id,
+            package: PackageRef {
+                name: package.name().to_owned(),
+                version: package.version().to_owned(),
+                title: Some(package.manifest.title.clone()),
+            },
+            namespace: package_policy::validate_optional_namespace(draft.namespace.as_deref())?,
+            vars: resolved.vars,
+            inputs: resolved.inputs,
+            cloud_connector_id: match draft.cloud_connector_id {
                 Some(c) => {
                     validate_id("cloud_connector_id", &c)?;
                     Some(c)
                 }
                 None => None,
             },
+            secret_references: resolved.secret_references,
+            new_secrets,
         })
     }
 
@@ -75,17 +139,17 @@ impl Management<'_> {
                 vars: c.vars.clone(),
                 inputs: c.inputs.clone(),
                 cloud_connector_id: c.cloud_connector_id.clone(),
+                secret_references: c.secret_references.clone(),
                 created_at: Utc::now(),
                 updated_at: Utc::now(),
             });
         }
         let namespace = namespace.unwrap_or(&policy.namespace);
-        let perms = flotilla_domain::permissions::compute(
-            namespace,
-            &integrations,
-            self.services.catalogue,
-        );
-        let excess = self.services.settings.ceiling.excess(&perms);
+        let compiled = self
+            .services
+            .compile_integrations(namespace, policy.revision, "", &[], &integrations)
+            .await?;
+        let excess = self.services.settings.ceiling.excess(&compiled.permissions);
         if excess.is_empty() {
             return Ok(());
         }
@@ -111,7 +175,18 @@ impl Management<'_> {
 
     pub async fn create_package_policy(&self, req: CreatePackagePolicy) -> Result<PackagePolicy> {
         let id = new_id(req.id.as_deref(), "id")?;
-        let new = self.resolve_package_policy(id, req)?;
+        let draft = Draft {
+            id,
+            name: req.name,
+            description: req.description,
+            policy_id: req.policy_id,
+            package: req.package,
+            namespace: req.namespace,
+            vars: req.vars,
+            inputs: req.inputs,
+            cloud_connector_id: req.cloud_connector_id,
+        };
+        let new = self.resolve_package_policy(draft, None).await?;
         self.check_ceiling(&new.policy_id, None, Some(&new), None)
             .await?;
         self.store()
@@ -139,51 +214,25 @@ impl Management<'_> {
     ) -> Result<PackagePolicy> {
         let current = self.store().get_package_policy(id).await?;
         let read_at = current.updated_at;
-        let package_changed = req
-            .package
-            .as_ref()
-            .is_some_and(|p| p.name != current.package.name);
-        // Keep the current inputs unless replaced (or the package changes,
-        // in which case the new package's defaults apply).
-        let inputs = match req.inputs {
-            Some(inputs) => Some(inputs),
-            None if package_changed => None,
-            None => Some(
-                current
-                    .inputs
-                    .iter()
-                    .map(|i| InputRequest {
-                        input_type: i.input_type.clone(),
-                        enabled: i.enabled,
-                        streams: Some(
-                            i.streams
-                                .iter()
-                                .map(|s| StreamRequest {
-                                    enabled: s.enabled,
-                                    data_stream: s.data_stream.clone(),
-                                    vars: s.vars.clone(),
-                                })
-                                .collect(),
-                        ),
-                    })
-                    .collect(),
-            ),
-        };
-        let merged = CreatePackagePolicy {
-            id: None,
-            name: req.name.unwrap_or(current.name),
-            description: req.description.unwrap_or(current.description),
-            policy_id: req.policy_id.unwrap_or(current.policy_id),
+        let draft = Draft {
+            id: id.to_owned(),
+            name: req.name.unwrap_or_else(|| current.name.clone()),
+            description: req
+                .description
+                .unwrap_or_else(|| current.description.clone()),
+            policy_id: req.policy_id.unwrap_or_else(|| current.policy_id.clone()),
             package: req.package.unwrap_or(PackageRequest {
-                name: current.package.name,
+                name: current.package.name.clone(),
                 version: None,
             }),
-            namespace: req.namespace.unwrap_or(current.namespace),
-            vars: req.vars.unwrap_or(current.vars),
-            inputs,
-            cloud_connector_id: req.cloud_connector_id.unwrap_or(current.cloud_connector_id),
+            namespace: req.namespace.unwrap_or_else(|| current.namespace.clone()),
+            vars: req.vars,
+            inputs: req.inputs,
+            cloud_connector_id: req
+                .cloud_connector_id
+                .unwrap_or_else(|| current.cloud_connector_id.clone()),
         };
-        let new = self.resolve_package_policy(id.to_owned(), merged)?;
+        let new = self.resolve_package_policy(draft, Some(&current)).await?;
         self.check_ceiling(&new.policy_id, None, Some(&new), None)
             .await?;
         self.store()

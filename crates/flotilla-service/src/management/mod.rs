@@ -5,6 +5,9 @@ mod agents;
 mod bootstrap;
 mod enrollment_keys;
 mod integrations;
+mod packages;
+
+pub(crate) use integrations::secret_aad;
 mod operator_keys;
 mod outputs;
 mod policies;

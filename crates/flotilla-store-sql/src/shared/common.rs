@@ -49,7 +49,7 @@ pub(crate) const POLICY_COLS: &str =
             "id, name, namespace, description, output_id, inactivity_timeout, revision, created_at, updated_at";
 pub(crate) const PP_COLS: &str =
     "id, name, description, policy_id, package_name, package_version, namespace, vars, \
-                               inputs, cloud_connector_id, created_at, updated_at";
+                               inputs, cloud_connector_id, secret_references, created_at, updated_at";
 pub(crate) const EK_COLS: &str = "id, name, policy_id, hint, active, created_at";
 pub(crate) const OK_COLS: &str = "id, name, hint, active, created_at";
 
@@ -243,12 +243,12 @@ pub(crate) async fn write_package_policy(
 ) -> Result<()> {
     let sql = if insert {
         "INSERT INTO package_policies (id, name, description, policy_id, package_name, package_version, \
-                 namespace, vars, inputs, cloud_connector_id, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
+                 namespace, vars, inputs, cloud_connector_id, secret_references, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $11, $11)"
     } else {
         "UPDATE package_policies SET name = $2, description = $3, policy_id = $4, package_name = $5, \
                  package_version = $6, namespace = $7, vars = $8, inputs = $9, cloud_connector_id = $10, \
-                 updated_at = $11 WHERE id = $1"
+                 secret_references = $12, updated_at = $11 WHERE id = $1"
     };
     sqlx::query(sql)
         .bind(id)
@@ -262,6 +262,7 @@ pub(crate) async fn write_package_policy(
         .bind(to_json(&new.inputs))
         .bind(&new.cloud_connector_id)
         .bind(now)
+        .bind(to_json(&new.secret_references))
         .execute(&mut *conn)
         .await
         .or_conflict(|| format!("an integration named '{}' already exists", new.name))?;

@@ -14,6 +14,7 @@ pub(super) async fn create_package_policy(
         return Err(StoreError::not_found(Entity::AgentPolicy, &new.policy_id));
     }
     write_package_policy(&mut tx, true, &new.id, new, now).await?;
+    super::packages::write_secrets(&mut tx, &new.id, new).await?;
     bump_policy(&mut tx, &new.policy_id, now).await?;
     let pp = fetch_package_policy(&mut tx, &new.id).await?;
     tx.commit().await.db()?;
@@ -95,6 +96,7 @@ pub(super) async fn update_package_policy(
         return Err(StoreError::not_found(Entity::AgentPolicy, &new.policy_id));
     }
     write_package_policy(&mut tx, false, id, new, now).await?;
+    super::packages::write_secrets(&mut tx, id, new).await?;
     bump_policy(&mut tx, &old.policy_id, now).await?;
     if old.policy_id != new.policy_id {
         bump_policy(&mut tx, &new.policy_id, now).await?;

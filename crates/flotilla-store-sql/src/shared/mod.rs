@@ -20,6 +20,7 @@ mod integrations;
 mod operator_keys;
 mod output_keys;
 mod outputs;
+mod packages;
 mod policies;
 
 /// What every resource module uses.
@@ -148,6 +149,33 @@ impl Store for Engine {
 
     async fn delete_package_policy(&self, id: &str, now: DateTime<Utc>) -> Result<()> {
         integrations::delete_package_policy(self, id, now).await
+    }
+
+    async fn install_package(
+        &self,
+        package: &flotilla_store::StoredPackage,
+    ) -> Result<flotilla_store::Installed> {
+        packages::install_package(self, package).await
+    }
+
+    async fn get_package(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<flotilla_store::StoredPackage> {
+        packages::get_package(self, name, version).await
+    }
+
+    async fn list_packages(&self) -> Result<Vec<flotilla_store::StoredPackage>> {
+        packages::list_packages(self).await
+    }
+
+    async fn delete_package(&self, name: &str, version: &str) -> Result<()> {
+        packages::delete_package(self, name, version).await
+    }
+
+    async fn policy_secrets(&self, policy_id: &str) -> Result<Vec<(String, String)>> {
+        packages::policy_secrets(self, policy_id).await
     }
 
     async fn create_enrollment_key(

@@ -256,10 +256,17 @@ pub async fn integrations_bump_their_policy(s: S) {
         Err(StoreError::NotFound { .. })
     ));
     let mut new = integration("i1", "p");
-    new.vars.insert("k".into(), json!("v"));
+    new.vars.insert(
+        "k".into(),
+        flotilla_domain::package_policy::ConfigVar {
+            value: Some(json!("v")),
+            var_type: Some("text".into()),
+        },
+    );
     new.namespace = Some("prod".into());
     let pp = s.create_package_policy(&new, now).await.unwrap();
-    assert_eq!(pp.vars["k"], "v");
+    assert_eq!(pp.vars["k"].value, Some(json!("v")));
+    assert_eq!(pp.vars["k"].var_type.as_deref(), Some("text"));
     assert_eq!(pp.namespace.as_deref(), Some("prod"));
     assert_eq!(s.get_policy("p").await.unwrap().revision, 2);
     let mut dup = integration("i2", "p");

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use serde_json::{json, Map};
+use serde_json::json;
 
 use flotilla_domain::agent::AgentStatus;
 use flotilla_domain::apikey::OperatorApiKey;
@@ -50,7 +50,9 @@ macro_rules! conformance_suite {
             deleting_an_output_races_making_it_default,
             deleting_an_integration_races_moving_it,
             concurrent_acks_have_one_first,
-            concurrent_orphaned_reports_have_one_winner
+            concurrent_orphaned_reports_have_one_winner,
+            packages_install_once_and_are_removed_only_when_unused,
+            integration_secrets_follow_their_references
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -67,10 +69,12 @@ macro_rules! conformance_suite {
 
 mod fleet;
 mod management;
+mod packages;
 mod races;
 
 pub use fleet::*;
 pub use management::*;
+pub use packages::*;
 pub use races::*;
 
 type S = Arc<dyn Store>;
@@ -107,11 +111,14 @@ pub fn integration(id: &str, policy_id: &str) -> NewPackagePolicy {
         package: PackageRef {
             name: "nginx".into(),
             version: "1.20.0".into(),
+            title: None,
         },
         namespace: None,
-        vars: Map::new(),
+        vars: Default::default(),
         inputs: vec![],
         cloud_connector_id: None,
+        secret_references: vec![],
+        new_secrets: vec![],
     }
 }
 

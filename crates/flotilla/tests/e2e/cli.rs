@@ -69,10 +69,13 @@ fn readme_walkthrough() {
         "--var",
         r#"paths=["/var/log/app.log"]"#,
         "--var",
-        "dataset=app",
+        "data_stream.dataset=app",
         "--json",
     ]));
-    assert_eq!(logs["vars"]["paths"][0], "/var/log/app.log");
+    // An input package's variables live on its template's stream.
+    let stream = &logs["inputs"][0]["streams"][0];
+    assert_eq!(stream["vars"]["paths"]["value"][0], "/var/log/app.log");
+    assert_eq!(stream["compiled_stream"]["data_stream"]["dataset"], "app");
 
     let token = json(&s.cli(&["token", "create", "--policy", "web", "--json"]));
     assert!(token["api_key"].as_str().unwrap().len() > 30);
@@ -83,7 +86,11 @@ fn readme_walkthrough() {
     assert_eq!(policies["items"][0]["revision"], 3);
     let full = json(&s.cli(&["policy", "show", "web", "--full"]));
     let perms = &full["output_permissions"]["fleet-default-output"];
-    assert_eq!(perms["app"]["indices"][0]["names"][0], "logs-app-prod");
+    let app_id = logs["id"].as_str().unwrap();
+    // Input packages write to a dataset of the user's choice: Kibana
+    // grants `<type>-*-*` for them.
+    assert_eq!(perms[app_id]["indices"][0]["names"][0], "logs-*-*");
+    assert_eq!(perms["_elastic_agent_checks"]["cluster"][0], "monitor");
 
     let ints = ok(&s.cli(&["integration", "list", "--policy", "web"]));
     assert!(ints.contains("nginx") && ints.contains("app"), "{ints}");
@@ -91,7 +98,7 @@ fn readme_walkthrough() {
     assert!(outputs.contains("fleet-default-output"), "{outputs}");
     let agents = json(&s.cli(&["agents", "list", "--json"]));
     assert_eq!(agents["total"], 0);
-    let packages = ok(&s.cli(&["integration", "packages"]));
+    let packages = ok(&s.cli(&["package", "list"]));
     assert!(
         packages.contains("nginx") && packages.contains("system"),
         "{packages}"

@@ -11,7 +11,7 @@ use std::time::Instant;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{assert_error, Engine, Server};
+use crate::support::{assert_error, role_names, Engine, Server};
 
 pub(crate) fn quick_polls(b: crate::support::Builder) -> crate::support::Builder {
     b.env("FLOTILLA_FLEET__POLL_TIMEOUT", "1s")
@@ -101,9 +101,15 @@ async fn enrol_check_in_receive_policy_with_a_least_privilege_key_and_ack() {
     assert_eq!(change["agent_id"], agent.0.as_str());
     let policy = &change["data"]["policy"];
     assert_eq!(policy["revision"], 2);
+    let perms = &policy["output_permissions"]["fleet-default-output"];
+    let nginx_id = policy["inputs"][0]["package_policy_id"].as_str().unwrap();
     assert_eq!(
-        policy["output_permissions"]["fleet-default-output"]["nginx-web"]["indices"][0]["names"],
-        json!(["logs-nginx.access-prod", "logs-nginx.error-prod"])
+        role_names(perms, nginx_id),
+        ["logs-nginx.access-prod", "logs-nginx.error-prod"]
+    );
+    assert_eq!(
+        perms["_elastic_agent_checks"]["cluster"],
+        json!(["monitor"])
     );
     let key = output_key(change);
     assert!(key.contains(':'), "plain id:key as the reference sends it");
@@ -504,7 +510,7 @@ async fn policy_changes_wake_long_polls_and_rotate_keys_after_the_ack() {
     let (st, _) = s
         .post(
             "/api/fleet/package_policies",
-            json!({"name": "app", "policy_id": "web", "package": {"name": "log"}, "vars": {"paths": ["/a.log"], "dataset": "app"}}),
+            json!({"name": "app", "policy_id": "web", "package": {"name": "log"}, "vars": {"paths": ["/a.log"], "data_stream.dataset": "app"}}),
         )
         .await;
     assert_eq!(st, 200);

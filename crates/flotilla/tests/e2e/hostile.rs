@@ -195,7 +195,7 @@ async fn a_recreated_policy_never_serves_the_deleted_ones_content_or_keys() {
     let (st, body) = s.delete("/api/fleet/agent_policies/q").await;
     assert_eq!(st, 200, "{body}");
 
-    // Recreated with the same id, now collecting a log file instead.
+    // Recreated with the same id, now collecting system logs instead.
     s.post(
         "/api/fleet/agent_policies",
         json!({"id": "q", "name": "q", "namespace": "prod"}),
@@ -204,7 +204,7 @@ async fn a_recreated_policy_never_serves_the_deleted_ones_content_or_keys() {
     let (st, _) = s
         .post(
             "/api/fleet/package_policies",
-            json!({"name": "app", "policy_id": "q", "package": {"name": "log"}, "vars": {"paths": ["/a.log"], "dataset": "app"}}),
+            json!({"name": "sys", "policy_id": "q", "package": {"name": "system"}}),
         )
         .await;
     assert_eq!(st, 200);
@@ -223,24 +223,24 @@ async fn a_recreated_policy_never_serves_the_deleted_ones_content_or_keys() {
         !inputs.contains("nginx"),
         "the deleted policy's inputs: {inputs}"
     );
-    assert!(
-        inputs.contains("logs-app-prod") || inputs.contains("app"),
-        "{inputs}"
-    );
+    assert!(inputs.contains("system.syslog"), "{inputs}");
     let key = output_key(change);
     let (_, has) = s
         .es(
             Method::POST,
             "/_security/user/_has_privileges",
             &key,
-            Some(json!({"index": [{"names": ["logs-nginx.access-prod", "logs-app-prod"], "privileges": ["create_doc"]}]})),
+            Some(json!({"index": [{"names": ["logs-nginx.access-prod", "logs-system.syslog-prod"], "privileges": ["create_doc"]}]})),
         )
         .await;
     assert_eq!(
         has["index"]["logs-nginx.access-prod"]["create_doc"], false,
         "{has}"
     );
-    assert_eq!(has["index"]["logs-app-prod"]["create_doc"], true, "{has}");
+    assert_eq!(
+        has["index"]["logs-system.syslog-prod"]["create_doc"], true,
+        "{has}"
+    );
 }
 
 // --- 3. connections ----------------------------------------------------------------

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use flotilla_store::{NewAgent, Store};
 
-use crate::support::{assert_error, Engine, Server};
+use crate::support::{assert_error, role_names, Engine, Server};
 
 /// Start a server on `engine` and open a second handle on its storage, to
 /// put agents in place directly. (On SQLite the database file itself: the
@@ -189,7 +189,7 @@ async fn every_resource(engine: Engine) {
         .post(
             "/api/fleet/package_policies",
             json!({"name": "app-logs", "policy_id": "web", "namespace": "team_a", "package": {"name": "log"},
-                   "vars": {"paths": ["/var/log/app/*.log"], "dataset": "myapp"}}),
+                   "vars": {"paths": ["/var/log/app/*.log"], "data_stream.dataset": "myapp"}}),
         )
         .await;
     assert_eq!(st, 200, "{app}");
@@ -241,14 +241,20 @@ async fn every_resource(engine: Engine) {
         "elasticsearch"
     );
     let perms = &full["output_permissions"]["fleet-default-output"];
+    let nginx_id = nginx["item"]["id"].as_str().unwrap();
+    let app_id = app["item"]["id"].as_str().unwrap();
+    // Kibana's shape: one role per package policy id, one entry per stream.
     assert_eq!(
-        perms["nginx-web"]["indices"],
-        json!([{"names": ["logs-nginx.access-prod", "logs-nginx.error-prod"], "privileges": ["auto_configure", "create_doc"]}])
+        perms[nginx_id]["indices"],
+        json!([{"names": ["logs-nginx.access-prod"], "privileges": ["auto_configure", "create_doc"]},
+               {"names": ["logs-nginx.error-prod"], "privileges": ["auto_configure", "create_doc"]}])
     );
     assert_eq!(
-        perms["app-logs"]["indices"][0]["names"],
-        json!(["logs-myapp-team_a"])
+        perms["_elastic_agent_checks"],
+        json!({"cluster": ["monitor"]})
     );
+    // An input package chooses its dataset: Kibana grants `logs-*-*`.
+    assert_eq!(role_names(perms, app_id), ["logs-*-*"]);
     let inputs = full["inputs"].as_array().unwrap();
     assert_eq!(inputs.len(), 2);
     assert_eq!(inputs[1]["data_stream"]["namespace"], "team_a");
@@ -268,17 +274,12 @@ async fn every_resource(engine: Engine) {
     let (_, full) = s.get("/api/fleet/agent_policies/web/full").await;
     let perms = &full["item"]["output_permissions"]["fleet-default-output"];
     assert_eq!(
-        perms["nginx-web"]["indices"][0]["names"],
-        json!(["logs-nginx.access-staging", "logs-nginx.error-staging"])
+        role_names(perms, nginx_id),
+        ["logs-nginx.access-staging", "logs-nginx.error-staging"]
     );
-    assert_eq!(
-        perms["app-logs"]["indices"][0]["names"],
-        json!(["logs-myapp-team_a"]),
-        "own namespace unaffected"
-    );
+    assert_eq!(role_names(perms, app_id), ["logs-*-*"]);
 
     // Narrowing an integration's inputs narrows the permissions.
-    let nginx_id = nginx["item"]["id"].as_str().unwrap();
     let (st, _) = s
         .put(
             &format!("/api/fleet/package_policies/{nginx_id}"),
@@ -289,9 +290,11 @@ async fn every_resource(engine: Engine) {
     let (_, full) = s.get("/api/fleet/agent_policies/web/full").await;
     assert_eq!(full["item"]["revision"], 6);
     assert_eq!(
-        full["item"]["output_permissions"]["fleet-default-output"]["nginx-web"]["indices"][0]
-            ["names"],
-        json!(["logs-nginx.access-staging"])
+        role_names(
+            &full["item"]["output_permissions"]["fleet-default-output"],
+            nginx_id
+        ),
+        ["logs-nginx.access-staging"]
     );
     // Output changes reach the policies on that output.
     let (_, before) = s.get(&format!("/api/fleet/agent_policies/{db_id}")).await;

@@ -492,3 +492,14 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 }
+
+/// Every index name a package policy's role grants, in order.
+pub fn role_names(perms: &Value, package_policy_id: &str) -> Vec<String> {
+    perms[package_policy_id]["indices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no role for {package_policy_id} in {perms}"))
+        .iter()
+        .flat_map(|e| e["names"].as_array().cloned().unwrap_or_default())
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
