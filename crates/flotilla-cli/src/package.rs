@@ -21,10 +21,15 @@ pub enum PackageCmd {
     Show {
         name: String,
         /// Default: the newest installed version.
-        version: Option<String>,
+        #[arg(value_name = "VERSION")]
+        package_version: Option<String>,
     },
     /// Remove an installed version (refused while integrations use it).
-    Remove { name: String, version: String },
+    Remove {
+        name: String,
+        #[arg(value_name = "VERSION")]
+        package_version: String,
+    },
 }
 
 const LIST_COLS: Columns = &[
@@ -82,14 +87,20 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: PackageCmd) -> Result<View> {
             )
         }
         PackageCmd::List => view(c.get(PACKAGES, &[]).await?, LIST_COLS),
-        PackageCmd::Show { name, version } => {
-            let path = match version {
+        PackageCmd::Show {
+            name,
+            package_version,
+        } => {
+            let path = match package_version {
                 Some(v) => format!("{}/{}", at(PACKAGES, &name), urlencode(&v)),
                 None => at(PACKAGES, &name),
             };
             view(c.get(&path, &[]).await?, SHOW_COLS)
         }
-        PackageCmd::Remove { name, version } => {
+        PackageCmd::Remove {
+            name,
+            package_version: version,
+        } => {
             let path = format!("{}/{}", at(PACKAGES, &name), urlencode(&version));
             c.delete(&path).await?;
             view(

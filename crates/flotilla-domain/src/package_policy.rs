@@ -56,8 +56,10 @@ impl ConfigVar {
     /// else is a bare value.
     pub fn from_value(v: Value) -> ConfigVar {
         match v {
+            // `{"type": "text"}` is a wrapper without a value (Kibana
+            // leaves `value` out when a variable has none).
             Value::Object(mut m)
-                if m.contains_key("value")
+                if (m.contains_key("value") || m.contains_key("type"))
                     && m.keys()
                         .all(|k| matches!(k.as_str(), "value" | "type" | "frozen")) =>
             {
@@ -172,6 +174,45 @@ pub struct NewPackagePolicy {
     /// Secrets first stored by this change; stored secrets not in
     /// `secret_references` any more are deleted with it.
     pub new_secrets: Vec<NewSecret>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_vars_round_trip_with_and_without_values() {
+        for v in [
+            ConfigVar {
+                value: Some(json!(["/a"])),
+                var_type: Some("text".into()),
+            },
+            ConfigVar {
+                value: None,
+                var_type: Some("text".into()),
+            },
+            ConfigVar {
+                value: Some(json!({"isSecretRef": true, "id": "s"})),
+                var_type: Some("password".into()),
+            },
+        ] {
+            let text = serde_json::to_string(&v).unwrap();
+            assert_eq!(
+                serde_json::from_str::<ConfigVar>(&text).unwrap(),
+                v,
+                "{text}"
+            );
+        }
+        // Older Flotilla stored bare values.
+        assert_eq!(
+            serde_json::from_value::<ConfigVar>(json!("10s")).unwrap(),
+            ConfigVar {
+                value: Some(json!("10s")),
+                var_type: None
+            }
+        );
+    }
 }
 
 pub fn validate_package_policy_name(name: &str) -> Result<String, ValidationError> {

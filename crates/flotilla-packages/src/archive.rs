@@ -111,9 +111,11 @@ impl Collector {
         match &self.folder {
             None => self.folder = Some(top.to_owned()),
             Some(f) if f == top => {}
-            Some(f) => return Err(bad(format!(
+            Some(f) => {
+                return Err(bad(format!(
                 "the archive must hold exactly one top-level folder, but it has '{f}/' and '{top}'"
-            ))),
+            )))
+            }
         }
         if rest.is_empty() {
             if !raw.ends_with('/') && !path.ends_with('/') {

@@ -299,3 +299,4 @@ impl PgCluster {
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
+pub mod kibana;

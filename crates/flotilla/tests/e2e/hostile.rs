@@ -1089,3 +1089,134 @@ async fn kill_9_under_load_restarts_cleanly() {
         200
     );
 }
+
+// --- package uploads (integration packages issue) -----------------------------------
+
+fn zip_entries(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut w = zip::ZipWriter::new(&mut buf);
+        for (name, body) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(body).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+const DEMO_MANIFEST: &str = "format_version: 3.0.0\nname: demo\ntitle: Demo\nversion: 1.0.0\ntype: input\npolicy_templates:\n  - name: logs\n    title: Logs\n    type: logs\n    input: logfile\n    template_path: input.yml.hbs\n";
+
+#[tokio::test]
+async fn hostile_package_uploads_are_refused_with_a_reason() {
+    let s = Server::sqlite();
+    let up = |body: Vec<u8>, ct: &'static str| {
+        let s = &s;
+        async move {
+            s.raw(Method::POST, "/api/fleet/epm/packages", ct, body)
+                .await
+        }
+    };
+    let tpl: &[u8] = b"paths: {{paths}}\n";
+    let bomb = "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n";
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"not an archive at all".to_vec(), "neither a zip nor"),
+        (
+            zip_entries(&[
+                ("demo-2.0.0/manifest.yml", DEMO_MANIFEST.as_bytes()),
+                ("demo-2.0.0/agent/input/input.yml.hbs", tpl),
+            ]),
+            "must be 'demo-1.0.0/'",
+        ),
+        (
+            zip_entries(&[
+                ("demo-1.0.0/manifest.yml", DEMO_MANIFEST.as_bytes()),
+                ("other-1.0.0/manifest.yml", DEMO_MANIFEST.as_bytes()),
+            ]),
+            "exactly one top-level folder",
+        ),
+        (
+            zip_entries(&[("demo-1.0.0/../../etc/passwd", b"x")]),
+            "not a plain relative path",
+        ),
+        (
+            zip_entries(&[
+                (
+                    "demo-1.0.0/manifest.yml",
+                    DEMO_MANIFEST.replace("title: Demo\n", "").as_bytes(),
+                ),
+                ("demo-1.0.0/agent/input/input.yml.hbs", tpl),
+            ]),
+            "manifest.yml: missing field `title`",
+        ),
+        (
+            zip_entries(&[("demo-1.0.0/manifest.yml", DEMO_MANIFEST.as_bytes())]),
+            "agent/input/input.yml.hbs does not exist",
+        ),
+        (
+            zip_entries(&[
+                ("demo-1.0.0/manifest.yml", DEMO_MANIFEST.as_bytes()),
+                (
+                    "demo-1.0.0/agent/input/input.yml.hbs",
+                    b"{{#if x}}never closed",
+                ),
+            ]),
+            "agent/input/input.yml.hbs: not a valid Handlebars template",
+        ),
+        (
+            zip_entries(&[
+                (
+                    "demo-1.0.0/manifest.yml",
+                    DEMO_MANIFEST
+                        .replace("type: logs", "type: secrets")
+                        .as_bytes(),
+                ),
+                ("demo-1.0.0/agent/input/input.yml.hbs", tpl),
+            ]),
+            "policy_templates[0].type",
+        ),
+        (
+            zip_entries(&[
+                (
+                    "demo-1.0.0/manifest.yml",
+                    format!("{DEMO_MANIFEST}{bomb}").as_bytes(),
+                ),
+                ("demo-1.0.0/agent/input/input.yml.hbs", tpl),
+            ]),
+            "manifest.yml",
+        ),
+        (
+            zip_entries(&[("demo-1.0.0/manifest.yml", &vec![b'#'; 5 << 20])]),
+            "larger than 4 MiB",
+        ),
+    ];
+    for (body, reason) in cases {
+        let (st, e) = up(body, "application/zip").await;
+        assert_eq!(st, 400, "{reason}: {e}");
+        assert_eq!(e["statusCode"], 400, "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(reason),
+            "{reason}: {e}"
+        );
+    }
+    let (st, e) = up(b"{\"name\": \"demo\"}".to_vec(), "application/json").await;
+    assert_eq!(st, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("by upload"), "{e}");
+    // Over the upload limit: 413 in the API's shape.
+    let (st, e) = up(vec![0u8; (64 << 20) + 1], "application/zip").await;
+    assert_eq!(st, 413, "{e}");
+    assert_eq!(e["statusCode"], 413);
+    // Not an operator: 401, whatever the body.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/fleet/epm/packages", s.url))
+        .header("content-type", "application/zip")
+        .body(vec![0u8; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    // Nothing was installed; the server is fine.
+    let (_, list) = s.get("/api/fleet/epm/packages").await;
+    assert!(!list.to_string().contains("demo"), "{list}");
+}

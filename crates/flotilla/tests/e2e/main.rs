@@ -7,4 +7,5 @@ mod cli;
 mod fleet;
 mod hostile;
 mod management;
+mod packages;
 mod server;
