@@ -176,6 +176,33 @@ pub struct NewPackagePolicy {
     pub new_secrets: Vec<NewSecret>,
 }
 
+pub fn validate_package_policy_name(name: &str) -> Result<String, ValidationError> {
+    validate_name("name", name, 255)
+}
+
+pub fn validate_optional_namespace(ns: Option<&str>) -> Result<Option<String>, ValidationError> {
+    ns.map(|ns| validate_namespace("namespace", ns)).transpose()
+}
+
+/// Datasets are part of data stream names: lowercase letters, digits, `_` and
+/// `.`, at most 100 bytes, not starting with `.` or `_`.
+pub fn validate_dataset(field: &str, dataset: &str) -> Result<String, ValidationError> {
+    let ok = !dataset.is_empty()
+        && dataset.len() <= 100
+        && !dataset.starts_with(['.', '_'])
+        && dataset
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+    if ok {
+        Ok(dataset.to_owned())
+    } else {
+        Err(ValidationError::new(
+            field,
+            "must be 1-100 lowercase letters, digits, '_' or '.', not starting with '.' or '_'",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,32 +239,5 @@ mod tests {
                 var_type: None
             }
         );
-    }
-}
-
-pub fn validate_package_policy_name(name: &str) -> Result<String, ValidationError> {
-    validate_name("name", name, 255)
-}
-
-pub fn validate_optional_namespace(ns: Option<&str>) -> Result<Option<String>, ValidationError> {
-    ns.map(|ns| validate_namespace("namespace", ns)).transpose()
-}
-
-/// Datasets are part of data stream names: lowercase letters, digits, `_` and
-/// `.`, at most 100 bytes, not starting with `.` or `_`.
-pub fn validate_dataset(field: &str, dataset: &str) -> Result<String, ValidationError> {
-    let ok = !dataset.is_empty()
-        && dataset.len() <= 100
-        && !dataset.starts_with(['.', '_'])
-        && dataset
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
-    if ok {
-        Ok(dataset.to_owned())
-    } else {
-        Err(ValidationError::new(
-            field,
-            "must be 1-100 lowercase letters, digits, '_' or '.', not starting with '.' or '_'",
-        ))
     }
 }
