@@ -381,3 +381,121 @@ fn otel_config(inputs: &[Value], target: &Target<'_>) -> Map<String, Value> {
     out.insert("service".into(), json!({ "pipelines": pipelines }));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::Files;
+    use crate::policy::PolicyRequest;
+    use flotilla_domain::package_policy::PackageRef;
+
+    fn package(ds_manifest: &str, cluster: &str) -> Package {
+        let mut f = Files::new();
+        f.insert(
+            "manifest.yml".into(),
+            format!("format_version: 3.0.0\nname: p\ntitle: P\nversion: 1.0.0\n{cluster}policy_templates:\n  - name: t\n    title: T\n    inputs:\n      - type: x\n        title: X\n"),
+        );
+        f.insert(
+            "data_stream/d/manifest.yml".into(),
+            format!("title: D\nstreams:\n  - input: x\n    title: X\n{ds_manifest}"),
+        );
+        f.insert(
+            "data_stream/d/agent/stream/stream.yml.hbs".into(),
+            "a: 1\n".into(),
+        );
+        Package::from_files(f).unwrap()
+    }
+
+    fn role(p: &Package, namespace: Option<&str>) -> Value {
+        let r = p
+            .resolve_policy(PolicyRequest::default(), None, &[], &mut || unreachable!())
+            .unwrap();
+        let pp = PackagePolicy {
+            id: "pp".into(),
+            name: "n".into(),
+            description: None,
+            policy_id: "pol".into(),
+            package: PackageRef {
+                name: "p".into(),
+                version: "1.0.0".into(),
+                title: None,
+            },
+            namespace: namespace.map(Into::into),
+            vars: r.vars,
+            inputs: r.inputs,
+            cloud_connector_id: None,
+            secret_references: vec![],
+            created_at: Default::default(),
+            updated_at: Default::default(),
+        };
+        let c = compile(
+            &Target {
+                policy_namespace: "prod",
+                revision: 3,
+                output_id: "o",
+                output_hosts: &[],
+            },
+            &[(&pp, Some(p))],
+        );
+        assert_eq!(c.inputs[0]["id"], "x-t-pp");
+        let stream_id = c.inputs[0]["streams"][0]["id"].as_str().unwrap();
+        assert!(
+            stream_id.starts_with("x-") && stream_id.ends_with("-pp"),
+            "{stream_id}"
+        );
+        assert_eq!(c.inputs[0]["use_output"], "o");
+        let perms = serde_json::to_value(&c.permissions).unwrap();
+        assert_eq!(
+            perms["_elastic_agent_checks"],
+            json!({"cluster": ["monitor"]})
+        );
+        assert_eq!(perms["_elastic_agent_monitoring"], json!({"indices": []}));
+        perms["pp"].clone()
+    }
+
+    #[test]
+    fn index_names_follow_kibana() {
+        let plain = role(&package("type: logs\n", ""), None);
+        assert_eq!(
+            plain,
+            json!({"indices": [{"names": ["logs-p.d-prod"], "privileges": ["auto_configure", "create_doc"]}]})
+        );
+        assert_eq!(
+            role(&package("type: logs\n", ""), Some("team")),
+            json!({"indices": [{"names": ["logs-p.d-team"], "privileges": ["auto_configure", "create_doc"]}]})
+        );
+        let names = |ds: &str| role(&package(ds, ""), None)["indices"][0]["names"][0].clone();
+        assert_eq!(names("type: metrics\nhidden: true\n"), ".metrics-p.d-prod");
+        assert_eq!(
+            names("type: logs\ndataset: app\ndataset_is_prefix: true\n"),
+            "logs-app.*-prod"
+        );
+        assert_eq!(
+            names("type: logs\nelasticsearch:\n  dynamic_dataset: true\n"),
+            "logs-*-prod"
+        );
+        assert_eq!(
+            names("type: logs\nelasticsearch:\n  dynamic_namespace: true\n"),
+            "logs-p.d-*"
+        );
+        let custom = role(
+            &package(
+                "type: logs\nelasticsearch:\n  privileges:\n    indices: [read, create_doc]\n",
+                "",
+            ),
+            None,
+        );
+        assert_eq!(
+            custom["indices"][0]["privileges"],
+            json!(["read", "create_doc"])
+        );
+        let cluster = role(
+            &package(
+                "type: logs\n",
+                "elasticsearch:\n  privileges:\n    cluster: [monitor, read_pipeline]\n",
+            ),
+            None,
+        );
+        assert_eq!(cluster["cluster"], json!(["monitor", "read_pipeline"]));
+    }
+}

@@ -580,3 +580,79 @@ fn check_vars(file: &str, field: &str, vars: &[Var]) -> Result<(), PackageError>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(manifest: &str, extra: &[(&str, &str)]) -> Files {
+        let mut f = Files::new();
+        f.insert("manifest.yml".into(), manifest.into());
+        for (p, t) in extra {
+            f.insert((*p).into(), (*t).into());
+        }
+        f
+    }
+
+    const HEAD: &str = "format_version: 3.0.0\nname: demo\ntitle: Demo\nversion: 1.0.0\n";
+
+    #[test]
+    fn both_condition_forms_and_default_datasets_are_read() {
+        let flat = format!("{HEAD}conditions:\n  kibana.version: ^8.8.0\npolicy_templates: []\n");
+        let p = Package::from_files(files(&flat, &[])).unwrap();
+        assert_eq!(
+            p.manifest.conditions.unwrap().kibana_version(),
+            Some("^8.8.0")
+        );
+        let nested = format!("{HEAD}conditions:\n  kibana:\n    version: ^9.0.0\npolicy_templates:\n  - name: t\n    title: T\n    inputs: [{{type: x, title: X}}]\n");
+        let ds = "type: logs\ntitle: D\nstreams:\n  - input: x\n    title: X\n    template_paths: [a.yml.hbs, b.yml.hbs]\n";
+        let p = Package::from_files(files(
+            &nested,
+            &[
+                ("data_stream/d/manifest.yml", ds),
+                ("data_stream/d/agent/stream/a.yml.hbs", "a: [1]\n"),
+                ("data_stream/d/agent/stream/b.yml.hbs", "a: [2]\nb: 1\n"),
+                ("docs/README.md", "dropped"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(p.data_streams[0].dataset, "demo.d");
+        assert!(!p.files().contains_key("docs/README.md"));
+        // Several templates merge: lists append, objects merge.
+        let r = p
+            .resolve_policy(
+                crate::policy::PolicyRequest::default(),
+                None,
+                &[],
+                &mut || unreachable!(),
+            )
+            .unwrap();
+        assert_eq!(
+            r.inputs[0].streams[0].compiled_stream,
+            Some(serde_json::json!({"a": [1, 2], "b": 1}))
+        );
+    }
+
+    #[test]
+    fn bad_packages_name_the_file_and_field() {
+        let t = "policy_templates:\n  - name: t\n    title: T\n    inputs: [{type: x, title: X}]\n";
+        for (manifest, extra, want) in [
+            ("name: demo\n".to_owned(), vec![], "manifest.yml: missing field `format_version`"),
+            (HEAD.replace("1.0.0\n", "one\n"), vec![], "manifest.yml: version: 'one' is not a semantic version"),
+            (HEAD.replace("name: demo", "name: Demo-Pkg"), vec![], "manifest.yml: name:"),
+            (format!("{HEAD}type: plugin\n"), vec![], "manifest.yml: type: unknown variant `plugin`"),
+            (format!("{HEAD}vars:\n  - name: v\n    type: colour\n"), vec![], "manifest.yml: vars[0].type: unknown variant `colour`"),
+            (format!("{HEAD}vars:\n  - name: v\n    type: select\n"), vec![], "manifest.yml: vars[0].options: a select variable needs options"),
+            (format!("{HEAD}vars:\n  - {{name: v, type: text}}\n  - {{name: v, type: text}}\n"), vec![], "manifest.yml: vars[1].name: variable 'v' is declared twice"),
+            (format!("{HEAD}policy_templates:\n  - name: t\n    title: T\n    data_streams: [nope]\n"), vec![], "manifest.yml: policy_templates[0].data_streams[0]: there is no data stream 'nope'"),
+            (format!("{HEAD}{t}"), vec![("data_stream/d/manifest.yml", "type: blobs\ntitle: D\n")], "data_stream/d/manifest.yml: type: 'blobs' is not a data stream type"),
+            (format!("{HEAD}{t}"), vec![("data_stream/d/manifest.yml", "type: logs\ntitle: D\nstreams:\n  - input: x\n    title: X\n")], "data_stream/d/manifest.yml: streams[0].template_path: the template data_stream/d/agent/stream/stream.yml.hbs does not exist"),
+            (format!("{HEAD}{t}"), vec![("data_stream/d/agent/stream/stream.yml.hbs", "")], "data_stream/d/manifest.yml: is missing"),
+            (format!("{HEAD}{t}"), vec![("data_stream/d/manifest.yml", "type: logs\n  title: [\n")], "data_stream/d/manifest.yml: not valid YAML"),
+        ] {
+            let extra: Vec<(&str, &str)> = extra;
+            let e = Package::from_files(files(&manifest, &extra)).unwrap_err().to_string();
+            assert!(e.starts_with(want), "want {want:?}, got {e:?}");
+        }
+    }
+}

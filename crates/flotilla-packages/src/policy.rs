@@ -1198,3 +1198,256 @@ fn check_duration(field: &str, s: &str) -> Result<(), ValidationError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::Files;
+    use serde_json::json;
+
+    /// A small integration: two data streams on one input, one of them off
+    /// by default, a package-level variable and a secret.
+    pub(crate) fn demo() -> Package {
+        let mut f = Files::new();
+        f.insert("manifest.yml".into(), "format_version: 3.0.0\nname: demo\ntitle: Demo\nversion: 1.2.0\nconditions:\n  kibana.version: ^8.0.0\nvars:\n  - name: region\n    type: select\n    title: Region\n    default: eu\n    options: [{value: eu, text: EU}, {value: us, text: US}]\n  - name: token\n    type: password\n    title: Token\n    secret: true\npolicy_templates:\n  - name: web\n    title: Web\n    inputs:\n      - type: logfile\n        title: Logs\n        vars:\n          - name: tail\n            type: bool\n            title: Tail\n            default: true\n".into());
+        for (ds, enabled) in [("access", ""), ("debug", "    enabled: false\n")] {
+            f.insert(
+                format!("data_stream/{ds}/manifest.yml"),
+                format!("type: logs\ntitle: {ds}\nstreams:\n  - input: logfile\n    title: {ds}\n{enabled}    vars:\n      - name: paths\n        type: text\n        title: Paths\n        multi: true\n        required: true\n        default: [/var/log/{ds}.log]\n      - name: max\n        type: integer\n        title: Max\n"),
+            );
+            f.insert(
+                format!("data_stream/{ds}/agent/stream/stream.yml.hbs"),
+                "paths:\n{{#each paths}}\n  - {{this}}\n{{/each}}\ntail: {{tail}}\nregion: {{region}}\n{{#if max}}\nmax: {{max}}\n{{/if}}\n{{#if token}}\ntoken: {{token}}\n{{/if}}\n".into(),
+            );
+        }
+        Package::from_files(f).unwrap()
+    }
+
+    fn resolve(p: &Package, vars: Value, inputs: Value) -> Result<Resolved, ValidationError> {
+        let mut n = 0;
+        p.resolve_policy(
+            PolicyRequest {
+                vars: vars.as_object(),
+                inputs: (!inputs.is_null()).then_some(&inputs),
+            },
+            None,
+            &[],
+            &mut || {
+                n += 1;
+                format!("s{n}")
+            },
+        )
+    }
+
+    fn stream<'a>(r: &'a Resolved, dataset: &str) -> &'a Stream {
+        r.inputs[0]
+            .streams
+            .iter()
+            .find(|s| s.data_stream.dataset == dataset)
+            .unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_manifest() {
+        let r = resolve(&demo(), Value::Null, Value::Null).unwrap();
+        assert_eq!(r.inputs.len(), 1);
+        assert_eq!(r.inputs[0].policy_template.as_deref(), Some("web"));
+        assert!(stream(&r, "demo.access").enabled);
+        assert!(
+            !stream(&r, "demo.debug").enabled,
+            "enabled: false in its manifest"
+        );
+        assert_eq!(stream(&r, "demo.debug").compiled_stream, None);
+        assert_eq!(
+            stream(&r, "demo.access").compiled_stream,
+            Some(json!({"paths": ["/var/log/access.log"], "tail": true, "region": "eu"}))
+        );
+    }
+
+    #[test]
+    fn simplified_form_sets_values_and_enables_what_it_names() {
+        let r = resolve(
+            &demo(),
+            json!({"region": "us", "token": "t0ps3cret"}),
+            json!({"web-logfile": {"vars": {"tail": false}, "streams": {
+                "demo.debug": {"vars": {"max": 5}}, "demo.access": {"enabled": false}}}}),
+        )
+        .unwrap();
+        assert!(!stream(&r, "demo.access").enabled);
+        let debug = stream(&r, "demo.debug");
+        assert!(debug.enabled, "a named stream is enabled");
+        assert_eq!(
+            debug.compiled_stream,
+            Some(
+                json!({"paths": ["/var/log/debug.log"], "tail": false, "region": "us", "max": 5,
+                        "token": "$co.elastic.secret{s1}"})
+            )
+        );
+        assert_eq!(
+            r.vars["token"].value,
+            Some(json!({"isSecretRef": true, "id": "s1"}))
+        );
+        assert_eq!(r.new_secrets.len(), 1);
+        assert_eq!(r.new_secrets[0].value, "t0ps3cret");
+        assert_eq!(
+            r.secret_references,
+            vec![SecretReference { id: "s1".into() }]
+        );
+    }
+
+    #[test]
+    fn full_form_lists_what_the_policy_has() {
+        let r = resolve(
+            &demo(),
+            Value::Null,
+            json!([{"type": "logfile", "policy_template": "web", "streams": [
+                {"data_stream": {"type": "logs", "dataset": "demo.debug"},
+                 "vars": {"paths": {"value": ["/x.log"], "type": "text"}}}]}]),
+        )
+        .unwrap();
+        assert!(!stream(&r, "demo.access").enabled, "not listed: off");
+        assert_eq!(
+            stream(&r, "demo.debug").vars["paths"].value,
+            Some(json!(["/x.log"]))
+        );
+    }
+
+    #[test]
+    fn wrong_names_types_and_missing_values_are_named() {
+        let p = demo();
+        for (vars, inputs, field, msg) in [
+            (
+                json!({"nope": 1}),
+                Value::Null,
+                "vars.nope",
+                "no package-level variable",
+            ),
+            (
+                json!({"region": "mars"}),
+                Value::Null,
+                "vars.region",
+                "Invalid value for select type",
+            ),
+            (
+                Value::Null,
+                json!({"web-nope": {}}),
+                "inputs.web-nope",
+                "has no input",
+            ),
+            (
+                Value::Null,
+                json!({"web-logfile": {"streams": {"demo.x": {}}}}),
+                "inputs.web-logfile.streams.demo.x",
+                "no stream",
+            ),
+            (
+                Value::Null,
+                json!({"web-logfile": {"vars": {"tail": "yes"}}}),
+                "inputs.web-logfile.vars.tail",
+                "Boolean",
+            ),
+            (
+                Value::Null,
+                json!({"web-logfile": {"streams": {"demo.access": {"vars": {"max": "many"}}}}}),
+                "inputs.web-logfile.streams.demo.access.vars.max",
+                "Invalid integer",
+            ),
+            (
+                Value::Null,
+                json!({"web-logfile": {"streams": {"demo.access": {"vars": {"paths": []}}}}}),
+                "inputs.web-logfile.streams.demo.access.vars.paths",
+                "Paths is required",
+            ),
+            (
+                Value::Null,
+                json!({"web-logfile": {"streams": {"demo.access": {"vars": {"paths": ["*x"]}}}}}),
+                "inputs.web-logfile.streams.demo.access.vars.paths",
+                "double quotes",
+            ),
+            (
+                Value::Null,
+                json!({"web-logfile": {"enabeld": true}}),
+                "inputs.web-logfile.enabeld",
+                "not a known field",
+            ),
+            (
+                Value::Null,
+                json!([{"type": "logfile", "streams": [{"data_stream": {"type": "metrics", "dataset": "demo.access"}}]}]),
+                "inputs[0].streams[0].data_stream.type",
+                "must be 'logs'",
+            ),
+            (
+                Value::Null,
+                json!([{"type": "logfile"}, {"type": "logfile"}]),
+                "inputs[1].type",
+                "listed twice",
+            ),
+            (
+                json!({"token": {"isSecretRef": true, "id": "stolen"}}),
+                Value::Null,
+                "vars.token",
+                "does not hold",
+            ),
+        ] {
+            let e = resolve(&p, vars.clone(), inputs.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{vars} {inputs}: {}", e.message);
+            assert!(e.message.contains(msg), "{field}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn an_update_starts_from_the_current_values_and_keeps_secrets() {
+        let p = demo();
+        let first = resolve(
+            &p,
+            json!({"token": "t"}),
+            json!({"web-logfile": {"streams": {"demo.access": {"vars": {"max": 3}}}}}),
+        )
+        .unwrap();
+        let again = p
+            .resolve_policy(
+                PolicyRequest {
+                    vars: json!({"region": "us"}).as_object(),
+                    inputs: None,
+                },
+                Some(Base {
+                    vars: &first.vars,
+                    inputs: &first.inputs,
+                }),
+                &first.secret_references,
+                &mut || unreachable!("no new secret"),
+            )
+            .unwrap();
+        assert_eq!(again.vars["token"].value, first.vars["token"].value);
+        assert_eq!(again.secret_references, first.secret_references);
+        assert_eq!(
+            stream(&again, "demo.access").vars["max"].value,
+            Some(json!(3))
+        );
+        assert_eq!(
+            stream(&again, "demo.access")
+                .compiled_stream
+                .as_ref()
+                .unwrap()["region"],
+            "us"
+        );
+    }
+
+    #[test]
+    fn durations_are_checked_as_kibana_does() {
+        assert!(check_duration("f", "1h30m45s").is_ok());
+        assert!(check_duration("f", "250ms").is_ok());
+        assert!(check_duration("f", "10")
+            .unwrap_err()
+            .message
+            .contains("Invalid duration format"));
+        assert!(check_duration("f", "10s!")
+            .unwrap_err()
+            .message
+            .contains("invalid characters"));
+        assert!(check_duration("f", "")
+            .unwrap_err()
+            .message
+            .contains("empty"));
+    }
+}

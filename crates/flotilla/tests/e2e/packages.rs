@@ -540,3 +540,37 @@ async fn two_instances_on_postgres_see_the_same_packages() {
     let (_, list) = a.get(PACKAGES).await;
     assert!(!list.to_string().contains("999.999.999"), "{list}");
 }
+
+#[tokio::test]
+async fn a_package_asking_for_more_than_the_ceiling_is_refused_when_used() {
+    let s = Server::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("greedy-1.0.0");
+    std::fs::create_dir_all(pkg.join("data_stream/d/agent/stream")).unwrap();
+    std::fs::write(
+        pkg.join("manifest.yml"),
+        "format_version: 3.0.0\nname: greedy\ntitle: Greedy\nversion: 1.0.0\nelasticsearch:\n  privileges:\n    cluster: [manage_security]\npolicy_templates:\n  - name: t\n    title: T\n    inputs: [{type: x, title: X}]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("data_stream/d/manifest.yml"),
+        "type: logs\ntitle: D\nstreams:\n  - {input: x, title: X}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("data_stream/d/agent/stream/stream.yml.hbs"),
+        "a: 1\n",
+    )
+    .unwrap();
+    let (st, body) = upload(&s, "application/zip", zip_of(&pkg)).await;
+    assert_eq!(st, 200, "{body}");
+    s.post("/api/fleet/agent_policies", json!({"id": "p", "name": "p"}))
+        .await;
+    let r = s
+        .post(
+            "/api/fleet/package_policies",
+            json!({"name": "g", "policy_id": "p", "package": {"name": "greedy"}}),
+        )
+        .await;
+    assert_error(&r, 400, "manage_security on cluster");
+}
