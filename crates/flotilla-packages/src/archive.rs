@@ -15,6 +15,8 @@ use crate::package::{is_kept_file, Files, Package, PackageError};
 pub const MAX_ENTRIES: usize = 100_000;
 pub const MAX_FILE_BYTES: u64 = 4 << 20;
 pub const MAX_KEPT_BYTES: u64 = 32 << 20;
+/// A gzip'd tar may inflate to at most this much, skipped entries included.
+pub const MAX_INFLATED_BYTES: u64 = 256 << 20;
 
 fn bad(message: impl Into<String>) -> PackageError {
     PackageError::new("", "", message)
@@ -188,6 +190,11 @@ impl Collector {
 fn unpack_zip(bytes: &[u8]) -> Result<Unpacked, PackageError> {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| bad(format!("the upload is not a readable zip: {e}")))?;
+    if zip.len() > MAX_ENTRIES {
+        return Err(bad(format!(
+            "the archive has more than {MAX_ENTRIES} entries"
+        )));
+    }
     let mut c = Collector::new();
     for i in 0..zip.len() {
         let mut entry = zip
@@ -211,8 +218,36 @@ fn unpack_zip(bytes: &[u8]) -> Result<Unpacked, PackageError> {
     c.finish()
 }
 
+/// Counts what it reads and fails past a limit (a tar must be read
+/// through, skipped entries too: a gzip bomb must stop somewhere).
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!(
+                "the archive inflates to more than {} MiB",
+                (MAX_INFLATED_BYTES >> 20).max(1)
+            )));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 fn unpack_tar_gz(bytes: &[u8]) -> Result<Unpacked, PackageError> {
-    let gz = flate2::read::GzDecoder::new(bytes);
+    unpack_tar_gz_capped(bytes, MAX_INFLATED_BYTES)
+}
+
+fn unpack_tar_gz_capped(bytes: &[u8], cap: u64) -> Result<Unpacked, PackageError> {
+    let gz = Capped {
+        inner: flate2::read::GzDecoder::new(bytes),
+        left: cap,
+    };
     let mut tar = tar::Archive::new(gz);
     let mut c = Collector::new();
     let entries = tar
@@ -412,6 +447,25 @@ mod tests {
         assert!(unpack(b"PK\x03\x04garbage").is_err());
         assert!(unpack(&[0x1f, 0x8b, 0, 0]).is_err());
         assert!(unpack(b"{\"json\": true}").is_err());
+        // A large entry nobody keeps still counts against the inflation cap.
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut t = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(
+            &mut h,
+            "demo-1.0.0/docs/big.bin",
+            std::io::repeat(0).take(4 << 20),
+        )
+        .unwrap();
+        let bomb = t.into_inner().unwrap().finish().unwrap();
+        let e = unpack_tar_gz_capped(&bomb, 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inflates"), "{e}");
+        assert!(unpack_tar_gz_capped(&bomb, 8 << 20).is_ok());
         let big = "x".repeat((MAX_FILE_BYTES + 1) as usize);
         assert!(unpack(&zip_of(&[("demo-1.0.0/manifest.yml", &big)])).is_err());
     }

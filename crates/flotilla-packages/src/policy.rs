@@ -407,6 +407,25 @@ impl Package {
         }
 
         self.compile_inputs(&vars, &mut inputs)?;
+        // A secret reference in the output must be one of this
+        // integration's own: a value or template naming another's would
+        // have the fleet server hand that secret to this configuration.
+        for input in &inputs {
+            let compiled = input.compiled_input.iter().chain(
+                input
+                    .streams
+                    .iter()
+                    .filter_map(|s| s.compiled_stream.as_ref()),
+            );
+            for value in compiled {
+                if let Some(id) = foreign_secret_ref(value, &refs) {
+                    return Err(err(
+                        format!("inputs.{}", input_key(input)),
+                        format!("refers to secret '{id}', which this integration does not hold"),
+                    ));
+                }
+            }
+        }
         Ok(Resolved {
             vars,
             inputs,
@@ -416,10 +435,11 @@ impl Package {
     }
 
     fn carry_over(&self, base: Base<'_>, vars: &mut Vars, inputs: &mut [Input]) {
+        // A value that was never set keeps the new version's default.
         let set = |to: &mut Vars, from: &Vars| {
             for (k, v) in from {
-                if let Some(slot) = to.get_mut(k) {
-                    slot.value = v.value.clone();
+                if let (Some(slot), Some(value)) = (to.get_mut(k), &v.value) {
+                    slot.value = Some(value.clone());
                 }
             }
         };
@@ -840,6 +860,19 @@ impl Package {
             }
         }
         Ok(())
+    }
+}
+
+/// The first `$co.elastic.secret{id}` in `value` whose id is not in `own`.
+fn foreign_secret_ref(value: &Value, own: &BTreeSet<String>) -> Option<String> {
+    match value {
+        Value::String(s) => crate::render::secret_refs_in(s)
+            .into_iter()
+            .find(|id| !own.contains(*id))
+            .map(str::to_owned),
+        Value::Array(a) => a.iter().find_map(|v| foreign_secret_ref(v, own)),
+        Value::Object(m) => m.values().find_map(|v| foreign_secret_ref(v, own)),
+        _ => None,
     }
 }
 

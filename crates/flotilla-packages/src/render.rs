@@ -40,6 +40,44 @@ pub fn compiled_secret_ref(id: &str) -> String {
     format!("$co.elastic.secret{{{id}}}")
 }
 
+/// The secret ids referenced in a string, in order.
+pub fn secret_refs_in(s: &str) -> Vec<&str> {
+    const OPEN: &str = "$co.elastic.secret{";
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(OPEN) {
+        let after = &rest[i + OPEN.len()..];
+        match after.find('}') {
+            Some(j) => {
+                out.push(&after[..j]);
+                rest = &after[j + 1..];
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Replace each `$co.elastic.secret{id}` in `s` with `lookup(id)`, in one
+/// pass (a value never has references in it replaced); unknown ids stay.
+pub fn replace_secret_refs(s: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    const OPEN: &str = "$co.elastic.secret{";
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(OPEN) {
+        let after = &rest[i + OPEN.len()..];
+        let Some(j) = after.find('}') else { break };
+        out.push_str(&rest[..i]);
+        match lookup(&after[..j]) {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[i..i + OPEN.len() + j + 1]),
+        }
+        rest = &after[j + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn engine() -> &'static Handlebars<'static> {
     static ENGINE: OnceLock<Handlebars<'static>> = OnceLock::new();
     ENGINE.get_or_init(|| {
@@ -55,8 +93,33 @@ fn engine() -> &'static Handlebars<'static> {
     })
 }
 
-/// Check that a template parses.
+/// Blocks may nest this deep in a template (Handlebars renders blocks by
+/// recursion: a deeper template could exhaust a thread's stack).
+pub const MAX_BLOCK_DEPTH: usize = 32;
+/// A rendered template may be at most this large.
+pub const MAX_RENDERED_BYTES: usize = 4 << 20;
+
+/// Check that a template parses, uses no partials and nests its blocks at
+/// most [`MAX_BLOCK_DEPTH`] deep. Checked before Handlebars sees it (its
+/// parser recurses too).
 pub fn check_template(template: &str) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut rest = template;
+    while let Some(i) = rest.find("{{") {
+        let tag = rest[i + 2..].trim_start_matches(['{', '~']);
+        if tag.starts_with('>') || tag.starts_with("#>") || tag.starts_with("#*") {
+            return Err("partials and inline blocks are not supported in agent templates".into());
+        }
+        if tag.starts_with('#') {
+            depth += 1;
+            if depth > MAX_BLOCK_DEPTH {
+                return Err(format!("blocks nest more than {MAX_BLOCK_DEPTH} deep"));
+            }
+        } else if tag.starts_with('/') {
+            depth = depth.saturating_sub(1);
+        }
+        rest = &rest[i + 2..];
+    }
     handlebars::Template::compile(&rewrite_length(template))
         .map(|_| ())
         .map_err(|e| {
@@ -65,6 +128,22 @@ pub fn check_template(template: &str) -> Result<(), String> {
                 first_line(&e.to_string())
             )
         })
+}
+
+/// An `Output` that refuses to grow past [`MAX_RENDERED_BYTES`].
+struct Bounded(String);
+
+impl Output for Bounded {
+    fn write(&mut self, seg: &str) -> Result<(), std::io::Error> {
+        if self.0.len() + seg.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the rendered template exceeds {} MiB",
+                MAX_RENDERED_BYTES >> 20
+            )));
+        }
+        self.0.push_str(seg);
+        Ok(())
+    }
 }
 
 fn first_line(s: &str) -> String {
@@ -81,7 +160,10 @@ pub fn compile_template(template: &str, vars: &[TemplateVar]) -> Result<Value, S
         if last.is_empty() || parts.iter().any(|p| p.is_empty()) {
             return Err(format!("invalid variable name '{}'", var.name));
         }
-        let value = if var.var_type == Some(VarType::Yaml) {
+        // A secret is its reference, whatever its type (a yaml secret too).
+        let value = if let Some(id) = secret_ref_id(&var.value) {
+            Value::String(compiled_secret_ref(id))
+        } else if var.var_type == Some(VarType::Yaml) {
             let placeholder = format!("##{}##", var.name);
             let parsed = match &var.value {
                 Value::String(s) if !s.is_empty() => Some(
@@ -101,8 +183,6 @@ pub fn compile_template(template: &str, vars: &[TemplateVar]) -> Result<Value, S
                     Value::Null
                 }
             }
-        } else if let Some(id) = secret_ref_id(&var.value) {
-            Value::String(compiled_secret_ref(id))
         } else {
             var.value.clone()
         };
@@ -110,14 +190,26 @@ pub fn compile_template(template: &str, vars: &[TemplateVar]) -> Result<Value, S
     }
     let context = Value::Object(context);
 
-    let rendered = engine()
-        .render_template(&rewrite_length(template), &context)
-        .map_err(|e| {
-            format!(
-                "could not render the template: {}",
-                first_line(&e.to_string())
-            )
-        })?;
+    check_template(template)?;
+    let compiled = handlebars::Template::compile(&rewrite_length(template)).map_err(|e| {
+        format!(
+            "not a valid Handlebars template: {}",
+            first_line(&e.to_string())
+        )
+    })?;
+    let render_error = |e: RenderError| {
+        format!(
+            "could not render the template: {}",
+            first_line(&e.to_string())
+        )
+    };
+    let ctx = Context::wraps(&context).map_err(render_error)?;
+    let mut out = Bounded(String::new());
+    let mut rc = RenderContext::new(None);
+    compiled
+        .render(engine(), &ctx, &mut rc, &mut out)
+        .map_err(render_error)?;
+    let rendered = out.0;
     let rendered = replace_root_level_yaml(&yaml_values, &rendered)?;
     let parsed = crate::package::parse_yaml_value(&rendered)
         .map_err(|e| format!("the rendered template is not valid YAML: {e}"))?;
@@ -558,6 +650,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, json!({"e": "", "password": "$co.elastic.secret{abc}"}));
+    }
+
+    #[test]
+    fn deep_nesting_partials_and_huge_output_are_refused() {
+        let deep = "{{#if a}}".repeat(5000) + &"{{/if}}".repeat(5000);
+        assert!(check_template(&deep).unwrap_err().contains("nest"));
+        assert!(compile_template(&deep, &[]).is_err());
+        assert!(check_template("{{> other}}")
+            .unwrap_err()
+            .contains("partials"));
+        assert!(check_template("{{#*inline \"x\"}}{{/inline}}").is_err());
+        let ok = "{{#if a}}".repeat(MAX_BLOCK_DEPTH) + &"{{/if}}".repeat(MAX_BLOCK_DEPTH);
+        assert!(check_template(&ok).is_ok());
+        let list = Value::Array((0..300).map(|i| json!(i)).collect());
+        let e = compile_template(
+            "{{#each l}}{{#each ../l}}{{#each ../../l}}xxxxxxxxxxxxxxxx{{/each}}{{/each}}{{/each}}",
+            &[var("l", None, list)],
+        )
+        .unwrap_err();
+        assert!(e.contains("exceeds"), "{e}");
+    }
+
+    #[test]
+    fn secret_references_are_found_and_replaced_in_one_pass() {
+        let s = "Bearer $co.elastic.secret{a} and $co.elastic.secret{b} $co.elastic.secret{";
+        assert_eq!(secret_refs_in(s), ["a", "b"]);
+        let out = replace_secret_refs(s, |id| {
+            (id == "a").then(|| "$co.elastic.secret{b}".to_owned())
+        });
+        assert_eq!(
+            out,
+            "Bearer $co.elastic.secret{b} and $co.elastic.secret{b} $co.elastic.secret{"
+        );
+    }
+
+    #[test]
+    fn a_yaml_secret_renders_as_its_reference() {
+        let out = compile_template(
+            "ssl: {{ssl}}\n",
+            &[var(
+                "ssl",
+                Some(VarType::Yaml),
+                json!({"isSecretRef": true, "id": "k"}),
+            )],
+        )
+        .unwrap();
+        assert_eq!(out, json!({"ssl": "$co.elastic.secret{k}"}));
     }
 
     #[test]

@@ -42,7 +42,23 @@ pub struct Listed {
 
 pub struct PackageRegistry {
     builtin: Vec<Arc<Package>>,
-    cache: RwLock<HashMap<(String, String), Arc<Package>>>,
+    /// Parsed packages by name, version and digest: another instance may
+    /// remove a version and install other content under it, so the digest
+    /// in the store says which content is current.
+    cache: RwLock<HashMap<(String, String, String), Arc<Package>>>,
+}
+
+/// A digest of a package's files (what the store compares and the cache keys by).
+pub fn digest(package: &Package) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (path, text) in package.files() {
+        h.update((path.len() as u64).to_be_bytes());
+        h.update(path.as_bytes());
+        h.update((text.len() as u64).to_be_bytes());
+        h.update(text.as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 impl Default for PackageRegistry {
@@ -80,22 +96,38 @@ impl PackageRegistry {
         if let Some(p) = self.builtin(name, version) {
             return Ok(p.clone());
         }
-        let key = (name.to_owned(), version.to_owned());
+        let Some(digest) = store.package_digest(name, version).await? else {
+            return Err(
+                StoreError::not_found(Entity::Package, &format!("{name}-{version}")).into(),
+            );
+        };
+        let key = (name.to_owned(), version.to_owned(), digest);
         if let Some(p) = self.cache.read().expect("package cache").get(&key) {
             return Ok(p.clone());
         }
         let stored = store.get_package(name, version).await?;
-        let package = Package::from_files(stored.files).map_err(|e| {
-            ServiceError::Internal(
-                format!("installed package {name} {version} no longer reads: {e}").into(),
-            )
-        })?;
+        let package = tokio::task::spawn_blocking(move || Package::from_files(stored.files))
+            .await
+            .map_err(|e| ServiceError::Internal(e.into()))?
+            .map_err(|e| {
+                ServiceError::Internal(
+                    format!("installed package {name} {version} no longer reads: {e}").into(),
+                )
+            })?;
         let package = Arc::new(package);
-        self.cache
-            .write()
-            .expect("package cache")
-            .insert(key, package.clone());
+        let mut cache = self.cache.write().expect("package cache");
+        cache.retain(|(n, v, _), _| !(n == name && v == version));
+        cache.insert(key, package.clone());
         Ok(package)
+    }
+
+    /// Record the built-in packages in the store (once; idempotent), so that
+    /// integrations on them are held by the same row locks as any other.
+    pub async fn install_builtins(&self, store: &dyn Store) -> Result<(), ServiceError> {
+        for p in &self.builtin {
+            store.install_package(&stored(p, Source::Builtin)).await?;
+        }
+        Ok(())
     }
 
     /// Every installed package, built-in ones first.
@@ -117,7 +149,13 @@ impl PackageRegistry {
                 installed_at: None,
             })
             .collect();
-        out.extend(store.list_packages().await?.into_iter().map(|p| Listed {
+        let stored = store.list_packages().await?;
+        out.retain(|b| {
+            !stored
+                .iter()
+                .any(|p| p.name == b.name && p.version == b.version)
+        });
+        out.extend(stored.into_iter().map(|p| Listed {
             name: p.name,
             version: p.version,
             title: p.title,
@@ -168,24 +206,11 @@ impl PackageRegistry {
                 package.version()
             )));
         }
-        let stored = StoredPackage {
-            name: package.name().to_owned(),
-            version: package.version().to_owned(),
-            title: package.manifest.title.clone(),
-            package_type: if package.is_input_package() {
-                "input"
-            } else {
-                "integration"
-            }
-            .into(),
-            source: source.as_str().into(),
-            files: package.files().clone(),
-            installed_at: chrono::Utc::now(),
-        };
+        let stored = stored(&package, source);
         let outcome = store.install_package(&stored).await?;
         let package = Arc::new(package);
         self.cache.write().expect("package cache").insert(
-            (stored.name.clone(), stored.version.clone()),
+            (stored.name, stored.version, stored.digest),
             package.clone(),
         );
         Ok((package, outcome))
@@ -206,7 +231,25 @@ impl PackageRegistry {
         self.cache
             .write()
             .expect("package cache")
-            .remove(&(name.to_owned(), version.to_owned()));
+            .retain(|(n, v, _), _| !(n == name && v == version));
         Ok(())
+    }
+}
+
+fn stored(package: &Package, source: Source) -> StoredPackage {
+    StoredPackage {
+        name: package.name().to_owned(),
+        version: package.version().to_owned(),
+        title: package.manifest.title.clone(),
+        package_type: if package.is_input_package() {
+            "input"
+        } else {
+            "integration"
+        }
+        .into(),
+        source: source.as_str().into(),
+        digest: digest(package),
+        files: package.files().clone(),
+        installed_at: chrono::Utc::now(),
     }
 }

@@ -6,6 +6,8 @@ CREATE TABLE packages (
     title        TEXT NOT NULL,
     package_type TEXT NOT NULL,
     source       TEXT NOT NULL,
+    -- SHA-256 of the files: which content an instance has cached.
+    digest       TEXT NOT NULL,
     files        TEXT NOT NULL,
     installed_at BIGINT NOT NULL,
     PRIMARY KEY (name, version)

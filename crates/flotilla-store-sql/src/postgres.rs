@@ -157,6 +157,19 @@ pub(crate) const ENGINE: &str = "postgres";
 #[path = "shared/mod.rs"]
 mod shared;
 
+/// A JSON source's field at a path bound as `{a,b}` (`json_field_path`).
+pub(crate) fn json_field_sql(column: &str, param: usize) -> String {
+    format!("(({column})::jsonb #>> ${param}::text[])")
+}
+
+pub(crate) fn json_field_path(field: &str) -> String {
+    let quoted: Vec<String> = field
+        .split('.')
+        .map(|p| format!("\"{}\"", p.replace(['"', '\\'], "")))
+        .collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -320,10 +320,13 @@ pub(crate) struct ApiKeyRow {
     created_at: i64,
     retire_pending: bool,
     invalidated_at: Option<i64>,
+    owner: Option<String>,
+    expires_at: Option<i64>,
 }
 
 pub(crate) const API_KEY_COLS: &str =
-    "id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, retire_pending, invalidated_at";
+    "id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, retire_pending, invalidated_at, \
+     owner, expires_at";
 
 impl TryFrom<ApiKeyRow> for flotilla_store::ApiKeyRecord {
     type Error = StoreError;
@@ -340,6 +343,8 @@ impl TryFrom<ApiKeyRow> for flotilla_store::ApiKeyRecord {
             created_at: from_ms(r.created_at),
             retire_pending: r.retire_pending,
             invalidated_at: r.invalidated_at.map(from_ms),
+            owner: r.owner,
+            expires_at: r.expires_at.map(from_ms),
         })
     }
 }
@@ -377,6 +382,7 @@ pub(crate) struct PackageRow {
     title: String,
     package_type: String,
     source: String,
+    digest: String,
     files: String,
     installed_at: i64,
 }
@@ -391,7 +397,49 @@ impl TryFrom<PackageRow> for flotilla_store::StoredPackage {
             title: r.title,
             package_type: r.package_type,
             source: r.source,
+            digest: r.digest,
             installed_at: from_ms(r.installed_at),
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct DocumentRow {
+    id: String,
+    data_stream: String,
+    ts: i64,
+    doc: String,
+}
+
+impl TryFrom<DocumentRow> for flotilla_store::StoredDocument {
+    type Error = StoreError;
+    fn try_from(r: DocumentRow) -> Result<Self, StoreError> {
+        Ok(flotilla_store::StoredDocument {
+            source: json("document", &r.doc)?,
+            id: r.id,
+            data_stream: r.data_stream,
+            timestamp: from_ms(r.ts),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct DataStreamRow {
+    name: String,
+    created_at: i64,
+    documents: i64,
+    size_bytes: i64,
+    last_event: Option<i64>,
+}
+
+impl From<DataStreamRow> for flotilla_store::DataStreamStats {
+    fn from(r: DataStreamRow) -> Self {
+        flotilla_store::DataStreamStats {
+            name: r.name,
+            documents: r.documents.max(0) as u64,
+            size_bytes: r.size_bytes.max(0) as u64,
+            last_event: r.last_event.map(from_ms),
+            created_at: from_ms(r.created_at),
+        }
     }
 }

@@ -179,3 +179,16 @@ pub(crate) const ENGINE: &str = "sqlite";
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]
 mod shared;
+
+/// A JSON source's field at a path bound as `$.a.b` (`json_field_path`).
+pub(crate) fn json_field_sql(column: &str, param: usize) -> String {
+    format!("CAST(json_extract({column}, ${param}) AS TEXT)")
+}
+
+pub(crate) fn json_field_path(field: &str) -> String {
+    let quoted: Vec<String> = field
+        .split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "")))
+        .collect();
+    format!("$.{}", quoted.join("."))
+}

@@ -70,6 +70,7 @@ mod postgres_races {
         let now = Utc::now();
         store.create_policy(&policy("f", "f"), now).await.unwrap();
         store.create_policy(&policy("t", "t"), now).await.unwrap();
+        flotilla_store::conformance::install_nginx(&*store).await;
         let pp = store
             .create_package_policy(&integration("i", "f"), now)
             .await

@@ -130,10 +130,74 @@ pub struct StoredPackage {
     pub title: String,
     /// `integration` or `input`.
     pub package_type: String,
-    /// How it was installed: `upload` or `directory`.
+    /// How it was installed: `builtin`, `upload` or `directory`.
     pub source: String,
+    /// A digest of the files (the same files, the same digest).
+    pub digest: String,
     pub files: std::collections::BTreeMap<String, String>,
     pub installed_at: DateTime<Utc>,
+}
+
+/// A document for the embedded output, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDocument {
+    pub id: String,
+    pub data_stream: String,
+    pub timestamp: DateTime<Utc>,
+    /// The JSON source, `@timestamp` included.
+    pub source: String,
+}
+
+/// A stored document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDocument {
+    pub id: String,
+    pub data_stream: String,
+    pub timestamp: DateTime<Utc>,
+    pub source: Value,
+}
+
+/// A data stream of the embedded output, with its figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataStreamStats {
+    pub name: String,
+    pub documents: u64,
+    /// Bytes of stored JSON.
+    pub size_bytes: u64,
+    pub last_event: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A search of one data stream, newest first unless `ascending`.
+#[derive(Debug, Clone, Default)]
+pub struct DocumentQuery {
+    /// Inclusive.
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub to: Option<DateTime<Utc>>,
+    /// Case-insensitive substring of the JSON source.
+    pub text: Option<String>,
+    /// `field = value` on the source's top-level or dotted fields.
+    pub matches: Vec<(String, String)>,
+    pub ascending: bool,
+}
+
+/// Which keys `Store::find_api_keys` returns.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeyFilter {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    /// Include invalidated keys.
+    pub invalidated: bool,
+}
+
+/// An integration's secret, sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub package_policy_id: String,
+    pub id: String,
+    pub sealed: String,
 }
 
 /// What installing a package did.
@@ -210,6 +274,10 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
     pub retire_pending: bool,
     pub invalidated_at: Option<DateTime<Utc>>,
+    /// Who created it through the security API (an API key id, or
+    /// `operator:<id>`); `None` for keys the fleet mints.
+    pub owner: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What a key is for.
@@ -219,6 +287,8 @@ pub enum KeyKind {
     Access,
     /// What an agent writes its data with.
     Output,
+    /// Created through the Elasticsearch security API.
+    User,
 }
 
 impl KeyKind {
@@ -226,6 +296,7 @@ impl KeyKind {
         match self {
             KeyKind::Access => "access",
             KeyKind::Output => "output",
+            KeyKind::User => "user",
         }
     }
 
@@ -233,6 +304,7 @@ impl KeyKind {
         match s {
             "access" => Some(KeyKind::Access),
             "output" => Some(KeyKind::Output),
+            "user" => Some(KeyKind::User),
             _ => None,
         }
     }
@@ -398,13 +470,42 @@ pub trait Store: Send + Sync + 'static {
     /// conflict (a version, once installed, never changes).
     async fn install_package(&self, package: &StoredPackage) -> Result<Installed>;
     async fn get_package(&self, name: &str, version: &str) -> Result<StoredPackage>;
+    /// The digest of an installed version's files, if it is installed.
+    async fn package_digest(&self, name: &str, version: &str) -> Result<Option<String>>;
     /// Every installed package (name, version order), without files.
     async fn list_packages(&self) -> Result<Vec<StoredPackage>>;
     /// Removes a package; refused ([`StoreError::InUse`]) while any
-    /// integration uses that version.
+    /// integration uses that version. (Creating or updating an integration
+    /// requires its package version to be installed, in the same
+    /// transaction: [`StoreError::NotFound`] with [`Entity::Package`].)
     async fn delete_package(&self, name: &str, version: &str) -> Result<()>;
-    /// The sealed secrets of every integration on a policy: (id, sealed).
-    async fn policy_secrets(&self, policy_id: &str) -> Result<Vec<(String, String)>>;
+    /// The sealed secrets of every integration on a policy.
+    async fn policy_secrets(&self, policy_id: &str) -> Result<Vec<SealedSecret>>;
+
+    // --- the embedded output ----------------------------------------------------
+    /// The names among `names` that exist as data streams.
+    async fn existing_data_streams(&self, names: &[String]) -> Result<Vec<String>>;
+    /// Store documents in one transaction (their data streams are created
+    /// as needed).
+    async fn insert_documents(&self, docs: &[NewDocument], now: DateTime<Utc>) -> Result<()>;
+    async fn list_data_streams(&self) -> Result<Vec<DataStreamStats>>;
+    async fn search_documents(
+        &self,
+        data_stream: &str,
+        query: &DocumentQuery,
+        page: Page,
+    ) -> Result<Paged<StoredDocument>>;
+    /// Delete at most `limit` documents of streams matching `pattern`
+    /// (SQL LIKE, `%` wildcards) older than `before`; how many went.
+    async fn delete_documents_before(
+        &self,
+        pattern: &str,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64>;
+
+    // --- keys created through the security API ------------------------------
+    async fn find_api_keys(&self, filter: &ApiKeyFilter) -> Result<Vec<ApiKeyRecord>>;
 
     // --- enrollment keys -----------------------------------------------------
     /// Stores a key whose secret is known only by `token_hash`.

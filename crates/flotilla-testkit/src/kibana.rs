@@ -12,12 +12,27 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+/// The shared material beside the project (`../shared`):
+/// `FLOTILLA_SHARED_DIR` when set, else a `shared/` beside the checkout or
+/// one of its parents, else `/work/shared` (where this machine keeps it, for
+/// clones made elsewhere).
+pub fn shared_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLOTILLA_SHARED_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared"))
+        .find(|d| d.join("packages").is_dir())
+        .unwrap_or_else(|| PathBuf::from("/work/shared"))
+}
+
 /// The shared packages (Elastic's, read in place, never copied).
 pub fn shared_packages() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/packages");
+    let root = shared_dir().join("packages");
     assert!(
         root.is_dir(),
-        "the shared test packages are missing at {}",
+        "the shared test packages are missing at {} (set FLOTILLA_SHARED_DIR to the shared folder)",
         root.display()
     );
     root

@@ -37,7 +37,7 @@ impl Fleet<'_> {
                     "unauthorized",
                 ))
             }
-            Err(KeyRejection::Invalidated) => {
+            Err(KeyRejection::Invalidated | KeyRejection::Expired) => {
                 return Err(FleetError::new(
                     FleetErrorKind::KeyNotEnabled,
                     "ApiKey not enabled",

@@ -45,15 +45,12 @@ impl PolicyCache {
             .cloned()
     }
 }
-/// Put each `$co.elastic.secret{id}` reference's value in its place.
+/// Put each `$co.elastic.secret{id}` reference's value in its place, in
+/// one pass per string (a value is never searched for references).
 fn substitute(v: &mut Value, values: &HashMap<String, String>) {
     match v {
         Value::String(s) if s.contains("$co.elastic.secret{") => {
-            for (reference, value) in values {
-                if s.contains(reference.as_str()) {
-                    *s = s.replace(reference.as_str(), value);
-                }
-            }
+            *s = flotilla_packages::render::replace_secret_refs(s, |id| values.get(id).cloned());
         }
         Value::Array(a) => a.iter_mut().for_each(|x| substitute(x, values)),
         Value::Object(m) => m.values_mut().for_each(|x| substitute(x, values)),
@@ -64,36 +61,39 @@ fn substitute(v: &mut Value, values: &HashMap<String, String>) {
 impl Fleet<'_> {
     /// The document an agent receives: the full policy with its secrets'
     /// values in place of their references (as fleet-server does; the
-    /// management API only ever shows references).
+    /// management API only ever shows references). `None` when a secret it
+    /// references is gone (changed since the policy was read): build again.
     async fn with_secrets(
         &self,
         policy_id: &str,
         full: &flotilla_domain::full_policy::FullAgentPolicy,
-    ) -> std::result::Result<Value, crate::ServiceError> {
+    ) -> std::result::Result<Option<Value>, crate::ServiceError> {
         let mut document = serde_json::to_value(full).expect("policies serialise");
         if full.secret_references.is_empty() {
-            return Ok(document);
+            return Ok(Some(document));
         }
         let mut values = HashMap::new();
-        for (id, sealed) in self.store.policy_secrets(policy_id).await? {
-            match self
-                .sealer
-                .open(&sealed, &crate::management::secret_aad(&id))
-            {
+        for secret in self.store.policy_secrets(policy_id).await? {
+            let aad = crate::management::secret_aad(&secret.package_policy_id, &secret.id);
+            match self.sealer.open(&secret.sealed, &aad) {
                 Ok(plain) => {
-                    values.insert(
-                        flotilla_packages::render::compiled_secret_ref(&id),
-                        String::from_utf8_lossy(&plain).into_owned(),
-                    );
+                    values.insert(secret.id, String::from_utf8_lossy(&plain).into_owned());
                 }
                 Err(_) => tracing::error!(
-                    secret_id = %id,
+                    secret_id = %secret.id,
                     "a stored secret does not open with this server's key; the agent gets its reference"
                 ),
             }
         }
+        if full
+            .secret_references
+            .iter()
+            .any(|r| !values.contains_key(&r.id))
+        {
+            return Ok(None);
+        }
         substitute(&mut document, &values);
-        Ok(document)
+        Ok(Some(document))
     }
 
     /// The policy, serialised once per revision.
@@ -118,7 +118,21 @@ impl Fleet<'_> {
         if let Some(hit) = self.policy_cache.get(policy_id, current.revision) {
             return Ok(hit);
         }
-        let full = self.full_policy(policy_id).await?;
+        // Secrets are read apart from the policy: if one it references
+        // changed in between, read both again.
+        let mut attempt = 0;
+        let (full, document) = loop {
+            let full = self.full_policy(policy_id).await?;
+            if let Some(document) = self.with_secrets(policy_id, &full).await? {
+                break (full, document);
+            }
+            attempt += 1;
+            if attempt == 5 {
+                return Err(crate::ServiceError::Unavailable(
+                    "the policy's secrets are changing; retry shortly".into(),
+                ));
+            }
+        };
         metrics::counter!("flotilla_policy_builds_total").increment(1);
         let (output_id, permissions) = full
             .output_permissions
@@ -141,7 +155,7 @@ impl Fleet<'_> {
             output_id,
             permissions,
             permissions_hash,
-            document: self.with_secrets(policy_id, &full).await?,
+            document,
         });
         let mut cache = self.policy_cache.inner.lock().expect("cache lock");
         let keep = cache

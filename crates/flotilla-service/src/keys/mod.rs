@@ -43,6 +43,7 @@ pub enum KeyRejection {
     NotUtf8,
     Unknown,
     Invalidated,
+    Expired,
 }
 
 #[derive(Clone)]
@@ -77,6 +78,8 @@ impl KeyService {
             created_at: Utc::now(),
             retire_pending: false,
             invalidated_at: None,
+            owner: None,
+            expires_at: None,
         };
         MintedKey {
             record,
@@ -119,6 +122,9 @@ impl KeyService {
         }
         if record.invalidated_at.is_some() {
             return Ok(Err(KeyRejection::Invalidated));
+        }
+        if record.expires_at.is_some_and(|t| t <= Utc::now()) {
+            return Ok(Err(KeyRejection::Expired));
         }
         Ok(Ok(record))
     }

@@ -14,12 +14,17 @@ use super::*;
 
 impl Management<'_> {
     /// First-start set-up, safe to run on every start and from several
-    /// instances at once: a default output, and an operator key. Returns
+    /// instances at once: the built-in packages recorded, a default output,
+    /// and an operator key. Returns
     /// a generated key to show once, when one was generated.
     pub async fn bootstrap(
         &self,
         admin_key: Option<&SecretString>,
     ) -> Result<Option<SecretString>> {
+        self.services
+            .packages
+            .install_builtins(self.store())
+            .await?;
         if self.store().default_output().await?.is_none() {
             let new = NewOutput {
                 id: Some(DEFAULT_OUTPUT_ID.into()),

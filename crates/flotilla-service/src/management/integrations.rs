@@ -15,9 +15,10 @@ use flotilla_api::management::*;
 
 use super::*;
 
-/// The associated data a secret is sealed under: its own id.
-pub(crate) fn secret_aad(id: &str) -> String {
-    format!("package_policy_secret:{id}")
+/// The associated data a secret is sealed under: its integration and its
+/// own id (a sealed value moved to another row or integration does not open).
+pub(crate) fn secret_aad(package_policy_id: &str, id: &str) -> String {
+    format!("package_policy_secret:{package_policy_id}:{id}")
 }
 
 /// What a create or an update resolves from.
@@ -31,6 +32,22 @@ struct Draft {
     vars: Option<serde_json::Map<String, serde_json::Value>>,
     inputs: Option<serde_json::Value>,
     cloud_connector_id: Option<String>,
+}
+
+/// A policy or package version the save names that is not there (any
+/// more) is the caller's mistake, named by field.
+fn reference_error(e: StoreError) -> ServiceError {
+    match e {
+        e @ StoreError::NotFound {
+            entity: Entity::AgentPolicy,
+            ..
+        } => ServiceError::invalid_reference("policy_id", e),
+        e @ StoreError::NotFound {
+            entity: Entity::Package,
+            ..
+        } => ServiceError::invalid_reference("package.version", e),
+        other => other.into(),
+    }
 }
 
 impl Management<'_> {
@@ -62,28 +79,32 @@ impl Management<'_> {
         // upgrade, an older version; what no longer applies is dropped).
         let base = current
             .filter(|c| c.package.name == package.name())
-            .map(|c| Base {
-                vars: &c.vars,
-                inputs: &c.inputs,
-            });
+            .map(|c| (c.vars.clone(), c.inputs.clone()));
         let previous = current
             .map(|c| c.secret_references.clone())
             .unwrap_or_default();
-        let resolved = package.resolve_policy(
-            PolicyRequest {
-                vars: draft.vars.as_ref(),
-                inputs: draft.inputs.as_ref(),
-            },
-            base,
-            &previous,
-            &mut || uuid::Uuid::new_v4().to_string(),
-        )?;
+        let (vars, inputs) = (draft.vars.clone(), draft.inputs.clone());
+        let resolving = package.clone();
+        // Rendering is CPU work: off the async workers.
+        let resolved = tokio::task::spawn_blocking(move || {
+            resolving.resolve_policy(
+                PolicyRequest {
+                    vars: vars.as_ref(),
+                    inputs: inputs.as_ref(),
+                },
+                base.as_ref().map(|(vars, inputs)| Base { vars, inputs }),
+                &previous,
+                &mut || uuid::Uuid::new_v4().to_string(),
+            )
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.into()))??;
         let sealer = &self.services.sealer;
         let new_secrets = resolved
             .new_secrets
             .into_iter()
             .map(|s| NewSecret {
-                sealed: sealer.seal(s.value.as_bytes(), &secret_aad(&s.id)),
+                sealed: sealer.seal(s.value.as_bytes(), &secret_aad(&draft.id, &s.id)),
                 id: s.id,
             })
             .collect();
@@ -192,7 +213,7 @@ impl Management<'_> {
         self.store()
             .create_package_policy(&new, Utc::now())
             .await
-            .map_err(|e| ServiceError::invalid_reference("policy_id", e))
+            .map_err(reference_error)
     }
 
     pub async fn get_package_policy(&self, id: &str) -> Result<PackagePolicy> {
@@ -238,13 +259,7 @@ impl Management<'_> {
         self.store()
             .update_package_policy(id, &new, Some(read_at), Utc::now())
             .await
-            .map_err(|e| match e {
-                e @ StoreError::NotFound {
-                    entity: Entity::AgentPolicy,
-                    ..
-                } => ServiceError::invalid_reference("policy_id", e),
-                other => other.into(),
-            })
+            .map_err(reference_error)
     }
 
     pub async fn delete_package_policy(&self, id: &str) -> Result<()> {

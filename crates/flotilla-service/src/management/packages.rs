@@ -22,7 +22,12 @@ impl Management<'_> {
         &self,
         bytes: &[u8],
     ) -> Result<(Arc<Package>, flotilla_store::Installed)> {
-        let package = archive::package_from_archive(bytes).map_err(refused)?;
+        // Unpacking and checking are CPU work: off the async workers.
+        let bytes = bytes.to_vec();
+        let package = tokio::task::spawn_blocking(move || archive::package_from_archive(&bytes))
+            .await
+            .map_err(|e| ServiceError::Internal(e.into()))?
+            .map_err(refused)?;
         self.services
             .packages
             .install(self.store(), package, Source::Upload)
@@ -70,12 +75,15 @@ impl Management<'_> {
         } else {
             match self
                 .store()
-                .get_package(package.name(), package.version())
+                .list_packages()
                 .await?
-                .source
-                .as_str()
+                .into_iter()
+                .find(|p| p.name == package.name() && p.version == package.version())
+                .map(|p| p.source)
+                .as_deref()
             {
-                "directory" => Source::Directory,
+                Some("directory") => Source::Directory,
+                Some("builtin") => Source::Builtin,
                 _ => Source::Upload,
             }
         };

@@ -283,7 +283,7 @@ pub(crate) async fn fetch_package_policy(conn: &mut Conn, id: &str) -> Result<Pa
 pub(crate) async fn insert_key(conn: &mut Conn, key: &ApiKeyRecord) -> Result<()> {
     sqlx::query(
                 "INSERT INTO api_keys (id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, \
-                 retire_pending, invalidated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 retire_pending, invalidated_at, owner, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&key.id)
             .bind(&key.name)
@@ -295,6 +295,8 @@ pub(crate) async fn insert_key(conn: &mut Conn, key: &ApiKeyRecord) -> Result<()
             .bind(ms(key.created_at))
             .bind(key.retire_pending)
             .bind(key.invalidated_at.map(ms))
+            .bind(&key.owner)
+            .bind(key.expires_at.map(ms))
             .execute(&mut *conn)
             .await
             .or_conflict(|| format!("API key '{}' already exists", key.id))?;

@@ -13,6 +13,7 @@ pub(super) async fn create_package_policy(
     if !policy_exists(&mut tx, &new.policy_id).await? {
         return Err(StoreError::not_found(Entity::AgentPolicy, &new.policy_id));
     }
+    super::packages::lock_package(&mut tx, &new.package.name, &new.package.version).await?;
     write_package_policy(&mut tx, true, &new.id, new, now).await?;
     super::packages::write_secrets(&mut tx, &new.id, new).await?;
     bump_policy(&mut tx, &new.policy_id, now).await?;
@@ -95,6 +96,7 @@ pub(super) async fn update_package_policy(
     if old.policy_id != new.policy_id && !policy_exists(&mut tx, &new.policy_id).await? {
         return Err(StoreError::not_found(Entity::AgentPolicy, &new.policy_id));
     }
+    super::packages::lock_package(&mut tx, &new.package.name, &new.package.version).await?;
     write_package_policy(&mut tx, false, id, new, now).await?;
     super::packages::write_secrets(&mut tx, id, new).await?;
     bump_policy(&mut tx, &old.policy_id, now).await?;

@@ -14,6 +14,7 @@ mod common;
 mod actions;
 mod agents;
 mod api_keys;
+mod documents;
 mod enrollment_keys;
 mod fleet_agents;
 mod integrations;
@@ -26,7 +27,7 @@ mod policies;
 /// What every resource module uses.
 mod prelude {
     #![allow(unused_imports)]
-    pub(crate) use super::super::{Db, Engine, ENGINE};
+    pub(crate) use super::super::{json_field_path, json_field_sql, Db, Engine, ENGINE};
     pub(crate) use super::common::*;
     pub(crate) use crate::rows::*;
     pub(crate) use async_trait::async_trait;
@@ -166,6 +167,10 @@ impl Store for Engine {
         packages::get_package(self, name, version).await
     }
 
+    async fn package_digest(&self, name: &str, version: &str) -> Result<Option<String>> {
+        packages::package_digest(self, name, version).await
+    }
+
     async fn list_packages(&self) -> Result<Vec<flotilla_store::StoredPackage>> {
         packages::list_packages(self).await
     }
@@ -174,8 +179,49 @@ impl Store for Engine {
         packages::delete_package(self, name, version).await
     }
 
-    async fn policy_secrets(&self, policy_id: &str) -> Result<Vec<(String, String)>> {
+    async fn policy_secrets(&self, policy_id: &str) -> Result<Vec<flotilla_store::SealedSecret>> {
         packages::policy_secrets(self, policy_id).await
+    }
+
+    async fn existing_data_streams(&self, names: &[String]) -> Result<Vec<String>> {
+        documents::existing_data_streams(self, names).await
+    }
+
+    async fn insert_documents(
+        &self,
+        docs: &[flotilla_store::NewDocument],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        documents::insert_documents(self, docs, now).await
+    }
+
+    async fn list_data_streams(&self) -> Result<Vec<flotilla_store::DataStreamStats>> {
+        documents::list_data_streams(self).await
+    }
+
+    async fn search_documents(
+        &self,
+        data_stream: &str,
+        query: &flotilla_store::DocumentQuery,
+        page: Page,
+    ) -> Result<Paged<flotilla_store::StoredDocument>> {
+        documents::search_documents(self, data_stream, query, page).await
+    }
+
+    async fn delete_documents_before(
+        &self,
+        pattern: &str,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64> {
+        documents::delete_documents_before(self, pattern, before, limit).await
+    }
+
+    async fn find_api_keys(
+        &self,
+        filter: &flotilla_store::ApiKeyFilter,
+    ) -> Result<Vec<ApiKeyRecord>> {
+        documents::find_api_keys(self, filter).await
     }
 
     async fn create_enrollment_key(

@@ -3,52 +3,84 @@
 use super::prelude::*;
 use flotilla_store::{Installed, StoredPackage};
 
-const PKG_COLS: &str = "name, version, title, package_type, source, files, installed_at";
+const PKG_COLS: &str = "name, version, title, package_type, source, digest, files, installed_at";
 
 #[tracing::instrument(skip_all, fields(name = %p.name, version = %p.version))]
 pub(super) async fn install_package(s: &Engine, p: &StoredPackage) -> Result<Installed> {
     let mut tx = s.begin_write().await?;
-    let existing: Option<String> =
-        sqlx::query_scalar("SELECT files FROM packages WHERE name = $1 AND version = $2")
-            .bind(&p.name)
-            .bind(&p.version)
-            .fetch_optional(&mut *tx)
-            .await
-            .db()?;
-    if let Some(files) = existing {
-        let same = serde_json::from_str::<std::collections::BTreeMap<String, String>>(&files)
-            .is_ok_and(|f| f == p.files);
-        return if same {
-            Ok(Installed::AlreadyInstalled)
-        } else {
-            Err(StoreError::Conflict(format!(
-                "package {} {} is installed already with other content; a version never changes: \
-                 give the new content a new version",
-                p.name, p.version
-            )))
-        };
-    }
-    sqlx::query(
-        "INSERT INTO packages (name, version, title, package_type, source, files, installed_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    // Instances installing the same folder at once: one inserts, the
+    // others find it there.
+    let inserted = sqlx::query(
+        "INSERT INTO packages (name, version, title, package_type, source, digest, files, installed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name, version) DO NOTHING",
     )
     .bind(&p.name)
     .bind(&p.version)
     .bind(&p.title)
     .bind(&p.package_type)
     .bind(&p.source)
+    .bind(&p.digest)
     .bind(to_json(&p.files))
     .bind(ms(p.installed_at))
     .execute(&mut *tx)
     .await
-    .or_conflict(|| {
-        format!(
-            "package {} {} is being installed already",
+    .db()?
+    .rows_affected();
+    if inserted == 1 {
+        tx.commit().await.db()?;
+        return Ok(Installed::New);
+    }
+    let digest: Option<String> =
+        sqlx::query_scalar("SELECT digest FROM packages WHERE name = $1 AND version = $2")
+            .bind(&p.name)
+            .bind(&p.version)
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?;
+    match digest {
+        Some(d) if d == p.digest => Ok(Installed::AlreadyInstalled),
+        Some(_) => Err(StoreError::Conflict(format!(
+            "package {} {} is installed already with other content; a version never changes: \
+             give the new content a new version",
             p.name, p.version
-        )
-    })?;
-    tx.commit().await.db()?;
-    Ok(Installed::New)
+        ))),
+        None => Err(StoreError::Busy),
+    }
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn package_digest(
+    s: &Engine,
+    name: &str,
+    version: &str,
+) -> Result<Option<String>> {
+    sqlx::query_scalar("SELECT digest FROM packages WHERE name = $1 AND version = $2")
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&s.pool)
+        .await
+        .db()
+}
+
+/// Take the package version's row lock (a no-op UPDATE, portable): an
+/// integration being saved with it and its removal never interleave.
+pub(crate) async fn lock_package(conn: &mut Conn, name: &str, version: &str) -> Result<()> {
+    let n = sqlx::query(
+        "UPDATE packages SET installed_at = installed_at WHERE name = $1 AND version = $2",
+    )
+    .bind(name)
+    .bind(version)
+    .execute(&mut *conn)
+    .await
+    .db()?
+    .rows_affected();
+    if n == 0 {
+        return Err(StoreError::not_found(
+            Entity::Package,
+            &format!("{name}-{version}"),
+        ));
+    }
+    Ok(())
 }
 
 #[tracing::instrument(skip_all)]
@@ -68,7 +100,7 @@ pub(super) async fn get_package(s: &Engine, name: &str, version: &str) -> Result
 #[tracing::instrument(skip_all)]
 pub(super) async fn list_packages(s: &Engine) -> Result<Vec<StoredPackage>> {
     let rows: Vec<PackageRow> = sqlx::query_as(
-        "SELECT name, version, title, package_type, source, '{}' AS files, installed_at \
+        "SELECT name, version, title, package_type, source, digest, '{}' AS files, installed_at \
          FROM packages ORDER BY name, version",
     )
     .fetch_all(&s.pool)
@@ -80,47 +112,56 @@ pub(super) async fn list_packages(s: &Engine) -> Result<Vec<StoredPackage>> {
 #[tracing::instrument(skip_all)]
 pub(super) async fn delete_package(s: &Engine, name: &str, version: &str) -> Result<()> {
     let mut tx = s.begin_write().await?;
-    let deleted = sqlx::query(
-        "DELETE FROM packages WHERE name = $1 AND version = $2 AND NOT EXISTS \
-         (SELECT 1 FROM package_policies WHERE package_name = $1 AND package_version = $2)",
+    // The lock first, the count in its own statement after it: under
+    // PostgreSQL's READ COMMITTED that count sees an integration a
+    // concurrent save committed while we waited.
+    lock_package(&mut tx, name, version).await?;
+    let used: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM package_policies WHERE package_name = $1 AND package_version = $2",
     )
     .bind(name)
     .bind(version)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await
-    .db()?
-    .rows_affected();
-    if deleted == 0 {
-        let used: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM package_policies WHERE package_name = $1 AND package_version = $2",
-        )
+    .db()?;
+    if used > 0 {
+        return Err(StoreError::InUse(format!(
+            "package {name} {version} is used by {used} integration(s); delete or upgrade them first"
+        )));
+    }
+    sqlx::query("DELETE FROM packages WHERE name = $1 AND version = $2")
         .bind(name)
         .bind(version)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await
         .db()?;
-        return Err(if used > 0 {
-            StoreError::InUse(format!(
-                "package {name} {version} is used by {used} integration(s); delete or upgrade them first"
-            ))
-        } else {
-            StoreError::not_found(Entity::Package, &format!("{name}-{version}"))
-        });
-    }
     tx.commit().await.db()?;
     Ok(())
 }
 
 #[tracing::instrument(skip_all)]
-pub(super) async fn policy_secrets(s: &Engine, policy_id: &str) -> Result<Vec<(String, String)>> {
-    sqlx::query_as(
-        "SELECT s.id, s.sealed FROM package_policy_secrets s \
+pub(super) async fn policy_secrets(
+    s: &Engine,
+    policy_id: &str,
+) -> Result<Vec<flotilla_store::SealedSecret>> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT s.package_policy_id, s.id, s.sealed FROM package_policy_secrets s \
          JOIN package_policies p ON p.id = s.package_policy_id WHERE p.policy_id = $1 ORDER BY s.id",
     )
     .bind(policy_id)
     .fetch_all(&s.pool)
     .await
-    .db()
+    .db()?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(package_policy_id, id, sealed)| flotilla_store::SealedSecret {
+                package_policy_id,
+                id,
+                sealed,
+            },
+        )
+        .collect())
 }
 
 /// Store the integration's new secrets and drop those it no longer references.

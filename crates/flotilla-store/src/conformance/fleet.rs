@@ -291,6 +291,7 @@ pub async fn checkins_are_recorded_in_batches(s: S) {
 }
 
 pub async fn changes_reach_subscribers(s: S) {
+    install_nginx(&*s).await;
     let now = Utc::now();
     let mut events = s.subscribe();
     s.create_policy(&policy("p", "P"), now).await.unwrap();

@@ -221,6 +221,7 @@ pub async fn policy_revision_counts_every_change(s: S) {
 }
 
 pub async fn concurrent_policy_updates_lose_nothing(s: S) {
+    install_nginx(&*s).await;
     let now = Utc::now();
     s.create_policy(&policy("p", "P"), now).await.unwrap();
     let mut tasks = Vec::new();
@@ -247,6 +248,7 @@ pub async fn concurrent_policy_updates_lose_nothing(s: S) {
 }
 
 pub async fn integrations_bump_their_policy(s: S) {
+    install_nginx(&*s).await;
     let now = Utc::now();
     s.create_policy(&policy("p", "P"), now).await.unwrap();
     s.create_policy(&policy("q", "Q"), now).await.unwrap();
@@ -342,6 +344,7 @@ fn enrollment_key(id: &str, policy_id: &str) -> EnrollmentApiKey {
 }
 
 pub async fn deleting_a_policy_removes_its_integrations_and_keys(s: S) {
+    install_nginx(&*s).await;
     let now = Utc::now();
     s.create_policy(&policy("p", "P"), now).await.unwrap();
     s.create_package_policy(&integration("i", "p"), now)

@@ -52,7 +52,10 @@ macro_rules! conformance_suite {
             concurrent_acks_have_one_first,
             concurrent_orphaned_reports_have_one_winner,
             packages_install_once_and_are_removed_only_when_unused,
-            integration_secrets_follow_their_references
+            integration_secrets_follow_their_references,
+            documents_are_stored_searched_and_expired,
+            removing_a_package_races_saving_an_integration_on_it,
+            security_api_keys_are_found_by_id_name_and_owner
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -67,11 +70,13 @@ macro_rules! conformance_suite {
     };
 }
 
+mod documents;
 mod fleet;
 mod management;
 mod packages;
 mod races;
 
+pub use documents::*;
 pub use fleet::*;
 pub use management::*;
 pub use packages::*;
@@ -99,6 +104,22 @@ pub fn policy(id: &str, name: &str) -> NewAgentPolicy {
         output_id: None,
         inactivity_timeout: 3600,
     }
+}
+
+/// Install the package the integration fixture names (integrations need
+/// their package version installed).
+pub async fn install_nginx(s: &dyn Store) {
+    let p = crate::StoredPackage {
+        name: "nginx".into(),
+        version: "1.20.0".into(),
+        title: "Nginx".into(),
+        package_type: "integration".into(),
+        source: "builtin".into(),
+        digest: "d-nginx".into(),
+        files: Default::default(),
+        installed_at: Utc::now(),
+    };
+    s.install_package(&p).await.unwrap();
 }
 
 /// An nginx integration fixture (also for engine-specific tests).
@@ -150,6 +171,8 @@ fn key(id: &str, agent: &str, kind: &str) -> ApiKeyRecord {
         created_at: Utc::now(),
         retire_pending: false,
         invalidated_at: None,
+        owner: None,
+        expires_at: None,
     }
 }
 

@@ -14,6 +14,7 @@ fn package(name: &str, version: &str, manifest: &str) -> StoredPackage {
         title: "Demo".into(),
         package_type: "integration".into(),
         source: "upload".into(),
+        digest: format!("digest-of-{manifest}"),
         files: BTreeMap::from([("manifest.yml".to_owned(), manifest.to_owned())]),
         installed_at: Utc::now(),
     }
@@ -30,6 +31,7 @@ pub async fn packages_install_once_and_are_removed_only_when_unused(s: S) {
     );
     let mut other = p.clone();
     other.files.insert("changelog.yml".into(), "x".into());
+    other.digest = "another digest".into();
     assert!(matches!(
         s.install_package(&other).await,
         Err(StoreError::Conflict(_))
@@ -37,6 +39,11 @@ pub async fn packages_install_once_and_are_removed_only_when_unused(s: S) {
     let newer = package("nginx", "1.21.0", "name: nginx\nversion: 1.21.0\n");
     s.install_package(&newer).await.unwrap();
 
+    assert_eq!(
+        s.package_digest("nginx", "1.20.0").await.unwrap(),
+        Some(p.digest.clone())
+    );
+    assert_eq!(s.package_digest("nginx", "0.0.1").await.unwrap(), None);
     let got = s.get_package("nginx", "1.20.0").await.unwrap();
     assert_eq!(got.files, p.files);
     assert_eq!(got.source, "upload");
@@ -76,9 +83,27 @@ pub async fn packages_install_once_and_are_removed_only_when_unused(s: S) {
         })
     ));
     assert!(s.list_packages().await.unwrap().is_empty());
+    // An integration needs its package version installed.
+    assert!(matches!(
+        s.create_package_policy(&integration("j", "p"), now).await,
+        Err(StoreError::NotFound {
+            entity: Entity::Package,
+            ..
+        })
+    ));
+}
+
+fn pairs(v: Vec<crate::SealedSecret>) -> Vec<(String, String)> {
+    v.into_iter()
+        .map(|s| {
+            assert_eq!(s.package_policy_id, "i");
+            (s.id, s.sealed)
+        })
+        .collect()
 }
 
 pub async fn integration_secrets_follow_their_references(s: S) {
+    install_nginx(&*s).await;
     let now = Utc::now();
     s.create_policy(&policy("p", "P"), now).await.unwrap();
     let mut new = integration("i", "p");
@@ -99,7 +124,7 @@ pub async fn integration_secrets_follow_their_references(s: S) {
     let pp = s.create_package_policy(&new, now).await.unwrap();
     assert_eq!(pp.secret_references, new.secret_references);
     assert_eq!(
-        s.policy_secrets("p").await.unwrap(),
+        pairs(s.policy_secrets("p").await.unwrap()),
         vec![
             ("s1".to_owned(), "sealed-1".to_owned()),
             ("s2".to_owned(), "sealed-2".to_owned())
@@ -119,7 +144,7 @@ pub async fn integration_secrets_follow_their_references(s: S) {
         .await
         .unwrap();
     assert_eq!(
-        s.policy_secrets("p").await.unwrap(),
+        pairs(s.policy_secrets("p").await.unwrap()),
         vec![
             ("s1".to_owned(), "sealed-1".to_owned()),
             ("s3".to_owned(), "sealed-3".to_owned())

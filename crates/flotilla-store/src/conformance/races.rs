@@ -88,6 +88,7 @@ pub async fn deleting_an_output_races_making_it_default(s: S) {
 }
 
 pub async fn deleting_an_integration_races_moving_it(s: S) {
+    install_nginx(&*s).await;
     let now = Utc::now();
     for round in 0..RACES {
         let (from, to, id) = (
@@ -175,5 +176,33 @@ pub async fn concurrent_orphaned_reports_have_one_winner(s: S) {
             ok, 1,
             "round {round}: a second orphaned report is a conflict"
         );
+    }
+}
+
+/// Removing a package races saving an integration on it: never an
+/// integration left on a removed package.
+pub async fn removing_a_package_races_saving_an_integration_on_it(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    for round in 0..RACES {
+        install_nginx(&*s).await;
+        let id = format!("i{round}");
+        let (s1, s2) = (s.clone(), s.clone());
+        let new = integration(&id, "p");
+        let create = tokio::spawn(async move { s1.create_package_policy(&new, now).await });
+        let remove = tokio::spawn(async move { s2.delete_package("nginx", "1.20.0").await });
+        let created = create.await.unwrap();
+        let removed = remove.await.unwrap();
+        let installed = s.package_digest("nginx", "1.20.0").await.unwrap().is_some();
+        let exists = s.get_package_policy(&id).await.is_ok();
+        assert!(
+            !exists || installed,
+            "round {round}: an integration on a removed package"
+        );
+        assert_eq!(exists, created.is_ok(), "round {round}: {created:?}");
+        assert_eq!(installed, removed.is_err(), "round {round}: {removed:?}");
+        if exists {
+            s.delete_package_policy(&id, now).await.unwrap();
+        }
     }
 }

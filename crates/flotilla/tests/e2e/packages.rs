@@ -396,6 +396,23 @@ async fn secret_variables_are_sealed_and_reach_only_the_agent() {
         json!([{"id": secret_id}])
     );
 
+    // Another integration cannot name that secret to have it delivered.
+    let (st, e) = s
+        .post(
+            "/api/fleet/package_policies",
+            json!({"name": "thief", "policy_id": "p", "package": {"name": "system", "version": "1.53.0"},
+                   "inputs": {"system-httpjson": {"enabled": true,
+                       "vars": {"url": "https://splunk:8089", "password": "mine",
+                                "username": format!("$co.elastic.secret{{{secret_id}}}")},
+                       "streams": {"system.security": {"enabled": true}}}}}),
+        )
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("does not hold"),
+        "{e}"
+    );
+
     // An update that leaves the password alone keeps the same secret.
     let (st, upd) = s
         .put(

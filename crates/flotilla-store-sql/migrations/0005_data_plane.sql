@@ -1,0 +1,22 @@
+-- The embedded output: data streams and their documents.
+CREATE TABLE data_streams (
+    name       TEXT PRIMARY KEY,
+    created_at BIGINT NOT NULL
+);
+
+-- One row per document; `ts` is its @timestamp (epoch ms) for time-range
+-- search and retention, `doc` the JSON source as sent (with @timestamp).
+CREATE TABLE documents (
+    id          TEXT PRIMARY KEY,
+    data_stream TEXT NOT NULL REFERENCES data_streams (name) ON DELETE CASCADE,
+    ts          BIGINT NOT NULL,
+    doc         TEXT NOT NULL,
+    ingested_at BIGINT NOT NULL
+);
+CREATE INDEX documents_stream_ts ON documents (data_stream, ts);
+
+-- Keys created through the Elasticsearch security API: who created them
+-- (an API key id, or `operator:<id>`) and when they expire.
+ALTER TABLE api_keys ADD COLUMN owner TEXT;
+ALTER TABLE api_keys ADD COLUMN expires_at BIGINT;
+CREATE INDEX api_keys_name ON api_keys (name);
