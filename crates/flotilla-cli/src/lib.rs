@@ -7,6 +7,7 @@
 mod agents;
 mod apikey;
 mod client;
+mod data;
 mod integration;
 mod output;
 mod package;
@@ -20,6 +21,7 @@ use clap::{Args, Subcommand};
 pub use agents::AgentsCmd;
 pub use apikey::ApikeyCmd;
 pub use client::Client;
+pub use data::DataCmd;
 pub use integration::IntegrationCmd;
 pub use output::OutputCmd;
 pub use package::PackageCmd;
@@ -70,6 +72,8 @@ pub enum Command {
     Integration(Noun<IntegrationCmd>),
     /// Installed packages (Elastic's package format).
     Package(Noun<PackageCmd>),
+    /// The embedded output's data streams: list, search, tail.
+    Data(Noun<DataCmd>),
     /// Enrollment tokens.
     Token(Noun<TokenCmd>),
     /// Enrolled agents.
@@ -94,6 +98,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Policy(n) => (n.opts.clone(), policy::run(&n.opts, n.verb).await?),
         Command::Integration(n) => (n.opts.clone(), integration::run(&n.opts, n.verb).await?),
         Command::Package(n) => (n.opts.clone(), package::run(&n.opts, n.verb).await?),
+        Command::Data(n) => (n.opts.clone(), data::run(&n.opts, n.verb).await?),
         Command::Token(n) => (n.opts.clone(), token::run(&n.opts, n.verb).await?),
         Command::Agents(n) => (n.opts.clone(), agents::run(&n.opts, n.verb).await?),
         Command::Output(n) => (n.opts.clone(), output::run(&n.opts, n.verb).await?),

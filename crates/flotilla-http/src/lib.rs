@@ -39,6 +39,8 @@ use crate::error::ApiError;
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_body_bytes: usize,
+    /// `_bulk` bodies (after decompression).
+    pub max_bulk_bytes: usize,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
 }
@@ -47,6 +49,7 @@ impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             max_body_bytes: 1024 * 1024,
+            max_bulk_bytes: 100 << 20,
             request_timeout: Duration::from_secs(60),
             max_concurrent_requests: 1024,
         }
@@ -125,6 +128,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         checkin: max,
         ack: max.saturating_mul(2),
         audit: 1024,
+        bulk: limits.max_bulk_bytes,
     };
 
     // Ordinary requests: bounded in time, and in number by one semaphore

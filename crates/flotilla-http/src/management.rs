@@ -137,6 +137,8 @@ pub fn router() -> OpenApiRouter<AppState> {
             delete_package_policy
         ))
         .routes(routes!(list_packages))
+        .routes(routes!(list_data_streams))
+        .routes(routes!(search_data_stream))
         .routes(routes!(get_latest_package))
         .routes(routes!(get_package, delete_package))
         .merge(OpenApiRouter::new().routes(routes!(install_package)).layer(
@@ -532,6 +534,158 @@ async fn delete_package(
         .remove_package(&name, &version)
         .await?;
     Ok(Json(Items { items: vec![] }))
+}
+
+// --- data streams (the embedded output) -------------------------------------------
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct DataStreamView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub stream_type: String,
+    pub dataset: String,
+    pub namespace: String,
+    pub documents: u64,
+    pub size_bytes: u64,
+    pub last_event: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct DocumentView {
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(rename = "_index")]
+    pub index: String,
+    #[serde(rename = "@timestamp")]
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    #[serde(rename = "_source")]
+    #[schema(value_type = Object)]
+    pub source: serde_json::Value,
+}
+
+#[utoipa::path(get, path = "/api/fleet/data_streams", tag = "data",
+    responses((status = 200, description = "The embedded output's data streams", body = Items<DataStreamView>)))]
+async fn list_data_streams(
+    _: Operator,
+    State(s): State<AppState>,
+) -> ApiResult<Json<Items<DataStreamView>>> {
+    let items = s
+        .services
+        .management()
+        .list_data_streams()
+        .await?
+        .into_iter()
+        .map(|d| {
+            let mut parts = d.name.splitn(3, '-');
+            let (t, ds, ns) = (
+                parts.next().unwrap_or_default().to_owned(),
+                parts.next().unwrap_or_default().to_owned(),
+                parts.next().unwrap_or_default().to_owned(),
+            );
+            DataStreamView {
+                name: d.name,
+                stream_type: t,
+                dataset: ds,
+                namespace: ns,
+                documents: d.documents,
+                size_bytes: d.size_bytes,
+                last_event: d.last_event,
+                created_at: d.created_at,
+            }
+        })
+        .collect();
+    Ok(Json(Items { items }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    page: Option<u32>,
+    #[serde(rename = "perPage")]
+    #[param(rename = "perPage")]
+    per_page: Option<u32>,
+    /// Inclusive lower bound on `@timestamp` (RFC 3339).
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Exclusive upper bound on `@timestamp` (RFC 3339).
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    /// Case-insensitive text anywhere in the document.
+    q: Option<String>,
+    /// `field=value` pairs, comma-separated (dotted fields are nested).
+    #[serde(rename = "match")]
+    #[param(rename = "match")]
+    matches: Option<String>,
+    /// `desc` (newest first, the default) or `asc`.
+    sort: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/fleet/data_streams/{name}/_search", tag = "data",
+    params(("name" = String, Path, description = "The data stream"), SearchQuery),
+    responses((status = 200, body = List<DocumentView>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn search_data_stream(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<List<DocumentView>>> {
+    let p = page(q.page, q.per_page)?;
+    let mut matches = Vec::new();
+    for pair in q
+        .matches
+        .iter()
+        .flat_map(|m| m.split(','))
+        .filter(|p| !p.is_empty())
+    {
+        let Some((field, value)) = pair.split_once('=') else {
+            return Err(ApiError::bad_request(format!(
+                "[match]: '{pair}' is not field=value"
+            )));
+        };
+        if field.is_empty() || field.len() > 256 {
+            return Err(ApiError::bad_request(
+                "[match]: a field name is 1-256 characters",
+            ));
+        }
+        matches.push((field.to_owned(), value.to_owned()));
+    }
+    let ascending = match q.sort.as_deref() {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "[sort]: '{other}' is not asc or desc"
+            )))
+        }
+    };
+    let query = flotilla_store::DocumentQuery {
+        from: q.from,
+        to: q.to,
+        text: q.q,
+        matches,
+        ascending,
+    };
+    let found = s
+        .services
+        .management()
+        .search_data_stream(&name, &query, p)
+        .await?;
+    Ok(list(
+        Paged {
+            total: found.total,
+            items: found
+                .items
+                .into_iter()
+                .map(|d| DocumentView {
+                    id: d.id,
+                    index: d.data_stream,
+                    timestamp: d.timestamp,
+                    source: d.source,
+                })
+                .collect(),
+        },
+        p,
+    ))
 }
 
 // --- enrollment keys -----------------------------------------------------------

@@ -11,9 +11,11 @@ pub mod crypto;
 pub mod error;
 pub mod fleet;
 pub mod full_policy;
+pub mod ingest;
 pub mod keys;
 pub mod management;
 pub mod packages;
+pub mod retention;
 pub mod secrets;
 pub mod settings;
 

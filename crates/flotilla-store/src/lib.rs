@@ -33,6 +33,7 @@ pub enum Entity {
     Agent,
     OperatorKey,
     Package,
+    DataStream,
 }
 
 impl std::fmt::Display for Entity {
@@ -45,6 +46,7 @@ impl std::fmt::Display for Entity {
             Entity::Agent => "agent",
             Entity::OperatorKey => "API key",
             Entity::Package => "package",
+            Entity::DataStream => "data stream",
         })
     }
 }
@@ -496,7 +498,8 @@ pub trait Store: Send + Sync + 'static {
         page: Page,
     ) -> Result<Paged<StoredDocument>>;
     /// Delete at most `limit` documents of streams matching `pattern`
-    /// (SQL LIKE, `%` wildcards) older than `before`; how many went.
+    /// (SQL LIKE with `\` escaping, `%` wildcards) older than `before`;
+    /// how many went.
     async fn delete_documents_before(
         &self,
         pattern: &str,

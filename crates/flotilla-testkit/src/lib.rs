@@ -300,3 +300,4 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 pub mod kibana;
+pub mod python;

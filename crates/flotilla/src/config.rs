@@ -28,6 +28,7 @@ const KEYS: &[&str] = &[
     "http",
     "fleet",
     "static_enrollment_tokens",
+    "data",
 ];
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -54,6 +55,45 @@ pub struct Config {
     pub http: HttpConfig,
     pub fleet: FleetConfig,
     pub static_enrollment_tokens: StaticTokensConfig,
+    pub data: DataConfig,
+}
+
+/// The embedded output's data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// How long documents are kept, unless a rule says otherwise.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Per data stream pattern (`*` wildcards), the first match wins.
+    pub retention_rules: Vec<RetentionRuleConfig>,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleConfig {
+    pub pattern: String,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl DataConfig {
+    pub fn retention(&self) -> flotilla_service::retention::Retention {
+        flotilla_service::retention::Retention {
+            default: self.retention,
+            rules: self
+                .retention_rules
+                .iter()
+                .map(|r| flotilla_service::retention::RetentionRule {
+                    pattern: r.pattern.clone(),
+                    keep: r.retention,
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +182,7 @@ impl std::fmt::Debug for Config {
             .field("http", &self.http)
             .field("fleet", &self.fleet)
             .field("static_enrollment_tokens", &self.static_enrollment_tokens)
+            .field("data", &self.data)
             .finish()
     }
 }
@@ -166,6 +207,8 @@ pub enum LogFormat {
 pub struct HttpConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Largest `_bulk` body accepted (the embedded output's ingest), in bytes.
+    pub max_bulk_bytes: usize,
     /// Longest a (non-long-poll) request may take.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -211,12 +254,18 @@ impl Default for Config {
                 output_key_cluster_ceiling: vec!["monitor".into()],
             },
             static_enrollment_tokens: StaticTokensConfig::default(),
+            data: DataConfig {
+                retention: Duration::from_secs(7 * 24 * 3600),
+                retention_rules: vec![],
+                retention_interval: Duration::from_secs(600),
+            },
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Pretty,
             },
             http: HttpConfig {
                 max_body_bytes: 1024 * 1024,
+                max_bulk_bytes: 100 << 20,
                 request_timeout: Duration::from_secs(60),
                 max_concurrent_requests: 1024,
                 shutdown_drain: Duration::from_secs(10),
@@ -264,6 +313,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.data.retention_interval < Duration::from_secs(1) {
+            bail!("invalid configuration: data.retention_interval must be at least 1s");
+        }
+        if self
+            .data
+            .retention_rules
+            .iter()
+            .any(|r| r.pattern.is_empty())
+        {
+            bail!("invalid configuration: data.retention_rules: a pattern must not be empty");
+        }
         if let Some(key) = &self.admin_api_key {
             if key.expose_secret().chars().count() < 32 {
                 bail!("invalid configuration: admin_api_key (FLOTILLA_ADMIN_API_KEY) must be at least 32 characters");

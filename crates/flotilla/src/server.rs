@@ -72,11 +72,18 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     let limits = HttpLimits {
         max_body_bytes: config.http.max_body_bytes,
+        max_bulk_bytes: config.http.max_bulk_bytes,
         request_timeout: config.http.request_timeout,
         max_concurrent_requests: config.http.max_concurrent_requests,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));
+    let retention = tokio::spawn(enforce_retention(
+        services.clone(),
+        config.data.retention(),
+        config.data.retention_interval,
+        stop_rx.clone(),
+    ));
     let app_services = services.clone();
     let app = flotilla_http::app(AppState::new(services, stop_rx.clone()), &limits);
     // Handlers are installed before the ready line, so a signal sent the
@@ -98,6 +105,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     flotilla_http::serve(listener, app, stop_rx, conn_limits).await?;
     let _ = flusher.await;
+    retention.abort();
     // Check-ins that finished while draining.
     if let Err(e) = services_for_flush.fleet().flush_checkins().await {
         tracing::warn!(error = %e, "could not write the last buffered check-ins");
@@ -154,6 +162,30 @@ fn fit_connections_to_fd_limit(wanted: Option<usize>) -> usize {
     wanted.unwrap_or(DEFAULT_MAX_CONNECTIONS)
 }
 
+/// Delete the embedded output's documents past their retention, on a timer
+/// (every instance does; deleting what is gone is harmless).
+async fn enforce_retention(
+    services: Services,
+    retention: flotilla_service::retention::Retention,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = services
+            .enforce_retention(&retention, chrono::Utc::now())
+            .await
+        {
+            tracing::warn!(error = %e, "could not enforce data retention");
+        }
+    }
+}
+
 /// Write buffered heartbeats on a timer, and once more at shutdown.
 async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(services.settings.checkin_flush_interval);
@@ -172,8 +204,6 @@ async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiv
     }
 }
 
-/// With SQLite and no configured key, the sealing key lives beside the
-/// database (mode 0600), generated on first start.
 /// Install every `<name>-<version>/` folder of the configured packages
 /// directory; a bad package stops the start, naming its folder.
 async fn install_packages_dir(services: &Services, dir: &std::path::Path) -> Result<()> {
@@ -200,6 +230,8 @@ async fn install_packages_dir(services: &Services, dir: &std::path::Path) -> Res
     Ok(())
 }
 
+/// With SQLite and no configured key, the sealing key lives beside the
+/// database (mode 0600), generated on first start.
 fn local_encryption_key(data_dir: &std::path::Path) -> Result<String> {
     let path = data_dir.join("encryption.key");
     match std::fs::read_to_string(&path) {

@@ -21,6 +21,7 @@ use flotilla_service::fleet::{AckOutcome, FleetError, FleetErrorKind};
 
 use crate::AppState;
 
+mod es;
 mod long_polls;
 mod security;
 
@@ -293,6 +294,41 @@ pub struct FleetLimits {
     pub checkin: usize,
     pub ack: usize,
     pub audit: usize,
+    pub bulk: usize,
+}
+
+/// The Elasticsearch-compatible routes: every answer carries
+/// `X-Elastic-Product: Elasticsearch`.
+fn es_router(limits: FleetLimits) -> Router<AppState> {
+    use axum::routing::{any, delete as delete_route};
+    Router::new()
+        .route("/", get(es::root).head(es::root))
+        .route(
+            "/_bulk",
+            any(move |s: State<AppState>, r: Request| es::bulk(s, r, limits.bulk)),
+        )
+        .route(
+            "/{index}/_bulk",
+            any(
+                move |s: State<AppState>, p: axum::extract::Path<String>, r: Request| {
+                    es::bulk_index(s, p, r, limits.bulk)
+                },
+            ),
+        )
+        .route("/_security/_authenticate", get(authenticate))
+        .route(
+            "/_security/user/_has_privileges",
+            post(has_privileges).get(has_privileges),
+        )
+        .route(
+            "/_security/api_key",
+            post(es::create_api_key)
+                .put(es::create_api_key)
+                .get(es::get_api_keys)
+                .merge(delete_route(es::invalidate_api_keys)),
+        )
+        .route("/_security/api_key/grant", post(es::grant_api_key))
+        .layer(middleware::map_response(es::product_header))
 }
 
 /// Routes with ordinary request durations.
@@ -313,11 +349,7 @@ pub fn router(limits: FleetLimits) -> Router<AppState> {
                 audit_unenroll(s, p, r, limits.audit)
             }),
         )
-        .route("/_security/_authenticate", get(authenticate))
-        .route(
-            "/_security/user/_has_privileges",
-            post(has_privileges).get(has_privileges),
-        )
+        .merge(es_router(limits))
         .layer(middleware::from_fn(api_version))
 }
 

@@ -45,6 +45,31 @@ async fn authenticated_key(
     }
 }
 
+/// The principal of an Elasticsearch-API request: an API key, or an
+/// operator key (operators manage keys through the security API too).
+pub(super) async fn authenticated_principal(
+    s: &AppState,
+    headers: &HeaderMap,
+) -> Result<flotilla_service::keys::Principal, Response> {
+    let Ok(cred) = credential(headers) else {
+        return Err(security_error(
+            StatusCode::UNAUTHORIZED,
+            "missing authentication credentials",
+        ));
+    };
+    match s.services.keys().principal_for(&cred).await {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err(security_error(
+            StatusCode::UNAUTHORIZED,
+            "unable to authenticate with provided credentials",
+        )),
+        Err(_) => Err(security_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authentication unavailable",
+        )),
+    }
+}
+
 pub(super) async fn authenticate(State(s): State<AppState>, headers: HeaderMap) -> Response {
     match authenticated_key(&s, &headers).await {
         Ok(key) => Json(json!({

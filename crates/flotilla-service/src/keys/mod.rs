@@ -18,8 +18,10 @@ use flotilla_store::{ApiKeyRecord, KeyKind, Store};
 use crate::secrets::{ct_eq, hash_token, random_alphanumeric};
 
 mod privileges;
+mod user;
 use crate::ServiceError;
 pub use privileges::{HasPrivilegesRequest, TooManyChecks, MAX_NAME_BYTES, MAX_PRIVILEGE_CHECKS};
+pub use user::{CreateKey, CreatedKey, KeyError, KeyInfo, Principal};
 
 /// A freshly minted key: its record (to store) and its plain `id:secret`.
 pub struct MintedKey {

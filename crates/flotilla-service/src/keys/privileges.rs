@@ -1,6 +1,6 @@
 //! `_has_privileges`: what a key's role descriptors grant, answered in
-//! Elasticsearch's shape. Output and access keys carry index privileges
-//! only, so every cluster or application privilege asked about is refused.
+//! Elasticsearch's shape: index and cluster privileges as the key's role
+//! descriptors grant them; application privileges are never granted.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -110,8 +110,13 @@ impl KeyService {
         let mut cluster = serde_json::Map::new();
         for p in &request.cluster {
             asked = true;
-            all = false;
-            cluster.insert(p.clone(), Value::Bool(false));
+            let held = granted.as_ref().is_some_and(|g| {
+                g.0.values()
+                    .flat_map(|r| &r.cluster)
+                    .any(|c| c == p || c == "all")
+            });
+            all &= held;
+            cluster.insert(p.clone(), Value::Bool(held));
         }
         let mut application = serde_json::Map::new();
         for entry in &request.application {

@@ -3,6 +3,7 @@
 
 mod agents;
 mod bootstrap;
+mod data;
 mod enrollment_keys;
 mod integrations;
 mod packages;

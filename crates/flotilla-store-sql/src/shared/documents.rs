@@ -179,8 +179,8 @@ pub(super) async fn delete_documents_before(
 ) -> Result<u64> {
     let mut tx = s.begin_write().await?;
     let n = sqlx::query(
-        "DELETE FROM documents WHERE id IN (SELECT id FROM documents WHERE data_stream LIKE $1 AND ts < $2 \
-         ORDER BY ts LIMIT $3)",
+        "DELETE FROM documents WHERE id IN (SELECT id FROM documents WHERE data_stream LIKE $1 ESCAPE '\\' \
+         AND ts < $2 ORDER BY ts LIMIT $3)",
     )
     .bind(pattern)
     .bind(ms(before))

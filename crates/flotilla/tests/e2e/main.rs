@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod es;
 mod fleet;
 mod hostile;
 mod management;
