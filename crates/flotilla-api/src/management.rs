@@ -32,6 +32,19 @@ pub struct CreateOutput {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub is_default: bool,
+    /// Elasticsearch outputs on an existing cluster: the credential agents'
+    /// keys are managed with there. Write-only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub secrets: Option<OutputSecrets>,
+}
+
+/// An output's secrets (never returned).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSecrets {
+    /// `base64(id:secret)` of an API key allowed to manage API keys in the
+    /// cluster (`manage_api_key`, or a Flotilla operator key).
+    pub api_key: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
@@ -45,6 +58,14 @@ pub struct UpdateOutput {
     pub hosts: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub is_default: Option<bool>,
+    /// `null` returns key management to Flotilla's own key service.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "double_option"
+    )]
+    #[schema(value_type = Option<OutputSecrets>)]
+    pub secrets: Option<Option<OutputSecrets>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]

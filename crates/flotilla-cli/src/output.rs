@@ -43,6 +43,11 @@ pub enum OutputCmd {
         /// Make it the default output.
         #[arg(long)]
         default: bool,
+        /// An existing Elasticsearch cluster: a file holding the API key
+        /// (`base64(id:secret)`, allowed to manage API keys there) that
+        /// agents' keys are minted with in that cluster.
+        #[arg(long, value_name = "FILE")]
+        cluster_api_key_file: Option<std::path::PathBuf>,
     },
     /// List outputs.
     List {
@@ -71,6 +76,7 @@ const OUTPUT_COLS: Columns = &[
     ("TYPE", "type"),
     ("HOSTS", "hosts"),
     ("DEFAULT", "is_default"),
+    ("REMOTE KEYS", "remote_key_management"),
 ];
 
 pub(crate) async fn run(opts: &ClientOpts, cmd: OutputCmd) -> Result<View> {
@@ -82,13 +88,24 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: OutputCmd) -> Result<View> {
             output_type,
             hosts,
             default,
+            cluster_api_key_file,
         } => {
+            let secrets = cluster_api_key_file
+                .map(|f| {
+                    std::fs::read_to_string(&f)
+                        .map(|k| flotilla_api::management::OutputSecrets {
+                            api_key: k.trim().to_owned(),
+                        })
+                        .map_err(|e| anyhow!("cannot read {}: {e}", f.display()))
+                })
+                .transpose()?;
             let body = CreateOutput {
                 id,
                 name,
                 output_type: output_type.into(),
                 hosts,
                 is_default: default,
+                secrets,
             };
             view(c.post(OUTPUTS, &body).await?, OUTPUT_COLS)
         }
@@ -105,6 +122,7 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: OutputCmd) -> Result<View> {
                 output_type: None,
                 hosts: (!hosts.is_empty()).then_some(hosts),
                 is_default: default.then_some(true),
+                secrets: None,
             };
             if body.name.is_none() && body.hosts.is_none() && body.is_default.is_none() {
                 return Err(anyhow!(

@@ -85,6 +85,10 @@ pub struct Agent {
     /// The policy and revision the agent last said it runs.
     pub reported_policy_id: Option<String>,
     pub reported_policy_revision: Option<i64>,
+    /// Why its output key could not be minted or rotated (in the output's
+    /// cluster), until a mint succeeds; it keeps its current key meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key_error: Option<String>,
     pub enrolled_at: DateTime<Utc>,
     pub unenrollment_started_at: Option<DateTime<Utc>>,
     pub unenrolled_at: Option<DateTime<Utc>>,

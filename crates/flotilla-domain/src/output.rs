@@ -41,6 +41,10 @@ pub struct Output {
     pub output_type: OutputType,
     pub hosts: Vec<String>,
     pub is_default: bool,
+    /// Agents' keys are minted in the cluster behind `hosts` (a credential
+    /// is configured for it), not by Flotilla's own key service.
+    #[serde(default)]
+    pub remote_key_management: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -20,3 +20,15 @@ CREATE INDEX documents_stream_ts ON documents (data_stream, ts);
 ALTER TABLE api_keys ADD COLUMN owner TEXT;
 ALTER TABLE api_keys ADD COLUMN expires_at BIGINT;
 CREATE INDEX api_keys_name ON api_keys (name);
+
+-- An Elasticsearch output on an existing cluster: the credential Flotilla
+-- manages agents' keys there with (sealed, the output id as associated
+-- data). Keys minted there are recorded here too, with the output they
+-- live on, and when the cluster confirmed their invalidation.
+ALTER TABLE outputs ADD COLUMN key_credential TEXT;
+ALTER TABLE api_keys ADD COLUMN remote_output TEXT;
+ALTER TABLE api_keys ADD COLUMN remote_invalidated_at BIGINT;
+CREATE INDEX api_keys_remote_pending ON api_keys (remote_output, remote_invalidated_at);
+-- Why the agent's output key could not be minted or rotated (the cluster's
+-- error), until a mint succeeds.
+ALTER TABLE agents ADD COLUMN output_key_error TEXT;

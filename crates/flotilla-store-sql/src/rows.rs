@@ -82,6 +82,7 @@ pub(crate) struct OutputRow {
     output_type: String,
     hosts: String,
     is_default: bool,
+    remote_keys: bool,
     created_at: i64,
     updated_at: i64,
 }
@@ -96,6 +97,7 @@ impl TryFrom<OutputRow> for Output {
             id: r.id,
             name: r.name,
             is_default: r.is_default,
+            remote_key_management: r.remote_keys,
             created_at: from_ms(r.created_at),
             updated_at: from_ms(r.updated_at),
         })
@@ -233,6 +235,7 @@ pub(crate) struct AgentRow {
     components: Option<String>,
     reported_policy_id: Option<String>,
     reported_policy_revision: Option<i64>,
+    output_key_error: Option<String>,
     status: String,
 }
 
@@ -250,6 +253,7 @@ impl AgentRow {
             agent_version: self.agent_version,
             reported_policy_id: self.reported_policy_id,
             reported_policy_revision: self.reported_policy_revision,
+            output_key_error: self.output_key_error,
             id: self.id,
             policy_id: self.policy_id,
             policy_revision: self.policy_revision,
@@ -322,11 +326,12 @@ pub(crate) struct ApiKeyRow {
     invalidated_at: Option<i64>,
     owner: Option<String>,
     expires_at: Option<i64>,
+    remote_output: Option<String>,
 }
 
 pub(crate) const API_KEY_COLS: &str =
     "id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, retire_pending, invalidated_at, \
-     owner, expires_at";
+     owner, expires_at, remote_output";
 
 impl TryFrom<ApiKeyRow> for flotilla_store::ApiKeyRecord {
     type Error = StoreError;
@@ -345,6 +350,7 @@ impl TryFrom<ApiKeyRow> for flotilla_store::ApiKeyRecord {
             invalidated_at: r.invalidated_at.map(from_ms),
             owner: r.owner,
             expires_at: r.expires_at.map(from_ms),
+            remote_output: r.remote_output,
         })
     }
 }

@@ -280,6 +280,9 @@ pub struct ApiKeyRecord {
     /// `operator:<id>`); `None` for keys the fleet mints.
     pub owner: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// A key minted in an output's cluster (its id there): invalidating it
+    /// locally is followed by invalidating it there.
+    pub remote_output: Option<String>,
 }
 
 /// What a key is for.
@@ -506,6 +509,23 @@ pub trait Store: Send + Sync + 'static {
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64>;
+
+    // --- keys in an existing cluster -------------------------------------------
+    /// Set (or clear) the sealed credential agents' keys are managed with
+    /// in the output's cluster; bumps the policies on the output.
+    async fn set_output_key_credential(
+        &self,
+        output_id: &str,
+        sealed: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Output>;
+    async fn output_key_credential(&self, output_id: &str) -> Result<Option<String>>;
+    /// Why the agent's key could not be minted (cleared by `set_output_key`).
+    async fn set_output_key_error(&self, agent_id: &str, error: &str) -> Result<()>;
+    /// Keys invalidated here that their cluster has not confirmed:
+    /// (key id, output id).
+    async fn remote_keys_to_invalidate(&self, limit: u32) -> Result<Vec<(String, String)>>;
+    async fn mark_remote_invalidated(&self, ids: &[String], now: DateTime<Utc>) -> Result<()>;
 
     // --- keys created through the security API ------------------------------
     async fn find_api_keys(&self, filter: &ApiKeyFilter) -> Result<Vec<ApiKeyRecord>>;

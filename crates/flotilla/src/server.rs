@@ -78,6 +78,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));
+    let remote_keys = tokio::spawn(invalidate_remote_keys(services.clone(), stop_rx.clone()));
     let retention = tokio::spawn(enforce_retention(
         services.clone(),
         config.data.retention(),
@@ -106,6 +107,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     flotilla_http::serve(listener, app, stop_rx, conn_limits).await?;
     let _ = flusher.await;
     retention.abort();
+    remote_keys.abort();
     // Check-ins that finished while draining.
     if let Err(e) = services_for_flush.fleet().flush_checkins().await {
         tracing::warn!(error = %e, "could not write the last buffered check-ins");
@@ -160,6 +162,22 @@ fn fit_connections_to_fd_limit(wanted: Option<usize>) -> usize {
     }
     #[cfg(not(unix))]
     wanted.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+}
+
+/// Keys invalidated here that live in an output's cluster are invalidated
+/// there, retried until the cluster confirms.
+async fn invalidate_remote_keys(services: Services, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = services.fleet().invalidate_remote_keys().await {
+            tracing::warn!(error = %e, "could not invalidate keys in outputs' clusters");
+        }
+    }
 }
 
 /// Delete the embedded output's documents past their retention, on a timer

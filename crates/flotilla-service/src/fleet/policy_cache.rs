@@ -20,6 +20,8 @@ pub struct CachedPolicy {
     pub permissions_hash: String,
     /// Only Elasticsearch outputs take API keys; others get none.
     pub takes_api_key: bool,
+    /// The output's cluster, when agents' keys are minted there.
+    pub remote: Option<crate::keys::remote::RemoteCluster>,
     pub document: Value,
 }
 
@@ -59,6 +61,95 @@ fn substitute(v: &mut Value, values: &HashMap<String, String>) {
 }
 
 impl Fleet<'_> {
+    /// The cluster an output mints agents' keys in, if it has a credential.
+    pub(crate) async fn remote_cluster(
+        &self,
+        output_id: &str,
+        hosts: Vec<String>,
+    ) -> std::result::Result<Option<crate::keys::remote::RemoteCluster>, crate::ServiceError> {
+        let Some(sealed) = self.store.output_key_credential(output_id).await? else {
+            return Ok(None);
+        };
+        let plain = self
+            .sealer
+            .open(
+                &sealed,
+                &crate::management::output_credential_aad(output_id),
+            )
+            .map_err(|_| {
+                tracing::error!(
+                    output_id,
+                    "the output's cluster credential does not open with this server's key"
+                );
+                crate::ServiceError::Internal(
+                    "the output's cluster credential cannot be read".into(),
+                )
+            })?;
+        Ok(Some(crate::keys::remote::RemoteCluster {
+            output_id: output_id.to_owned(),
+            hosts,
+            credential: secrecy::SecretString::from(String::from_utf8_lossy(&plain).into_owned()),
+        }))
+    }
+
+    /// Invalidate in their clusters the keys invalidated here (after an
+    /// ack, a rotation or an unenrolment); what fails is tried again next
+    /// time. How many the clusters confirmed.
+    pub async fn invalidate_remote_keys(&self) -> std::result::Result<usize, crate::ServiceError> {
+        let pending = self.store.remote_keys_to_invalidate(500).await?;
+        let mut by_output: HashMap<String, Vec<String>> = HashMap::new();
+        for (id, output) in pending {
+            by_output.entry(output).or_default().push(id);
+        }
+        let mut done = 0;
+        for (output_id, ids) in by_output {
+            let hosts = match self.store.get_output(&output_id).await {
+                Ok(o) => o.hosts,
+                Err(flotilla_store::StoreError::NotFound { .. }) => {
+                    tracing::warn!(
+                        output_id,
+                        keys = ids.len(),
+                        "the output is gone: its cluster's keys cannot be invalidated from here"
+                    );
+                    self.store
+                        .mark_remote_invalidated(&ids, chrono::Utc::now())
+                        .await?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(cluster) = self.remote_cluster(&output_id, hosts).await? else {
+                tracing::warn!(
+                    output_id,
+                    keys = ids.len(),
+                    "the output no longer has a cluster credential: its keys there stay valid"
+                );
+                self.store
+                    .mark_remote_invalidated(&ids, chrono::Utc::now())
+                    .await?;
+                continue;
+            };
+            match cluster.invalidate(&ids).await {
+                Ok(()) => {
+                    self.store
+                        .mark_remote_invalidated(&ids, chrono::Utc::now())
+                        .await?;
+                    done += ids.len();
+                    tracing::info!(
+                        output_id,
+                        keys = ids.len(),
+                        "keys invalidated in the output's cluster"
+                    );
+                }
+                Err(e) => {
+                    metrics::counter!("flotilla_remote_key_errors_total").increment(1);
+                    tracing::warn!(output_id, error = %e, keys = ids.len(), "could not invalidate keys in the output's cluster; will retry");
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// The document an agent receives: the full policy with its secrets'
     /// values in place of their references (as fleet-server does; the
     /// management API only ever shows references). `None` when a secret it
@@ -140,15 +231,31 @@ impl Fleet<'_> {
             .next()
             .map(|(k, v)| (k.clone(), v.clone()))
             .unwrap_or_default();
-        let permissions_hash = hex::encode(Sha256::digest(format!(
-            "{output_id}\n{}",
-            serde_json::to_string(&permissions).expect("permissions serialise")
-        )));
         let takes_api_key = full.outputs.get(&output_id).is_some_and(|o| {
             o.output_type == flotilla_domain::output::OutputType::Elasticsearch.as_str()
         });
+        let remote = if takes_api_key {
+            self.remote_cluster(
+                &output_id,
+                full.outputs
+                    .get(&output_id)
+                    .map(|o| o.hosts.clone())
+                    .unwrap_or_default(),
+            )
+            .await?
+        } else {
+            None
+        };
+        // Keys from another backend do not fit: moving an output to (or off)
+        // a cluster rotates every agent's key.
+        let permissions_hash = hex::encode(Sha256::digest(format!(
+            "{output_id}\n{}\n{}",
+            if remote.is_some() { "remote" } else { "local" },
+            serde_json::to_string(&permissions).expect("permissions serialise")
+        )));
         let cached = Arc::new(CachedPolicy {
             takes_api_key,
+            remote,
             policy_id: policy_id.to_owned(),
             revision: full.revision,
             updated_at: current.updated_at,

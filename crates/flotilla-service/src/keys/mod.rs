@@ -18,6 +18,7 @@ use flotilla_store::{ApiKeyRecord, KeyKind, Store};
 use crate::secrets::{ct_eq, hash_token, random_alphanumeric};
 
 mod privileges;
+pub mod remote;
 mod user;
 use crate::ServiceError;
 pub use privileges::{HasPrivilegesRequest, TooManyChecks, MAX_NAME_BYTES, MAX_PRIVILEGE_CHECKS};
@@ -82,6 +83,7 @@ impl KeyService {
             invalidated_at: None,
             owner: None,
             expires_at: None,
+            remote_output: None,
         };
         MintedKey {
             record,

@@ -9,6 +9,7 @@ mod integrations;
 mod packages;
 
 pub(crate) use integrations::secret_aad;
+pub(crate) use outputs::output_credential_aad;
 mod operator_keys;
 mod outputs;
 mod policies;

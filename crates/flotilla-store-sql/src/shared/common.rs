@@ -37,14 +37,14 @@ macro_rules! agent_select_sql {
         concat!("SELECT a.id, a.policy_id, a.policy_revision, a.active, a.local_metadata, a.last_checkin, \
                 a.last_checkin_status, a.last_checkin_message, a.enrolled_at, \
                 a.unenrollment_started_at, a.unenrolled_at, a.agent_version, a.components, \
-                a.reported_policy_id, a.reported_policy_revision, (",
+                a.reported_policy_id, a.reported_policy_revision, a.output_key_error, (",
         agent_status_sql!(),
         ") AS status")
     };
 }
 
 pub(crate) const OUTPUT_COLS: &str =
-    "id, name, output_type, hosts, is_default, created_at, updated_at";
+    "id, name, output_type, hosts, is_default, (key_credential IS NOT NULL) AS remote_keys, created_at, updated_at";
 pub(crate) const POLICY_COLS: &str =
             "id, name, namespace, description, output_id, inactivity_timeout, revision, created_at, updated_at";
 pub(crate) const PP_COLS: &str =
@@ -283,7 +283,8 @@ pub(crate) async fn fetch_package_policy(conn: &mut Conn, id: &str) -> Result<Pa
 pub(crate) async fn insert_key(conn: &mut Conn, key: &ApiKeyRecord) -> Result<()> {
     sqlx::query(
                 "INSERT INTO api_keys (id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, \
-                 retire_pending, invalidated_at, owner, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                 retire_pending, invalidated_at, owner, expires_at, remote_output) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             )
             .bind(&key.id)
             .bind(&key.name)
@@ -297,6 +298,7 @@ pub(crate) async fn insert_key(conn: &mut Conn, key: &ApiKeyRecord) -> Result<()
             .bind(key.invalidated_at.map(ms))
             .bind(&key.owner)
             .bind(key.expires_at.map(ms))
+            .bind(&key.remote_output)
             .execute(&mut *conn)
             .await
             .or_conflict(|| format!("API key '{}' already exists", key.id))?;

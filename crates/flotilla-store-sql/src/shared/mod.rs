@@ -217,6 +217,31 @@ impl Store for Engine {
         documents::delete_documents_before(self, pattern, before, limit).await
     }
 
+    async fn set_output_key_credential(
+        &self,
+        output_id: &str,
+        sealed: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Output> {
+        outputs::set_output_key_credential(self, output_id, sealed, now).await
+    }
+
+    async fn set_output_key_error(&self, agent_id: &str, error: &str) -> Result<()> {
+        output_keys::set_output_key_error(self, agent_id, error).await
+    }
+
+    async fn output_key_credential(&self, output_id: &str) -> Result<Option<String>> {
+        outputs::output_key_credential(self, output_id).await
+    }
+
+    async fn remote_keys_to_invalidate(&self, limit: u32) -> Result<Vec<(String, String)>> {
+        outputs::remote_keys_to_invalidate(self, limit).await
+    }
+
+    async fn mark_remote_invalidated(&self, ids: &[String], now: DateTime<Utc>) -> Result<()> {
+        outputs::mark_remote_invalidated(self, ids, now).await
+    }
+
     async fn find_api_keys(
         &self,
         filter: &flotilla_store::ApiKeyFilter,

@@ -12,7 +12,7 @@ pub(super) async fn set_output_key(
     // Compare-and-swap on the current key: of two concurrent
     // rotations one wins, the other learns it lost.
     let done = sqlx::query(
-                    "UPDATE agents SET output_api_key_id = $2, output_api_key_sealed = $3, output_permissions_hash = $4, \
+                    "UPDATE agents SET output_key_error = NULL, output_api_key_id = $2, output_api_key_sealed = $3, output_permissions_hash = $4, \
                      output_key_policy_id = $5, output_key_revision = $6 WHERE id = $1 AND active \
                      AND (output_api_key_id = $7 OR (output_api_key_id IS NULL AND $7 IS NULL))",
                 )
@@ -155,4 +155,17 @@ async fn invalidate_retiring_keys(
     .fetch_all(&mut *conn)
     .await
     .db()
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn set_output_key_error(s: &Engine, agent_id: &str, error: &str) -> Result<()> {
+    let mut tx = s.begin_write().await?;
+    sqlx::query("UPDATE agents SET output_key_error = $2 WHERE id = $1")
+        .bind(agent_id)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+    tx.commit().await.db()?;
+    Ok(())
 }

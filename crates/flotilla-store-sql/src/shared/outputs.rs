@@ -182,3 +182,76 @@ pub(super) async fn delete_output(s: &Engine, id: &str) -> Result<()> {
     tx.commit().await.db()?;
     Ok(())
 }
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn set_output_key_credential(
+    s: &Engine,
+    id: &str,
+    sealed: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Output> {
+    let now = ms(now);
+    let mut tx = s.begin_write().await?;
+    let n = sqlx::query("UPDATE outputs SET key_credential = $2, updated_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(sealed)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .db()?
+        .rows_affected();
+    if n == 0 {
+        return Err(StoreError::not_found(Entity::Output, id));
+    }
+    let out = fetch_output(&mut tx, id).await?;
+    bump_output_policies(&mut tx, id, out.is_default, now).await?;
+    tx.commit().await.db()?;
+    s.publish(StoreEvent::PolicyChanged { policy_id: None })
+        .await;
+    Ok(out)
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn output_key_credential(s: &Engine, id: &str) -> Result<Option<String>> {
+    let v: Option<Option<String>> =
+        sqlx::query_scalar("SELECT key_credential FROM outputs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&s.pool)
+            .await
+            .db()?;
+    Ok(v.flatten())
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn remote_keys_to_invalidate(
+    s: &Engine,
+    limit: u32,
+) -> Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT id, remote_output FROM api_keys WHERE remote_output IS NOT NULL \
+         AND invalidated_at IS NOT NULL AND remote_invalidated_at IS NULL ORDER BY invalidated_at LIMIT $1",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(&s.pool)
+    .await
+    .db()
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn mark_remote_invalidated(
+    s: &Engine,
+    ids: &[String],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let mut tx = s.begin_write().await?;
+    for id in ids {
+        sqlx::query("UPDATE api_keys SET remote_invalidated_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .db()?;
+    }
+    tx.commit().await.db()?;
+    Ok(())
+}

@@ -173,6 +173,7 @@ fn key(id: &str, agent: &str, kind: &str) -> ApiKeyRecord {
         invalidated_at: None,
         owner: None,
         expires_at: None,
+        remote_output: None,
     }
 }
 

@@ -454,3 +454,152 @@ async fn retention_deletes_old_documents_and_the_cli_lists_searches_and_tails() 
         "{line}"
     );
 }
+
+/// An output on an existing cluster (a second Flotilla plays it): agents'
+/// keys are minted, rotated and invalidated there, and it enforces them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_live_in_an_existing_cluster() {
+    let cluster = Server::sqlite();
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let (st, out) = s
+        .post(
+            "/api/fleet/outputs",
+            json!({"id": "cluster", "name": "cluster", "type": "elasticsearch", "hosts": [cluster.url],
+                   "secrets": {"api_key": cluster.key}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{out}");
+    assert_eq!(out["item"]["remote_key_management"], true);
+    assert!(
+        !out.to_string().contains(&cluster.key),
+        "the credential is never returned"
+    );
+    s.post(
+        "/api/fleet/agent_policies",
+        json!({"id": "web", "name": "web", "namespace": "prod", "output_id": "cluster"}),
+    )
+    .await;
+    s.post(
+        "/api/fleet/package_policies",
+        json!({"name": "nginx-web", "policy_id": "web", "package": {"name": "nginx"}}),
+    )
+    .await;
+    let (_, token) = s
+        .post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": "web"}),
+        )
+        .await;
+    let agent = s.enroll(token["item"]["api_key"].as_str().unwrap()).await;
+    let r = s.checkin(&agent, json!({"status": "online"})).await;
+    let first = policy_change(&r).clone();
+    let k1 = output_key(&first);
+    let k1_id = k1.split_once(':').unwrap().0.to_owned();
+    let encoded = |k: &str| base64::engine::general_purpose::STANDARD.encode(k);
+
+    // The key is the cluster's: it knows it and enforces it.
+    let (_, known) = cluster
+        .call(Method::GET, &format!("/_security/api_key?id={k1_id}"), None)
+        .await;
+    assert_eq!(known["api_keys"][0]["invalidated"], false, "{known}");
+    let line = |index: &str| {
+        format!("{{\"create\":{{\"_index\":\"{index}\"}}}}\n{{\"message\":\"hi\"}}\n").into_bytes()
+    };
+    let r1 = bulk(
+        &cluster,
+        &encoded(&k1),
+        "/_bulk",
+        line("logs-nginx.access-prod"),
+        false,
+    )
+    .await;
+    assert_eq!(
+        r1.json::<Value>().await.unwrap()["items"][0]["create"]["status"],
+        201
+    );
+    let r2 = bulk(
+        &cluster,
+        &encoded(&k1),
+        "/_bulk",
+        line("logs-system.auth-prod"),
+        false,
+    )
+    .await;
+    assert_eq!(
+        r2.json::<Value>().await.unwrap()["items"][0]["create"]["status"],
+        403
+    );
+
+    // A permission change rotates it there; the old one goes after the ack.
+    let rev1 = first["id"].as_str().unwrap().to_owned();
+    s.ack(&agent, &[&rev1]).await;
+    s.post(
+        "/api/fleet/package_policies",
+        json!({"name": "sys-web", "policy_id": "web", "package": {"name": "system"}}),
+    )
+    .await;
+    let r = s
+        .checkin(&agent, json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": first["data"]["policy"]["revision"]}))
+        .await;
+    let second = policy_change(&r).clone();
+    let k2 = output_key(&second);
+    assert_ne!(k1, k2);
+    let r3 = bulk(
+        &cluster,
+        &encoded(&k2),
+        "/_bulk",
+        line("logs-system.auth-prod"),
+        false,
+    )
+    .await;
+    assert_eq!(
+        r3.json::<Value>().await.unwrap()["items"][0]["create"]["status"],
+        201,
+        "the new key holds the new permissions"
+    );
+    s.ack(&agent, &[second["id"].as_str().unwrap()]).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, k) = cluster
+            .call(Method::GET, &format!("/_security/api_key?id={k1_id}"), None)
+            .await;
+        if k["api_keys"][0]["invalidated"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old key was never invalidated in the cluster: {k}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r4 = bulk(
+        &cluster,
+        &encoded(&k1),
+        "/_bulk",
+        line("logs-nginx.access-prod"),
+        false,
+    )
+    .await;
+    assert_eq!(r4.status(), 401, "the cluster refuses the retired key");
+
+    // The cluster goes away: a change cannot rotate the key, the agent
+    // keeps its current one, and its record says why.
+    drop(cluster);
+    s.put(
+        "/api/fleet/agent_policies/web",
+        json!({"namespace": "staging"}),
+    )
+    .await;
+    let r = s
+        .checkin(&agent, json!({"status": "online", "agent_policy_id": "web", "policy_revision_idx": second["data"]["policy"]["revision"]}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        output_key(policy_change(&r)),
+        k2,
+        "never an agent without a key"
+    );
+    let (_, a) = s.get(&format!("/api/fleet/agents/{}", agent.0)).await;
+    let err = a["item"]["output_key_error"].as_str().unwrap_or_default();
+    assert!(err.contains("unreachable"), "{a}");
+}

@@ -1,0 +1,154 @@
+//! Agents' keys in an existing Elasticsearch cluster: minted and
+//! invalidated through its security API, with the credential configured
+//! for the output. Flotilla keeps its own record of each key (id, hash,
+//! role descriptors) so rotation and retirement work as for its own keys.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+use flotilla_domain::permissions::Permissions;
+
+/// A cluster agents' keys live in.
+#[derive(Clone)]
+pub struct RemoteCluster {
+    pub output_id: String,
+    pub hosts: Vec<String>,
+    pub credential: SecretString,
+}
+
+impl std::fmt::Debug for RemoteCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteCluster")
+            .field("output_id", &self.output_id)
+            .field("hosts", &self.hosts)
+            .field("credential", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Why the cluster did not do what was asked; safe to log.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("the cluster at {host} is unreachable: {reason}")]
+    Unreachable { host: String, reason: String },
+    #[error("the cluster at {host} refused the output's credential ({status})")]
+    Refused { host: String, status: u16 },
+    #[error("the cluster at {host} answered {status}: {reason}")]
+    Failed {
+        host: String,
+        status: u16,
+        reason: String,
+    },
+}
+
+fn http() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("flotilla/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client")
+    })
+}
+
+impl RemoteCluster {
+    /// Try each host in turn; the first that answers decides.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, RemoteError> {
+        let mut last = None;
+        for host in &self.hosts {
+            let url = format!("{}{path}", host.trim_end_matches('/'));
+            let sent = http()
+                .request(method.clone(), &url)
+                .header(
+                    "authorization",
+                    format!("ApiKey {}", self.credential.expose_secret()),
+                )
+                .json(&body)
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last = Some(RemoteError::Unreachable {
+                        host: host.clone(),
+                        reason: e.without_url().to_string(),
+                    });
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let value: Value = resp.json().await.unwrap_or(Value::Null);
+            return match status {
+                200..=299 => Ok(value),
+                401 | 403 => Err(RemoteError::Refused {
+                    host: host.clone(),
+                    status,
+                }),
+                _ => Err(RemoteError::Failed {
+                    host: host.clone(),
+                    status,
+                    reason: value
+                        .pointer("/error/reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no reason given")
+                        .chars()
+                        .take(300)
+                        .collect(),
+                }),
+            };
+        }
+        Err(last.unwrap_or(RemoteError::Unreachable {
+            host: String::new(),
+            reason: "the output lists no hosts".into(),
+        }))
+    }
+
+    /// Mint a key there: `(id, secret)`.
+    pub async fn create_key(
+        &self,
+        name: &str,
+        roles: &Permissions,
+        metadata: Value,
+    ) -> Result<(String, String), RemoteError> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/_security/api_key",
+                json!({"name": name, "role_descriptors": roles, "metadata": metadata}),
+            )
+            .await?;
+        match (
+            v.get("id").and_then(Value::as_str),
+            v.get("api_key").and_then(Value::as_str),
+        ) {
+            (Some(id), Some(secret)) if !id.contains(':') && !secret.is_empty() => {
+                Ok((id.to_owned(), secret.to_owned()))
+            }
+            _ => Err(RemoteError::Failed {
+                host: self.hosts.first().cloned().unwrap_or_default(),
+                status: 200,
+                reason: "the answer has no id and api_key".into(),
+            }),
+        }
+    }
+
+    /// Invalidate keys there (already invalidated ones count as done).
+    pub async fn invalidate(&self, ids: &[String]) -> Result<(), RemoteError> {
+        self.call(
+            reqwest::Method::DELETE,
+            "/_security/api_key",
+            json!({ "ids": ids }),
+        )
+        .await
+        .map(|_| ())
+    }
+}
