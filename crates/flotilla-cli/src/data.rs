@@ -108,27 +108,39 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: DataCmd) -> Result<View> {
             let path = format!("{}/_search", at(STREAMS, &stream));
             // Start from now; then everything after the last event printed.
             let mut from = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            let mut printed: Vec<String> = Vec::new();
+            let mut printed: std::collections::HashSet<String> = Default::default();
             loop {
-                let q = vec![
-                    ("from", from.clone()),
-                    ("sort", "asc".to_owned()),
-                    ("perPage", "1000".to_owned()),
-                ];
-                let page = c.get(&path, &q).await?;
-                for doc in page["items"].as_array().into_iter().flatten() {
-                    let id = doc["_id"].as_str().unwrap_or_default().to_owned();
-                    if printed.contains(&id) {
-                        continue;
-                    }
-                    println!("{}", serde_json::to_string(doc).unwrap_or_default());
-                    if let Some(ts) = doc["@timestamp"].as_str() {
-                        if ts != from {
-                            printed.clear();
-                            from = ts.to_owned();
+                // Every page from the last timestamp printed (inclusive:
+                // events of that millisecond arriving late are not missed).
+                let mut page_no = 1;
+                loop {
+                    let q = vec![
+                        ("from", from.clone()),
+                        ("sort", "asc".to_owned()),
+                        ("perPage", "1000".to_owned()),
+                        ("page", page_no.to_string()),
+                    ];
+                    let page = c.get(&path, &q).await?;
+                    let items = page["items"].as_array().cloned().unwrap_or_default();
+                    for doc in &items {
+                        let id = doc["_id"].as_str().unwrap_or_default().to_owned();
+                        if printed.contains(&id) {
+                            continue;
                         }
+                        println!("{}", serde_json::to_string(doc).unwrap_or_default());
+                        if let Some(ts) = doc["@timestamp"].as_str() {
+                            if ts != from {
+                                printed.clear();
+                                from = ts.to_owned();
+                                page_no = 0;
+                            }
+                        }
+                        printed.insert(id);
                     }
-                    printed.push(id);
+                    if items.len() < 1000 {
+                        break;
+                    }
+                    page_no += 1;
                 }
                 use std::io::Write;
                 let _ = std::io::stdout().flush();

@@ -630,6 +630,11 @@ async fn search_data_stream(
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<List<DocumentView>>> {
     let p = page(q.page, q.per_page)?;
+    if p.per_page > 1000 {
+        return Err(ApiError::bad_request(
+            "[perPage]: a search page holds at most 1000 documents",
+        ));
+    }
     let mut matches = Vec::new();
     for pair in q
         .matches

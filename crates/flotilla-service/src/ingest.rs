@@ -115,16 +115,41 @@ struct Action<'a> {
     invalid: Option<String>,
 }
 
+/// The body's lines; only trailing blank lines are dropped (a blank line
+/// inside is an empty source, so the pairing of actions and sources holds).
 fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
-    body.split(|b| *b == b'\n')
+    let mut all: Vec<&[u8]> = body
+        .split(|b| *b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .collect();
+    while all
+        .last()
+        .is_some_and(|l| l.iter().all(u8::is_ascii_whitespace))
+    {
+        all.pop();
+    }
+    all.into_iter()
 }
+
+/// The most items one `_bulk` request may carry.
+pub const MAX_BULK_ITEMS: usize = 100_000;
+/// Elasticsearch's longest document id, in bytes.
+pub const MAX_ID_BYTES: usize = 512;
 
 fn parse_actions<'a>(body: &'a [u8], default_index: Option<&str>) -> Vec<Action<'a>> {
     let mut out = Vec::new();
     let mut it = lines(body);
     while let Some(line) = it.next() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            out.push(Action {
+                op: "index".into(),
+                index: default_index.map(str::to_owned),
+                id: None,
+                source: None,
+                invalid: Some("Malformed action/metadata line: the line is empty".into()),
+            });
+            continue;
+        }
         let parsed: Result<Map<String, Value>, _> = serde_json::from_slice(line);
         let (op, meta) = match parsed {
             Ok(m) if m.len() == 1 => {
@@ -216,8 +241,30 @@ fn timestamp_of(source: &Map<String, Value>) -> Result<Option<DateTime<Utc>>, St
     match source.get("@timestamp") {
         None => Ok(None),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|e| format!("failed to parse field [@timestamp] of type [date]: {e}")),
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|e| {
+                // A time without a zone (Python's naive isoformat()) is UTC,
+                // as Elasticsearch reads it.
+                [
+                    "%Y-%m-%dT%H:%M:%S%.f",
+                    "%Y-%m-%dT%H:%M:%S",
+                    "%Y-%m-%d %H:%M:%S%.f",
+                    "%Y-%m-%d",
+                ]
+                .iter()
+                .find_map(|f| {
+                    chrono::NaiveDateTime::parse_from_str(s, f)
+                        .ok()
+                        .or_else(|| {
+                            chrono::NaiveDate::parse_from_str(s, f)
+                                .ok()
+                                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                        })
+                })
+                .map(|n| n.and_utc())
+                .ok_or_else(|| format!("failed to parse field [@timestamp] of type [date]: {e}"))
+            })
+            .map(Some),
         Some(Value::Number(n)) => n
             .as_i64()
             .and_then(DateTime::from_timestamp_millis)
@@ -243,6 +290,16 @@ impl Services {
     ) -> Result<BulkOutcome, ServiceError> {
         let started = Instant::now();
         let actions = parse_actions(body, default_index);
+        if actions.len() > MAX_BULK_ITEMS {
+            return Err(flotilla_domain::ValidationError::new(
+                "body",
+                format!(
+                    "a _bulk request may carry at most {MAX_BULK_ITEMS} items, this one has {}",
+                    actions.len()
+                ),
+            )
+            .into());
+        }
         let names: Vec<String> = actions
             .iter()
             .filter_map(|a| a.index.clone())
@@ -296,6 +353,19 @@ impl Services {
                 ));
                 continue;
             }
+            if let Some(bad) = id.filter(|i| {
+                i.is_empty() || i.len() > MAX_ID_BYTES || i.chars().any(char::is_control)
+            }) {
+                items.push(ItemOutcome::failed(
+                    op,
+                    Some(index),
+                    None,
+                    400,
+                    "illegal_argument_exception",
+                    format!("id is empty, longer than {MAX_ID_BYTES} bytes or holds control characters: [{}]", bad.escape_debug().to_string().chars().take(64).collect::<String>()),
+                ));
+                continue;
+            }
             if op == "index" {
                 items.push(ItemOutcome::failed(
                     op,
@@ -331,6 +401,10 @@ impl Services {
             }
             let source: Result<Map<String, Value>, String> = match a.source {
                 None => Err("the action has no source line".into()),
+                // Neither engine stores NUL in text faithfully.
+                Some(line) if line.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) => {
+                    Err("failed to parse: the document holds a NUL character (\\u0000)".into())
+                }
                 Some(line) => match serde_json::from_slice::<Value>(line) {
                     Ok(Value::Object(m)) => Ok(m),
                     Ok(_) => Err("failed to parse: the document must be a JSON object".into()),
@@ -472,7 +546,7 @@ mod tests {
 
     #[test]
     fn actions_pair_with_their_sources_even_when_malformed() {
-        let body = b"{\"create\":{\"_index\":\"logs-a-b\"}}\n{\"m\":1}\nnot json\n{\"m\":2}\n{\"delete\":{\"_id\":\"x\"}}\n{\"create\":{}}\r\n{\"m\":3}\n\n";
+        let body = b"{\"create\":{\"_index\":\"logs-a-b\"}}\n{\"m\":1}\nnot json\n{\"m\":2}\n{\"delete\":{\"_id\":\"x\"}}\n{\"create\":{}}\r\n{\"m\":3}\n\n\n";
         let a = parse_actions(body, Some("logs-d-e"));
         assert_eq!(a.len(), 4);
         assert_eq!(a[0].index.as_deref(), Some("logs-a-b"));
@@ -505,6 +579,12 @@ mod tests {
             .unwrap()
             .is_some());
         assert!(timestamp_of(&m(json!({"@timestamp": "yesterday"}))).is_err());
+        assert!(
+            timestamp_of(&m(json!({"@timestamp": "2026-12-01T10:00:00.123456"})))
+                .unwrap()
+                .is_some(),
+            "naive is UTC"
+        );
         assert_eq!(timestamp_of(&m(json!({}))).unwrap(), None);
     }
 }

@@ -7,11 +7,12 @@ CREATE TABLE data_streams (
 -- One row per document; `ts` is its @timestamp (epoch ms) for time-range
 -- search and retention, `doc` the JSON source as sent (with @timestamp).
 CREATE TABLE documents (
-    id          TEXT PRIMARY KEY,
     data_stream TEXT NOT NULL REFERENCES data_streams (name) ON DELETE CASCADE,
+    id          TEXT NOT NULL,
     ts          BIGINT NOT NULL,
     doc         TEXT NOT NULL,
-    ingested_at BIGINT NOT NULL
+    ingested_at BIGINT NOT NULL,
+    PRIMARY KEY (data_stream, id)
 );
 CREATE INDEX documents_stream_ts ON documents (data_stream, ts);
 

@@ -494,18 +494,19 @@ pub trait Store: Send + Sync + 'static {
     /// as needed).
     async fn insert_documents(&self, docs: &[NewDocument], now: DateTime<Utc>) -> Result<()>;
     async fn list_data_streams(&self) -> Result<Vec<DataStreamStats>>;
+    /// The data streams' names (cheap: no figures).
+    async fn data_stream_names(&self) -> Result<Vec<String>>;
     async fn search_documents(
         &self,
         data_stream: &str,
         query: &DocumentQuery,
         page: Page,
     ) -> Result<Paged<StoredDocument>>;
-    /// Delete at most `limit` documents of streams matching `pattern`
-    /// (SQL LIKE with `\` escaping, `%` wildcards) older than `before`;
-    /// how many went.
+    /// Delete at most `limit` of a data stream's documents older than
+    /// `before` (oldest first); how many went.
     async fn delete_documents_before(
         &self,
-        pattern: &str,
+        data_stream: &str,
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64>;

@@ -110,6 +110,11 @@ async fn bulk_into(
         .await
     {
         Ok(outcome) => Json(outcome.to_json()).into_response(),
+        Err(flotilla_service::ServiceError::Invalid(v)) => es_error(
+            StatusCode::BAD_REQUEST,
+            "illegal_argument_exception",
+            &v.message,
+        ),
         Err(e) => {
             tracing::error!(error = %e, "bulk ingest failed");
             es_error(

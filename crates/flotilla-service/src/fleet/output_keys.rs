@@ -1,10 +1,11 @@
 //! The agent's POLICY_CHANGE with its own output key: minted, rotated, retired.
 
 use chrono::Utc;
-use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
-use flotilla_store::{FleetAgent, KeyKind, OutputKeyChange, StoreError};
+use flotilla_store::{FleetAgent, OutputKeyChange, StoreError};
+
+use crate::keys::remote::OutputKeyBackend;
 
 use super::*;
 
@@ -123,63 +124,37 @@ impl Fleet<'_> {
         let name = format!("{}:{}", agent.id, policy.output_id);
         let metadata = json!({"agent_id": agent.id, "managed": true, "type": "output", "output_name": policy.output_id,
                               "policy_id": policy.policy_id});
-        let (record, plain) = match &policy.remote {
-            None => {
-                let minted = self.keys().mint(
-                    &name,
-                    KeyKind::Output,
-                    Some(&agent.id),
-                    &policy.permissions,
-                    metadata,
-                );
-                let plain = minted.credential.expose_secret().to_owned();
-                (minted.record, plain)
+        let keys = self.keys();
+        let backend = match &policy.remote {
+            None => OutputKeyBackend::Local(&keys),
+            Some(cluster) => OutputKeyBackend::Remote(cluster),
+        };
+        let (record, plain) = match backend
+            .mint(&name, &agent.id, &policy.permissions, metadata)
+            .await
+        {
+            Ok(minted) => minted,
+            Err(e) => {
+                // Never an agent without a key: it keeps the one it has
+                // (with its earlier permissions) until a mint succeeds.
+                metrics::counter!("flotilla_remote_key_errors_total").increment(1);
+                tracing::error!(agent_id = %agent.id, output_id = %policy.output_id, error = %e,
+                    "could not mint the agent's output key; it keeps its current key");
+                if let Err(se) = self
+                    .store
+                    .set_output_key_error(&agent.id, &e.to_string())
+                    .await
+                {
+                    tracing::warn!(error = %se, "could not record the key error");
+                }
+                return match self.current_output_key(agent, true).await? {
+                    Some(current) => Ok(current),
+                    None => Err(FleetError::new(
+                        FleetErrorKind::Unavailable,
+                        "the output's cluster cannot mint the agent's key yet; retry",
+                    )),
+                };
             }
-            Some(cluster) => match cluster
-                .create_key(&name, &policy.permissions, metadata.clone())
-                .await
-            {
-                Ok((id, secret)) => {
-                    let record = flotilla_store::ApiKeyRecord {
-                        id: id.clone(),
-                        name,
-                        kind: KeyKind::Output,
-                        agent_id: Some(agent.id.clone()),
-                        secret_hash: crate::secrets::hash_token(&secret),
-                        role_descriptors: serde_json::to_value(&policy.permissions)
-                            .expect("permissions serialise"),
-                        metadata,
-                        created_at: Utc::now(),
-                        retire_pending: false,
-                        invalidated_at: None,
-                        owner: None,
-                        expires_at: None,
-                        remote_output: Some(cluster.output_id.clone()),
-                    };
-                    (record, format!("{id}:{secret}"))
-                }
-                Err(e) => {
-                    // Never an agent without a key: it keeps the one it has
-                    // (with its earlier permissions) until the cluster mints.
-                    metrics::counter!("flotilla_remote_key_errors_total").increment(1);
-                    tracing::error!(agent_id = %agent.id, output_id = %policy.output_id, error = %e,
-                        "could not mint the agent's key in the output's cluster; it keeps its current key");
-                    if let Err(se) = self
-                        .store
-                        .set_output_key_error(&agent.id, &e.to_string())
-                        .await
-                    {
-                        tracing::warn!(error = %se, "could not record the key error");
-                    }
-                    return match self.current_output_key(agent, true).await? {
-                        Some(current) => Ok(current),
-                        None => Err(FleetError::new(
-                            FleetErrorKind::Unavailable,
-                            "the output's cluster cannot mint the agent's key yet; retry",
-                        )),
-                    };
-                }
-            },
         };
         let change = OutputKeyChange {
             sealed_secret: self
@@ -195,13 +170,8 @@ impl Fleet<'_> {
         match self.store.set_output_key(&agent.id, &change).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
-                // Another check-in rotated first: the key minted in the
-                // cluster for this one is not used.
-                if let Some(cluster) = &policy.remote {
-                    if let Err(e) = cluster.invalidate(std::slice::from_ref(&minted_id)).await {
-                        tracing::warn!(error = %e, "could not invalidate an unused key in the output's cluster");
-                    }
-                }
+                // Another check-in rotated first: this key is not used.
+                backend.discard(&minted_id).await;
                 let winner = self.store.get_fleet_agent(&agent.id).await?;
                 let fits = winner.as_ref().is_some_and(|w| {
                     w.active

@@ -152,3 +152,64 @@ impl RemoteCluster {
         .map(|_| ())
     }
 }
+
+/// Where an output's agents' keys are minted: Flotilla's own key service,
+/// or the output's cluster. Callers mint through this and never ask which.
+pub enum OutputKeyBackend<'a> {
+    Local(&'a super::KeyService),
+    Remote(&'a RemoteCluster),
+}
+
+impl OutputKeyBackend<'_> {
+    /// A new output key for `agent_id`: its record (to store) and its plain
+    /// `id:secret`.
+    pub async fn mint(
+        &self,
+        name: &str,
+        agent_id: &str,
+        roles: &Permissions,
+        metadata: Value,
+    ) -> Result<(flotilla_store::ApiKeyRecord, String), RemoteError> {
+        match self {
+            OutputKeyBackend::Local(keys) => {
+                let minted = keys.mint(
+                    name,
+                    flotilla_store::KeyKind::Output,
+                    Some(agent_id),
+                    roles,
+                    metadata,
+                );
+                let plain = minted.credential.expose_secret().to_owned();
+                Ok((minted.record, plain))
+            }
+            OutputKeyBackend::Remote(cluster) => {
+                let (id, secret) = cluster.create_key(name, roles, metadata.clone()).await?;
+                let record = flotilla_store::ApiKeyRecord {
+                    id: id.clone(),
+                    name: name.to_owned(),
+                    kind: flotilla_store::KeyKind::Output,
+                    agent_id: Some(agent_id.to_owned()),
+                    secret_hash: crate::secrets::hash_token(&secret),
+                    role_descriptors: serde_json::to_value(roles).expect("permissions serialise"),
+                    metadata,
+                    created_at: chrono::Utc::now(),
+                    retire_pending: false,
+                    invalidated_at: None,
+                    owner: None,
+                    expires_at: None,
+                    remote_output: Some(cluster.output_id.clone()),
+                };
+                Ok((record, format!("{id}:{secret}")))
+            }
+        }
+    }
+
+    /// Drop a key minted but not used (another check-in rotated first).
+    pub async fn discard(&self, key_id: &str) {
+        if let OutputKeyBackend::Remote(cluster) = self {
+            if let Err(e) = cluster.invalidate(&[key_id.to_owned()]).await {
+                tracing::warn!(error = %e, "could not invalidate an unused key in the output's cluster");
+            }
+        }
+    }
+}

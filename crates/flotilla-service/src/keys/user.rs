@@ -195,11 +195,38 @@ impl KeyService {
         {
             return Ok(Some(Principal::Operator(op)));
         }
-        Ok(self
-            .authenticate(credential)
-            .await?
-            .ok()
-            .map(Principal::Key))
+        let Some(key) = self.authenticate(credential).await?.ok() else {
+            return Ok(None);
+        };
+        if !self.owners_valid(&key).await? {
+            return Ok(None);
+        }
+        Ok(Some(Principal::Key(key)))
+    }
+
+    /// A key made by another key is valid only while that one is, up the
+    /// chain of keys that made it (an operator's key ends the chain).
+    pub(crate) async fn owners_valid(
+        &self,
+        key: &ApiKeyRecord,
+    ) -> Result<bool, crate::ServiceError> {
+        let mut owner = key.owner.clone();
+        for _ in 0..16 {
+            match owner {
+                None => return Ok(true),
+                Some(o) if o.starts_with("operator:") => return Ok(true),
+                Some(o) => match self.store.get_api_key(&o).await? {
+                    Some(parent)
+                        if parent.invalidated_at.is_none()
+                            && parent.expires_at.is_none_or(|t| t > Utc::now()) =>
+                    {
+                        owner = parent.owner.clone();
+                    }
+                    _ => return Ok(false),
+                },
+            }
+        }
+        Ok(false)
     }
 
     /// Create a key for `owner` — the caller itself, or (`granted`) the
@@ -279,6 +306,14 @@ impl KeyService {
         if !metadata.is_object() {
             return Err(KeyError::Invalid("metadata must be an object".into()));
         }
+        // A key never outlives the key it was made by.
+        let expires_at = match owner {
+            Principal::Key(k) => match (expires_at, k.expires_at) {
+                (Some(e), Some(p)) => Some(e.min(p)),
+                (e, p) => e.or(p),
+            },
+            Principal::Operator(_) => expires_at,
+        };
         let mut minted = self.mint(name, KeyKind::User, None, &wanted, metadata);
         minted.record.owner = Some(owner.id());
         minted.record.expires_at = expires_at;
@@ -327,6 +362,12 @@ impl KeyService {
         name: Option<String>,
         owner: bool,
     ) -> Result<Value, KeyError> {
+        if !principal.manages_own_keys() {
+            return Err(KeyError::Forbidden(format!(
+                "action [cluster:admin/xpack/security/api_key/invalidate] is unauthorized for API key id [{}]",
+                principal.id()
+            )));
+        }
         let own_only = owner || !principal.manages_all_keys();
         let mut targets: Vec<ApiKeyRecord> = Vec::new();
         let scope = |f: ApiKeyFilter| ApiKeyFilter {

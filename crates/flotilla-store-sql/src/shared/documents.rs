@@ -87,6 +87,14 @@ pub(super) async fn insert_documents(
 }
 
 #[tracing::instrument(skip_all)]
+pub(super) async fn data_stream_names(s: &Engine) -> Result<Vec<String>> {
+    sqlx::query_scalar("SELECT name FROM data_streams ORDER BY name")
+        .fetch_all(&s.pool)
+        .await
+        .db()
+}
+
+#[tracing::instrument(skip_all)]
 pub(super) async fn list_data_streams(s: &Engine) -> Result<Vec<DataStreamStats>> {
     let rows: Vec<DataStreamRow> = sqlx::query_as(
         "SELECT s.name, s.created_at, COUNT(d.id) AS documents, \
@@ -173,16 +181,16 @@ pub(super) async fn search_documents(
 #[tracing::instrument(skip_all)]
 pub(super) async fn delete_documents_before(
     s: &Engine,
-    pattern: &str,
+    data_stream: &str,
     before: DateTime<Utc>,
     limit: u32,
 ) -> Result<u64> {
     let mut tx = s.begin_write().await?;
     let n = sqlx::query(
-        "DELETE FROM documents WHERE id IN (SELECT id FROM documents WHERE data_stream LIKE $1 ESCAPE '\\' \
-         AND ts < $2 ORDER BY ts LIMIT $3)",
+        "DELETE FROM documents WHERE data_stream = $1 AND id IN \
+         (SELECT id FROM documents WHERE data_stream = $1 AND ts < $2 ORDER BY ts LIMIT $3)",
     )
-    .bind(pattern)
+    .bind(data_stream)
     .bind(ms(before))
     .bind(i64::from(limit))
     .execute(&mut *tx)

@@ -210,11 +210,15 @@ impl Store for Engine {
 
     async fn delete_documents_before(
         &self,
-        pattern: &str,
+        data_stream: &str,
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64> {
-        documents::delete_documents_before(self, pattern, before, limit).await
+        documents::delete_documents_before(self, data_stream, before, limit).await
+    }
+
+    async fn data_stream_names(&self) -> Result<Vec<String>> {
+        documents::data_stream_names(self).await
     }
 
     async fn set_output_key_credential(

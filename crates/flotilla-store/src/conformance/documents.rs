@@ -152,28 +152,37 @@ pub async fn documents_are_stored_searched_and_expired(s: S) {
         .source;
     assert_eq!(source["host"]["name"], "web-1");
 
-    // Retention deletes in batches, by pattern and age.
+    // Retention deletes a stream's old documents in batches.
+    assert_eq!(
+        s.data_stream_names().await.unwrap(),
+        ["logs-a-default", "logs-b-default"]
+    );
     let cutoff = Utc.with_ymd_and_hms(2026, 12, 1, 10, 30, 0).unwrap();
     let first = s
-        .delete_documents_before("logs-a-%", cutoff, 100)
+        .delete_documents_before("logs-a-default", cutoff, 100)
         .await
         .unwrap();
     assert_eq!(first, 100);
     let rest = s
-        .delete_documents_before("logs-a-%", cutoff, 1000)
+        .delete_documents_before("logs-a-default", cutoff, 1000)
         .await
         .unwrap();
     let old_a = (0..450).filter(|i| i % 3 != 0 && i % 60 < 30).count() as u64;
     assert_eq!(first + rest, old_a);
     assert_eq!(
-        s.delete_documents_before("logs-a-%", cutoff, 1000)
+        s.delete_documents_before("logs-a-default", cutoff, 1000)
             .await
             .unwrap(),
         0
     );
+    // The same id in another stream is another document.
+    s.insert_documents(&[doc("d0001", "logs-c-default", 1, json!({}))], now)
+        .await
+        .unwrap();
     let streams = s.list_data_streams().await.unwrap();
     assert_eq!(streams[0].documents, 300 - old_a);
     assert_eq!(streams[1].documents, 150, "other streams untouched");
+    assert_eq!(streams[2].documents, 1);
 }
 
 pub async fn security_api_keys_are_found_by_id_name_and_owner(s: S) {

@@ -52,6 +52,10 @@ async fn bulk_items_are_authorised_one_by_one_and_fail_alone() {
         "{\"index\":{\"_index\":\"logs-nginx.access-prod\"}}\n{\"message\":\"index op\"}\n",
         "{\"create\":{\"_index\":\"my-index\"}}\n{\"message\":\"not a data stream\"}\n",
         "{\"create\":{}}\n{\"message\":\"ok 2\",\"@timestamp\":\"2026-12-01T10:00:00Z\"}\n",
+        "{\"create\":{\"_id\":\"\"}}\n{\"message\":\"empty id\"}\n",
+        "{\"create\":{}}\n\n",
+        "{\"create\":{}}\n{\"message\":\"nul \\u0000\"}\n",
+        "{\"create\":{}}\n{\"message\":\"ok 3\"}\n",
     );
     let resp = bulk(
         &s,
@@ -75,7 +79,11 @@ async fn bulk_items_are_authorised_one_by_one_and_fail_alone() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(statuses, [201, 403, 400, 400, 400, 400, 201], "{r}");
+    assert_eq!(
+        statuses,
+        [201, 403, 400, 400, 400, 400, 201, 400, 400, 400, 201],
+        "{r}"
+    );
     assert_eq!(
         r["items"][1]["create"]["error"]["type"],
         "security_exception"
@@ -318,6 +326,34 @@ async fn keys_are_never_created_beyond_their_creator() {
         k["role_descriptors"]["r"]["indices"][0]["names"],
         json!(["logs-*"]),
         "the user's own descriptors"
+    );
+    // A granted key lives no longer than the key it was granted for.
+    let root_status = |k: String| {
+        let url = format!("{}/", s.url);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("authorization", format!("ApiKey {k}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let granted_key = granted["encoded"].as_str().unwrap().to_owned();
+    assert_eq!(root_status(granted_key.clone()).await, 200);
+    let (st, _) = s
+        .call(
+            Method::DELETE,
+            "/_security/api_key",
+            Some(json!({"ids": [created["id"]]})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        root_status(granted_key).await,
+        401,
+        "its user's key is invalidated"
     );
 }
 
