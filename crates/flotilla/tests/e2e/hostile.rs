@@ -1220,3 +1220,53 @@ async fn hostile_package_uploads_are_refused_with_a_reason() {
     let (_, list) = s.get("/api/fleet/epm/packages").await;
     assert!(!list.to_string().contains("demo"), "{list}");
 }
+
+// --- the embedded output (data plane issue) ------------------------------------------
+
+#[tokio::test]
+async fn hostile_bulk_requests_are_refused_early() {
+    let s = quick_polls(Server::builder().env("FLOTILLA_HTTP__MAX_BULK_BYTES", "1048576"))
+        .start()
+        .unwrap();
+    // Unauthenticated: 401 without the body being read.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/_bulk", s.url))
+        .body(vec![b'x'; 8 << 20])
+        .send()
+        .await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["x-elastic-product"], "Elasticsearch");
+    }
+    let token = s.policy_with_token("web").await;
+    let agent = s.enroll(&token).await;
+    let r = s.checkin(&agent, json!({"status": "online"})).await;
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(output_key(policy_change(&r)));
+    // A gzip bomb: limited by what it inflates to.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&vec![b'\n'; 64 << 20]).unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/_bulk", s.url))
+        .header("authorization", format!("ApiKey {key}"))
+        .header("content-encoding", "gzip")
+        .body(enc.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    // An agent's access key (not its output key) writes nothing.
+    let access = agent.1.clone();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/_bulk", s.url))
+        .header("authorization", format!("ApiKey {access}"))
+        .body("{\"create\":{\"_index\":\"logs-nginx.access-prod\"}}\n{\"m\":1}\n")
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["items"][0]["create"]["status"], 403, "{body}");
+    // The server is fine.
+    let (st, _) = s.get("/api/fleet/data_streams").await;
+    assert_eq!(st, 200);
+}
