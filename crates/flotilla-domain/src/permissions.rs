@@ -60,6 +60,34 @@ impl Permissions {
     }
 }
 
+/// A part of a data stream name (a dataset or a namespace) as
+/// Elasticsearch allows it in index names: non-empty, lowercase, not
+/// starting with `_`, `.` or `+`, without `\ / * ? " < > | , # :`, spaces,
+/// control characters or `-` (which separates the parts).
+pub fn is_data_stream_part(part: &str) -> bool {
+    !part.is_empty()
+        && !part.starts_with(['_', '.', '+'])
+        && part.bytes().all(|b| {
+            b > 0x20
+                && !b.is_ascii_uppercase()
+                && !matches!(
+                    b,
+                    b'\\'
+                        | b'/'
+                        | b'*'
+                        | b'?'
+                        | b'"'
+                        | b'<'
+                        | b'>'
+                        | b'|'
+                        | b','
+                        | b'#'
+                        | b':'
+                        | b'-'
+                )
+        })
+}
+
 /// Data stream name per Elastic's naming scheme: `{type}-{dataset}-{namespace}`.
 pub fn data_stream_name(stream_type: &str, dataset: &str, namespace: &str) -> String {
     format!("{stream_type}-{dataset}-{namespace}")

@@ -509,28 +509,7 @@ pub fn check_dataset_value(
 }
 
 fn check_dataset(file: &str, dataset: &str) -> Result<(), PackageError> {
-    let ok = !dataset.is_empty()
-        && dataset.len() <= 100
-        && !dataset.starts_with(['.', '_', '-', '+'])
-        && dataset.bytes().all(|b| {
-            !b.is_ascii_uppercase()
-                && !matches!(
-                    b,
-                    b'\\'
-                        | b'/'
-                        | b'*'
-                        | b'?'
-                        | b'"'
-                        | b'<'
-                        | b'>'
-                        | b'|'
-                        | b' '
-                        | b','
-                        | b'#'
-                        | b':'
-                        | b'-'
-                )
-        });
+    let ok = dataset.len() <= 100 && flotilla_domain::permissions::is_data_stream_part(dataset);
     if ok {
         Ok(())
     } else {

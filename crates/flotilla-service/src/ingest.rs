@@ -212,29 +212,9 @@ pub fn is_data_stream_name(name: &str) -> bool {
     };
     STREAM_TYPES.contains(ty)
         && name.len() <= 255
-        && [dataset, namespace].iter().all(|p| {
-            !p.is_empty()
-                && !p.starts_with(['_', '.', '+'])
-                && p.bytes().all(|b| {
-                    !b.is_ascii_uppercase()
-                        && !matches!(
-                            b,
-                            b'\\'
-                                | b'/'
-                                | b'*'
-                                | b'?'
-                                | b'"'
-                                | b'<'
-                                | b'>'
-                                | b'|'
-                                | b' '
-                                | b','
-                                | b'#'
-                                | b':'
-                        )
-                        && b >= 0x20
-                })
-        })
+        && [dataset, namespace]
+            .iter()
+            .all(|p| flotilla_domain::permissions::is_data_stream_part(p))
 }
 
 fn timestamp_of(source: &Map<String, Value>) -> Result<Option<DateTime<Utc>>, String> {
