@@ -21,6 +21,7 @@ const KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "packages_dir",
+    "public_url",
     "database_url",
     "admin_api_key",
     "encryption_key",
@@ -41,6 +42,9 @@ pub struct Config {
     /// A directory of package folders (`<name>-<version>/`, Elastic's
     /// package format) installed at start.
     pub packages_dir: Option<PathBuf>,
+    /// The URL agents reach this server at (`https://fleet.example:8220`):
+    /// the default output's host on first start. Default: the listener.
+    pub public_url: Option<String>,
     /// `postgres://…`: use PostgreSQL instead of SQLite. (It may hold a
     /// password: secrets are never serialised, and shown only redacted.)
     #[serde(skip_serializing)]
@@ -235,6 +239,7 @@ impl Default for Config {
             listen: "127.0.0.1:8220".parse().expect("valid default address"),
             data_dir: PathBuf::from("./flotilla-data"),
             packages_dir: None,
+            public_url: None,
             database_url: None,
             admin_api_key: None,
             encryption_key: None,
@@ -313,6 +318,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        if let Some(url) = &self.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                bail!("invalid configuration: public_url must be an http:// or https:// URL");
+            }
+        }
         if self.data.retention_interval < Duration::from_secs(1) {
             bail!("invalid configuration: data.retention_interval must be at least 1s");
         }

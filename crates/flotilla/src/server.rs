@@ -51,8 +51,19 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     let services = Services::new(store, config.fleet_settings()?, sealer);
 
+    let max_connections = fit_connections_to_fd_limit(config.http.max_connections);
+    tracing::debug!(max_connections, "connection cap");
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
     let admin_key = config.admin_api_key.clone();
-    if let Some(generated) = services.management().bootstrap(admin_key.as_ref()).await? {
+    if let Some(generated) = services
+        .management()
+        .bootstrap(admin_key.as_ref(), &default_output_host(&config, addr))
+        .await?
+    {
         // Deliberately not through tracing: shown once, never logged.
         println!(
             "admin API key (shown once, store it now): {}",
@@ -64,12 +75,6 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         install_packages_dir(&services, dir).await?;
     }
 
-    let max_connections = fit_connections_to_fd_limit(config.http.max_connections);
-    tracing::debug!(max_connections, "connection cap");
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
     let limits = HttpLimits {
         max_body_bytes: config.http.max_body_bytes,
         max_bulk_bytes: config.http.max_bulk_bytes,
@@ -220,6 +225,20 @@ async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiv
             return;
         }
     }
+}
+
+/// Where agents ship to on a fresh install: `public_url`, else this
+/// listener (loopback when it listens on every address).
+fn default_output_host(config: &Config, addr: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    format!("http://{host}")
 }
 
 /// Install every `<name>-<version>/` folder of the configured packages

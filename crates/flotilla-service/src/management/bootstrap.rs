@@ -20,6 +20,7 @@ impl Management<'_> {
     pub async fn bootstrap(
         &self,
         admin_key: Option<&SecretString>,
+        default_output_host: &str,
     ) -> Result<Option<SecretString>> {
         self.services
             .packages
@@ -30,7 +31,8 @@ impl Management<'_> {
                 id: Some(DEFAULT_OUTPUT_ID.into()),
                 name: "default".into(),
                 output_type: output::OutputType::Elasticsearch,
-                hosts: vec!["http://localhost:9200".into()],
+                // The embedded output: agents ship to this server.
+                hosts: vec![default_output_host.to_owned()],
                 is_default: true,
             };
             match self

@@ -18,7 +18,13 @@ async fn agent_with_key() -> (Server, String) {
     let token = s.policy_with_token("web").await;
     let agent = s.enroll(&token).await;
     let r = s.checkin(&agent, json!({"status": "online"})).await;
-    let key = output_key(policy_change(&r));
+    let change = policy_change(&r);
+    // A fresh install is a complete loop: agents ship to this server.
+    assert_eq!(
+        change["data"]["policy"]["outputs"]["fleet-default-output"]["hosts"],
+        json!([s.url])
+    );
+    let key = output_key(change);
     (s, base64::engine::general_purpose::STANDARD.encode(key))
 }
 
