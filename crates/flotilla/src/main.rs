@@ -22,8 +22,9 @@ struct Cli {
 enum Command {
     /// Run the server: the management API and the agents' fleet API.
     Server(server::ServerArgs),
-    /// Run an agent (not available yet).
-    Agent,
+    /// The agent: enrol, run, status.
+    #[command(subcommand)]
+    Agent(flotilla_agent::cli::AgentCmd),
     #[command(flatten)]
     Operator(flotilla_cli::Command),
 }
@@ -55,9 +56,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(args).await,
-            Command::Agent => Err(anyhow::anyhow!(
-                "the agent is not available in this version yet"
-            )),
+            Command::Agent(cmd) => {
+                let _ = tracing_subscriber::fmt()
+                    .with_writer(std::io::stderr)
+                    .with_env_filter(
+                        tracing_subscriber::EnvFilter::try_from_default_env()
+                            .unwrap_or_else(|_| "info".into()),
+                    )
+                    .try_init();
+                flotilla_agent::cli::run_cli(cmd).await
+            }
             Command::Operator(cmd) => flotilla_cli::run(cmd).await,
         }
     });

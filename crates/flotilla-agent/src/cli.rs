@@ -1,0 +1,93 @@
+//! `flotilla agent enroll|run|status`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use crate::run::{enroll, read_status, run, RunOptions};
+use crate::state::StateDir;
+
+#[derive(Debug, Args, Clone)]
+pub struct StateArgs {
+    /// Where the agent keeps its identity and state.
+    #[arg(
+        long,
+        env = "FLOTILLA_AGENT_STATE_DIR",
+        default_value = "./flotilla-agent"
+    )]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Enrol with the fleet server.
+    Enroll {
+        #[arg(long, env = "FLOTILLA_URL")]
+        url: String,
+        #[arg(long, env = "FLOTILLA_ENROLLMENT_TOKEN", hide_env_values = true)]
+        enrollment_token: String,
+        /// Repeatable.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Run: the last good policy first, then check in and follow the server
+    /// (enrolling on first start when --url and --enrollment-token are given).
+    Run {
+        #[arg(long, env = "FLOTILLA_URL")]
+        url: Option<String>,
+        #[arg(long, env = "FLOTILLA_ENROLLMENT_TOKEN", hide_env_values = true)]
+        enrollment_token: Option<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Stop after this many check-ins (for tests and one-shot runs).
+        #[arg(long, hide = true)]
+        max_checkins: Option<u64>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// The local view, also while the server is unreachable.
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+pub async fn run_cli(cmd: AgentCmd) -> Result<()> {
+    match cmd {
+        AgentCmd::Enroll {
+            url,
+            enrollment_token,
+            tags,
+            state,
+        } => {
+            let dir = StateDir::open(&state.state_dir)?;
+            let identity = enroll(&dir, &url, &enrollment_token, &tags).await?;
+            println!("enrolled as agent {}", identity.agent_id);
+            Ok(())
+        }
+        AgentCmd::Run {
+            url,
+            enrollment_token,
+            tags,
+            max_checkins,
+            state,
+        } => {
+            run(RunOptions {
+                state_dir: state.state_dir,
+                url,
+                enrollment_token,
+                tags,
+                max_checkins,
+            })
+            .await
+        }
+        AgentCmd::Status { state } => {
+            let status = read_status(&state.state_dir)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Enrol, then run: load the last good policy and run it before talking to
+//! the server; long-poll; apply a policy change, persist it, then ack.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::client::{FleetClient, FleetError};
+use crate::state::{Kind, Loaded, StateDir};
+
+/// Who the agent is (encrypted: it holds the access key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub agent_id: String,
+    pub url: String,
+    pub access_key: String,
+}
+
+/// The ack token and results not acked yet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Acks {
+    pub ack_token: Option<String>,
+    pub pending: Vec<Value>,
+}
+
+/// The policy the agent runs and its inputs' health.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Running {
+    pub policy_id: String,
+    pub revision: i64,
+    pub components: Vec<Value>,
+}
+
+/// The local view `flotilla agent status` prints (plain JSON: no secrets).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LocalStatus {
+    pub agent_id: Option<String>,
+    pub server: Option<String>,
+    pub policy_id: Option<String>,
+    pub revision: Option<i64>,
+    pub last_checkin: Option<String>,
+    pub components: Vec<Value>,
+    pub last_error: Option<String>,
+    pub state_warnings: Vec<String>,
+}
+
+/// Input types this agent runs (none yet: each is reported as a failed
+/// component, and the rest of the policy is still applied).
+const IMPLEMENTED_INPUTS: &[&str] = &[];
+
+/// Apply a POLICY_CHANGE: validate it and (re)configure the inputs.
+pub fn apply(action: &Value) -> Result<Running, String> {
+    let policy = action
+        .pointer("/data/policy")
+        .ok_or("the action has no policy")?;
+    let policy_id = policy
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or("the policy has no id")?;
+    let revision = policy
+        .get("revision")
+        .and_then(Value::as_i64)
+        .ok_or("the policy has no revision")?;
+    let inputs = match policy.get("inputs") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err("the policy's inputs are not a list".into()),
+    };
+    let mut components = Vec::new();
+    for input in &inputs {
+        let id = input
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("an input has no id")?;
+        let ty = input
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or("an input has no type")?;
+        let (status, message) = if IMPLEMENTED_INPUTS.contains(&ty) {
+            ("HEALTHY", "running".to_owned())
+        } else {
+            (
+                "FAILED",
+                format!("input type {ty} is not implemented by this agent yet"),
+            )
+        };
+        components.push(json!({"id": id, "type": ty, "status": status, "message": message}));
+    }
+    Ok(Running {
+        policy_id: policy_id.to_owned(),
+        revision,
+        components,
+    })
+}
+
+fn write_status(dir: &Path, status: &LocalStatus) {
+    let tmp = dir.join("status.json.tmp");
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(status).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("status.json"));
+    }
+}
+
+/// The local view, readable while the agent runs (or not).
+pub fn read_status(dir: &Path) -> Result<LocalStatus> {
+    let text = std::fs::read(dir.join("status.json")).with_context(|| {
+        format!(
+            "no agent state in {} (not enrolled, or never run)",
+            dir.display()
+        )
+    })?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+/// Exponential backoff with full jitter, at least what the server asked.
+fn backoff(attempt: u32, asked: Option<Duration>) -> Duration {
+    let base = Duration::from_millis(500).saturating_mul(1 << attempt.min(8));
+    let cap = Duration::from_secs(60).min(base);
+    let jittered = Duration::from_millis(rand::thread_rng().gen_range(0..=cap.as_millis() as u64));
+    asked.map_or(jittered, |a| a.max(jittered))
+}
+
+fn metadata(agent_id: Option<&str>) -> Value {
+    let host = std::env::var("HOSTNAME").ok().or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+    });
+    json!({
+        "elastic": {"agent": {"version": env!("CARGO_PKG_VERSION"), "id": agent_id, "name": "flotilla"}},
+        "host": {"hostname": host, "name": host},
+        "os": {"family": std::env::consts::OS},
+    })
+}
+
+/// Enrol with a token and store the identity.
+pub async fn enroll(state: &StateDir, url: &str, token: &str, tags: &[String]) -> Result<Identity> {
+    let client = FleetClient::new(url, Duration::from_secs(60))?;
+    let mut attempt = 0;
+    let (agent_id, access_key) = loop {
+        match client.enroll(token, tags, metadata(None)).await {
+            Ok(ok) => break ok,
+            Err(FleetError::Retry { reason, after }) if attempt < 8 => {
+                let wait = backoff(attempt, after);
+                tracing::warn!(%reason, ?wait, "enrolment failed; retrying");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(e) => bail!("enrolment failed: {e}"),
+        }
+    };
+    let identity = Identity {
+        agent_id,
+        url: url.to_owned(),
+        access_key,
+    };
+    state.save("", Kind::Identity, &identity)?;
+    Ok(identity)
+}
+
+pub struct RunOptions {
+    pub state_dir: PathBuf,
+    pub url: Option<String>,
+    pub enrollment_token: Option<String>,
+    pub tags: Vec<String>,
+    /// Stop after this many successful check-ins (tests); run forever when `None`.
+    pub max_checkins: Option<u64>,
+}
+
+/// Run until stopped, or until the server refuses the agent.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let state = StateDir::open(&opts.state_dir)?;
+    let mut status = LocalStatus::default();
+    let identity = match state.load::<Identity>("", Kind::Identity) {
+        Loaded::Found(i) => i,
+        Loaded::Missing => match (&opts.url, &opts.enrollment_token) {
+            (Some(url), Some(token)) => enroll(&state, url, token, &opts.tags).await?,
+            _ => bail!(
+                "this agent is not enrolled: run `flotilla agent enroll --url … --enrollment-token …`, \
+                 or give --url and --enrollment-token (FLOTILLA_URL, FLOTILLA_ENROLLMENT_TOKEN)"
+            ),
+        },
+        Loaded::Refused { moved_to, reason } => bail!(
+            "the agent's identity file {reason}; it was moved to {} — enrol again",
+            moved_to.display()
+        ),
+    };
+    let id = identity.agent_id.clone();
+    status.agent_id = Some(id.clone());
+    status.server = Some(identity.url.clone());
+
+    // The last good policy runs before the server is asked anything.
+    let mut running: Option<(Running, Value)> = match state.load::<Value>(&id, Kind::Policy) {
+        Loaded::Found(action) => match apply(&action) {
+            Ok(r) => {
+                tracing::info!(policy_id = %r.policy_id, revision = r.revision, "running the last good policy");
+                Some((r, action))
+            }
+            Err(e) => {
+                status
+                    .state_warnings
+                    .push(format!("the stored policy does not apply: {e}"));
+                None
+            }
+        },
+        Loaded::Missing => None,
+        Loaded::Refused { moved_to, reason } => {
+            let warning = format!(
+                "the stored policy {reason}; moved to {}",
+                moved_to.display()
+            );
+            tracing::error!("{warning}");
+            status.state_warnings.push(warning);
+            None
+        }
+    };
+    let mut acks = match state.load::<Acks>(&id, Kind::Acks) {
+        Loaded::Found(a) => a,
+        Loaded::Missing => Acks::default(),
+        Loaded::Refused { moved_to, reason } => {
+            let warning = format!(
+                "the stored ack state {reason}; moved to {}",
+                moved_to.display()
+            );
+            tracing::error!("{warning}");
+            status.state_warnings.push(warning);
+            Acks::default()
+        }
+    };
+    let show = |status: &mut LocalStatus, running: &Option<(Running, Value)>| {
+        status.policy_id = running.as_ref().map(|(r, _)| r.policy_id.clone());
+        status.revision = running.as_ref().map(|(r, _)| r.revision);
+        status.components = running
+            .as_ref()
+            .map(|(r, _)| r.components.clone())
+            .unwrap_or_default();
+    };
+    show(&mut status, &running);
+    write_status(state.path(), &status);
+
+    let client = FleetClient::new(&identity.url, Duration::from_secs(20 * 60))?;
+    let mut attempt = 0u32;
+    let mut checkins = 0u64;
+    loop {
+        if !acks.pending.is_empty() {
+            match client.ack(&id, &identity.access_key, &acks.pending).await {
+                Ok(_) => {
+                    acks.pending.clear();
+                    state.save(&id, Kind::Acks, &acks)?;
+                }
+                Err(FleetError::Unauthorized(r)) => return unenrolled(&state, &mut status, &r),
+                Err(e) => tracing::warn!(error = %e, "could not ack; will retry"),
+            }
+        }
+        let healthy = running
+            .as_ref()
+            .is_some_and(|(r, _)| r.components.iter().all(|c| c["status"] == "HEALTHY"));
+        let mut body = json!({
+            "status": if healthy || running.is_none() { "online" } else { "degraded" },
+            "message": if healthy { "running" } else { "some inputs are not running" },
+            "local_metadata": metadata(Some(&id)),
+            "components": running.as_ref().map(|(r, _)| r.components.clone()).unwrap_or_default(),
+        });
+        if let Some(t) = &acks.ack_token {
+            body["ack_token"] = json!(t);
+        }
+        if let Some((r, _)) = &running {
+            body["agent_policy_id"] = json!(r.policy_id);
+            body["policy_revision_idx"] = json!(r.revision);
+        }
+        let answer = match client.checkin(&id, &identity.access_key, &body).await {
+            Ok(v) => v,
+            Err(FleetError::Unauthorized(r)) => return unenrolled(&state, &mut status, &r),
+            Err(FleetError::Retry { reason, after }) => {
+                let wait = backoff(attempt, after);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(%reason, ?wait, "check-in failed; the current policy keeps running");
+                status.last_error = Some(reason);
+                write_status(state.path(), &status);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Err(e) => {
+                let wait = backoff(attempt, None);
+                attempt = attempt.saturating_add(1);
+                tracing::error!(error = %e, "check-in refused");
+                status.last_error = Some(e.to_string());
+                write_status(state.path(), &status);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        attempt = 0;
+        status.last_error = None;
+        status.last_checkin = Some(chrono::Utc::now().to_rfc3339());
+        if let Some(t) = answer.get("ack_token").and_then(Value::as_str) {
+            acks.ack_token = Some(t.to_owned());
+        }
+        let mut stop = None;
+        for action in answer
+            .get("actions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let action_id = action
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let kind = action
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let mut event = json!({
+                "type": "ACTION_RESULT", "subtype": "ACKNOWLEDGED", "agent_id": id, "action_id": action_id,
+                "timestamp": chrono::Utc::now().to_rfc3339(), "message": format!("{kind} handled"),
+            });
+            match kind.as_str() {
+                "POLICY_CHANGE" => match apply(&action) {
+                    // Apply, then persist, then ack.
+                    Ok(r) => {
+                        state.save(&id, Kind::Policy, &action)?;
+                        tracing::info!(policy_id = %r.policy_id, revision = r.revision, "policy applied and persisted");
+                        running = Some((r, action.clone()));
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the policy does not apply; the previous one keeps running");
+                        event["error"] = json!(e);
+                        event["message"] = json!(format!("policy change failed: {e}"));
+                    }
+                },
+                "UNENROLL" => stop = Some(()),
+                "SETTINGS" => {}
+                other => {
+                    event["error"] = json!(format!(
+                        "action type {other} is not supported by this agent"
+                    ));
+                }
+            }
+            acks.pending.push(event);
+        }
+        state.save(&id, Kind::Acks, &acks)?;
+        show(&mut status, &running);
+        write_status(state.path(), &status);
+        if stop.is_some() {
+            // Ack the unenrolment, then forget the secrets.
+            let _ = client.ack(&id, &identity.access_key, &acks.pending).await;
+            for k in [Kind::Identity, Kind::Policy, Kind::Acks] {
+                state.remove(k)?;
+            }
+            status.last_error = Some("unenrolled".into());
+            write_status(state.path(), &status);
+            tracing::info!("unenrolled: inputs stopped, secrets removed");
+            return Ok(());
+        }
+        checkins += 1;
+        if opts.max_checkins.is_some_and(|m| checkins >= m) {
+            if !acks.pending.is_empty()
+                && client
+                    .ack(&id, &identity.access_key, &acks.pending)
+                    .await
+                    .is_ok()
+            {
+                acks.pending.clear();
+                state.save(&id, Kind::Acks, &acks)?;
+            }
+            return Ok(());
+        }
+    }
+}
+
+fn unenrolled(state: &StateDir, status: &mut LocalStatus, reason: &str) -> Result<()> {
+    status.last_error = Some(format!("the server refuses this agent: {reason}"));
+    write_status(state.path(), status);
+    Err(anyhow!(
+        "the server no longer accepts this agent (unenrolled or revoked: {reason}); its inputs are stopped"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_applies_with_unimplemented_inputs_as_failed_components() {
+        let action = json!({"id": "policy:p:2", "type": "POLICY_CHANGE", "data": {"policy": {
+            "id": "p", "revision": 2, "inputs": [{"id": "logfile-nginx-x", "type": "logfile"}]}}});
+        let r = apply(&action).unwrap();
+        assert_eq!((r.policy_id.as_str(), r.revision), ("p", 2));
+        assert_eq!(r.components[0]["status"], "FAILED");
+        assert!(apply(&json!({"data": {"policy": {"id": "p"}}})).is_err());
+        assert!(
+            apply(&json!({"data": {"policy": {"id": "p", "revision": 1, "inputs": {}}}})).is_err()
+        );
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        for attempt in 0..20 {
+            assert!(backoff(attempt, None) <= Duration::from_secs(60));
+        }
+        assert!(backoff(0, Some(Duration::from_secs(5))) >= Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,178 @@
+//! The real agent binary against the real server: enrol, receive and
+//! persist a policy before acking it, keep running it through an outage,
+//! refuse tampered state, one agent per directory, unenrolment.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::fleet::quick_polls;
+use crate::support::{command, Server};
+
+fn agent(dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = command();
+    c.arg("agent").args(args).arg("--state-dir").arg(dir);
+    c.env_remove("FLOTILLA_URL").env("RUST_LOG", "warn");
+    c
+}
+
+fn status(dir: &Path) -> Value {
+    let out = agent(dir, &["status"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_applies_persists_then_acks_and_keeps_its_policy_through_an_outage() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+
+    let out = agent(
+        &dir,
+        &[
+            "enroll",
+            "--url",
+            &s.url,
+            "--enrollment-token",
+            &token,
+            "--tag",
+            "e2e",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent_id = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let out = agent(&dir, &["run", "--max-checkins", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = status(&dir);
+    assert_eq!(local["policy_id"], "web");
+    assert_eq!(local["revision"], 2);
+    assert_eq!(local["components"][0]["status"], "FAILED", "{local}");
+    // The server saw it run the policy, and the policy change acked.
+    let (_, a) = s.get(&format!("/api/fleet/agents/{agent_id}")).await;
+    assert_eq!(a["item"]["reported_policy_revision"], 2, "{a}");
+    assert_eq!(a["item"]["tags"], json!(["e2e"]));
+    assert_eq!(
+        a["item"]["policy_revision"], 2,
+        "the policy change was acked: {a}"
+    );
+
+    // A second agent on the same directory is refused.
+    let mut running = agent(&dir, &["run"]).spawn().unwrap();
+    wait_for("the agent to take its lock", || {
+        dir.join("agent.lock").exists() && {
+            let out = agent(&dir, &["run", "--max-checkins", "1"])
+                .output()
+                .unwrap();
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("another flotilla agent")
+        }
+    });
+    let _ = running.kill();
+    let _ = running.wait();
+
+    // The server goes away: the agent still runs its last good policy.
+    drop(s);
+    let mut offline = agent(&dir, &["run"]).spawn().unwrap();
+    wait_for("the agent to report the outage", || {
+        let st = status(&dir);
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unreachable"))
+            && st["revision"] == 2
+    });
+    let _ = offline.kill();
+    let _ = offline.wait();
+
+    // A tampered policy file is refused, reported and moved aside.
+    let policy = dir.join("policy.enc");
+    let mut bytes = std::fs::read(&policy).unwrap();
+    let n = bytes.len() - 1;
+    bytes[n] ^= 0x55;
+    std::fs::write(&policy, bytes).unwrap();
+    let mut tampered = agent(&dir, &["run"]).spawn().unwrap();
+    wait_for("the tampered file to be reported", || {
+        status(&dir)["state_warnings"]
+            .to_string()
+            .contains("does not open")
+    });
+    let _ = tampered.kill();
+    let _ = tampered.wait();
+    let moved = std::fs::read_dir(&dir).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("policy.corrupt-")
+    });
+    assert!(moved, "moved aside");
+    assert_eq!(status(&dir)["policy_id"], Value::Null, "never used");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unenrolled_agent_acks_and_removes_its_secrets() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    // Enrols on first start from the environment, as containers do.
+    let out = agent(&dir, &["run", "--max-checkins", "1"])
+        .env("FLOTILLA_URL", &s.url)
+        .env("FLOTILLA_ENROLLMENT_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent_id = status(&dir)["agent_id"].as_str().unwrap().to_owned();
+    let (st, _) = s
+        .post(&format!("/api/fleet/agents/{agent_id}/unenroll"), json!({}))
+        .await;
+    assert_eq!(st, 200);
+    let out = agent(&dir, &["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.join("identity.enc").exists(), "the access key is gone");
+    assert!(!dir.join("policy.enc").exists());
+    let out = agent(&dir, &["run", "--max-checkins", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not enrolled"));
+}
