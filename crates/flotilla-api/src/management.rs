@@ -38,13 +38,31 @@ pub struct CreateOutput {
     pub secrets: Option<OutputSecrets>,
 }
 
-/// An output's secrets (never returned).
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+/// An output's secrets (never returned): one of them.
+#[derive(Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSecrets {
     /// `base64(id:secret)` of an API key allowed to manage API keys in the
-    /// cluster (`manage_api_key`, or a Flotilla operator key).
-    pub api_key: String,
+    /// cluster (a Flotilla operator key, say). Sent as `ApiKey`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub api_key: Option<String>,
+    /// An Elasticsearch service token (`elastic/fleet-server`), as
+    /// fleet-server uses: sent as `Bearer`. Elasticsearch gives keys made
+    /// with an API key no privileges, so a real cluster needs this.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub service_token: Option<String>,
+}
+
+impl std::fmt::Debug for OutputSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputSecrets")
+            .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field(
+                "service_token",
+                &self.service_token.as_ref().map(|_| "[redacted]"),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]

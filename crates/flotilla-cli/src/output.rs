@@ -94,7 +94,8 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: OutputCmd) -> Result<View> {
                 .map(|f| {
                     std::fs::read_to_string(&f)
                         .map(|k| flotilla_api::management::OutputSecrets {
-                            api_key: k.trim().to_owned(),
+                            api_key: Some(k.trim().to_owned()),
+                            service_token: None,
                         })
                         .map_err(|e| anyhow!("cannot read {}: {e}", f.display()))
                 })

@@ -147,13 +147,12 @@ impl Fleet<'_> {
                 {
                     tracing::warn!(error = %se, "could not record the key error");
                 }
-                return match self.current_output_key(agent, true).await? {
-                    Some(current) => Ok(current),
-                    None => Err(FleetError::new(
-                        FleetErrorKind::Unavailable,
-                        "the output's cluster cannot mint the agent's key yet; retry",
-                    )),
-                };
+                // Revision R is held back until its key exists, so no ack
+                // or report of R retires the key the agent runs on.
+                return Err(FleetError::new(
+                    FleetErrorKind::Unavailable,
+                    "the output's cluster cannot mint the agent's key yet; retry",
+                ));
             }
         };
         let change = OutputKeyChange {
@@ -195,7 +194,10 @@ impl Fleet<'_> {
                     )),
                 };
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                backend.discard(&minted_id).await;
+                return Err(e.into());
+            }
         }
         tracing::info!(agent_id = %agent.id, policy_id = %policy.policy_id, revision = policy.revision, "output key minted");
         Ok(plain)

@@ -106,38 +106,26 @@ impl Fleet<'_> {
             let hosts = match self.store.get_output(&output_id).await {
                 Ok(o) => o.hosts,
                 Err(flotilla_store::StoreError::NotFound { .. }) => {
-                    tracing::warn!(
-                        output_id,
-                        keys = ids.len(),
-                        "the output is gone: its cluster's keys cannot be invalidated from here"
-                    );
-                    self.store
-                        .mark_remote_invalidated(&ids, chrono::Utc::now())
-                        .await?;
+                    tracing::warn!(output_id, keys = ids.len(), "the output is gone: its keys in the cluster cannot be invalidated from here; invalidate them there");
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             };
             let Some(cluster) = self.remote_cluster(&output_id, hosts).await? else {
-                tracing::warn!(
-                    output_id,
-                    keys = ids.len(),
-                    "the output no longer has a cluster credential: its keys there stay valid"
-                );
-                self.store
-                    .mark_remote_invalidated(&ids, chrono::Utc::now())
-                    .await?;
+                tracing::warn!(output_id, keys = ids.len(), "the output has no cluster credential any more: its keys there stay valid until it has one again");
                 continue;
             };
             match cluster.invalidate(&ids).await {
-                Ok(()) => {
+                Ok(confirmed) => {
+                    let confirmed: Vec<String> =
+                        confirmed.into_iter().filter(|c| ids.contains(c)).collect();
                     self.store
-                        .mark_remote_invalidated(&ids, chrono::Utc::now())
+                        .mark_remote_invalidated(&confirmed, chrono::Utc::now())
                         .await?;
-                    done += ids.len();
+                    done += confirmed.len();
                     tracing::info!(
                         output_id,
-                        keys = ids.len(),
+                        keys = confirmed.len(),
                         "keys invalidated in the output's cluster"
                     );
                 }
@@ -250,7 +238,16 @@ impl Fleet<'_> {
         // a cluster rotates every agent's key.
         let permissions_hash = hex::encode(Sha256::digest(format!(
             "{output_id}\n{}\n{}",
-            if remote.is_some() { "remote" } else { "local" },
+            match &remote {
+                None => "local".to_owned(),
+                Some(c) => format!(
+                    "remote {} {}",
+                    c.hosts.join(","),
+                    hex::encode(Sha256::digest(
+                        secrecy::ExposeSecret::expose_secret(&c.credential).as_bytes()
+                    ))
+                ),
+            },
             serde_json::to_string(&permissions).expect("permissions serialise")
         )));
         let cached = Arc::new(CachedPolicy {

@@ -127,6 +127,10 @@ impl KeyService {
         if record.invalidated_at.is_some() {
             return Ok(Err(KeyRejection::Invalidated));
         }
+        // A key minted in an output's cluster is that cluster's to check.
+        if record.remote_output.is_some() {
+            return Ok(Err(KeyRejection::Unknown));
+        }
         if record.expires_at.is_some_and(|t| t <= Utc::now()) {
             return Ok(Err(KeyRejection::Expired));
         }

@@ -15,6 +15,7 @@ use flotilla_domain::permissions::Permissions;
 pub struct RemoteCluster {
     pub output_id: String,
     pub hosts: Vec<String>,
+    /// The `Authorization` header value: `ApiKey …` or `Bearer …`.
     pub credential: SecretString,
 }
 
@@ -68,10 +69,7 @@ impl RemoteCluster {
             let url = format!("{}{path}", host.trim_end_matches('/'));
             let sent = http()
                 .request(method.clone(), &url)
-                .header(
-                    "authorization",
-                    format!("ApiKey {}", self.credential.expose_secret()),
-                )
+                .header("authorization", self.credential.expose_secret())
                 .json(&body)
                 .send()
                 .await;
@@ -141,15 +139,35 @@ impl RemoteCluster {
         }
     }
 
-    /// Invalidate keys there (already invalidated ones count as done).
-    pub async fn invalidate(&self, ids: &[String]) -> Result<(), RemoteError> {
-        self.call(
-            reqwest::Method::DELETE,
-            "/_security/api_key",
-            json!({ "ids": ids }),
-        )
-        .await
-        .map(|_| ())
+    /// Invalidate keys there: the ids the cluster confirmed (invalidated
+    /// now or before); the others are to be tried again.
+    pub async fn invalidate(&self, ids: &[String]) -> Result<Vec<String>, RemoteError> {
+        let v = self
+            .call(
+                reqwest::Method::DELETE,
+                "/_security/api_key",
+                json!({ "ids": ids }),
+            )
+            .await?;
+        let listed = |k: &str| -> Vec<String> {
+            v.get(k)
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut done = listed("invalidated_api_keys");
+        done.extend(listed("previously_invalidated_api_keys"));
+        // No errors and nothing listed: the cluster knew none of them, so
+        // nothing is left to invalidate there.
+        if done.is_empty() && v.get("error_count").and_then(Value::as_u64).unwrap_or(0) == 0 {
+            return Ok(ids.to_vec());
+        }
+        Ok(done)
     }
 }
 
@@ -207,7 +225,7 @@ impl OutputKeyBackend<'_> {
     /// Drop a key minted but not used (another check-in rotated first).
     pub async fn discard(&self, key_id: &str) {
         if let OutputKeyBackend::Remote(cluster) = self {
-            if let Err(e) = cluster.invalidate(&[key_id.to_owned()]).await {
+            if let Err(e) = cluster.invalidate(&[key_id.to_owned()]).await.map(|_| ()) {
                 tracing::warn!(error = %e, "could not invalidate an unused key in the output's cluster");
             }
         }

@@ -9,6 +9,38 @@ use flotilla_api::management::*;
 
 use super::*;
 
+/// The credential as stored: `ApiKey <key>` or `Bearer <token>`, ready to
+/// be an `Authorization` header.
+fn check_secrets(s: &OutputSecrets) -> Result<String> {
+    match (&s.api_key, &s.service_token) {
+        (Some(k), None) => {
+            let k = k.trim();
+            // Elasticsearch API keys are base64(id:secret); a Flotilla
+            // operator key is any token. Either is sent as it is.
+            if k.is_empty() || k.len() > 4096 || k.chars().any(char::is_whitespace) {
+                return Err(ValidationError::new(
+                    "secrets.api_key",
+                    "must be an API key credential (base64(id:secret))",
+                )
+                .into());
+            }
+            Ok(format!("ApiKey {k}"))
+        }
+        (None, Some(t)) => {
+            let t = t.trim();
+            if t.is_empty() || t.len() > 4096 || t.chars().any(char::is_whitespace) {
+                return Err(ValidationError::new(
+                    "secrets.service_token",
+                    "must be a service token",
+                )
+                .into());
+            }
+            Ok(format!("Bearer {t}"))
+        }
+        _ => Err(ValidationError::new("secrets", "give one of api_key or service_token").into()),
+    }
+}
+
 /// The associated data an output's cluster credential is sealed under.
 pub(crate) fn output_credential_aad(output_id: &str) -> String {
     format!("outputs.key_credential:{output_id}")
@@ -33,28 +65,25 @@ impl Management<'_> {
         }
         let created = self.store().create_output(&id, &new, Utc::now()).await?;
         match req.secrets {
-            Some(secrets) => self.set_key_credential(&id, Some(&secrets.api_key)).await,
+            Some(secrets) => self.set_key_credential(&id, Some(&secrets)).await,
             None => Ok(created),
         }
     }
 
     /// Seal (or clear) the credential agents' keys are managed with in
     /// the output's cluster.
-    async fn set_key_credential(&self, id: &str, api_key: Option<&str>) -> Result<Output> {
-        let sealed = match api_key {
-            Some(k) => {
-                let k = k.trim();
-                if k.is_empty() || k.len() > 4096 {
-                    return Err(ValidationError::new(
-                        "secrets.api_key",
-                        "must be 1-4096 characters",
-                    )
-                    .into());
-                }
+    async fn set_key_credential(
+        &self,
+        id: &str,
+        secrets: Option<&OutputSecrets>,
+    ) -> Result<Output> {
+        let sealed = match secrets {
+            Some(s) => {
+                let stored = check_secrets(s)?;
                 Some(
                     self.services
                         .sealer
-                        .seal(k.as_bytes(), &output_credential_aad(id)),
+                        .seal(stored.as_bytes(), &output_credential_aad(id)),
                 )
             }
             None => None,
@@ -103,24 +132,46 @@ impl Management<'_> {
         let secrets = req.secrets;
         if update == OutputUpdate::default() {
             return match secrets {
-                Some(s) => {
-                    self.set_key_credential(id, s.as_ref().map(|s| s.api_key.as_str()))
-                        .await
-                }
+                Some(s) => self.set_key_credential(id, s.as_ref()).await,
                 None => Err(ValidationError::new("body", "names no field to change").into()),
             };
         }
         let updated = self.store().update_output(id, &update, Utc::now()).await?;
         match secrets {
-            Some(s) => {
-                self.set_key_credential(id, s.as_ref().map(|s| s.api_key.as_str()))
-                    .await
-            }
+            Some(s) => self.set_key_credential(id, s.as_ref()).await,
             None => Ok(updated),
         }
     }
 
     pub async fn delete_output(&self, id: &str) -> Result<()> {
         Ok(self.store().delete_output(id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_credential_is_one_api_key_or_one_service_token() {
+        let s = |api_key: Option<&str>, service_token: Option<&str>| OutputSecrets {
+            api_key: api_key.map(str::to_owned),
+            service_token: service_token.map(str::to_owned),
+        };
+        assert_eq!(
+            check_secrets(&s(Some("aWQ6c2VjcmV0"), None)).unwrap(),
+            "ApiKey aWQ6c2VjcmV0"
+        );
+        assert_eq!(
+            check_secrets(&s(None, Some("AAEAAWVs"))).unwrap(),
+            "Bearer AAEAAWVs"
+        );
+        assert!(check_secrets(&s(None, None)).is_err());
+        assert!(check_secrets(&s(Some("a"), Some("b"))).is_err());
+        assert!(check_secrets(&s(Some("has space"), None)).is_err());
+        assert!(
+            !format!("{:?}", s(Some("aWQ6c2VjcmV0"), None)).contains("aWQ6"),
+            "Debug redacts"
+        );
     }
 }
