@@ -234,6 +234,10 @@ fn default_output_host(config: &Config, addr: std::net::SocketAddr) -> String {
         return url.trim_end_matches('/').to_owned();
     }
     let host = if addr.ip().is_unspecified() {
+        tracing::warn!(
+            "public_url is not set and the server listens on every address: the default output \
+             (created on first start) points at loopback, which agents on other hosts cannot reach"
+        );
         std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
     } else {
         addr
