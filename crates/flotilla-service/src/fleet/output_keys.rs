@@ -125,10 +125,7 @@ impl Fleet<'_> {
         let metadata = json!({"agent_id": agent.id, "managed": true, "type": "output", "output_name": policy.output_id,
                               "policy_id": policy.policy_id});
         let keys = self.keys();
-        let backend = match &policy.remote {
-            None => OutputKeyBackend::Local(&keys),
-            Some(cluster) => OutputKeyBackend::Remote(cluster),
-        };
+        let backend = OutputKeyBackend::for_output(&keys, policy.remote.as_ref());
         let (record, plain) = match backend
             .mint(&name, &agent.id, &policy.permissions, metadata)
             .await

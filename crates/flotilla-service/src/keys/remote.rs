@@ -178,7 +178,15 @@ pub enum OutputKeyBackend<'a> {
     Remote(&'a RemoteCluster),
 }
 
-impl OutputKeyBackend<'_> {
+impl<'a> OutputKeyBackend<'a> {
+    /// The backend an output's keys use: its cluster when it has one.
+    pub fn for_output(keys: &'a super::KeyService, cluster: Option<&'a RemoteCluster>) -> Self {
+        match cluster {
+            Some(c) => OutputKeyBackend::Remote(c),
+            None => OutputKeyBackend::Local(keys),
+        }
+    }
+
     /// A new output key for `agent_id`: its record (to store) and its plain
     /// `id:secret`.
     pub async fn mint(

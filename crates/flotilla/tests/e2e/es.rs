@@ -653,3 +653,45 @@ async fn keys_live_in_an_existing_cluster() {
     let err = a["item"]["output_key_error"].as_str().unwrap_or_default();
     assert!(err.contains("unreachable"), "{a}");
 }
+
+/// A cluster that refuses the output's credential: no key is minted, the
+/// check-in is retryable, and the agent's record and the log say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_refusing_the_credential_leaves_the_reason_on_the_agent() {
+    let cluster = Server::sqlite();
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let (st, _) = s
+        .post(
+            "/api/fleet/outputs",
+            json!({"id": "cluster", "name": "cluster", "type": "elasticsearch", "hosts": [cluster.url],
+                   "secrets": {"api_key": "bm90OmEta2V5LXRoZS1jbHVzdGVyLWtub3dz"}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    s.post(
+        "/api/fleet/agent_policies",
+        json!({"id": "web", "name": "web", "output_id": "cluster"}),
+    )
+    .await;
+    let (_, token) = s
+        .post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": "web"}),
+        )
+        .await;
+    let agent = s.enroll(token["item"]["api_key"].as_str().unwrap()).await;
+    let r = s.checkin(&agent, json!({"status": "online"})).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    let (_, a) = s.get(&format!("/api/fleet/agents/{}", agent.0)).await;
+    let err = a["item"]["output_key_error"].as_str().unwrap_or_default();
+    assert!(err.contains("refused the output's credential (401)"), "{a}");
+    assert!(
+        !err.contains("bm90Om"),
+        "the credential is not in the reason"
+    );
+    let log = s.stop_with_stderr();
+    assert!(
+        log.contains("could not mint the agent's output key"),
+        "{log}"
+    );
+}
