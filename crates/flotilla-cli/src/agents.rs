@@ -122,6 +122,19 @@ const AGENT_COLS: Columns = &[
     ("TAGS", "tags"),
     ("LAST CHECK-IN", "last_checkin"),
 ];
+/// One agent: also what failed (a policy change it could not apply, an
+/// output key its cluster could not mint).
+const AGENT_SHOW_COLS: Columns = &[
+    ("ID", "id"),
+    ("STATUS", "status"),
+    ("POLICY", "policy_id"),
+    ("REVISION", "policy_revision"),
+    ("RUNS", "reported_policy_revision"),
+    ("FAILED REVISION", "policy_change_failure.revision"),
+    ("FAILURE", "policy_change_failure.message"),
+    ("KEY ERROR", "output_key_error"),
+    ("LAST CHECK-IN", "last_checkin"),
+];
 const ACTION_COLS: Columns = &[
     ("ID", "id"),
     ("TYPE", "type"),
@@ -156,7 +169,7 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             }
             view(c.get(AGENTS, &q).await?, AGENT_COLS)
         }
-        AgentsCmd::Show { id } => view(c.get(&at(AGENTS, &id), &[]).await?, AGENT_COLS),
+        AgentsCmd::Show { id } => view(c.get(&at(AGENTS, &id), &[]).await?, AGENT_SHOW_COLS),
         AgentsCmd::Unenroll { id, revoke } => view(
             c.post(
                 &format!("{}/unenroll", at(AGENTS, &id)),

@@ -89,6 +89,12 @@ pub struct Agent {
     /// cluster), until a mint succeeds; it keeps its current key meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key_error: Option<String>,
+    /// The policy change it could not apply (`policy_id`, `revision`,
+    /// `message`, `at`), until it applies a later one. A failed apply is
+    /// not counted as applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub policy_change_failure: Option<Value>,
     pub enrolled_at: DateTime<Utc>,
     pub unenrollment_started_at: Option<DateTime<Utc>>,
     pub unenrolled_at: Option<DateTime<Utc>>,

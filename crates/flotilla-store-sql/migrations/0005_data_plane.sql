@@ -33,3 +33,6 @@ CREATE INDEX api_keys_remote_pending ON api_keys (remote_output, remote_invalida
 -- Why the agent's output key could not be minted or rotated (the cluster's
 -- error), until a mint succeeds.
 ALTER TABLE agents ADD COLUMN output_key_error TEXT;
+-- The last policy change the agent could not apply: its revision, when,
+-- and the agent's message (JSON), until a later revision is applied.
+ALTER TABLE agents ADD COLUMN policy_change_failure TEXT;

@@ -236,6 +236,7 @@ pub(crate) struct AgentRow {
     reported_policy_id: Option<String>,
     reported_policy_revision: Option<i64>,
     output_key_error: Option<String>,
+    policy_change_failure: Option<String>,
     status: String,
 }
 
@@ -254,6 +255,11 @@ impl AgentRow {
             reported_policy_id: self.reported_policy_id,
             reported_policy_revision: self.reported_policy_revision,
             output_key_error: self.output_key_error,
+            policy_change_failure: self
+                .policy_change_failure
+                .as_deref()
+                .map(|f| json("agent policy change failure", f))
+                .transpose()?,
             id: self.id,
             policy_id: self.policy_id,
             policy_revision: self.policy_revision,

@@ -521,6 +521,9 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Output>;
     async fn output_key_credential(&self, output_id: &str) -> Result<Option<String>>;
+    /// The policy change an agent acked with an error: `{policy_id,
+    /// revision, message, at}` (cleared when it acks a later revision).
+    async fn record_policy_change_failure(&self, agent_id: &str, failure: &Value) -> Result<()>;
     /// Why the agent's key could not be minted (cleared by `set_output_key`).
     async fn set_output_key_error(&self, agent_id: &str, error: &str) -> Result<()>;
     /// Keys invalidated here that their cluster has not confirmed:

@@ -36,10 +36,22 @@ impl Fleet<'_> {
                 Ok(ev) if ev.action_id.starts_with("policy:") => {
                     match parse_policy_ack(&ev.action_id, &agent.policy_id) {
                         Some((policy_id, rev)) => {
-                            if ev.error.as_deref().is_none_or(str::is_empty)
-                                && policy_id == agent.policy_id
-                            {
-                                newest_policy_ack = newest_policy_ack.max(Some(rev));
+                            let failed = ev.error.as_deref().filter(|e| !e.is_empty());
+                            if policy_id == agent.policy_id {
+                                match failed {
+                                    None => newest_policy_ack = newest_policy_ack.max(Some(rev)),
+                                    Some(message) => {
+                                        let failure = serde_json::json!({
+                                            "policy_id": policy_id, "revision": rev,
+                                            "message": message.chars().take(4096).collect::<String>(),
+                                            "at": now,
+                                        });
+                                        tracing::warn!(agent_id = %agent.id, revision = rev, "the agent could not apply its policy");
+                                        self.store
+                                            .record_policy_change_failure(&agent.id, &failure)
+                                            .await?;
+                                    }
+                                }
                             }
                             AckOutcome::Acked
                         }

@@ -37,7 +37,7 @@ macro_rules! agent_select_sql {
         concat!("SELECT a.id, a.policy_id, a.policy_revision, a.active, a.local_metadata, a.last_checkin, \
                 a.last_checkin_status, a.last_checkin_message, a.enrolled_at, \
                 a.unenrollment_started_at, a.unenrolled_at, a.agent_version, a.components, \
-                a.reported_policy_id, a.reported_policy_revision, a.output_key_error, (",
+                a.reported_policy_id, a.reported_policy_revision, a.output_key_error, a.policy_change_failure, (",
         agent_status_sql!(),
         ") AS status")
     };

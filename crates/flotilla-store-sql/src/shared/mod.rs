@@ -230,6 +230,14 @@ impl Store for Engine {
         outputs::set_output_key_credential(self, output_id, sealed, now).await
     }
 
+    async fn record_policy_change_failure(
+        &self,
+        agent_id: &str,
+        failure: &serde_json::Value,
+    ) -> Result<()> {
+        output_keys::record_policy_change_failure(self, agent_id, failure).await
+    }
+
     async fn set_output_key_error(&self, agent_id: &str, error: &str) -> Result<()> {
         output_keys::set_output_key_error(self, agent_id, error).await
     }

@@ -109,7 +109,9 @@ pub(super) async fn agent_runs_policy(
         return Ok(vec![]);
     }
     if revision > agent.policy_revision.unwrap_or(-1) {
-        sqlx::query("UPDATE agents SET policy_revision = $2, updated_at = $3 WHERE id = $1")
+        sqlx::query(
+            "UPDATE agents SET policy_revision = $2, updated_at = $3, policy_change_failure = NULL WHERE id = $1",
+        )
             .bind(agent_id)
             .bind(revision)
             .bind(ms(now))
@@ -163,6 +165,23 @@ pub(super) async fn set_output_key_error(s: &Engine, agent_id: &str, error: &str
     sqlx::query("UPDATE agents SET output_key_error = $2 WHERE id = $1")
         .bind(agent_id)
         .bind(error)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+    tx.commit().await.db()?;
+    Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub(super) async fn record_policy_change_failure(
+    s: &Engine,
+    agent_id: &str,
+    failure: &serde_json::Value,
+) -> Result<()> {
+    let mut tx = s.begin_write().await?;
+    sqlx::query("UPDATE agents SET policy_change_failure = $2 WHERE id = $1")
+        .bind(agent_id)
+        .bind(failure.to_string())
         .execute(&mut *tx)
         .await
         .db()?;

@@ -90,16 +90,21 @@ async fn the_agent_applies_persists_then_acks_and_keeps_its_policy_through_an_ou
     );
 
     // A second agent on the same directory is refused.
+    // It writes its status once it holds the directory's lock.
+    std::fs::remove_file(dir.join("status.json")).unwrap();
     let mut running = agent(&dir, &["run"]).spawn().unwrap();
     wait_for("the agent to take its lock", || {
-        dir.join("agent.lock").exists() && {
-            let out = agent(&dir, &["run", "--max-checkins", "1"])
-                .output()
-                .unwrap();
-            !out.status.success()
-                && String::from_utf8_lossy(&out.stderr).contains("another flotilla agent")
-        }
+        dir.join("status.json").exists()
     });
+    let out = agent(&dir, &["run", "--max-checkins", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another flotilla agent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = running.kill();
     let _ = running.wait();
 

@@ -1243,3 +1243,40 @@ async fn outputs_other_than_elasticsearch_get_no_api_key() {
     let quiet = s.checkin(&agent, json!({"status": "online"})).await;
     assert!(quiet.body.get("actions").is_none(), "{}", quiet.body);
 }
+
+/// A policy change the agent could not apply is shown as failed — not as
+/// applied (Elastic counts it a success, Kibana #209125) — until it applies
+/// a later revision.
+#[tokio::test]
+async fn a_failed_policy_change_shows_as_failed_until_one_applies() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let agent = s.enroll(&token).await;
+    let r = s.checkin(&agent, json!({"status": "online"})).await;
+    let id = policy_change(&r)["id"].as_str().unwrap().to_owned();
+    let failed = s
+        .fleet(
+            Method::POST,
+            &format!("/api/fleet/agents/{}/acks", agent.0),
+            Some(&agent.1),
+            Some(json!({"events": [{"type": "ACTION_RESULT", "subtype": "ACKNOWLEDGED", "agent_id": agent.0,
+                "action_id": id, "message": "failed", "error": "input logfile: permission denied on /var/log",
+                "timestamp": "2026-01-01T00:00:00Z"}]})),
+        )
+        .await;
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    let (_, a) = s.get(&format!("/api/fleet/agents/{}", agent.0)).await;
+    let f = &a["item"]["policy_change_failure"];
+    assert_eq!(f["revision"], 2, "{a}");
+    assert_eq!(f["message"], "input logfile: permission denied on /var/log");
+    assert_eq!(
+        a["item"]["policy_revision"],
+        Value::Null,
+        "not counted as applied"
+    );
+    // A later successful ack clears it.
+    s.ack(&agent, &[&id]).await;
+    let (_, a) = s.get(&format!("/api/fleet/agents/{}", agent.0)).await;
+    assert_eq!(a["item"]["policy_revision"], 2);
+    assert!(a["item"].get("policy_change_failure").is_none(), "{a}");
+}
