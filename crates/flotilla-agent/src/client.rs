@@ -93,13 +93,13 @@ impl FleetClient {
         }
     }
 
-    /// Enrol with a token: `(agent id, access key)`.
+    /// Enrol with a token: `(agent id, access key, policy id)`.
     pub async fn enroll(
         &self,
         token: &str,
         tags: &[String],
         metadata: Value,
-    ) -> Result<(String, String), FleetError> {
+    ) -> Result<(String, String, Option<String>), FleetError> {
         let body = json!({
             "type": "PERMANENT",
             "metadata": {"local": metadata, "user_provided": {}, "tags": tags},
@@ -109,7 +109,13 @@ impl FleetClient {
             v.pointer("/item/id").and_then(Value::as_str),
             v.pointer("/item/access_api_key").and_then(Value::as_str),
         ) {
-            (Some(id), Some(key)) => Ok((id.to_owned(), key.to_owned())),
+            (Some(id), Some(key)) => Ok((
+                id.to_owned(),
+                key.to_owned(),
+                v.pointer("/item/policy_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            )),
             _ => Err(FleetError::Refused {
                 status: 200,
                 reason: "the enrolment answer has no id and access key".into(),

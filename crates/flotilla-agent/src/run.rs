@@ -18,6 +18,10 @@ pub struct Identity {
     pub agent_id: String,
     pub url: String,
     pub access_key: String,
+    /// The policy it was enrolled into: reported (at revision 0) while it
+    /// runs none, so the server sends it.
+    #[serde(default)]
+    pub policy_id: Option<String>,
 }
 
 /// The ack token and results not acked yet.
@@ -140,7 +144,7 @@ fn metadata(agent_id: Option<&str>) -> Value {
 pub async fn enroll(state: &StateDir, url: &str, token: &str, tags: &[String]) -> Result<Identity> {
     let client = FleetClient::new(url, Duration::from_secs(60))?;
     let mut attempt = 0;
-    let (agent_id, access_key) = loop {
+    let (agent_id, access_key, policy_id) = loop {
         match client.enroll(token, tags, metadata(None)).await {
             Ok(ok) => break ok,
             Err(FleetError::Retry { reason, after }) if attempt < 8 => {
@@ -156,6 +160,7 @@ pub async fn enroll(state: &StateDir, url: &str, token: &str, tags: &[String]) -
         agent_id,
         url: url.to_owned(),
         access_key,
+        policy_id,
     };
     state.save("", Kind::Identity, &identity)?;
     Ok(identity)
@@ -267,9 +272,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         if let Some(t) = &acks.ack_token {
             body["ack_token"] = json!(t);
         }
-        if let Some((r, _)) = &running {
-            body["agent_policy_id"] = json!(r.policy_id);
-            body["policy_revision_idx"] = json!(r.revision);
+        match (&running, &identity.policy_id) {
+            (Some((r, _)), _) => {
+                body["agent_policy_id"] = json!(r.policy_id);
+                body["policy_revision_idx"] = json!(r.revision);
+            }
+            // Running nothing (a lost or refused policy file): say so, and
+            // the server sends the policy again.
+            (None, Some(p)) => {
+                body["agent_policy_id"] = json!(p);
+                body["policy_revision_idx"] = json!(0);
+            }
+            (None, None) => {}
         }
         let answer = match client.checkin(&id, &identity.access_key, &body).await {
             Ok(v) => v,
@@ -324,7 +338,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 "POLICY_CHANGE" => match apply(&action) {
                     // Apply, then persist, then ack.
                     Ok(r) => {
-                        state.save(&id, Kind::Policy, &action)?;
+                        // A test-only fault: ack without persisting, as an
+                        // agent that crashed between the two would have.
+                        if std::env::var("FLOTILLA_AGENT_TEST_FAULT").as_deref()
+                            != Ok("skip-persist")
+                        {
+                            state.save(&id, Kind::Policy, &action)?;
+                        }
                         tracing::info!(policy_id = %r.policy_id, revision = r.revision, "policy applied and persisted");
                         running = Some((r, action.clone()));
                     }

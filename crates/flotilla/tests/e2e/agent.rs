@@ -181,3 +181,66 @@ async fn an_unenrolled_agent_acks_and_removes_its_secrets() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not enrolled"));
 }
+
+/// An agent that acked a policy but never persisted it (a crash between the
+/// two, or a lost disk) reports that it runs nothing, and gets the current
+/// policy again; so does one whose policy file was tampered with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_lost_its_policy_converges_to_the_current_one() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let out = agent(
+        &dir,
+        &["enroll", "--url", &s.url, "--enrollment-token", &token],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let out = agent(&dir, &["run", "--max-checkins", "2"])
+        .env("FLOTILLA_AGENT_TEST_FAULT", "skip-persist")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let agent_id = status(&dir)["agent_id"].as_str().unwrap().to_owned();
+    let (_, a) = s.get(&format!("/api/fleet/agents/{agent_id}")).await;
+    assert_eq!(a["item"]["policy_revision"], 2, "acked");
+    assert!(!dir.join("policy.enc").exists(), "but never persisted");
+
+    // Restarted, it runs nothing, says so, and is sent the policy again.
+    let out = agent(&dir, &["run", "--max-checkins", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("policy.enc").exists());
+    assert_eq!(status(&dir)["revision"], 2);
+
+    // A tampered policy file: refused, moved aside, and the policy comes again.
+    let policy = dir.join("policy.enc");
+    let mut bytes = std::fs::read(&policy).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&policy, bytes).unwrap();
+    let out = agent(&dir, &["run", "--max-checkins", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = status(&dir);
+    assert!(
+        st["state_warnings"].to_string().contains("does not open"),
+        "{st}"
+    );
+    assert_eq!(st["revision"], 2, "the current policy again: {st}");
+}
