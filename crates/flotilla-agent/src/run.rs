@@ -249,16 +249,40 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let client = FleetClient::new(&identity.url, Duration::from_secs(20 * 60))?;
     let mut attempt = 0u32;
     let mut checkins = 0u64;
+    let mut failed_revision: Option<(String, i64)> = None;
+    // A test-only fault: ack without persisting, as an agent that crashed
+    // between the two would have.
+    let skip_persist = std::env::var("FLOTILLA_AGENT_TEST_FAULT").as_deref() == Ok("skip-persist");
+    if skip_persist {
+        tracing::warn!(
+            "FLOTILLA_AGENT_TEST_FAULT=skip-persist: policies are NOT persisted (a test switch)"
+        );
+    }
     loop {
+        let mut retry_failed = false;
         if !acks.pending.is_empty() {
             match client.ack(&id, &identity.access_key, &acks.pending).await {
                 Ok(_) => {
                     acks.pending.clear();
-                    state.save(&id, Kind::Acks, &acks)?;
+                    save_acks(&state, &id, &acks);
                 }
                 Err(FleetError::Unauthorized(r)) => return unenrolled(&state, &mut status, &r),
+                // Refused for good (an expired or unknown action): retrying
+                // would jam every later ack behind it.
+                Err(FleetError::Refused {
+                    status: code,
+                    reason,
+                }) => {
+                    tracing::warn!(status = code, %reason, dropped = acks.pending.len(), "the server refused these acks; they are dropped");
+                    acks.pending.clear();
+                    save_acks(&state, &id, &acks);
+                }
                 Err(e) => tracing::warn!(error = %e, "could not ack; will retry"),
             }
+        }
+        if acks.pending.len() > MAX_PENDING_ACKS {
+            let drop_n = acks.pending.len() - MAX_PENDING_ACKS;
+            acks.pending.drain(..drop_n);
         }
         let healthy = running
             .as_ref()
@@ -334,21 +358,51 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 "type": "ACTION_RESULT", "subtype": "ACKNOWLEDGED", "agent_id": id, "action_id": action_id,
                 "timestamp": chrono::Utc::now().to_rfc3339(), "message": format!("{kind} handled"),
             });
+            let revision = (
+                action
+                    .pointer("/data/policy/id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                action
+                    .pointer("/data/policy/revision")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(-1),
+            );
+            if kind == "POLICY_CHANGE" && failed_revision.as_ref() == Some(&revision) {
+                // Sent again while it still does not apply: do not spin.
+                retry_failed = true;
+                continue;
+            }
             match kind.as_str() {
                 "POLICY_CHANGE" => match apply(&action) {
                     // Apply, then persist, then ack.
                     Ok(r) => {
                         // A test-only fault: ack without persisting, as an
                         // agent that crashed between the two would have.
-                        if std::env::var("FLOTILLA_AGENT_TEST_FAULT").as_deref()
-                            != Ok("skip-persist")
-                        {
-                            state.save(&id, Kind::Policy, &action)?;
+                        let persisted = if skip_persist {
+                            Ok(())
+                        } else {
+                            state.save(&id, Kind::Policy, &action)
+                        };
+                        match persisted {
+                            Ok(()) => {
+                                tracing::info!(policy_id = %r.policy_id, revision = r.revision, "policy applied and persisted");
+                                running = Some((r, action.clone()));
+                                failed_revision = None;
+                            }
+                            // Not persisted, not acked as applied: the
+                            // previous policy keeps running.
+                            Err(e) => {
+                                tracing::error!(error = %e, "the policy cannot be persisted; the previous one keeps running");
+                                event["error"] = json!(format!("cannot persist the policy: {e}"));
+                                event["message"] = json!("policy change failed: cannot persist it");
+                                failed_revision = Some(revision.clone());
+                            }
                         }
-                        tracing::info!(policy_id = %r.policy_id, revision = r.revision, "policy applied and persisted");
-                        running = Some((r, action.clone()));
                     }
                     Err(e) => {
+                        failed_revision = Some(revision.clone());
                         tracing::error!(error = %e, "the policy does not apply; the previous one keeps running");
                         event["error"] = json!(e);
                         event["message"] = json!(format!("policy change failed: {e}"));
@@ -364,15 +418,26 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             }
             acks.pending.push(event);
         }
-        state.save(&id, Kind::Acks, &acks)?;
+        save_acks(&state, &id, &acks);
         show(&mut status, &running);
         write_status(state.path(), &status);
         if stop.is_some() {
             // Ack the unenrolment, then forget the secrets.
-            let _ = client.ack(&id, &identity.access_key, &acks.pending).await;
+            for attempt in 0..8 {
+                match client.ack(&id, &identity.access_key, &acks.pending).await {
+                    Ok(_) | Err(FleetError::Unauthorized(_)) | Err(FleetError::Refused { .. }) => {
+                        break
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not ack the unenrolment; retrying");
+                        tokio::time::sleep(backoff(attempt, None)).await;
+                    }
+                }
+            }
             for k in [Kind::Identity, Kind::Policy, Kind::Acks] {
                 state.remove(k)?;
             }
+            state.remove_key_and_refused()?;
             status.last_error = Some("unenrolled".into());
             write_status(state.path(), &status);
             tracing::info!("unenrolled: inputs stopped, secrets removed");
@@ -387,10 +452,27 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     .is_ok()
             {
                 acks.pending.clear();
-                state.save(&id, Kind::Acks, &acks)?;
+                save_acks(&state, &id, &acks);
             }
             return Ok(());
         }
+        if retry_failed {
+            // The server re-sent a revision that does not apply: wait
+            // before asking again.
+            tokio::time::sleep(backoff(attempt.max(3), None)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+}
+
+/// The most results kept waiting for an ack.
+const MAX_PENDING_ACKS: usize = 1000;
+
+/// Keep the ack state; a failed write is logged (the state stays in
+/// memory and is written again next time), never fatal.
+fn save_acks(state: &StateDir, id: &str, acks: &Acks) {
+    if let Err(e) = state.save(id, Kind::Acks, acks) {
+        tracing::error!(error = %e, "cannot persist the ack state; it is kept in memory");
     }
 }
 

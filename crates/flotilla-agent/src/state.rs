@@ -139,14 +139,19 @@ impl StateDir {
         }
         let mut key = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut key);
+        // Written beside and renamed: a crash never leaves a short key.
+        let tmp = dir.join("agent.key.tmp");
         let mut options = OpenOptions::new();
-        options.create_new(true).write(true);
+        options.create(true).truncate(true).write(true);
         private(&mut options);
         let mut f = options
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(&key)?;
         f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         sync_dir(dir);
         Ok(key)
     }
@@ -236,6 +241,23 @@ impl StateDir {
         let _ = std::fs::rename(path, &moved_to);
         sync_dir(&self.dir);
         Loaded::Refused { moved_to, reason }
+    }
+
+    /// Unenrolled: remove the key and every file moved aside (they hold
+    /// old secrets the key would still open).
+    pub fn remove_key_and_refused(&self) -> Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name == "agent.key" || name.contains(".corrupt-") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        sync_dir(&self.dir);
+        Ok(())
     }
 
     /// Remove a state file (unenrolment removes the secrets).

@@ -37,7 +37,10 @@ impl Fleet<'_> {
                     match parse_policy_ack(&ev.action_id, &agent.policy_id) {
                         Some((policy_id, rev)) => {
                             let failed = ev.error.as_deref().filter(|e| !e.is_empty());
-                            if policy_id == agent.policy_id {
+                            // A late failure of a revision older than the one the
+                            // agent acked is history, not its state.
+                            let newer = rev > agent.policy_revision.unwrap_or(0);
+                            if policy_id == agent.policy_id && (failed.is_none() || newer) {
                                 match failed {
                                     None => newest_policy_ack = newest_policy_ack.max(Some(rev)),
                                     Some(message) => {

@@ -17,6 +17,26 @@ fn agent(dir: &Path, args: &[&str]) -> std::process::Command {
     c
 }
 
+/// A running agent, killed when the guard goes (a failing test leaves no
+/// agent behind).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(mut c: std::process::Command) -> Running {
+    Running(
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn status(dir: &Path) -> Value {
     let out = agent(dir, &["status"]).output().unwrap();
     assert!(
@@ -92,7 +112,7 @@ async fn the_agent_applies_persists_then_acks_and_keeps_its_policy_through_an_ou
     // A second agent on the same directory is refused.
     // It writes its status once it holds the directory's lock.
     std::fs::remove_file(dir.join("status.json")).unwrap();
-    let mut running = agent(&dir, &["run"]).spawn().unwrap();
+    let running = spawn(agent(&dir, &["run"]));
     wait_for("the agent to take its lock", || {
         dir.join("status.json").exists()
     });
@@ -105,12 +125,11 @@ async fn the_agent_applies_persists_then_acks_and_keeps_its_policy_through_an_ou
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = running.kill();
-    let _ = running.wait();
+    drop(running);
 
     // The server goes away: the agent still runs its last good policy.
     drop(s);
-    let mut offline = agent(&dir, &["run"]).spawn().unwrap();
+    let offline = spawn(agent(&dir, &["run"]));
     wait_for("the agent to report the outage", || {
         let st = status(&dir);
         st["last_error"]
@@ -118,8 +137,7 @@ async fn the_agent_applies_persists_then_acks_and_keeps_its_policy_through_an_ou
             .is_some_and(|e| e.contains("unreachable"))
             && st["revision"] == 2
     });
-    let _ = offline.kill();
-    let _ = offline.wait();
+    drop(offline);
 
     // A tampered policy file is refused, reported and moved aside.
     let policy = dir.join("policy.enc");
@@ -127,14 +145,13 @@ async fn the_agent_applies_persists_then_acks_and_keeps_its_policy_through_an_ou
     let n = bytes.len() - 1;
     bytes[n] ^= 0x55;
     std::fs::write(&policy, bytes).unwrap();
-    let mut tampered = agent(&dir, &["run"]).spawn().unwrap();
+    let tampered = spawn(agent(&dir, &["run"]));
     wait_for("the tampered file to be reported", || {
         status(&dir)["state_warnings"]
             .to_string()
             .contains("does not open")
     });
-    let _ = tampered.kill();
-    let _ = tampered.wait();
+    drop(tampered);
     let moved = std::fs::read_dir(&dir).unwrap().any(|e| {
         e.unwrap()
             .file_name()
@@ -175,6 +192,10 @@ async fn an_unenrolled_agent_acks_and_removes_its_secrets() {
     );
     assert!(!dir.join("identity.enc").exists(), "the access key is gone");
     assert!(!dir.join("policy.enc").exists());
+    assert!(
+        !dir.join("agent.key").exists(),
+        "nor the key that opened them"
+    );
     let out = agent(&dir, &["run", "--max-checkins", "1"])
         .output()
         .unwrap();
