@@ -534,23 +534,8 @@ impl Package {
                         ));
                     };
                     let sbody = object(&sfield, sbody, &["enabled", "vars"])?;
-                    check_bool(&format!("{sfield}.enabled"), sbody.get("enabled"))?;
-                    let stream = &mut input.streams[sidx];
-                    stream.enabled = sbody.get("enabled") != Some(&Value::Bool(false));
-                    if let Some(v) = sbody.get("vars") {
-                        let v = object(&format!("{sfield}.vars"), v, &[])?;
-                        let declared = decls
-                            .as_ref()
-                            .and_then(|d| d.streams.get(sidx).cloned())
-                            .unwrap_or_default();
-                        apply_vars(
-                            &format!("{sfield}.vars"),
-                            &mut stream.vars,
-                            v,
-                            &declared,
-                            None,
-                        )?;
-                    }
+                    let declared = decls.as_ref().and_then(|d| d.streams.get(sidx));
+                    set_stream(&sfield, &mut input.streams[sidx], sbody, declared)?;
                 }
             }
         }
@@ -714,23 +699,8 @@ impl Package {
                                 ));
                             }
                         }
-                        check_bool(&format!("{sfield}.enabled"), sbody.get("enabled"))?;
-                        let stream = &mut input.streams[sidx];
-                        stream.enabled = sbody.get("enabled") != Some(&Value::Bool(false));
-                        if let Some(v) = sbody.get("vars") {
-                            let v = object(&format!("{sfield}.vars"), v, &[])?;
-                            let declared = decls
-                                .as_ref()
-                                .and_then(|d| d.streams.get(sidx).cloned())
-                                .unwrap_or_default();
-                            apply_vars(
-                                &format!("{sfield}.vars"),
-                                &mut stream.vars,
-                                v,
-                                &declared,
-                                None,
-                            )?;
-                        }
+                        let declared = decls.as_ref().and_then(|d| d.streams.get(sidx));
+                        set_stream(&sfield, &mut input.streams[sidx], sbody, declared)?;
                     }
                     for (s, listed) in input.streams.iter_mut().zip(stream_listed) {
                         if !listed {
@@ -949,6 +919,30 @@ fn object<'v>(
         }
     }
     Ok(m)
+}
+
+/// A stream as a request names it (either form): enabled unless it says
+/// `enabled: false`, with its variables set.
+fn set_stream(
+    field: &str,
+    stream: &mut Stream,
+    body: &Map<String, Value>,
+    declared: Option<&Vec<Var>>,
+) -> Result<(), ValidationError> {
+    check_bool(&format!("{field}.enabled"), body.get("enabled"))?;
+    stream.enabled = body.get("enabled") != Some(&Value::Bool(false));
+    if let Some(v) = body.get("vars") {
+        let v = object(&format!("{field}.vars"), v, &[])?;
+        let declared = declared.map(Vec::as_slice).unwrap_or_default();
+        apply_vars(
+            &format!("{field}.vars"),
+            &mut stream.vars,
+            v,
+            declared,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 fn check_bool(field: &str, v: Option<&Value>) -> Result<(), ValidationError> {

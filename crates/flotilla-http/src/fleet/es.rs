@@ -147,6 +147,26 @@ fn key_error(e: KeyError) -> Response {
     }
 }
 
+/// A small JSON body of type `T` (key requests), or the Elasticsearch
+/// error to answer. The error names where the body is wrong, never what it
+/// holds (it may hold a credential).
+async fn typed_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
+    let value = json_body(req).await?;
+    serde_json::from_value(value).map_err(|e| {
+        let what = e.to_string();
+        let field = what
+            .split_once("field `")
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(f, _)| format!(" (field `{f}`)"))
+            .unwrap_or_default();
+        es_error(
+            StatusCode::BAD_REQUEST,
+            "x_content_parse_exception",
+            &format!("the request body is not a valid request: a field is missing or has the wrong type{field}"),
+        )
+    })
+}
+
 /// A small JSON body (key requests), or the Elasticsearch error to answer.
 async fn json_body(req: Request) -> Result<Value, Response> {
     const LIMIT: usize = 256 * 1024;
@@ -172,19 +192,9 @@ pub(super) async fn create_api_key(State(s): State<AppState>, req: Request) -> R
         Ok(p) => p,
         Err(r) => return r,
     };
-    let body = match json_body(req).await {
+    let request: CreateKey = match typed_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
-    };
-    let request: CreateKey = match serde_json::from_value(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return es_error(
-                StatusCode::BAD_REQUEST,
-                "x_content_parse_exception",
-                &e.to_string(),
-            )
-        }
     };
     match s
         .services
@@ -213,19 +223,9 @@ pub(super) async fn grant_api_key(State(s): State<AppState>, req: Request) -> Re
         Ok(p) => p,
         Err(r) => return r,
     };
-    let body = match json_body(req).await {
+    let grant: GrantRequest = match typed_body(req).await {
         Ok(b) => b,
         Err(r) => return r,
-    };
-    let grant: GrantRequest = match serde_json::from_value(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return es_error(
-                StatusCode::BAD_REQUEST,
-                "x_content_parse_exception",
-                &e.to_string(),
-            )
-        }
     };
     if !matches!(grant.grant_type.as_str(), "access_token" | "api_key") {
         return es_error(

@@ -333,6 +333,16 @@ async fn keys_are_never_created_beyond_their_creator() {
         json!(["logs-*"]),
         "the user's own descriptors"
     );
+    // A malformed body is refused without repeating what it held.
+    let (st, e) = s
+        .call(
+            Method::POST,
+            "/_security/api_key/grant",
+            Some(json!({"grant_type": "access_token", "access_token": user, "api_key": "s3cr3t-in-the-wrong-place"})),
+        )
+        .await;
+    assert_eq!(st, 400, "{e}");
+    assert!(!e.to_string().contains("s3cr3t"), "{e}");
     // A granted key lives no longer than the key it was granted for.
     let root_status = |k: String| {
         let url = format!("{}/", s.url);
