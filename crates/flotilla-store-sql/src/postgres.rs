@@ -152,6 +152,8 @@ async fn relay(mut listener: PgListener, events: broadcast::Sender<StoreEvent>) 
 pub(crate) type Db = sqlx::Postgres;
 pub(crate) type Engine = PgStore;
 pub(crate) const ENGINE: &str = "postgres";
+/// Claims lock their candidates and skip rows another instance is claiming.
+pub(crate) const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
 // Deliberately loaded once per engine (see shared/mod.rs).
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]

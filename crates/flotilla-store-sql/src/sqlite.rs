@@ -175,6 +175,8 @@ fn make_private_file(path: &Path) -> std::io::Result<()> {
 pub(crate) type Db = sqlx::Sqlite;
 pub(crate) type Engine = SqliteStore;
 pub(crate) const ENGINE: &str = "sqlite";
+/// Claims need no row locks: the single writer serialises them.
+pub(crate) const SKIP_LOCKED: &str = "";
 // Deliberately loaded once per engine (see shared/mod.rs).
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]

@@ -22,6 +22,12 @@ use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod tasks;
+
+pub use tasks::{
+    ClaimRequest, KeyProvider, NewTask, QueuedKey, RunOutcome, Scheduled, TaskCount, TaskFilter,
+    TaskRecord, TaskRun, TaskStatus, UserScope,
+};
 
 /// What a [`StoreError::NotFound`] did not find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +40,7 @@ pub enum Entity {
     OperatorKey,
     Package,
     DataStream,
+    Task,
 }
 
 impl std::fmt::Display for Entity {
@@ -47,6 +54,7 @@ impl std::fmt::Display for Entity {
             Entity::OperatorKey => "API key",
             Entity::Package => "package",
             Entity::DataStream => "data stream",
+            Entity::Task => "task",
         })
     }
 }
@@ -377,6 +385,9 @@ pub enum StoreEvent {
     ActionsCreated { agent_ids: Option<Vec<String>> },
     /// Something about this agent changed (reassigned, unenrolled).
     AgentChanged { agent_id: String },
+    /// A task became due (scheduled, run soon, enabled): task managers
+    /// claim now instead of at their next poll.
+    TasksDue,
     /// Events may have been missed: everyone re-reads.
     Resync,
 }
@@ -392,13 +403,89 @@ impl StoreEvent {
                 .as_ref()
                 .is_none_or(|ids| ids.iter().any(|a| a == agent_id)),
             StoreEvent::AgentChanged { agent_id: a } => a == agent_id,
+            StoreEvent::TasksDue => false,
             StoreEvent::Resync => true,
         }
     }
 }
 
+/// The task manager's storage (part of [`Store`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait TaskStore: Send + Sync {
+    /// Create the task, or — its id taken by a task of the same type — keep
+    /// that one, updating its interval in place when `new` has one and it
+    /// is idle. Another type under the id is a conflict. Publishes
+    /// [`StoreEvent::TasksDue`].
+    async fn schedule_task(&self, new: &NewTask, now: DateTime<Utc>) -> Result<Scheduled>;
+    async fn get_task(&self, id: &str) -> Result<TaskRecord>;
+    async fn list_tasks(&self, filter: &TaskFilter, page: Page) -> Result<Paged<TaskRecord>>;
+    /// Delete these tasks (the ones that exist: their ids are returned) and
+    /// queue every key they hold, in the same transaction — read from the
+    /// key-id columns, so a task whose sealed keys cannot be opened still
+    /// gives its keys up.
+    async fn delete_tasks(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>>;
+    /// Make an idle or failed task due now (a failed one starts its
+    /// attempts afresh). A running task is a conflict.
+    async fn run_task_soon(&self, id: &str, now: DateTime<Utc>) -> Result<TaskRecord>;
+    /// Enable or disable; returns the ids that exist.
+    async fn set_tasks_enabled(
+        &self,
+        ids: &[String],
+        enabled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+    /// Claim due tasks — idle ones past `run_at`, running ones past their
+    /// lease — in due order, as many as fit the capacity, in one statement;
+    /// each claim counts an attempt and writes its audit row.
+    async fn claim_tasks(&self, req: &ClaimRequest) -> Result<Vec<TaskRecord>>;
+    /// Extend the leases of runs this owner still holds; returns their
+    /// claim tokens (a missing one was taken over or deleted).
+    async fn extend_task_leases(
+        &self,
+        owner: &str,
+        tokens: &[String],
+        until: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+    /// Write a run's outcome if its claim still holds (`false`: the lease
+    /// was taken over or the task deleted, and nothing but the audit row
+    /// changed).
+    async fn finish_task_run(
+        &self,
+        id: &str,
+        claim_token: &str,
+        outcome: &RunOutcome,
+        now: DateTime<Utc>,
+        duration_ms: i64,
+    ) -> Result<bool>;
+    /// The audit trail, newest first (one task's, or all).
+    async fn task_runs(&self, task_id: Option<&str>, limit: u32) -> Result<Vec<TaskRun>>;
+    async fn prune_task_runs(&self, before: DateTime<Utc>) -> Result<u64>;
+    async fn task_counts(&self, now: DateTime<Utc>) -> Result<Vec<TaskCount>>;
+    /// Queue keys for invalidation (queued again: kept once).
+    async fn queue_keys_for_invalidation(
+        &self,
+        keys: &[(KeyProvider, String, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Keys queued at or before `queued_before` that no task still holds.
+    async fn keys_to_invalidate(
+        &self,
+        queued_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<QueuedKey>>;
+    /// The provider confirmed these: off the queue.
+    async fn keys_invalidated(&self, provider: KeyProvider, ids: &[String]) -> Result<()>;
+    /// The provider failed: kept, with the attempt counted and why.
+    async fn key_invalidation_failed(
+        &self,
+        provider: KeyProvider,
+        ids: &[String],
+        error: &str,
+    ) -> Result<()>;
+}
+
+#[async_trait]
+pub trait Store: TaskStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn engine(&self) -> &'static str;
 

@@ -23,6 +23,7 @@ mod output_keys;
 mod outputs;
 mod packages;
 mod policies;
+mod tasks;
 
 /// What every resource module uses.
 mod prelude {

@@ -55,7 +55,13 @@ macro_rules! conformance_suite {
             integration_secrets_follow_their_references,
             documents_are_stored_searched_and_expired,
             removing_a_package_races_saving_an_integration_on_it,
-            security_api_keys_are_found_by_id_name_and_owner
+            security_api_keys_are_found_by_id_name_and_owner,
+            tasks_are_scheduled_once_per_id,
+            claims_take_due_tasks_in_order_up_to_capacity,
+            expired_leases_are_taken_over_and_stale_runs_change_nothing,
+            finished_runs_reschedule_fail_or_delete,
+            deleted_tasks_queue_every_key_they_held,
+            concurrent_claims_never_share_a_task
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -75,12 +81,14 @@ mod fleet;
 mod management;
 mod packages;
 mod races;
+mod tasks;
 
 pub use documents::*;
 pub use fleet::*;
 pub use management::*;
 pub use packages::*;
 pub use races::*;
+pub use tasks::*;
 
 type S = Arc<dyn Store>;
 
