@@ -9,3 +9,4 @@
 
 pub mod fleet;
 pub mod management;
+pub mod tasks;

@@ -19,6 +19,7 @@ pub mod output;
 pub mod package_policy;
 pub mod permissions;
 pub mod policy;
+pub mod task;
 
 pub use error::ValidationError;
 

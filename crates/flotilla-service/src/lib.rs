@@ -18,6 +18,7 @@ pub mod packages;
 pub mod retention;
 pub mod secrets;
 pub mod settings;
+pub mod tasks;
 
 use std::sync::Arc;
 

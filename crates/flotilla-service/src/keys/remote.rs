@@ -58,7 +58,7 @@ fn http() -> &'static reqwest::Client {
 
 impl RemoteCluster {
     /// Try each host in turn; the first that answers decides.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
