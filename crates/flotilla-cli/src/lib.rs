@@ -13,6 +13,7 @@ mod output;
 mod package;
 mod policy;
 mod render;
+mod task;
 mod token;
 
 use anyhow::Result;
@@ -26,6 +27,7 @@ pub use integration::IntegrationCmd;
 pub use output::OutputCmd;
 pub use package::PackageCmd;
 pub use policy::PolicyCmd;
+pub use task::TaskCmd;
 pub use token::TokenCmd;
 
 /// Where the server is and how to authenticate; on every operator command.
@@ -82,6 +84,8 @@ pub enum Command {
     Output(Noun<OutputCmd>),
     /// Operator API keys.
     Apikey(Noun<ApikeyCmd>),
+    /// Background tasks: list, schedule, run, enable, disable, delete.
+    Task(Noun<TaskCmd>),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +107,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Agents(n) => (n.opts.clone(), agents::run(&n.opts, n.verb).await?),
         Command::Output(n) => (n.opts.clone(), output::run(&n.opts, n.verb).await?),
         Command::Apikey(n) => (n.opts.clone(), apikey::run(&n.opts, n.verb).await?),
+        Command::Task(n) => (n.opts.clone(), task::run(&n.opts, n.verb).await?),
     };
     render::render(&view, opts.json);
     Ok(())
@@ -132,6 +137,7 @@ const TOKENS: &str = "/api/fleet/enrollment_api_keys";
 const AGENTS: &str = "/api/fleet/agents";
 const OUTPUTS: &str = "/api/fleet/outputs";
 const APIKEYS: &str = "/api/flotilla/api_keys";
+const TASKS: &str = "/api/task_manager";
 
 #[cfg(test)]
 mod tests {

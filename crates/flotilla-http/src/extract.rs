@@ -132,6 +132,24 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
+/// An authenticated operator with the credential they presented — for the
+/// one use that needs it (granting a task's key on their behalf); it is
+/// never stored or logged.
+pub struct OperatorCredential(pub OperatorApiKey, pub secrecy::SecretString);
+
+impl FromRequestParts<AppState> for OperatorCredential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let credential = api_key_credential(parts)?;
+        let key = state.services.management().authenticate(credential).await?;
+        Ok(OperatorCredential(
+            key,
+            secrecy::SecretString::from(credential.to_owned()),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::json_has_nul;

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod management;
 mod metrics;
 mod serve;
+mod tasks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Long polls served at once, one per agent.
     pub long_polls: Arc<fleet::LongPolls>,
+    /// This instance's task manager (`/api/task_manager`).
+    pub tasks: Option<Arc<flotilla_service::tasks::TaskManager>>,
 }
 
 impl AppState {
@@ -73,7 +76,13 @@ impl AppState {
             services,
             shutdown,
             long_polls,
+            tasks: None,
         }
+    }
+
+    pub fn with_tasks(mut self, tasks: Arc<flotilla_service::tasks::TaskManager>) -> Self {
+        self.tasks = Some(tasks);
+        self
     }
 }
 
@@ -112,6 +121,7 @@ impl utoipa::Modify for SecurityAddon {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(management::router())
+        .merge(tasks::router())
         .into_openapi()
 }
 
@@ -119,6 +129,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(management::router())
+        .merge(tasks::router())
         .split_for_parts();
     let openapi_json = serde_json::to_value(&openapi).expect("the OpenAPI document serialises");
     let request_id = HeaderName::from_static("x-request-id");

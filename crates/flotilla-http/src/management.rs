@@ -29,11 +29,11 @@ use crate::AppState;
 
 type ApiResult<T> = Result<T, ApiError>;
 
-fn item<T>(item: T) -> Json<Item<T>> {
+pub(crate) fn item<T>(item: T) -> Json<Item<T>> {
     Json(Item { item })
 }
 
-fn list<T>(paged: Paged<T>, page: Page) -> Json<List<T>> {
+pub(crate) fn list<T>(paged: Paged<T>, page: Page) -> Json<List<T>> {
     Json(List {
         items: paged.items,
         total: paged.total,
@@ -46,7 +46,7 @@ fn deleted(id: String) -> Json<Deleted> {
     Json(Deleted { id, success: true })
 }
 
-fn page(page: Option<u32>, per_page: Option<u32>) -> ApiResult<Page> {
+pub(crate) fn page(page: Option<u32>, per_page: Option<u32>) -> ApiResult<Page> {
     let page = page.unwrap_or(1);
     let per_page = per_page.unwrap_or(20);
     if page == 0 {

@@ -30,6 +30,7 @@ const KEYS: &[&str] = &[
     "fleet",
     "static_enrollment_tokens",
     "data",
+    "task_manager",
 ];
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -60,6 +61,72 @@ pub struct Config {
     pub fleet: FleetConfig,
     pub static_enrollment_tokens: StaticTokensConfig,
     pub data: DataConfig,
+    pub task_manager: TaskManagerConfig,
+}
+
+/// Background work: how this instance claims and runs tasks, and the
+/// keys of user-scoped tasks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskManagerConfig {
+    /// Run tasks on this instance (the API answers either way).
+    pub enabled: bool,
+    /// How often due tasks are looked for (sooner when one is scheduled).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Normal-cost tasks run at once (cheap tasks count half, large double).
+    pub capacity: u32,
+    /// How long a claim holds unless renewed; a dead instance's runs pass
+    /// to another after this.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Keys of deleted tasks are invalidated this long after.
+    #[serde(with = "humantime_serde")]
+    pub removal_delay: Duration,
+    /// How often queued keys are invalidated.
+    #[serde(with = "humantime_serde")]
+    pub invalidate_interval: Duration,
+    /// Unenrol agents inactive past their policy's inactivity_timeout.
+    pub unenroll_inactive_agents: bool,
+    #[serde(with = "humantime_serde")]
+    pub unenroll_inactive_interval: Duration,
+    /// How long the audit trail of runs is kept.
+    #[serde(with = "humantime_serde")]
+    pub runs_kept: Duration,
+    /// Also grant each user-scoped task a key from the secondary provider.
+    pub grant_secondary_api_keys: bool,
+    /// Which key a run uses: `primary` or `secondary` (falling back to the
+    /// other when a task has only that one).
+    pub api_key_type: ApiKeyType,
+    pub secondary: SecondaryProviderConfig,
+    /// Register the `test:*` task types (for tests and benchmarks).
+    pub test_task_types: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiKeyType {
+    Primary,
+    Secondary,
+}
+
+/// An Elasticsearch-compatible security API that grants secondary keys.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondaryProviderConfig {
+    pub hosts: Vec<String>,
+    /// `id:secret` (or its base64) of a key there that may grant keys.
+    #[serde(skip_serializing)]
+    pub api_key: Option<SecretString>,
+}
+
+impl std::fmt::Debug for SecondaryProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecondaryProviderConfig")
+            .field("hosts", &self.hosts)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// The embedded output's data.
@@ -187,6 +254,7 @@ impl std::fmt::Debug for Config {
             .field("fleet", &self.fleet)
             .field("static_enrollment_tokens", &self.static_enrollment_tokens)
             .field("data", &self.data)
+            .field("task_manager", &self.task_manager)
             .finish()
     }
 }
@@ -264,6 +332,21 @@ impl Default for Config {
                 retention_rules: vec![],
                 retention_interval: Duration::from_secs(600),
             },
+            task_manager: TaskManagerConfig {
+                enabled: true,
+                poll_interval: Duration::from_millis(500),
+                capacity: 10,
+                lease: Duration::from_secs(30),
+                removal_delay: Duration::from_secs(3600),
+                invalidate_interval: Duration::from_secs(300),
+                unenroll_inactive_agents: true,
+                unenroll_inactive_interval: Duration::from_secs(600),
+                runs_kept: Duration::from_secs(7 * 24 * 3600),
+                grant_secondary_api_keys: false,
+                api_key_type: ApiKeyType::Primary,
+                secondary: SecondaryProviderConfig::default(),
+                test_task_types: false,
+            },
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Pretty,
@@ -325,6 +408,29 @@ impl Config {
         }
         if self.data.retention_interval < Duration::from_secs(1) {
             bail!("invalid configuration: data.retention_interval must be at least 1s");
+        }
+        let tm = &self.task_manager;
+        if tm.poll_interval < Duration::from_millis(10) {
+            bail!("invalid configuration: task_manager.poll_interval must be at least 10ms");
+        }
+        if !(1..=1000).contains(&tm.capacity) {
+            bail!("invalid configuration: task_manager.capacity must be between 1 and 1000");
+        }
+        if tm.lease < Duration::from_secs(3) {
+            bail!("invalid configuration: task_manager.lease must be at least 3s");
+        }
+        for (name, d) in [
+            ("invalidate_interval", tm.invalidate_interval),
+            ("unenroll_inactive_interval", tm.unenroll_inactive_interval),
+        ] {
+            if d < Duration::from_secs(1) {
+                bail!("invalid configuration: task_manager.{name} must be at least 1s");
+            }
+        }
+        if (tm.grant_secondary_api_keys || tm.api_key_type == ApiKeyType::Secondary)
+            && (tm.secondary.hosts.is_empty() || tm.secondary.api_key.is_none())
+        {
+            bail!("invalid configuration: task_manager.secondary needs hosts and api_key when secondary keys are granted or used");
         }
         if self
             .data

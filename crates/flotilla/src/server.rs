@@ -83,15 +83,19 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));
-    let remote_keys = tokio::spawn(invalidate_remote_keys(services.clone(), stop_rx.clone()));
-    let retention = tokio::spawn(enforce_retention(
-        services.clone(),
-        config.data.retention(),
-        config.data.retention_interval,
-        stop_rx.clone(),
-    ));
+    let tasks = task_manager(&config, &services).await?;
+    let task_runner = config.task_manager.enabled.then(|| {
+        tokio::spawn(
+            tasks
+                .clone()
+                .run(stop_rx.clone(), config.http.shutdown_drain),
+        )
+    });
     let app_services = services.clone();
-    let app = flotilla_http::app(AppState::new(services, stop_rx.clone()), &limits);
+    let app = flotilla_http::app(
+        AppState::new(services, stop_rx.clone()).with_tasks(tasks),
+        &limits,
+    );
     // Handlers are installed before the ready line, so a signal sent the
     // moment the server is ready is a clean shutdown, not a kill.
     let signals = shutdown_signal()?;
@@ -111,8 +115,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     flotilla_http::serve(listener, app, stop_rx, conn_limits).await?;
     let _ = flusher.await;
-    retention.abort();
-    remote_keys.abort();
+    if let Some(runner) = task_runner {
+        let _ = runner.await;
+    }
     // Check-ins that finished while draining.
     if let Err(e) = services_for_flush.fleet().flush_checkins().await {
         tracing::warn!(error = %e, "could not write the last buffered check-ins");
@@ -169,43 +174,67 @@ fn fit_connections_to_fd_limit(wanted: Option<usize>) -> usize {
     wanted.unwrap_or(DEFAULT_MAX_CONNECTIONS)
 }
 
-/// Keys invalidated here that live in an output's cluster are invalidated
-/// there, retried until the cluster confirms.
-async fn invalidate_remote_keys(services: Services, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        if let Err(e) = services.fleet().invalidate_remote_keys().await {
-            tracing::warn!(error = %e, "could not invalidate keys in outputs' clusters");
-        }
-    }
+/// This instance's task manager, with the built-in tasks scheduled.
+async fn task_manager(
+    config: &Config,
+    services: &Services,
+) -> anyhow::Result<std::sync::Arc<flotilla_service::tasks::TaskManager>> {
+    use flotilla_service::tasks::{builtin, keys, ManagerConfig, SystemClock, TaskManager};
+    let tm = &config.task_manager;
+    let strategy = std::sync::Arc::new(keys::KeyStrategy {
+        grant_secondary: tm.grant_secondary_api_keys,
+        use_key: match tm.api_key_type {
+            crate::config::ApiKeyType::Primary => flotilla_store::KeyProvider::Primary,
+            crate::config::ApiKeyType::Secondary => flotilla_store::KeyProvider::Secondary,
+        },
+        secondary: tm
+            .secondary
+            .api_key
+            .as_ref()
+            .map(|k| keys::SecondaryProvider {
+                hosts: tm.secondary.hosts.clone(),
+                credential: secrecy::SecretString::from(format!(
+                    "ApiKey {}",
+                    secondary_key_header(k.expose_secret())
+                )),
+            }),
+    });
+    let maintenance = builtin::Maintenance {
+        removal_delay: tm.removal_delay,
+        invalidate_interval: tm.invalidate_interval,
+        retention: config.data.retention(),
+        retention_interval: config.data.retention_interval,
+        unenroll_inactive_interval: tm
+            .unenroll_inactive_agents
+            .then_some(tm.unenroll_inactive_interval),
+        runs_kept: tm.runs_kept,
+        test_types: tm.test_task_types,
+    };
+    let manager = TaskManager::new(
+        services.clone(),
+        builtin::registry(&maintenance, strategy.clone()),
+        std::sync::Arc::new(SystemClock),
+        ManagerConfig {
+            poll_interval: tm.poll_interval,
+            capacity: i64::from(tm.capacity) * 2,
+            lease: tm.lease,
+            ..Default::default()
+        },
+        strategy,
+    );
+    builtin::ensure_scheduled(&manager, &maintenance)
+        .await
+        .map_err(|e| anyhow::anyhow!("could not schedule the built-in tasks: {e}"))?;
+    Ok(manager)
 }
 
-/// Delete the embedded output's documents past their retention, on a timer
-/// (every instance does; deleting what is gone is harmless).
-async fn enforce_retention(
-    services: Services,
-    retention: flotilla_service::retention::Retention,
-    every: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        if let Err(e) = services
-            .enforce_retention(&retention, chrono::Utc::now())
-            .await
-        {
-            tracing::warn!(error = %e, "could not enforce data retention");
-        }
+/// A key as `id:secret` or already base64: the header wants base64.
+fn secondary_key_header(key: &str) -> String {
+    use base64::Engine as _;
+    if key.contains(':') {
+        base64::engine::general_purpose::STANDARD.encode(key)
+    } else {
+        key.to_owned()
     }
 }
 

@@ -356,18 +356,16 @@ impl TaskRunner for WhoAmI {
         // Prove the identity works where it lives.
         let verified = match user {
             TaskUser::Local { principal, .. } => principal.id(),
-            TaskUser::Remote {
-                session, key_id, ..
-            } => {
+            TaskUser::Remote { session, .. } => {
                 let v = session
                     .call(
                         reqwest::Method::GET,
-                        &format!("/_security/api_key?id={key_id}&owner=true"),
+                        "/_security/_authenticate",
                         Value::Null,
                     )
                     .await
                     .map_err(|e| TaskError::Retry(e.to_string()))?;
-                v.pointer("/api_keys/0/id")
+                v.pointer("/api_key/id")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned()

@@ -270,6 +270,34 @@ impl TaskManager {
         Ok(results(ids, &found))
     }
 
+    /// The audit trail: runs, newest first (one task's, or all).
+    pub async fn runs(
+        &self,
+        task_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Value>, ServiceError> {
+        if limit == 0 || limit > 10_000 {
+            return Err(ValidationError::new("limit", "between 1 and 10000").into());
+        }
+        let runs = self.services.store.task_runs(task_id, limit).await?;
+        Ok(runs
+            .into_iter()
+            .map(|r| {
+                json!({
+                    "taskId": r.task_id,
+                    "taskType": r.task_type,
+                    "ownerId": r.owner,
+                    "attempt": r.attempt,
+                    "dueAt": r.due_at,
+                    "startedAt": r.started_at,
+                    "finishedAt": r.finished_at,
+                    "outcome": r.outcome,
+                    "error": r.error,
+                })
+            })
+            .collect())
+    }
+
     /// This instance's view: workload from the store, runtime from its
     /// own runs.
     pub async fn health(&self) -> Result<TaskHealth, ServiceError> {

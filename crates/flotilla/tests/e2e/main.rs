@@ -11,3 +11,4 @@ mod hostile;
 mod management;
 mod packages;
 mod server;
+mod tasks;
