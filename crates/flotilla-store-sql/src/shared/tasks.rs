@@ -202,7 +202,7 @@ impl TaskStore for Engine {
         .await
         .db()?
         .rows_affected();
-        let existing = task_in(&mut *tx, &new.id)
+        let existing = task_in(&mut tx, &new.id)
             .await?
             .ok_or_else(|| StoreError::not_found(Entity::Task, &new.id))?;
         let result = if inserted == 1 {
@@ -228,7 +228,7 @@ impl TaskStore for Engine {
                     .execute(&mut *tx)
                     .await
                     .db()?;
-                    let updated = task_in(&mut *tx, &new.id)
+                    let updated = task_in(&mut tx, &new.id)
                         .await?
                         .ok_or_else(|| StoreError::not_found(Entity::Task, &new.id))?;
                     Scheduled::Existing(updated)
@@ -244,7 +244,7 @@ impl TaskStore for Engine {
     #[tracing::instrument(skip_all)]
     async fn get_task(&self, id: &str) -> Result<TaskRecord> {
         let mut conn = self.pool.acquire().await.db()?;
-        task_in(&mut *conn, id)
+        task_in(&mut conn, id)
             .await?
             .ok_or_else(|| StoreError::not_found(Entity::Task, id))
     }
@@ -285,7 +285,7 @@ impl TaskStore for Engine {
             .await
             .db()?;
             if let Some((id, p, s)) = row {
-                queue_in(&mut *tx, &held_keys(id.clone(), p, s), ms(now)).await?;
+                queue_in(&mut tx, &held_keys(id.clone(), p, s), ms(now)).await?;
                 deleted.push(id);
             }
         }
@@ -307,7 +307,7 @@ impl TaskStore for Engine {
         .await
         .db()?
         .rows_affected();
-        let task = task_in(&mut *tx, id)
+        let task = task_in(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::not_found(Entity::Task, id))?;
         if n == 0 {
@@ -529,7 +529,7 @@ impl TaskStore for Engine {
                 .db()?;
                 let held = row.is_some();
                 if let Some((id, p, s)) = row {
-                    queue_in(&mut *tx, &held_keys(id, p, s), now_ms).await?;
+                    queue_in(&mut tx, &held_keys(id, p, s), now_ms).await?;
                 }
                 (held, "succeeded", None)
             }
@@ -623,7 +623,7 @@ impl TaskStore for Engine {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        queue_in(&mut *tx, keys, ms(now)).await?;
+        queue_in(&mut tx, keys, ms(now)).await?;
         tx.commit().await.db()?;
         Ok(())
     }
