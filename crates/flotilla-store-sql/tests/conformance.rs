@@ -120,7 +120,20 @@ async fn a_second_store_on_one_directory_is_refused() {
     assert!(matches!(err, MigrationError::InUse { .. }), "{err}");
     assert!(err.to_string().contains("another flotilla server"), "{err}");
     drop(first);
-    SqliteStore::open_dir(dir.path()).await.unwrap();
+    // Released on drop. A child process another test forks in this
+    // process inherits the descriptor until its exec closes it, so the
+    // lock can outlive the drop by that instant: retry briefly.
+    let mut tries = 0;
+    loop {
+        match SqliteStore::open_dir(dir.path()).await {
+            Ok(_) => break,
+            Err(MigrationError::InUse { .. }) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// A database migrated by a newer binary is refused with a clear message.

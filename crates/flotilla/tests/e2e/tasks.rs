@@ -210,7 +210,7 @@ async fn tasks_run_exactly_once_across_instances_when_one_is_killed() {
             .post(
                 "/api/task_manager/tasks",
                 json!({"id": format!("job-{i:04}"), "taskType": "test:sleep",
-                       "params": {"ms": 20}, "enabled": false}),
+                       "params": {"ms": 100}, "enabled": false}),
             )
             .await;
         assert_eq!(st, 200, "{body}");
