@@ -21,7 +21,8 @@ CREATE TABLE tasks (
     status               TEXT NOT NULL,
     owner                TEXT,
     claim_token          TEXT,
-    -- How many times it was claimed: the claim token is `<owner>:<claims>`.
+    -- How many times it was claimed: the claim token is `<owner>:<claims>:<id>`,
+    -- unique per run.
     claims               BIGINT NOT NULL DEFAULT 0,
     enabled              BOOLEAN NOT NULL,
     cost                 INTEGER NOT NULL,

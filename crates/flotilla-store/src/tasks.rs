@@ -128,11 +128,12 @@ pub struct TaskFilter {
 }
 
 /// One claim: up to `limit` tasks of these types, fitting `capacity` cost
-/// units in due order.
+/// units in due order, and at most `per_type` of the types it names.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
     pub owner: String,
     pub types: Vec<String>,
+    pub per_type: Vec<(String, u32)>,
     pub limit: u32,
     pub capacity: i64,
     pub now: DateTime<Utc>,

@@ -120,23 +120,31 @@ impl TaskManager {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, drain: Duration) {
         let mut events = self.services.store.subscribe();
         let keeper = tokio::spawn(self.clone().keep_leases(stop.clone()));
+        let mut claim_now = true;
         loop {
-            if let Err(e) = self.poll_once().await {
-                tracing::warn!(error = %e, "task claim failed");
+            if claim_now {
+                if let Err(e) = self.poll_once().await {
+                    tracing::warn!(error = %e, "task claim failed");
+                }
             }
             let jitter = rand::random::<f64>() * 0.1;
             let wait = self.config.poll_interval.mul_f64(1.0 + jitter);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => claim_now = true,
+                // A run ended (or a task was scheduled here): claim once
+                // half the capacity is free, or nothing runs — not for
+                // every run that ends, which would make a claim statement
+                // per task.
+                _ = self.wake.notified() => {
+                    let (used, running) = self.in_flight();
+                    claim_now = running == 0 || used * 2 <= self.config.capacity;
+                }
                 ev = events.recv() => {
-                    if !matches!(
+                    claim_now = matches!(
                         ev,
                         Ok(StoreEvent::TasksDue | StoreEvent::Resync)
                             | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
-                    ) {
-                        continue;
-                    }
+                    );
                 }
                 _ = stop.wait_for(|s| *s) => break,
             }
@@ -210,57 +218,38 @@ impl TaskManager {
                 .filter(|r| r.task_type == ty)
                 .count() as u32
         };
-        let mut claimed = Vec::new();
-        // Types with a concurrency limit are claimed on their own, at most
-        // their free slots; the rest in one statement.
-        let (limited, open): (Vec<&TaskDefinition>, Vec<&TaskDefinition>) = self
-            .registry
-            .types()
-            .partition(|d| d.max_concurrency.is_some());
-        let mut free = free;
-        for def in limited {
-            let max = def.max_concurrency.unwrap_or(0);
-            let slots = max.saturating_sub(running_of(&def.task_type));
-            if slots == 0 || free < i64::from(def.cost.units()) {
-                continue;
+        // One statement for every type; a type with a concurrency limit is
+        // capped at its free slots here (and left out when it has none).
+        let mut types = Vec::new();
+        let mut per_type = Vec::new();
+        let mut cheapest = i64::MAX;
+        for def in self.registry.types() {
+            if let Some(max) = def.max_concurrency {
+                let slots = max.saturating_sub(running_of(&def.task_type));
+                if slots == 0 {
+                    continue;
+                }
+                per_type.push((def.task_type.clone(), slots));
             }
-            let got = self
-                .services
-                .store
-                .claim_tasks(&ClaimRequest {
-                    owner: self.config.instance_id.clone(),
-                    types: vec![def.task_type.clone()],
-                    limit: slots,
-                    capacity: free,
-                    now,
-                    lease_until,
-                })
-                .await?;
-            free -= got.iter().map(|t| i64::from(t.cost)).sum::<i64>();
-            claimed.extend(got);
+            cheapest = cheapest.min(i64::from(def.cost.units().max(1)));
+            types.push(def.task_type.clone());
         }
-        let types: Vec<String> = open.iter().map(|d| d.task_type.clone()).collect();
-        if free > 0 && !types.is_empty() {
-            let cheapest = open
-                .iter()
-                .map(|d| d.cost.units())
-                .min()
-                .unwrap_or(1)
-                .max(1);
-            let got = self
-                .services
-                .store
-                .claim_tasks(&ClaimRequest {
-                    owner: self.config.instance_id.clone(),
-                    types,
-                    limit: u32::try_from(free / i64::from(cheapest)).unwrap_or(u32::MAX),
-                    capacity: free,
-                    now,
-                    lease_until,
-                })
-                .await?;
-            claimed.extend(got);
+        if types.is_empty() || free < cheapest {
+            return Ok(vec![]);
         }
+        let claimed = self
+            .services
+            .store
+            .claim_tasks(&ClaimRequest {
+                owner: self.config.instance_id.clone(),
+                types,
+                per_type,
+                limit: u32::try_from(free / cheapest).unwrap_or(u32::MAX),
+                capacity: free,
+                now,
+                lease_until,
+            })
+            .await?;
         // Registered before the runs start, so the next claim counts them.
         {
             let mut f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());

@@ -353,22 +353,41 @@ impl TaskStore for Engine {
             return Ok(vec![]);
         }
         let types = placeholders(6, req.types.len());
-        // $1 owner, $2 now, $3 limit, $4 capacity, $5 lease, $6… types.
+        // A cap per limited type: `CASE task_type WHEN $k THEN $k+1 … END`.
+        let mut next = 6 + req.types.len();
+        let mut caps = String::new();
+        for _ in &req.per_type {
+            caps.push_str(&format!(" WHEN ${} THEN ${}", next, next + 1));
+            next += 2;
+        }
+        let cap = if caps.is_empty() {
+            "$3".to_owned()
+        } else {
+            format!("CASE task_type{caps} ELSE $3 END")
+        };
+        // $1 owner, $2 now, $3 limit, $4 capacity, $5 lease, $6… types,
+        // then (type, cap) pairs.
         let statement = format!(
             "WITH cand AS ( \
-               SELECT id, cost, run_at FROM tasks \
+               SELECT id, cost, run_at, task_type FROM tasks \
                WHERE enabled AND task_type IN ({types}) \
                  AND ((status = 'idle' AND run_at <= $2) \
                    OR (status = 'running' AND lease_expires_at <= $2)) \
                ORDER BY run_at, id LIMIT $3{SKIP_LOCKED} \
+             ), capped AS ( \
+               SELECT id, cost, run_at FROM ( \
+                 SELECT id, cost, run_at, task_type, \
+                   ROW_NUMBER() OVER (PARTITION BY task_type ORDER BY run_at, id) AS rn \
+                 FROM cand) r \
+               WHERE rn <= {cap} \
              ), fit AS ( \
                SELECT id FROM ( \
                  SELECT id, SUM(cost) OVER (ORDER BY run_at, id ROWS UNBOUNDED PRECEDING) AS used \
-                 FROM cand) f \
+                 FROM capped) f \
                WHERE used <= $4 \
              ) \
              UPDATE tasks SET status = 'running', owner = $1, claims = claims + 1, \
-               claim_token = $1 || ':' || CAST(claims + 1 AS TEXT), \
+               claim_token = $1 || ':' || CAST(claims + 1 AS TEXT) || ':' || id, \
                attempts = attempts + 1, started_at = $2, lease_expires_at = $5, \
                scheduled_at = CASE WHEN status = 'running' THEN lease_expires_at ELSE run_at END, \
                updated_at = $2 \
@@ -383,6 +402,10 @@ impl TaskStore for Engine {
         add(&mut args, ms(req.lease_until))?;
         for t in &req.types {
             add(&mut args, t.clone())?;
+        }
+        for (t, n) in &req.per_type {
+            add(&mut args, t.clone())?;
+            add(&mut args, i64::from(*n))?;
         }
         let mut tx = self.begin_write().await?;
         let rows: Vec<TaskRow> = sqlx::query_as_with(sqlx::AssertSqlSafe(statement), args)

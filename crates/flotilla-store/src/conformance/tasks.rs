@@ -31,6 +31,7 @@ fn claim(owner: &str, types: &[&str], now: DateTime<Utc>, capacity: i64) -> Clai
     ClaimRequest {
         owner: owner.into(),
         types: types.iter().map(|t| t.to_string()).collect(),
+        per_type: vec![],
         limit: 100,
         capacity,
         now,
@@ -136,6 +137,10 @@ pub async fn claims_take_due_tasks_in_order_up_to_capacity(s: S) {
         assert!(t.claim_token.as_deref().unwrap().starts_with("i1:"));
         assert_eq!(t.lease_expires_at, Some(now + Duration::seconds(30)));
     }
+    assert_ne!(
+        got[0].claim_token, got[1].claim_token,
+        "a claim token names one run of one task"
+    );
     let rest = s.claim_tasks(&claim("i2", &["a"], now, 100)).await.unwrap();
     let ids: Vec<_> = rest.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids, ["a2", "a3", "a4", "a5"]);
@@ -148,6 +153,18 @@ pub async fn claims_take_due_tasks_in_order_up_to_capacity(s: S) {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].owner, "i1");
     assert_eq!(runs[0].finished_at, None);
+    // At most one of a limited type per claim.
+    for i in 0..3 {
+        s.schedule_task(&task(&format!("l{i}"), "limited", now), now)
+            .await
+            .unwrap();
+    }
+    let mut req = claim("i3", &["limited", "b"], now, 100);
+    req.per_type = vec![("limited".into(), 1)];
+    let got = s.claim_tasks(&req).await.unwrap();
+    let mut ids: Vec<_> = got.iter().map(|t| t.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["b0", "l0"]);
     // Enabling makes it claimable.
     s.set_tasks_enabled(&["off".into()], true, now)
         .await
