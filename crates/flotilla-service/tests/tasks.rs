@@ -469,3 +469,60 @@ impl NowForTest for ManualClock {
         self.now()
     }
 }
+
+#[tokio::test]
+async fn a_provider_that_is_down_keeps_its_keys_queued() {
+    use flotilla_service::tasks::keys::SecondaryProvider;
+    let f = fixture().await;
+    // Nothing listens there.
+    let down = Arc::new(KeyStrategy {
+        grant_secondary: true,
+        use_key: KeyProvider::Primary,
+        secondary: Some(SecondaryProvider {
+            hosts: vec!["http://127.0.0.1:9".into()],
+            credential: SecretString::from("ApiKey eDp5".to_owned()),
+        }),
+    });
+    let maintenance = Maintenance {
+        removal_delay: Duration::ZERO,
+        ..Default::default()
+    };
+    let tm = TaskManager::new(
+        f.services.clone(),
+        builtin::registry(&maintenance, down.clone()),
+        f.clock.clone(),
+        ManagerConfig::default(),
+        down,
+    );
+    let now = f.clock.now_for_test();
+    f.services
+        .store
+        .queue_keys_for_invalidation(
+            &[
+                (
+                    KeyProvider::Secondary,
+                    "remote-1".into(),
+                    Some("gone".into()),
+                ),
+                (KeyProvider::Primary, "local-1".into(), Some("gone".into())),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    builtin::ensure_scheduled(&tm, &maintenance).await.unwrap();
+    tm.run_due().await.unwrap();
+    let queued = f.services.store.keys_to_invalidate(now, 10).await.unwrap();
+    assert_eq!(queued.len(), 1, "the primary key is done: {queued:?}");
+    assert_eq!(queued[0].key_id, "remote-1");
+    assert_eq!(queued[0].attempts, 1);
+    assert!(queued[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("unreachable"));
+    // The invalidation task itself did not fail: it retries on schedule.
+    let t = tm.get(INVALIDATE_API_KEYS).await.unwrap();
+    assert_eq!(t.status, "idle");
+    assert_eq!(t.state["failed"], 1);
+}

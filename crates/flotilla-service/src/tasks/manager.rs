@@ -292,6 +292,10 @@ impl TaskManager {
             if let Err(e) = self.renew_leases().await {
                 tracing::warn!(error = %e, "could not renew task leases");
             }
+            // Keeps the `/metrics` gauges (workload, overdue, load) fresh.
+            if let Err(e) = self.health().await {
+                tracing::debug!(error = %e, "could not refresh the task gauges");
+            }
         }
     }
 

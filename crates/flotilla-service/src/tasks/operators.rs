@@ -343,7 +343,17 @@ impl TaskManager {
             0.0
         };
         metrics::gauge!("flotilla_task_capacity_used").set(used as f64);
+        metrics::gauge!("flotilla_task_capacity").set(self.config.capacity as f64);
         metrics::gauge!("flotilla_task_overdue").set(overdue as f64);
+        metrics::gauge!("flotilla_task_drift_p50_seconds")
+            .set(percentile(&drift, 50.0) as f64 / 1000.0);
+        metrics::gauge!("flotilla_task_drift_p99_seconds").set(p99 as f64 / 1000.0);
+        metrics::gauge!("flotilla_task_runs_per_minute").set(recent.len() as f64);
+        metrics::gauge!("flotilla_task_failures_per_minute").set(failures as f64);
+        for c in &counts {
+            metrics::gauge!("flotilla_tasks", "type" => c.task_type.clone(), "status" => c.status.as_str())
+                .set(c.count as f64);
+        }
         Ok(json!({
             "id": self.config.instance_id,
             "timestamp": now,
