@@ -732,6 +732,13 @@ pub trait Store: TaskStore + Send + Sync + 'static {
     // --- actions ---------------------------------------------------------------
     /// Stores the action for its agents and notifies their waiters.
     async fn create_action(&self, action: &NewAction) -> Result<Action>;
+    /// Delete actions (with their per-agent results) created before
+    /// `created_before`, or expired before `expired_before`; how many.
+    async fn expire_actions(
+        &self,
+        created_before: DateTime<Utc>,
+        expired_before: DateTime<Utc>,
+    ) -> Result<u64>;
     /// Unexpired actions for the agent that it has neither confirmed
     /// receiving (through an ack token) nor acknowledged, oldest first.
     async fn pending_actions(

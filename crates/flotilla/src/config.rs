@@ -93,6 +93,10 @@ pub struct TaskManagerConfig {
     /// How long the audit trail of runs is kept.
     #[serde(with = "humantime_serde")]
     pub runs_kept: Duration,
+    /// How long actions and agents' results are kept (expired ones: a day
+    /// past their expiration).
+    #[serde(with = "humantime_serde")]
+    pub actions_kept: Duration,
     /// Also grant each user-scoped task a key from the secondary provider.
     pub grant_secondary_api_keys: bool,
     /// Which key a run uses: `primary` or `secondary` (falling back to the
@@ -342,6 +346,7 @@ impl Default for Config {
                 unenroll_inactive_agents: true,
                 unenroll_inactive_interval: Duration::from_secs(600),
                 runs_kept: Duration::from_secs(7 * 24 * 3600),
+                actions_kept: Duration::from_secs(30 * 24 * 3600),
                 grant_secondary_api_keys: false,
                 api_key_type: ApiKeyType::Primary,
                 secondary: SecondaryProviderConfig::default(),

@@ -208,6 +208,7 @@ async fn task_manager(
             .unenroll_inactive_agents
             .then_some(tm.unenroll_inactive_interval),
         runs_kept: tm.runs_kept,
+        actions_kept: tm.actions_kept,
         test_types: tm.test_task_types,
     };
     let manager = TaskManager::new(

@@ -34,6 +34,9 @@ pub struct Maintenance {
     pub unenroll_inactive_interval: Option<Duration>,
     /// The audit trail of runs is kept this long.
     pub runs_kept: Duration,
+    /// Actions (and agents' results) are kept this long, expired ones a
+    /// day past their expiration.
+    pub actions_kept: Duration,
     /// Register the `test:*` types (for the test suite and benchmarks).
     pub test_types: bool,
 }
@@ -47,6 +50,7 @@ impl Default for Maintenance {
             retention_interval: Duration::from_secs(3600),
             unenroll_inactive_interval: Some(Duration::from_secs(600)),
             runs_kept: Duration::from_secs(7 * 86400),
+            actions_kept: Duration::from_secs(30 * 86400),
             test_types: false,
         }
     }
@@ -57,6 +61,7 @@ pub const REMOTE_KEYS: &str = "fleet:invalidate_remote_keys";
 pub const RETENTION: &str = "data:retention";
 pub const UNENROLL_INACTIVE: &str = "fleet:unenroll_inactive_agents";
 pub const PRUNE_RUNS: &str = "task_manager:prune_runs";
+pub const EXPIRE_ACTIONS: &str = "fleet:expire_actions";
 
 /// The registry of built-in types.
 pub fn registry(m: &Maintenance, strategy: Arc<dyn ApiKeyStrategy>) -> Registry {
@@ -105,6 +110,14 @@ pub fn registry(m: &Maintenance, strategy: Arc<dyn ApiKeyStrategy>) -> Registry 
     def.cost = Cost::Tiny;
     def.max_concurrency = Some(1);
     r.register(def);
+    let mut def = TaskDefinition::new(
+        EXPIRE_ACTIONS,
+        "Delete old and expired actions with their results",
+        Arc::new(ExpireActions(m.actions_kept)),
+    );
+    def.cost = Cost::Tiny;
+    def.max_concurrency = Some(1);
+    r.register(def);
     if m.test_types {
         register_test_types(&mut r);
     }
@@ -121,6 +134,7 @@ pub async fn ensure_scheduled(
         (REMOTE_KEYS, Duration::from_secs(5)),
         (RETENTION, m.retention_interval),
         (PRUNE_RUNS, Duration::from_secs(3600)),
+        (EXPIRE_ACTIONS, Duration::from_secs(3600)),
     ];
     if let Some(i) = m.unenroll_inactive_interval {
         wanted.push((UNENROLL_INACTIVE, i));
@@ -264,6 +278,21 @@ impl TaskRunner for UnenrollInactive {
             }
         }
         Ok(RunResult::with_state(json!({"unenrolled": unenrolled})))
+    }
+}
+
+struct ExpireActions(Duration);
+
+#[async_trait]
+impl TaskRunner for ExpireActions {
+    async fn run(&self, ctx: RunContext) -> Result<RunResult, TaskError> {
+        let created_before = ctx.now - chrono::Duration::from_std(self.0).unwrap_or_default();
+        let n = ctx
+            .services
+            .store
+            .expire_actions(created_before, ctx.now - chrono::Duration::days(1))
+            .await?;
+        Ok(RunResult::with_state(json!({"deleted": n})))
     }
 }
 

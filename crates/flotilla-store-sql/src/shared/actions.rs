@@ -188,3 +188,31 @@ pub(super) async fn ack_action(
         first_time,
     })
 }
+
+/// Old and expired actions go, their targets with them (cascade).
+#[tracing::instrument(skip_all)]
+pub(super) async fn expire_actions(
+    s: &Engine,
+    created_before: DateTime<Utc>,
+    expired_before: DateTime<Utc>,
+) -> Result<u64> {
+    let mut tx = s.begin_write().await?;
+    sqlx::query(
+        "DELETE FROM action_targets WHERE action_id IN \
+           (SELECT id FROM actions WHERE created_at < $1 OR expiration < $2)",
+    )
+    .bind(ms(created_before))
+    .bind(ms(expired_before))
+    .execute(&mut *tx)
+    .await
+    .db()?;
+    let n = sqlx::query("DELETE FROM actions WHERE created_at < $1 OR expiration < $2")
+        .bind(ms(created_before))
+        .bind(ms(expired_before))
+        .execute(&mut *tx)
+        .await
+        .db()?
+        .rows_affected();
+    tx.commit().await.db()?;
+    Ok(n)
+}

@@ -403,6 +403,14 @@ impl Store for Engine {
         actions::create_action(self, action).await
     }
 
+    async fn expire_actions(
+        &self,
+        created_before: DateTime<Utc>,
+        expired_before: DateTime<Utc>,
+    ) -> Result<u64> {
+        actions::expire_actions(self, created_before, expired_before).await
+    }
+
     async fn pending_actions(
         &self,
         agent_id: &str,

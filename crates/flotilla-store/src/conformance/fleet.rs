@@ -230,6 +230,27 @@ pub async fn actions_are_delivered_until_confirmed_and_acked(s: S) {
     let x2 = a.items.iter().find(|i| i.action.id == "x2").unwrap();
     assert!(!x2.delivered && x2.acked_at.is_none());
     assert_eq!(s.agent_actions("b", page(1, 10)).await.unwrap().total, 1);
+
+    // Expiry: x2 expired a second ago; nothing was created before an hour ago.
+    let n = s
+        .expire_actions(now - Duration::hours(1), now)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let a = s.agent_actions("a", page(1, 10)).await.unwrap();
+    assert_eq!(
+        a.items
+            .iter()
+            .map(|i| i.action.id.as_str())
+            .collect::<Vec<_>>(),
+        ["x1"]
+    );
+    let n = s
+        .expire_actions(now + Duration::seconds(1), now)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(s.agent_actions("b", page(1, 10)).await.unwrap().total, 0);
 }
 
 pub async fn checkins_are_recorded_in_batches(s: S) {
