@@ -124,6 +124,33 @@ impl RemoteCluster {
                 json!({"name": name, "role_descriptors": roles, "metadata": metadata}),
             )
             .await?;
+        self.created_key(&v)
+    }
+
+    /// Grant a key there on behalf of the user who authenticates with
+    /// `access_token` (sent for this call only): `(id, secret)`.
+    pub async fn grant_key(
+        &self,
+        access_token: &str,
+        name: &str,
+        metadata: Value,
+    ) -> Result<(String, String), RemoteError> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/_security/api_key/grant",
+                json!({
+                    "grant_type": "access_token",
+                    "access_token": access_token,
+                    "api_key": {"name": name, "metadata": metadata},
+                }),
+            )
+            .await?;
+        self.created_key(&v)
+    }
+
+    /// `(id, secret)` from a create or grant answer.
+    fn created_key(&self, v: &Value) -> Result<(String, String), RemoteError> {
         match (
             v.get("id").and_then(Value::as_str),
             v.get("api_key").and_then(Value::as_str),

@@ -174,7 +174,11 @@ impl ApiKeyStrategy for KeyStrategy {
                 None => tracing::warn!(
                     "task_manager.grant_secondary_api_keys is on but no secondary provider is configured"
                 ),
-                Some(p) => match grant_remote(p, credential, &name, metadata).await {
+                Some(p) => match p
+                    .cluster()
+                    .grant_key(credential.expose_secret(), &name, metadata)
+                    .await
+                {
                     Ok((id, secret)) => {
                         keys.secondary =
                             Some((id.clone(), SecretString::from(format!("{id}:{secret}"))))
@@ -285,40 +289,5 @@ impl ApiKeyStrategy for KeyStrategy {
 
     fn grants_secondary(&self) -> bool {
         self.grant_secondary && self.secondary.is_some()
-    }
-}
-
-/// `POST /_security/api_key/grant` at the provider, for the user who
-/// authenticated with `credential`.
-async fn grant_remote(
-    p: &SecondaryProvider,
-    credential: &SecretString,
-    name: &str,
-    metadata: Value,
-) -> Result<(String, String), RemoteError> {
-    let v = p
-        .cluster()
-        .call(
-            reqwest::Method::POST,
-            "/_security/api_key/grant",
-            json!({
-                "grant_type": "access_token",
-                "access_token": credential.expose_secret(),
-                "api_key": {"name": name, "metadata": metadata},
-            }),
-        )
-        .await?;
-    match (
-        v.get("id").and_then(Value::as_str),
-        v.get("api_key").and_then(Value::as_str),
-    ) {
-        (Some(id), Some(secret)) if !id.contains(':') && !secret.is_empty() => {
-            Ok((id.to_owned(), secret.to_owned()))
-        }
-        _ => Err(RemoteError::Failed {
-            host: p.hosts.first().cloned().unwrap_or_default(),
-            status: 200,
-            reason: "the answer has no id and api_key".into(),
-        }),
     }
 }
