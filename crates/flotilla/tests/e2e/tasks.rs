@@ -300,24 +300,33 @@ async fn tasks_run_exactly_once_across_instances_when_one_is_killed() {
 
 /// A user-scoped task on a server whose secondary key provider is another
 /// Flotilla server: both keys granted, the secondary one used, both
-/// invalidated with their provider after the removal delay; a server that
-/// grants no secondary keys falls back to the primary one.
+/// invalidated with their provider after the removal delay — also those of
+/// a task whose sealed keys were damaged, deleted in the same bulk delete;
+/// a server that grants no secondary keys falls back to the primary one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_scoped_task_keys_live_and_die_with_both_providers() {
+    let Some(cluster) = flotilla_testkit::postgres() else {
+        return;
+    };
+    let url = cluster.create_database();
     let secondary = Server::builder().start().unwrap();
-    let primary = with_test_types(Server::builder())
-        .env("FLOTILLA_TASK_MANAGER__GRANT_SECONDARY_API_KEYS", "true")
-        .env("FLOTILLA_TASK_MANAGER__API_KEY_TYPE", "secondary")
-        .env(
-            "FLOTILLA_TASK_MANAGER__SECONDARY__HOSTS",
-            &format!("[{}]", secondary.url),
-        )
-        // The operators' key on the provider may grant keys there.
-        .env("FLOTILLA_TASK_MANAGER__SECONDARY__API_KEY", ADMIN_KEY)
-        .env("FLOTILLA_TASK_MANAGER__REMOVAL_DELAY", "1s")
-        .env("FLOTILLA_TASK_MANAGER__INVALIDATE_INTERVAL", "1s")
-        .start()
-        .unwrap();
+    let primary = with_test_types(
+        Server::builder()
+            .engine(Engine::Postgres)
+            .database_url(&url),
+    )
+    .env("FLOTILLA_TASK_MANAGER__GRANT_SECONDARY_API_KEYS", "true")
+    .env("FLOTILLA_TASK_MANAGER__API_KEY_TYPE", "secondary")
+    .env(
+        "FLOTILLA_TASK_MANAGER__SECONDARY__HOSTS",
+        &format!("[{}]", secondary.url),
+    )
+    // The operators' key on the provider may grant keys there.
+    .env("FLOTILLA_TASK_MANAGER__SECONDARY__API_KEY", ADMIN_KEY)
+    .env("FLOTILLA_TASK_MANAGER__REMOVAL_DELAY", "1s")
+    .env("FLOTILLA_TASK_MANAGER__INVALIDATE_INTERVAL", "1s")
+    .start()
+    .unwrap();
     let (st, t) = primary
         .post(
             "/api/task_manager/tasks",
@@ -349,10 +358,21 @@ async fn user_scoped_task_keys_live_and_die_with_both_providers() {
             json!({"id": "other", "taskType": "test:whoami", "enabled": false}),
         )
         .await;
+    let other_primary = other["item"]["userScope"]["apiKeyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let other_secondary = other["item"]["userScope"]["secondaryApiKeyId"]
         .as_str()
         .unwrap()
         .to_owned();
+    // Its sealed keys are damaged: it can no longer be read as a user.
+    cluster.execute(
+        &url,
+        "UPDATE tasks SET api_key = 'damaged', secondary_api_key = 'damaged' WHERE id = 'other'",
+    );
+    let (st, _) = primary.get("/api/task_manager/tasks/other").await;
+    assert_eq!(st, 200, "shown without its keys");
     let (st, r) = primary
         .post(
             "/api/task_manager/tasks/_bulk_delete",
@@ -370,6 +390,7 @@ async fn user_scoped_task_keys_live_and_die_with_both_providers() {
     for (server, id) in [
         (&secondary, secondary_key.clone()),
         (&secondary, other_secondary.clone()),
+        (&primary, other_primary.clone()),
         (&primary, primary_key.clone()),
     ] {
         eventually(20, "the key to be invalidated", || async {
