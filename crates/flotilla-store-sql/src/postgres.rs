@@ -67,6 +67,8 @@ pub struct PgStore {
     /// Fed by this instance's LISTEN connection, which hears every
     /// instance's NOTIFY (this one's included).
     events: broadcast::Sender<StoreEvent>,
+    /// See `Store::set_offline_after`.
+    offline_after_ms: std::sync::atomic::AtomicI64,
 }
 
 impl PgStore {
@@ -88,7 +90,13 @@ impl PgStore {
             .await
             .map_err(MigrationError::Connect)?;
         tokio::spawn(relay(listener, events.clone()));
-        Ok(PgStore { pool, events })
+        Ok(PgStore {
+            pool,
+            events,
+            offline_after_ms: std::sync::atomic::AtomicI64::new(
+                flotilla_domain::agent::OFFLINE_AFTER_SECS * 1000,
+            ),
+        })
     }
 
     /// NOTIFY is a hint: a failure to send is logged, and waiters re-read

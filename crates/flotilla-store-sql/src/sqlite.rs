@@ -29,6 +29,12 @@ pub struct SqliteStore {
     /// the same database is refused instead of silently missing this one's
     /// change events (they are in-process).
     _lock: Option<std::fs::File>,
+    /// See `Store::set_offline_after`.
+    offline_after_ms: std::sync::atomic::AtomicI64,
+}
+
+fn default_offline_after() -> std::sync::atomic::AtomicI64 {
+    std::sync::atomic::AtomicI64::new(flotilla_domain::agent::OFFLINE_AFTER_SECS * 1000)
 }
 
 impl SqliteStore {
@@ -79,6 +85,7 @@ impl SqliteStore {
             writer,
             events,
             _lock: None,
+            offline_after_ms: default_offline_after(),
         })
     }
 

@@ -665,6 +665,9 @@ pub trait Store: TaskStore + Send + Sync + 'static {
 
     // --- fleet protocol: agents -------------------------------------------------
     /// Subscribe to change events (see [`StoreEvent`]).
+    /// An agent silent this long counts as `offline` in every query that
+    /// derives status (default [`flotilla_domain::agent::OFFLINE_AFTER_SECS`]).
+    fn set_offline_after(&self, after: std::time::Duration);
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
     async fn get_fleet_agent(&self, id: &str) -> Result<Option<FleetAgent>>;
     /// Records a newly enrolled agent with its access key, atomically; the

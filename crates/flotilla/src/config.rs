@@ -186,6 +186,11 @@ pub struct FleetConfig {
     /// How often a waiting check-in re-reads the store without an event.
     #[serde(with = "humantime_serde")]
     pub recheck_interval: Duration,
+    /// An agent silent this long shows as offline (silent past its
+    /// policy's inactivity_timeout: inactive, and unenrolled by the
+    /// task manager).
+    #[serde(with = "humantime_serde")]
+    pub offline_after: Duration,
     /// Long polls served at once; more get 429.
     pub max_long_polls: usize,
     /// The version reported to agents; Elastic agents of a newer minor are refused.
@@ -320,6 +325,7 @@ impl Default for Config {
                 poll_jitter: Duration::from_secs(30),
                 checkin_flush_interval: Duration::from_secs(10),
                 recheck_interval: Duration::from_secs(30),
+                offline_after: Duration::from_secs(300),
                 max_long_polls: 20_000,
                 server_version: "9.6.0".into(),
                 output_key_ceiling: vec![CeilingEntry {
@@ -413,6 +419,9 @@ impl Config {
         }
         if self.data.retention_interval < Duration::from_secs(1) {
             bail!("invalid configuration: data.retention_interval must be at least 1s");
+        }
+        if self.fleet.offline_after < Duration::from_secs(10) {
+            bail!("invalid configuration: fleet.offline_after must be at least 10s");
         }
         let tm = &self.task_manager;
         if tm.poll_interval < Duration::from_millis(10) {

@@ -45,6 +45,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     tracing::info!(storage = ?location, "opening storage");
     let store = flotilla_store_sql::open(location).await?;
+    store.set_offline_after(config.fleet.offline_after);
     let sealer = match &config.encryption_key {
         Some(key) => Sealer::from_secret(key.expose_secret().as_bytes()),
         None => Sealer::from_secret(local_encryption_key(&config.data_dir)?.as_bytes()),

@@ -3,7 +3,8 @@
 
 use super::prelude::*;
 
-/// Derives an agent's status from stored facts; `$5` is "now" in ms. The
+/// Derives an agent's status from stored facts; `$5` is "now" in ms, `$7`
+/// the offline threshold in ms. The
 /// rule is documented on `flotilla_domain::agent::OFFLINE_AFTER_SECS`.
 macro_rules! agent_status_sql {
     () => {
@@ -11,7 +12,7 @@ macro_rules! agent_status_sql {
          WHEN a.last_checkin IS NULL THEN \
             (CASE WHEN a.unenrollment_started_at IS NULL THEN 'enrolling' ELSE 'unenrolling' END) \
          WHEN a.last_checkin < $5 - COALESCE(p.inactivity_timeout, 1209600) * 1000 THEN 'inactive' \
-         WHEN a.last_checkin < $5 - 300000 THEN 'offline' \
+         WHEN a.last_checkin < $5 - $7 THEN 'offline' \
          WHEN a.unenrollment_started_at IS NOT NULL THEN 'unenrolling' \
          WHEN a.last_checkin_status IN ('error', 'failed') THEN 'error' \
          WHEN a.last_checkin_status = 'degraded' THEN 'degraded' \
@@ -432,6 +433,11 @@ pub(crate) async fn agents_query(
     add(&mut args, filter.show_inactive || id.is_some())?;
     add(&mut args, ms(now))?;
     add(&mut args, id.map(str::to_owned))?;
+    add(
+        &mut args,
+        s.offline_after_ms
+            .load(std::sync::atomic::Ordering::Relaxed),
+    )?;
     let (rows, total) = page_of::<AgentRow>(
         &s.pool,
         concat!(

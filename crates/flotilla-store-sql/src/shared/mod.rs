@@ -327,6 +327,13 @@ impl Store for Engine {
         agents::start_agent_unenrollment(self, id, action, now).await
     }
 
+    fn set_offline_after(&self, after: std::time::Duration) {
+        self.offline_after_ms.store(
+            i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
     }

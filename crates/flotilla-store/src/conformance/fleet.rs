@@ -485,3 +485,43 @@ pub async fn unenrolment_and_its_action_are_one_transaction(s: S) {
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].action_type, ActionType::Unenroll);
 }
+
+pub async fn the_offline_threshold_is_a_setting(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.insert_agent(&agent("a", "p", &[])).await.unwrap();
+    s.record_checkins(&[CheckinRecord {
+        agent_id: "a".into(),
+        at: now - Duration::seconds(120),
+        status: "online".into(),
+        message: "m".into(),
+        local_metadata: None,
+        components: None,
+        agent_version: None,
+        reported_policy: None,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_agent("a", now).await.unwrap().status,
+        AgentStatus::Online,
+        "two minutes is within the default five"
+    );
+    s.set_offline_after(std::time::Duration::from_secs(60));
+    assert_eq!(
+        s.get_agent("a", now).await.unwrap().status,
+        AgentStatus::Offline
+    );
+    let offline = s
+        .list_agents(
+            &AgentFilter {
+                status: Some(AgentStatus::Offline),
+                ..Default::default()
+            },
+            page(1, 10),
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(offline.total, 1);
+}

@@ -61,7 +61,8 @@ macro_rules! conformance_suite {
             expired_leases_are_taken_over_and_stale_runs_change_nothing,
             finished_runs_reschedule_fail_or_delete,
             deleted_tasks_queue_every_key_they_held,
-            concurrent_claims_never_share_a_task
+            concurrent_claims_never_share_a_task,
+            the_offline_threshold_is_a_setting
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
