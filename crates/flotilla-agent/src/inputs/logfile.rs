@@ -376,6 +376,10 @@ pub fn event(
     doc
 }
 
+fn crash_after_ship() -> bool {
+    std::env::var("FLOTILLA_AGENT_TEST_FAULT").as_deref() == Ok("crash-after-ship")
+}
+
 async fn harvest(ctx: Arc<Context>, cfg: StreamConfig, output: Arc<Output>, health: Health) {
     let file = CheckpointFile::new(&ctx.state_dir, &cfg.id);
     let (mut cp, warning) = file.load();
@@ -437,6 +441,12 @@ async fn harvest(ctx: Arc<Context>, cfg: StreamConfig, output: Arc<Output>, heal
                     })
                     .collect();
                 let shipped = output.ship(docs, &health).await;
+                if crash_after_ship() {
+                    // A test-only fault: die between the output accepting a
+                    // batch and the checkpoint recording it.
+                    tracing::error!("FLOTILLA_AGENT_TEST_FAULT=crash-after-ship: aborting");
+                    std::process::abort();
+                }
                 if let Some(st) = cp.files.get_mut(&f.fingerprint) {
                     st.offset = next;
                 }
