@@ -132,3 +132,18 @@ pub async fn run_cli(cmd: AgentCmd) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_log_levels_are_checked() {
+        assert!(set_log_level("loud").unwrap_err().contains("not one of"));
+        init_tracing();
+        assert_eq!(set_log_level("debug"), Ok(()));
+        assert_eq!(set_log_level("warning"), Ok(()));
+        assert!(tracing::enabled!(tracing::Level::WARN));
+        assert!(!tracing::enabled!(tracing::Level::INFO));
+    }
+}

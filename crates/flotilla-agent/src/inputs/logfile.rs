@@ -382,7 +382,7 @@ fn crash_after_ship() -> bool {
 
 async fn harvest(ctx: Arc<Context>, cfg: StreamConfig, output: Arc<Output>, health: Health) {
     let file = CheckpointFile::new(&ctx.state_dir, &cfg.id);
-    let (mut cp, warning) = file.load();
+    let (mut cp, mut warning) = file.load();
     if let Some(w) = &warning {
         tracing::error!(stream = %cfg.id, "{w}");
     }
@@ -396,7 +396,9 @@ async fn harvest(ctx: Arc<Context>, cfg: StreamConfig, output: Arc<Output>, heal
         };
         let found = scanned.unwrap_or_default();
         let now = chrono::Utc::now().timestamp();
-        let mut trouble: Option<String> = warning.clone();
+        // A lost checkpoint is reported once: what it re-reads is
+        // refused by the output as already there (409), never stored twice.
+        let mut trouble: Option<String> = warning.take();
         for f in &found {
             let st = cp.files.entry(f.fingerprint.clone()).or_default();
             if f.len < st.offset {
@@ -444,8 +446,8 @@ async fn harvest(ctx: Arc<Context>, cfg: StreamConfig, output: Arc<Output>, heal
                 if crash_after_ship() {
                     // A test-only fault: die between the output accepting a
                     // batch and the checkpoint recording it.
-                    tracing::error!("FLOTILLA_AGENT_TEST_FAULT=crash-after-ship: aborting");
-                    std::process::abort();
+                    tracing::error!("FLOTILLA_AGENT_TEST_FAULT=crash-after-ship: exiting before the checkpoint (a test switch)");
+                    std::process::exit(70);
                 }
                 if let Some(st) = cp.files.get_mut(&f.fingerprint) {
                     st.offset = next;
