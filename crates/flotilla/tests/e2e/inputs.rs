@@ -257,6 +257,19 @@ async fn logs_and_metrics_arrive_once_through_an_outage_and_a_rotation() {
         text.contains("INPUTS") && text.contains("HEALTHY"),
         "{text}"
     );
+    // SETTINGS changes the log level: the agent runs at `warn`, and says
+    // (at info) that it now logs at debug.
+    let (st, _) = s
+        .post(
+            &format!("/api/fleet/agents/{agent_id}/actions"),
+            json!({"action": {"type": "SETTINGS", "data": {"log_level": "debug"}}}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    wait_status(&dir, "the log level to change", |_| {
+        std::fs::read_to_string(dir.with_extension("log"))
+            .is_ok_and(|l| l.contains("log level changed"))
+    });
     let local = wait_status(&dir, "events shipped", |st| {
         st["events_shipped"].as_u64() >= Some(50)
     });
@@ -283,6 +296,12 @@ async fn logs_and_metrics_arrive_once_through_an_outage_and_a_rotation() {
         expected(0..100),
         "every line exactly once"
     );
+    // Even at debug, through retries: no credential in the agent's log.
+    let log = std::fs::read_to_string(dir.with_extension("log")).unwrap();
+    assert!(log.contains("DEBUG"), "it logged at debug");
+    for secret in ["ApiKey", "api_key", "authorization"] {
+        assert!(!log.contains(secret), "{secret} in the agent's log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
