@@ -55,6 +55,47 @@ pub enum AgentCmd {
     },
 }
 
+type Reload =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_LEVEL: std::sync::OnceLock<Reload> = std::sync::OnceLock::new();
+
+/// Log to stderr at `RUST_LOG` (default `info`); a SETTINGS action may
+/// change the level later ([`set_log_level`]).
+pub fn init_tracing() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init();
+    if installed.is_ok() {
+        let _ = LOG_LEVEL.set(handle);
+    }
+}
+
+/// The levels a SETTINGS action may set (Elastic Agent's names).
+pub fn set_log_level(level: &str) -> Result<(), String> {
+    let directive = match level {
+        "error" | "warning" | "warn" | "info" | "debug" | "trace" => {
+            level.replace("warning", "warn")
+        }
+        other => {
+            return Err(format!(
+                "log level {other:?} is not one of error, warning, info, debug, trace"
+            ))
+        }
+    };
+    let handle = LOG_LEVEL
+        .get()
+        .ok_or("the agent's logging is not reloadable")?;
+    handle
+        .modify(|f| *f = tracing_subscriber::EnvFilter::new(&directive))
+        .map_err(|e| format!("cannot change the log level: {e}"))
+}
+
 pub async fn run_cli(cmd: AgentCmd) -> Result<()> {
     match cmd {
         AgentCmd::Enroll {
@@ -89,5 +130,20 @@ pub async fn run_cli(cmd: AgentCmd) -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_log_levels_are_checked() {
+        assert!(set_log_level("loud").unwrap_err().contains("not one of"));
+        init_tracing();
+        assert_eq!(set_log_level("debug"), Ok(()));
+        assert_eq!(set_log_level("warning"), Ok(()));
+        assert!(tracing::enabled!(tracing::Level::WARN));
+        assert!(!tracing::enabled!(tracing::Level::INFO));
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::client::{FleetClient, FleetError};
+use crate::inputs::{Context as InputContext, Supervisor};
 use crate::state::{Kind, Loaded, StateDir};
 
 /// Who the agent is (encrypted: it holds the access key).
@@ -31,12 +32,11 @@ pub struct Acks {
     pub pending: Vec<Value>,
 }
 
-/// The policy the agent runs and its inputs' health.
+/// The policy the agent runs (its inputs' health is the supervisor's).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Running {
     pub policy_id: String,
     pub revision: i64,
-    pub components: Vec<Value>,
 }
 
 /// The local view `flotilla agent status` prints (plain JSON: no secrets).
@@ -50,13 +50,19 @@ pub struct LocalStatus {
     pub components: Vec<Value>,
     pub last_error: Option<String>,
     pub state_warnings: Vec<String>,
+    /// Each input's health, events shipped and bytes pending (from
+    /// `inputs.json`, which the running agent rewrites every second).
+    #[serde(default)]
+    pub inputs: Vec<Value>,
+    #[serde(default)]
+    pub events_shipped: u64,
+    #[serde(default)]
+    pub pending_bytes: u64,
 }
 
-/// Input types this agent runs (none yet: each is reported as a failed
-/// component, and the rest of the policy is still applied).
-const IMPLEMENTED_INPUTS: &[&str] = &[];
-
-/// Apply a POLICY_CHANGE: validate it and (re)configure the inputs.
+/// Validate a POLICY_CHANGE before it is persisted and run. Its inputs
+/// are checked by the supervisor: a bad or unknown input is a FAILED
+/// component, never a refused policy.
 pub fn apply(action: &Value) -> Result<Running, String> {
     let policy = action
         .pointer("/data/policy")
@@ -69,35 +75,13 @@ pub fn apply(action: &Value) -> Result<Running, String> {
         .get("revision")
         .and_then(Value::as_i64)
         .ok_or("the policy has no revision")?;
-    let inputs = match policy.get("inputs") {
-        None | Some(Value::Null) => vec![],
-        Some(Value::Array(a)) => a.clone(),
+    match policy.get("inputs") {
+        None | Some(Value::Null) | Some(Value::Array(_)) => {}
         Some(_) => return Err("the policy's inputs are not a list".into()),
-    };
-    let mut components = Vec::new();
-    for input in &inputs {
-        let id = input
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or("an input has no id")?;
-        let ty = input
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or("an input has no type")?;
-        let (status, message) = if IMPLEMENTED_INPUTS.contains(&ty) {
-            ("HEALTHY", "running".to_owned())
-        } else {
-            (
-                "FAILED",
-                format!("input type {ty} is not implemented by this agent yet"),
-            )
-        };
-        components.push(json!({"id": id, "type": ty, "status": status, "message": message}));
     }
     Ok(Running {
         policy_id: policy_id.to_owned(),
         revision,
-        components,
     })
 }
 
@@ -116,7 +100,21 @@ pub fn read_status(dir: &Path) -> Result<LocalStatus> {
             dir.display()
         )
     })?;
-    Ok(serde_json::from_slice(&text)?)
+    let mut status: LocalStatus = serde_json::from_slice(&text)?;
+    if let Ok(bytes) = std::fs::read(dir.join("inputs.json")) {
+        status.inputs = serde_json::from_slice(&bytes).unwrap_or_default();
+    }
+    status.events_shipped = status
+        .inputs
+        .iter()
+        .filter_map(|i| i["shipped"].as_u64())
+        .sum();
+    status.pending_bytes = status
+        .inputs
+        .iter()
+        .filter_map(|i| i["pending_bytes"].as_u64())
+        .sum();
+    Ok(status)
 }
 
 /// Exponential backoff with full jitter, at least what the server asked.
@@ -127,12 +125,19 @@ fn backoff(attempt: u32, asked: Option<Duration>) -> Duration {
     asked.map_or(jittered, |a| a.max(jittered))
 }
 
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+}
+
 fn metadata(agent_id: Option<&str>) -> Value {
-    let host = std::env::var("HOSTNAME").ok().or_else(|| {
-        std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_owned())
-    });
+    let host = host_name();
     json!({
         "elastic": {"agent": {"version": env!("CARGO_PKG_VERSION"), "id": agent_id, "name": "flotilla"}},
         "host": {"hostname": host, "name": host},
@@ -197,11 +202,19 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     status.agent_id = Some(id.clone());
     status.server = Some(identity.url.clone());
 
+    let supervisor = Supervisor::new(InputContext {
+        state_dir: opts.state_dir.clone(),
+        agent_id: id.clone(),
+        host_name: host_name().unwrap_or_else(|| "unknown".into()),
+    });
+    let _writer = AbortOnDrop(supervisor.spawn_status_writer());
+
     // The last good policy runs before the server is asked anything.
     let mut running: Option<(Running, Value)> = match state.load::<Value>(&id, Kind::Policy) {
         Loaded::Found(action) => match apply(&action) {
             Ok(r) => {
                 tracing::info!(policy_id = %r.policy_id, revision = r.revision, "running the last good policy");
+                supervisor.reconcile(&action["data"]["policy"]);
                 Some((r, action))
             }
             Err(e) => {
@@ -238,10 +251,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let show = |status: &mut LocalStatus, running: &Option<(Running, Value)>| {
         status.policy_id = running.as_ref().map(|(r, _)| r.policy_id.clone());
         status.revision = running.as_ref().map(|(r, _)| r.revision);
-        status.components = running
-            .as_ref()
-            .map(|(r, _)| r.components.clone())
-            .unwrap_or_default();
+        status.components = supervisor.components();
     };
     show(&mut status, &running);
     write_status(state.path(), &status);
@@ -284,14 +294,13 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             let drop_n = acks.pending.len() - MAX_PENDING_ACKS;
             acks.pending.drain(..drop_n);
         }
-        let healthy = running
-            .as_ref()
-            .is_some_and(|(r, _)| r.components.iter().all(|c| c["status"] == "HEALTHY"));
+        let components = supervisor.components();
+        let healthy = components.iter().all(|c| c["status"] == "HEALTHY");
         let mut body = json!({
             "status": if healthy || running.is_none() { "online" } else { "degraded" },
-            "message": if healthy { "running" } else { "some inputs are not running" },
+            "message": if healthy { "running" } else { "some inputs are not healthy" },
             "local_metadata": metadata(Some(&id)),
-            "components": running.as_ref().map(|(r, _)| r.components.clone()).unwrap_or_default(),
+            "components": components,
         });
         if let Some(t) = &acks.ack_token {
             body["ack_token"] = json!(t);
@@ -388,6 +397,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                         match persisted {
                             Ok(()) => {
                                 tracing::info!(policy_id = %r.policy_id, revision = r.revision, "policy applied and persisted");
+                                supervisor.reconcile(&action["data"]["policy"]);
                                 running = Some((r, action.clone()));
                                 failed_revision = None;
                             }
@@ -409,7 +419,17 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 },
                 "UNENROLL" => stop = Some(()),
-                "SETTINGS" => {}
+                "SETTINGS" => {
+                    if let Some(level) = action.pointer("/data/log_level").and_then(Value::as_str) {
+                        match crate::cli::set_log_level(level) {
+                            Ok(()) => tracing::info!(%level, "log level changed"),
+                            Err(e) => {
+                                event["error"] = json!(e);
+                                event["message"] = json!(format!("settings not applied: {e}"));
+                            }
+                        }
+                    }
+                }
                 other => {
                     event["error"] = json!(format!(
                         "action type {other} is not supported by this agent"
@@ -434,6 +454,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 }
             }
+            supervisor.stop_all();
             for k in [Kind::Identity, Kind::Policy, Kind::Acks] {
                 state.remove(k)?;
             }
@@ -465,6 +486,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     }
 }
 
+/// Stops the status writer when the run ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The most results kept waiting for an ack.
 const MAX_PENDING_ACKS: usize = 1000;
 
@@ -489,12 +519,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_policy_applies_with_unimplemented_inputs_as_failed_components() {
+    fn a_policy_is_validated_before_it_runs() {
         let action = json!({"id": "policy:p:2", "type": "POLICY_CHANGE", "data": {"policy": {
             "id": "p", "revision": 2, "inputs": [{"id": "logfile-nginx-x", "type": "logfile"}]}}});
         let r = apply(&action).unwrap();
         assert_eq!((r.policy_id.as_str(), r.revision), ("p", 2));
-        assert_eq!(r.components[0]["status"], "FAILED");
         assert!(apply(&json!({"data": {"policy": {"id": "p"}}})).is_err());
         assert!(
             apply(&json!({"data": {"policy": {"id": "p", "revision": 1, "inputs": {}}}})).is_err()

@@ -180,23 +180,11 @@ impl StateDir {
                 },
             )
             .map_err(|_| anyhow!("cannot encrypt the {} file", kind.name()))?;
-        let path = self.dir.join(kind.file());
-        let tmp = self.dir.join(format!("{}.tmp", kind.file()));
-        let mut options = OpenOptions::new();
-        options.create(true).truncate(true).write(true);
-        private(&mut options);
-        let mut f = options
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(MAGIC)?;
-        f.write_all(&nonce)?;
-        f.write_all(&sealed)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("cannot replace {}", path.display()))?;
-        sync_dir(&self.dir);
-        Ok(())
+        let mut bytes = Vec::with_capacity(4 + 12 + sealed.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&nonce);
+        bytes.extend_from_slice(&sealed);
+        write_atomic(&self.dir, kind.file(), &bytes)
     }
 
     /// Read a state file; one that does not open is moved aside.
@@ -271,6 +259,26 @@ impl StateDir {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Replace `dir/name` atomically: a temp file beside it (mode 0600),
+/// fsync, rename, fsync of the directory. A crash leaves the old file or the
+/// new one, never a mix.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut options = OpenOptions::new();
+    options.create(true).truncate(true).write(true);
+    private(&mut options);
+    let mut f = options
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot replace {}", path.display()))?;
+    sync_dir(dir);
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) {

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{Subcommand, ValueEnum};
+use serde_json::Value;
 
 use flotilla_api::management::{
     ActionRequest, CreateAction, ReassignAgent, UnenrollAgent, UpdateAgent,
@@ -134,7 +135,34 @@ const AGENT_SHOW_COLS: Columns = &[
     ("FAILURE", "policy_change_failure.message"),
     ("KEY ERROR", "output_key_error"),
     ("LAST CHECK-IN", "last_checkin"),
+    ("INPUTS", "inputs"),
 ];
+
+/// The table shows each reported component (input) as
+/// `id: STATUS (message)`; `--json` keeps `components` as reported.
+fn with_inputs(mut v: Value) -> Value {
+    let lines: Vec<Value> = v
+        .pointer("/item/components")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let field = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("");
+                    Value::String(format!(
+                        "{}: {} ({})",
+                        field("id"),
+                        field("status"),
+                        field("message")
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(item) = v.get_mut("item").and_then(Value::as_object_mut) {
+        item.insert("inputs".into(), Value::Array(lines));
+    }
+    v
+}
 const ACTION_COLS: Columns = &[
     ("ID", "id"),
     ("TYPE", "type"),
@@ -169,7 +197,10 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             }
             view(c.get(AGENTS, &q).await?, AGENT_COLS)
         }
-        AgentsCmd::Show { id } => view(c.get(&at(AGENTS, &id), &[]).await?, AGENT_SHOW_COLS),
+        AgentsCmd::Show { id } => view(
+            with_inputs(c.get(&at(AGENTS, &id), &[]).await?),
+            AGENT_SHOW_COLS,
+        ),
         AgentsCmd::Unenroll { id, revoke } => view(
             c.post(
                 &format!("{}/unenroll", at(AGENTS, &id)),

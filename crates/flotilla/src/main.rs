@@ -57,13 +57,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Agent(cmd) => {
-                let _ = tracing_subscriber::fmt()
-                    .with_writer(std::io::stderr)
-                    .with_env_filter(
-                        tracing_subscriber::EnvFilter::try_from_default_env()
-                            .unwrap_or_else(|_| "info".into()),
-                    )
-                    .try_init();
+                flotilla_agent::cli::init_tracing();
                 flotilla_agent::cli::run_cli(cmd).await
             }
             Command::Operator(cmd) => flotilla_cli::run(cmd).await,

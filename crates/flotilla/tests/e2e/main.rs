@@ -8,6 +8,7 @@ mod cli;
 mod es;
 mod fleet;
 mod hostile;
+mod inputs;
 mod management;
 mod packages;
 mod server;

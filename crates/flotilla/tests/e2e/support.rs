@@ -55,6 +55,7 @@ pub struct Builder {
     admin_key: Option<String>,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    listen: Option<String>,
 }
 
 impl Builder {
@@ -78,6 +79,12 @@ impl Builder {
         self.admin_key = None;
         self
     }
+    /// Listen on this address instead of port 0 (a restart on the same
+    /// port, as agents know the server by its URL).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.into());
+        self
+    }
     pub fn arg(mut self, a: &str) -> Self {
         self.args.push(a.into());
         self
@@ -92,7 +99,8 @@ impl Builder {
             .clone()
             .unwrap_or_else(|| tmp.path().join("data"));
         let mut cmd = command();
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        let listen = self.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        cmd.args(["server", "--listen", &listen, "--data-dir"])
             .arg(&data_dir);
         if self.engine == Engine::Postgres {
             let url = match self.database_url.clone() {
@@ -193,6 +201,7 @@ impl Server {
             admin_key: Some(ADMIN_KEY.into()),
             env: vec![],
             args: vec![],
+            listen: None,
         }
     }
 
