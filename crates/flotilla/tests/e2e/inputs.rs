@@ -212,7 +212,7 @@ async fn logs_and_metrics_arrive_once_through_an_outage_and_a_rotation() {
     let s = start(&data, None);
     let token = setup(&s, &logs, true).await;
     let agent_id = enroll(&dir, &s.url, &token);
-    let _agent = run_agent(&dir);
+    let agent = run_agent(&dir);
 
     let got = wait_docs(&s, "logs-app-prod", 50).await;
     assert_eq!(
@@ -281,6 +281,10 @@ async fn logs_and_metrics_arrive_once_through_an_outage_and_a_rotation() {
     append(&app, 50..80);
     std::fs::rename(&app, logs.join("app-1.log")).unwrap();
     append(&app, 80..100);
+    // The agent restarts while the server is down: it runs its last good
+    // policy without it, tailing from its checkpoints.
+    drop(agent);
+    let _agent = run_agent(&dir);
     // `agent status` works offline, and shows the backlog.
     wait_status(&dir, "the backlog to show", |st| {
         st["pending_bytes"].as_u64() > Some(0)
@@ -354,6 +358,21 @@ async fn a_killed_agent_and_a_new_output_key_lose_and_duplicate_nothing() {
     let at_kill = docs(&s, "logs-app-prod").await.len();
     eprintln!("agent killed with {at_kill} of 3001 lines shipped");
     drop(first);
+    // The output key it ships with, read from its own state (its lock is
+    // free while it is down): valid now, invalidated after the rotation.
+    let old_key = {
+        use flotilla_agent::state::{Kind, Loaded, StateDir};
+        let state = StateDir::open(&dir).unwrap();
+        let Loaded::Found(action) = state.load::<Value>(&agent_id, Kind::Policy) else {
+            panic!("the agent's last good policy is readable");
+        };
+        action["data"]["policy"]["outputs"]
+            .as_object()
+            .and_then(|o| o.values().find_map(|v| v["api_key"].as_str()))
+            .expect("an output key")
+            .to_owned()
+    };
+    assert_eq!(bulk_as(&s, &old_key).await, 200, "the key works before");
     writer.join().unwrap();
     let _second = run_agent(&dir);
     wait_docs(&s, "logs-app-prod", 3001).await;
@@ -396,4 +415,23 @@ async fn a_killed_agent_and_a_new_output_key_lose_and_duplicate_nothing() {
         messages(&docs(&s, "logs-app-prod").await),
         expected(0..3011)
     );
+    assert_eq!(
+        bulk_as(&s, &old_key).await,
+        401,
+        "the old key stopped working once the new revision ran"
+    );
+}
+
+/// `_bulk` with this key: the status.
+async fn bulk_as(s: &Server, key: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/_bulk", s.url))
+        .header("authorization", format!("ApiKey {key}"))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"create\":{\"_index\":\"logs-probe-prod\"}}\n{\"message\":\"probe\"}\n")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
