@@ -262,10 +262,15 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mut failed_revision: Option<(String, i64)> = None;
     // A test-only fault: ack without persisting, as an agent that crashed
     // between the two would have.
-    let skip_persist = std::env::var("FLOTILLA_AGENT_TEST_FAULT").as_deref() == Ok("skip-persist");
+    // `ack-then-stall` also stops dead after its first ack, so a test can
+    // kill -9 it there: the crash between ack and persist.
+    let fault = std::env::var("FLOTILLA_AGENT_TEST_FAULT").unwrap_or_default();
+    let stall_after_ack = fault == "ack-then-stall";
+    let skip_persist = fault == "skip-persist" || stall_after_ack;
     if skip_persist {
         tracing::warn!(
-            "FLOTILLA_AGENT_TEST_FAULT=skip-persist: policies are NOT persisted (a test switch)"
+            fault = %fault,
+            "FLOTILLA_AGENT_TEST_FAULT: policies are NOT persisted (a test switch)"
         );
     }
     loop {
@@ -275,6 +280,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 Ok(_) => {
                     acks.pending.clear();
                     save_acks(&state, &id, &acks);
+                    if stall_after_ack {
+                        tracing::warn!("FLOTILLA_AGENT_TEST_FAULT=ack-then-stall: acked, stalling before persisting");
+                        std::future::pending::<()>().await;
+                    }
                 }
                 Err(FleetError::Unauthorized(r)) => return unenrolled(&state, &mut status, &r),
                 // Refused for good (an expired or unknown action): retrying

@@ -267,3 +267,53 @@ async fn an_agent_that_lost_its_policy_converges_to_the_current_one() {
     );
     assert_eq!(st["revision"], 2, "the current policy again: {st}");
 }
+
+/// The crash between ack and persist, for real: the agent acks a policy,
+/// stalls before persisting it (a test switch) and is killed (SIGKILL);
+/// restarted, it reports that it runs nothing and converges to the
+/// current policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_between_ack_and_persist_converges() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let out = agent(
+        &dir,
+        &["enroll", "--url", &s.url, "--enrollment-token", &token],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let mut cmd = agent(&dir, &["run"]);
+    cmd.env("FLOTILLA_AGENT_TEST_FAULT", "ack-then-stall");
+    let stalled = spawn(cmd);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let agent_id = loop {
+        let (_, list) = s.get("/api/fleet/agents").await;
+        let acked = list["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["policy_revision"] == 2))
+            .and_then(|a| a["id"].as_str().map(str::to_owned));
+        if let Some(id) = acked {
+            break id;
+        }
+        assert!(std::time::Instant::now() < deadline, "never acked: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    drop(stalled); // SIGKILL, then reaped
+    assert!(!dir.join("policy.enc").exists(), "acked, never persisted");
+
+    let out = agent(&dir, &["run", "--max-checkins", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("policy.enc").exists());
+    assert_eq!(status(&dir)["revision"], 2);
+    let (_, a) = s.get(&format!("/api/fleet/agents/{agent_id}")).await;
+    assert_eq!(a["item"]["reported_policy_revision"], 2, "{a}");
+}
