@@ -184,7 +184,7 @@ pub struct RunOptions {
 pub async fn run(opts: RunOptions) -> Result<()> {
     let state = StateDir::open(&opts.state_dir)?;
     let mut status = LocalStatus::default();
-    let identity = match state.load::<Identity>("", Kind::Identity) {
+    let mut identity = match state.load::<Identity>("", Kind::Identity) {
         Loaded::Found(i) => i,
         Loaded::Missing => match (&opts.url, &opts.enrollment_token) {
             (Some(url), Some(token)) => enroll(&state, url, token, &opts.tags).await?,
@@ -428,6 +428,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                     }
                 },
                 "UNENROLL" => stop = Some(()),
+                // The server sends the new policy as a POLICY_CHANGE; the
+                // policy to report while running none is the new one.
+                "POLICY_REASSIGN" => {
+                    if let Some(p) = action.pointer("/data/policy_id").and_then(Value::as_str) {
+                        identity.policy_id = Some(p.to_owned());
+                        if let Err(e) = state.save("", Kind::Identity, &identity) {
+                            tracing::warn!(error = %e, "could not record the new policy id");
+                        }
+                    }
+                }
                 "SETTINGS" => {
                     if let Some(level) = action.pointer("/data/log_level").and_then(Value::as_str) {
                         match crate::cli::set_log_level(level) {

@@ -317,3 +317,54 @@ async fn an_agent_killed_between_ack_and_persist_converges() {
     let (_, a) = s.get(&format!("/api/fleet/agents/{agent_id}")).await;
     assert_eq!(a["item"]["reported_policy_revision"], 2, "{a}");
 }
+
+/// A reassigned agent acks the POLICY_REASSIGN action (no error) and runs
+/// the new policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reassigned_agent_runs_its_new_policy() {
+    let s = quick_polls(Server::builder()).start().unwrap();
+    let token = s.policy_with_token("web").await;
+    s.policy_with_token("db").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let out = agent(
+        &dir,
+        &["enroll", "--url", &s.url, "--enrollment-token", &token],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let run = || {
+        let out = agent(&dir, &["run", "--max-checkins", "2"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run();
+    let st = status(&dir);
+    assert_eq!(st["policy_id"], "web");
+    let id = st["agent_id"].as_str().unwrap().to_owned();
+    let (code, body) = s
+        .post(
+            &format!("/api/fleet/agents/{id}/reassign"),
+            serde_json::json!({"policy_id": "db"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    run();
+    assert_eq!(status(&dir)["policy_id"], "db");
+    let (_, actions) = s.get(&format!("/api/fleet/agents/{id}/actions")).await;
+    let reassign = actions["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "POLICY_REASSIGN")
+        .cloned()
+        .unwrap_or_else(|| panic!("{actions}"));
+    assert!(reassign["acked_at"].is_string(), "{reassign}");
+    assert!(reassign["ack_error"].is_null(), "{reassign}");
+}
