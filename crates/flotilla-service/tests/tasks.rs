@@ -526,3 +526,28 @@ async fn a_provider_that_is_down_keeps_its_keys_queued() {
     assert_eq!(t.status, "idle");
     assert_eq!(t.state["failed"], 1);
 }
+
+struct Panics;
+
+#[async_trait]
+impl TaskRunner for Panics {
+    async fn run(&self, _ctx: RunContext) -> Result<RunResult, TaskError> {
+        panic!("a bug in a runner");
+    }
+}
+
+#[tokio::test]
+async fn a_runner_that_panics_fails_its_run_and_frees_its_slot() {
+    let f = fixture().await;
+    let def = TaskDefinition::new("test:panics", "Panics", Arc::new(Panics));
+    let tm = manager(&f, "i1", vec![def]);
+    tm.schedule(None, one_shot("bug", "test:panics", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(tm.run_due().await.unwrap(), 1);
+    let t = tm.get("bug").await.unwrap();
+    assert_eq!((t.status.as_str(), t.attempts), ("idle", 1));
+    assert_eq!(t.last_error.as_deref(), Some("the run panicked"));
+    let h = tm.health().await.unwrap();
+    assert_eq!(h["stats"]["runtime"]["load"]["running"], 0, "{h}");
+}

@@ -224,6 +224,13 @@ async fn task_manager(
         },
         strategy,
     );
+    if manager.config().capacity < manager.max_cost() {
+        anyhow::bail!(
+            "invalid configuration: task_manager.capacity {} cannot run the largest task type (it needs {})",
+            tm.capacity,
+            (manager.max_cost() + 1) / 2
+        );
+    }
     builtin::ensure_scheduled(&manager, &maintenance)
         .await
         .map_err(|e| anyhow::anyhow!("could not schedule the built-in tasks: {e}"))?;

@@ -110,7 +110,7 @@ pub trait ApiKeyStrategy: Send + Sync {
         key_id: &str,
         credential: SecretString,
         user_name: &str,
-    ) -> Result<TaskUser, String>;
+    ) -> Result<TaskUser, super::TaskError>;
 
     /// Whether secondary keys are granted.
     fn grants_secondary(&self) -> bool;
@@ -246,7 +246,7 @@ impl ApiKeyStrategy for KeyStrategy {
         key_id: &str,
         credential: SecretString,
         user_name: &str,
-    ) -> Result<TaskUser, String> {
+    ) -> Result<TaskUser, super::TaskError> {
         match provider {
             KeyProvider::Primary => {
                 match services
@@ -259,16 +259,19 @@ impl ApiKeyStrategy for KeyStrategy {
                         key_id: key_id.to_owned(),
                         user_name: user_name.to_owned(),
                     }),
-                    Ok(None) => Err(format!("the task's API key [{key_id}] is no longer valid")),
-                    Err(e) => Err(e.to_string()),
+                    Ok(None) => Err(super::TaskError::Unrecoverable(format!(
+                        "the task's API key [{key_id}] is no longer valid"
+                    ))),
+                    // Storage was busy or down: worth another attempt.
+                    Err(e) => Err(super::TaskError::Retry(e.to_string())),
                 }
             }
             KeyProvider::Secondary => {
                 let Some(p) = &self.secondary else {
-                    return Err(
+                    return Err(super::TaskError::Unrecoverable(
                         "the task's key is a secondary key and no secondary provider is configured"
                             .into(),
-                    );
+                    ));
                 };
                 let encoded = base64::engine::general_purpose::STANDARD
                     .encode(credential.expose_secret().as_bytes());

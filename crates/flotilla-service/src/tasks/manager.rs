@@ -119,7 +119,9 @@ impl TaskManager {
     /// pass to another instance).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, drain: Duration) {
         let mut events = self.services.store.subscribe();
-        let keeper = tokio::spawn(self.clone().keep_leases(stop.clone()));
+        // Leases are kept through the drain, until the runs are cancelled.
+        let (keeper_stop, keeper_rx) = watch::channel(false);
+        let keeper = tokio::spawn(self.clone().keep_leases(keeper_rx));
         let mut claim_now = true;
         loop {
             if claim_now {
@@ -167,7 +169,8 @@ impl TaskManager {
         {
             let _ = r.cancel.send(true);
         }
-        keeper.abort();
+        let _ = keeper_stop.send(true);
+        let _ = keeper.await;
     }
 
     /// Claim what fits and start running it; returns how many were claimed.
@@ -329,20 +332,23 @@ impl TaskManager {
     }
 
     /// The user a run acts as, from the task's sealed key.
-    async fn user_for(&self, task: &TaskRecord) -> Result<Option<TaskUser>, String> {
+    async fn user_for(&self, task: &TaskRecord) -> Result<Option<TaskUser>, TaskError> {
         let Some(scope) = &task.user else {
             return Ok(None);
         };
         let Some((provider, key_id, sealed)) = self.strategy.key_for_run(scope) else {
-            return Err("the task runs as a user but holds no API key".into());
+            return Err(TaskError::Unrecoverable(
+                "the task runs as a user but holds no API key".into(),
+            ));
         };
+        let unopened =
+            || TaskError::Unrecoverable(format!("the task's API key [{key_id}] cannot be opened"));
         let opened = self
             .services
             .sealer
             .open(&sealed, &key_aad(&task.id, &key_id))
-            .map_err(|_| format!("the task's API key [{key_id}] cannot be opened"))?;
-        let credential = String::from_utf8(opened)
-            .map_err(|_| format!("the task's API key [{key_id}] cannot be opened"))?;
+            .map_err(|_| unopened())?;
+        let credential = String::from_utf8(opened).map_err(|_| unopened())?;
         self.strategy
             .user_for_run(
                 &self.services,
@@ -353,6 +359,16 @@ impl TaskManager {
             )
             .await
             .map(Some)
+    }
+
+    /// The most a registered type costs: the capacity must hold it, or a
+    /// due task of that type would block every claim behind it.
+    pub fn max_cost(&self) -> i64 {
+        self.registry
+            .types()
+            .map(|d| i64::from(d.cost.units()))
+            .max()
+            .unwrap_or(0)
     }
 
     async fn execute(self: Arc<Self>, task: TaskRecord) {
@@ -436,7 +452,8 @@ impl TaskManager {
         }
         let user = match self.user_for(task).await {
             Ok(u) => u,
-            Err(e) => return RunOutcome::Fail { error: e },
+            Err(TaskError::Unrecoverable(e)) => return RunOutcome::Fail { error: e },
+            Err(e) => return self.decide(task, &def, attempt, Err(e)),
         };
         if def.user_scoped && user.is_none() {
             return RunOutcome::Fail {
@@ -470,9 +487,14 @@ impl TaskManager {
         };
         let mut lost = cancelled;
         let runner = def.runner.clone();
+        // Its own task: a runner that panics fails its run, not the
+        // manager (its slot and lease are released as for any failure).
+        let mut handle = tokio::spawn(async move { runner.run(ctx).await });
         let result = tokio::select! {
-            r = tokio::time::timeout(def.timeout, runner.run(ctx)) => match r {
-                Ok(r) => r,
+            r = tokio::time::timeout(def.timeout, &mut handle) => match r {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) if e.is_panic() => Err(TaskError::Retry("the run panicked".into())),
+                Ok(Err(_)) => Err(TaskError::Retry("the run was aborted".into())),
                 Err(_) => {
                     if let Some(tx) = &cancel_tx {
                         let _ = tx.send(true);
@@ -485,6 +507,7 @@ impl TaskManager {
             },
             _ = lost.wait_for(|c| *c) => Err(TaskError::Retry("cancelled: the run's claim was lost or the server stopped".into())),
         };
+        handle.abort();
         self.decide(task, &def, attempt, result)
     }
 

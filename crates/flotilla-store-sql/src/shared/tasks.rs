@@ -115,6 +115,13 @@ struct QueuedRow {
     last_error: Option<String>,
 }
 
+fn sorted_unique(ids: &[String]) -> Vec<String> {
+    let mut ids = ids.to_vec();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
 /// `$from, $from+1, …` for `n` values.
 fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)
@@ -274,9 +281,11 @@ impl TaskStore for Engine {
 
     #[tracing::instrument(skip_all, fields(n = ids.len()))]
     async fn delete_tasks(&self, ids: &[String], now: DateTime<Utc>) -> Result<Vec<String>> {
+        // Locked in one order, so overlapping bulk deletes cannot deadlock.
+        let ids = sorted_unique(ids);
         let mut tx = self.begin_write().await?;
         let mut deleted = Vec::new();
-        for id in ids {
+        for id in &ids {
             let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
                 "DELETE FROM tasks WHERE id = $1 RETURNING id, api_key_id, secondary_api_key_id",
             )
@@ -298,8 +307,9 @@ impl TaskStore for Engine {
         let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE tasks SET status = 'idle', run_at = $2, scheduled_at = $2, updated_at = $2, \
+               owner = NULL, lease_expires_at = NULL, started_at = NULL, \
                attempts = CASE WHEN status = 'failed' THEN 0 ELSE attempts END \
-             WHERE id = $1 AND status <> 'running'",
+             WHERE id = $1 AND (status <> 'running' OR lease_expires_at <= $2)",
         )
         .bind(id)
         .bind(ms(now))
@@ -325,9 +335,10 @@ impl TaskStore for Engine {
         enabled: bool,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>> {
+        let ids = sorted_unique(ids);
         let mut tx = self.begin_write().await?;
         let mut found = Vec::new();
-        for id in ids {
+        for id in &ids {
             let n = sqlx::query("UPDATE tasks SET enabled = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(enabled)
@@ -360,6 +371,7 @@ impl TaskStore for Engine {
             caps.push_str(&format!(" WHEN ${} THEN ${}", next, next + 1));
             next += 2;
         }
+        let nonce_param = format!("${next}");
         let cap = if caps.is_empty() {
             "$3".to_owned()
         } else {
@@ -387,13 +399,14 @@ impl TaskStore for Engine {
                WHERE used <= $4 \
              ) \
              UPDATE tasks SET status = 'running', owner = $1, claims = claims + 1, \
-               claim_token = $1 || ':' || CAST(claims + 1 AS TEXT) || ':' || id, \
+               claim_token = $1 || ':' || $NONCE || ':' || id, \
                attempts = attempts + 1, started_at = $2, lease_expires_at = $5, \
                scheduled_at = CASE WHEN status = 'running' THEN lease_expires_at ELSE run_at END, \
                updated_at = $2 \
              WHERE id IN (SELECT id FROM fit) \
              RETURNING {TASK_COLS}"
-        );
+        )
+        .replace("$NONCE", &nonce_param);
         let mut args = Args::default();
         add(&mut args, req.owner.clone())?;
         add(&mut args, ms(req.now))?;
@@ -407,6 +420,9 @@ impl TaskStore for Engine {
             add(&mut args, t.clone())?;
             add(&mut args, i64::from(*n))?;
         }
+        // Unique per claim: with the task id, a token names one run even
+        // when a task id is deleted and scheduled again.
+        add(&mut args, uuid::Uuid::new_v4().simple().to_string())?;
         let mut tx = self.begin_write().await?;
         let rows: Vec<TaskRow> = sqlx::query_as_with(sqlx::AssertSqlSafe(statement), args)
             .fetch_all(&mut *tx)
@@ -419,7 +435,7 @@ impl TaskStore for Engine {
         for t in &claimed {
             sqlx::query(
                 "INSERT INTO task_runs (task_id, claim_token, task_type, owner, attempt, due_at, started_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (task_id, claim_token) DO NOTHING",
             )
             .bind(&t.id)
             .bind(t.claim_token.as_deref().unwrap_or_default())

@@ -229,6 +229,22 @@ pub async fn expired_leases_are_taken_over_and_stale_runs_change_nothing(s: S) {
     let runs = s.task_runs(Some("t"), 10).await.unwrap();
     let outcomes: Vec<_> = runs.iter().map(|r| r.outcome.as_deref()).collect();
     assert_eq!(outcomes, [Some("succeeded"), Some("lost")]);
+
+    // The id scheduled again: its runs get new tokens (the audit trail
+    // still holds the old ones).
+    s.schedule_task(&task("t", "a", after), after)
+        .await
+        .unwrap();
+    let again = s
+        .claim_tasks(&claim("i2", &["a"], after, 10))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0].claim_token.as_deref(), Some(token2.as_str()));
+    // A running task whose lease ran out can be run soon: it is released.
+    let late = after + Duration::seconds(31);
+    let soon = s.run_task_soon("t", late).await.unwrap();
+    assert_eq!((soon.status, soon.owner), (TaskStatus::Idle, None));
 }
 
 pub async fn finished_runs_reschedule_fail_or_delete(s: S) {
