@@ -21,8 +21,8 @@ CREATE TABLE tasks (
     status               TEXT NOT NULL,
     owner                TEXT,
     claim_token          TEXT,
-    -- How many times it was claimed: the claim token is `<owner>:<claims>:<id>`,
-    -- unique per run.
+    -- How many times it was claimed. The claim token is
+    -- `<owner>:<claim nonce>:<id>`, unique per run.
     claims               BIGINT NOT NULL DEFAULT 0,
     enabled              BOOLEAN NOT NULL,
     cost                 INTEGER NOT NULL,

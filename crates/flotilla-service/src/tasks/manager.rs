@@ -45,6 +45,9 @@ struct InFlight {
     task_type: String,
     cost: i64,
     cancel: watch::Sender<bool>,
+    /// The lease as last written: a run whose lease this instance could
+    /// not renew stops before another instance may take it over.
+    lease_until: DateTime<Utc>,
 }
 
 /// Figures `_health` and `/metrics` report.
@@ -265,6 +268,7 @@ impl TaskManager {
                         task_type: t.task_type.clone(),
                         cost: i64::from(t.cost),
                         cancel,
+                        lease_until,
                     },
                 );
             }
@@ -316,18 +320,35 @@ impl TaskManager {
         }
         let until =
             self.clock.now() + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
-        let held = self
+        let renewed = self
             .services
             .store
             .extend_task_leases(&self.config.instance_id, &tokens, until)
-            .await?;
-        let f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        for t in tokens.iter().filter(|t| !held.contains(t)) {
-            if let Some(r) = f.get(t) {
-                tracing::warn!(task = %r.task_id, "the task's lease was lost: cancelling its run");
+            .await;
+        let now = self.clock.now();
+        let margin = chrono::Duration::from_std(self.config.lease / 6).unwrap_or_default();
+        let mut f = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(held) = &renewed {
+            for t in &tokens {
+                let Some(r) = f.get_mut(t) else { continue };
+                if held.contains(t) {
+                    r.lease_until = until;
+                } else {
+                    tracing::warn!(task = %r.task_id, "the task's lease was lost: cancelling its run");
+                    let _ = r.cancel.send(true);
+                }
+            }
+        }
+        // Fencing: a run whose lease could not be renewed (the store is
+        // unreachable from here) stops before the lease runs out, so it
+        // is never running when another instance takes the task over.
+        for r in f.values() {
+            if r.lease_until - margin <= now && !*r.cancel.borrow() {
+                tracing::warn!(task = %r.task_id, "the task's lease could not be renewed: cancelling its run");
                 let _ = r.cancel.send(true);
             }
         }
+        renewed.map(|_| ())?;
         Ok(())
     }
 
