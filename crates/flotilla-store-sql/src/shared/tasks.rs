@@ -221,12 +221,16 @@ impl TaskStore for Engine {
             )));
         } else {
             match (new.interval_ms, existing.interval_ms) {
-                (Some(i), Some(old)) if i != old && existing.status == TaskStatus::Idle => {
-                    // The next run moves with the interval: old − old + new.
+                (Some(i), Some(old)) if i != old => {
+                    // The interval changes whatever the task is doing; an
+                    // idle task's next run moves with it (old − old + new),
+                    // a running one's next run follows the new interval.
                     let run_at = ms(existing.run_at) - old + i;
                     sqlx::query(
-                        "UPDATE tasks SET interval_ms = $2, run_at = $3, scheduled_at = $3, updated_at = $4 \
-                         WHERE id = $1 AND status = 'idle'",
+                        "UPDATE tasks SET interval_ms = $2, updated_at = $4, \
+                           run_at = CASE WHEN status = 'idle' THEN $3 ELSE run_at END, \
+                           scheduled_at = CASE WHEN status = 'idle' THEN $3 ELSE scheduled_at END \
+                         WHERE id = $1",
                     )
                     .bind(&new.id)
                     .bind(i)
@@ -680,7 +684,7 @@ impl TaskStore for Engine {
                AND NOT EXISTS (SELECT 1 FROM tasks t WHERE \
                  (q.provider = 'primary' AND t.api_key_id = q.key_id) \
                  OR (q.provider = 'secondary' AND t.secondary_api_key_id = q.key_id)) \
-             ORDER BY q.queued_at, q.key_id LIMIT $2",
+             ORDER BY q.attempts, q.queued_at, q.key_id LIMIT $2",
         )
         .bind(ms(queued_before))
         .bind(i64::from(limit))

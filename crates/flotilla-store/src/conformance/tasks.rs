@@ -69,6 +69,18 @@ pub async fn tasks_are_scheduled_once_per_id(s: S) {
     assert_eq!(existing.interval_ms, Some(120_000));
     assert_eq!(existing.params, json!({"p": "fleet:x:1"}));
     assert_eq!(existing.run_at, now + Duration::seconds(60));
+    // Changed while it runs: the interval still changes.
+    let running = s
+        .claim_tasks(&claim("i1", &["fleet:x"], now + Duration::seconds(120), 10))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1);
+    new.interval_ms = Some(30_000);
+    let Scheduled::Existing(existing) = s.schedule_task(&new, now).await.unwrap() else {
+        panic!("kept");
+    };
+    assert_eq!(existing.interval_ms, Some(30_000));
+    assert_eq!(existing.status, TaskStatus::Running);
     // Another type under the id is refused.
     let other = task("fleet:x:1", "fleet:y", now);
     assert!(matches!(
@@ -379,6 +391,11 @@ pub async fn deleted_tasks_queue_every_key_they_held(s: S) {
     assert_eq!(queued.len(), 2);
     let k0s = queued.iter().find(|q| q.key_id == "k0-s").unwrap();
     assert_eq!((k0s.attempts, k0s.last_error.as_deref()), (1, Some("down")));
+    assert_eq!(
+        queued.last().unwrap().key_id,
+        "k0-s",
+        "a key that failed waits behind fresh ones"
+    );
     // A one-shot task finished for good gives its keys up too.
     let got = s.claim_tasks(&claim("i1", &["a"], now, 10)).await.unwrap();
     assert_eq!(got[0].id, "u2");
