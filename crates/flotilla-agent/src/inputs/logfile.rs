@@ -121,10 +121,7 @@ pub fn parse(
     index: usize,
 ) -> Result<StreamConfig, String> {
     let (ds, name) = data_stream(stream, "logs", namespace)?;
-    let id = stream.get("id").and_then(Value::as_str).map_or_else(
-        || format!("{}-{index}", input["id"].as_str().unwrap_or("input")),
-        str::to_owned,
-    );
+    let id = super::stream_id(input, stream, index);
     let paths = strings(stream.get("paths"), "paths")?;
     if paths.is_empty() {
         return Err(format!("stream {id} has no paths"));

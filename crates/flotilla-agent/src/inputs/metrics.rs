@@ -36,10 +36,7 @@ pub fn parse(
     index: usize,
 ) -> Result<StreamConfig, String> {
     let (ds, name) = data_stream(stream, "metrics", namespace)?;
-    let id = stream.get("id").and_then(Value::as_str).map_or_else(
-        || format!("{}-{index}", input["id"].as_str().unwrap_or("input")),
-        str::to_owned,
-    );
+    let id = super::stream_id(input, stream, index);
     let metricsets: Vec<String> = match stream.get("metricsets") {
         Some(Value::Array(a)) => a
             .iter()

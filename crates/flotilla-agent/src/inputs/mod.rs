@@ -337,6 +337,14 @@ fn views(units: &Mutex<BTreeMap<String, Unit>>) -> Vec<InputView> {
 /// Starts an input's tasks once its output is resolved.
 pub type Spawn = Box<dyn FnOnce(&Resolved, &Health) -> Result<Vec<JoinHandle<()>>, String> + Send>;
 
+/// A stream's id, or `<input id>-<index>` when the policy gives none.
+pub fn stream_id(input: &Value, stream: &Value, index: usize) -> String {
+    stream.get("id").and_then(Value::as_str).map_or_else(
+        || format!("{}-{index}", input["id"].as_str().unwrap_or("input")),
+        str::to_owned,
+    )
+}
+
 /// A stream's data stream: `{type, dataset, namespace}` and its index name.
 pub fn data_stream(
     stream: &Value,

@@ -88,14 +88,7 @@ async fn the_agent_applies_persists_then_acks_and_keeps_its_policy_through_an_ou
         .unwrap()
         .to_owned();
 
-    let out = agent(&dir, &["run", "--max-checkins", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_briefly(&dir);
     let local = status(&dir);
     assert_eq!(local["policy_id"], "web");
     assert_eq!(local["revision"], 2);
@@ -214,13 +207,7 @@ async fn an_agent_that_lost_its_policy_converges_to_the_current_one() {
     let token = s.policy_with_token("web").await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
-    let out = agent(
-        &dir,
-        &["enroll", "--url", &s.url, "--enrollment-token", &token],
-    )
-    .output()
-    .unwrap();
-    assert!(out.status.success());
+    enroll_at(&dir, &s, &token);
     let out = agent(&dir, &["run", "--max-checkins", "2"])
         .env("FLOTILLA_AGENT_TEST_FAULT", "skip-persist")
         .output()
@@ -236,14 +223,7 @@ async fn an_agent_that_lost_its_policy_converges_to_the_current_one() {
     assert!(!dir.join("policy.enc").exists(), "but never persisted");
 
     // Restarted, it runs nothing, says so, and is sent the policy again.
-    let out = agent(&dir, &["run", "--max-checkins", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_briefly(&dir);
     assert!(dir.join("policy.enc").exists());
     assert_eq!(status(&dir)["revision"], 2);
 
@@ -252,14 +232,7 @@ async fn an_agent_that_lost_its_policy_converges_to_the_current_one() {
     let mut bytes = std::fs::read(&policy).unwrap();
     bytes[10] ^= 0xff;
     std::fs::write(&policy, bytes).unwrap();
-    let out = agent(&dir, &["run", "--max-checkins", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_briefly(&dir);
     let st = status(&dir);
     assert!(
         st["state_warnings"].to_string().contains("does not open"),
@@ -278,13 +251,7 @@ async fn an_agent_killed_between_ack_and_persist_converges() {
     let token = s.policy_with_token("web").await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
-    let out = agent(
-        &dir,
-        &["enroll", "--url", &s.url, "--enrollment-token", &token],
-    )
-    .output()
-    .unwrap();
-    assert!(out.status.success());
+    enroll_at(&dir, &s, &token);
     let mut cmd = agent(&dir, &["run"]);
     cmd.env("FLOTILLA_AGENT_TEST_FAULT", "ack-then-stall");
     let stalled = spawn(cmd);
@@ -304,14 +271,7 @@ async fn an_agent_killed_between_ack_and_persist_converges() {
     drop(stalled); // SIGKILL, then reaped
     assert!(!dir.join("policy.enc").exists(), "acked, never persisted");
 
-    let out = agent(&dir, &["run", "--max-checkins", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_briefly(&dir);
     assert!(dir.join("policy.enc").exists());
     assert_eq!(status(&dir)["revision"], 2);
     let (_, a) = s.get(&format!("/api/fleet/agents/{agent_id}")).await;
@@ -327,24 +287,8 @@ async fn a_reassigned_agent_runs_its_new_policy() {
     s.policy_with_token("db").await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
-    let out = agent(
-        &dir,
-        &["enroll", "--url", &s.url, "--enrollment-token", &token],
-    )
-    .output()
-    .unwrap();
-    assert!(out.status.success());
-    let run = || {
-        let out = agent(&dir, &["run", "--max-checkins", "2"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run();
+    enroll_at(&dir, &s, &token);
+    run_briefly(&dir);
     let st = status(&dir);
     assert_eq!(st["policy_id"], "web");
     let id = st["agent_id"].as_str().unwrap().to_owned();
@@ -355,7 +299,7 @@ async fn a_reassigned_agent_runs_its_new_policy() {
         )
         .await;
     assert_eq!(code, 200, "{body}");
-    run();
+    run_briefly(&dir);
     assert_eq!(status(&dir)["policy_id"], "db");
     let (_, actions) = s.get(&format!("/api/fleet/agents/{id}/actions")).await;
     let reassign = actions["items"]
@@ -367,4 +311,31 @@ async fn a_reassigned_agent_runs_its_new_policy() {
         .unwrap_or_else(|| panic!("{actions}"));
     assert!(reassign["acked_at"].is_string(), "{reassign}");
     assert!(reassign["ack_error"].is_null(), "{reassign}");
+}
+
+/// Enrol the agent in `dir` with `token`; it must succeed.
+fn enroll_at(dir: &std::path::Path, s: &Server, token: &str) {
+    let out = agent(
+        dir,
+        &["enroll", "--url", &s.url, "--enrollment-token", token],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run the agent for two check-ins; it must exit cleanly.
+fn run_briefly(dir: &std::path::Path) {
+    let out = agent(dir, &["run", "--max-checkins", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
