@@ -12,6 +12,7 @@
 pub mod action;
 pub mod agent;
 pub mod apikey;
+pub mod connector;
 pub mod enrollment;
 pub mod error;
 pub mod full_policy;

@@ -18,6 +18,20 @@ macro_rules! file {
 
 const BUILTIN: &[(&str, &[(&str, &str)])] = &[
     (
+        "flotilla_verifier-1.0.0",
+        &[
+            file!(
+                "flotilla_verifier-1.0.0",
+                "data_stream/permission/agent/stream/stream.yml.hbs"
+            ),
+            file!(
+                "flotilla_verifier-1.0.0",
+                "data_stream/permission/manifest.yml"
+            ),
+            file!("flotilla_verifier-1.0.0", "manifest.yml"),
+        ],
+    ),
+    (
         "log-2.3.0",
         &[
             file!("log-2.3.0", "agent/input/input.yml.hbs"),
@@ -105,7 +119,7 @@ mod tests {
     #[test]
     fn builtins_parse_are_named_by_their_folder_and_render() {
         let names: Vec<_> = builtin().iter().map(|p| p.name().to_owned()).collect();
-        assert_eq!(names, ["log", "nginx", "system"]);
+        assert_eq!(names, ["flotilla_verifier", "log", "nginx", "system"]);
         for (folder, _) in BUILTIN {
             let p = builtin()
                 .iter()
@@ -131,5 +145,53 @@ mod tests {
             .resolve_policy(PolicyRequest::default(), None, &[], &mut || unreachable!())
             .unwrap_err();
         assert_eq!(e.field, "inputs.logs-logfile.streams.log.logs.vars.paths");
+    }
+
+    #[test]
+    fn the_verifier_renders_the_agent_input_contract() {
+        let v = builtin()
+            .iter()
+            .find(|p| p.name() == "flotilla_verifier")
+            .unwrap();
+        let vars = json!({
+            "identity_federation_id": "c1",
+            "identity_federation_name": "prod \"account\"",
+            "verification_id": "v1",
+            "provider": "aws",
+            "role_arn": "arn:aws:iam::123456789012:role/r",
+            "external_id": "ext-1",
+            "sts_endpoint": "http://127.0.0.1:5000",
+            "policies": "[{\"policy_id\": \"p1\", \"integrations\": [{\"package_policy_id\": \"pp1\", \"permissions\": [{\"action\": \"ec2:DescribeInstances\", \"required\": true}]}]}]"
+        });
+        let inputs = json!({"verifier-permission_verifier": {"streams": {"flotilla_verifier.permission": {"vars": vars}}}});
+        let mut n = 0;
+        let r = v
+            .resolve_policy(
+                PolicyRequest {
+                    vars: None,
+                    inputs: Some(&inputs),
+                },
+                None,
+                &[],
+                &mut || {
+                    n += 1;
+                    format!("secret-{n}")
+                },
+            )
+            .unwrap();
+        assert_eq!(r.new_secrets.len(), 1);
+        let s = r.inputs[0].streams[0].compiled_stream.clone().unwrap();
+        assert_eq!(s["identity_federation"]["id"], "c1");
+        assert_eq!(s["identity_federation"]["name"], "prod \"account\"");
+        assert_eq!(s["verification"], json!({"id": "v1", "type": "on_demand"}));
+        assert_eq!(s["provider"], "aws");
+        assert_eq!(s["aws"]["role_arn"], "arn:aws:iam::123456789012:role/r");
+        assert_eq!(s["aws"]["external_id"], "$co.elastic.secret{secret-1}");
+        assert_eq!(s["aws"]["sts_endpoint"], "http://127.0.0.1:5000");
+        assert_eq!(s["aws"]["default_region"], "us-east-1");
+        assert_eq!(
+            s["policies"][0]["integrations"][0]["permissions"][0]["action"],
+            "ec2:DescribeInstances"
+        );
     }
 }

@@ -17,3 +17,4 @@ pub mod archive;
 pub mod builtin;
 pub mod compile;
 pub mod policy;
+pub mod provider_permissions;

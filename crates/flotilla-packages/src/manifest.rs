@@ -124,6 +124,10 @@ pub struct PolicyTemplate {
     /// Input packages: the template under `agent/input/`.
     #[serde(default)]
     pub template_path: Option<String>,
+    /// Cloud integrations: what the template needs in the account its
+    /// cloud connector reaches (checked by the permission verifier).
+    #[serde(default)]
+    pub provider_permissions: Option<crate::provider_permissions::Requirements>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

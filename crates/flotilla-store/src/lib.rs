@@ -22,7 +22,13 @@ use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod connectors;
 pub mod tasks;
+
+pub use connectors::{
+    ConnectorSecret, ConnectorStore, ConnectorUpdate, NewConnector, VerificationWrite,
+    VerifierPolicy,
+};
 
 pub use tasks::{
     ClaimRequest, KeyProvider, NewTask, QueuedKey, RunOutcome, Scheduled, TaskCount, TaskFilter,
@@ -41,6 +47,7 @@ pub enum Entity {
     Package,
     DataStream,
     Task,
+    CloudConnector,
 }
 
 impl std::fmt::Display for Entity {
@@ -55,6 +62,7 @@ impl std::fmt::Display for Entity {
             Entity::Package => "package",
             Entity::DataStream => "data stream",
             Entity::Task => "task",
+            Entity::CloudConnector => "cloud connector",
         })
     }
 }
@@ -485,7 +493,7 @@ pub trait TaskStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: TaskStore + Send + Sync + 'static {
+pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn engine(&self) -> &'static str;
 

@@ -242,6 +242,13 @@ pub(crate) async fn write_package_policy(
     new: &NewPackagePolicy,
     now: i64,
 ) -> Result<()> {
+    // The connector's row lock, held to the end of the transaction: a
+    // concurrent delete of the connector waits, then sees this integration.
+    if let Some(c) = &new.cloud_connector_id {
+        if !super::connectors::lock_connector(&mut *conn, c).await? {
+            return Err(StoreError::not_found(Entity::CloudConnector, c));
+        }
+    }
     let sql = if insert {
         "INSERT INTO package_policies (id, name, description, policy_id, package_name, package_version, \
                  namespace, vars, inputs, cloud_connector_id, secret_references, created_at, updated_at) \

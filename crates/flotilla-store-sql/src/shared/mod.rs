@@ -14,6 +14,7 @@ mod common;
 mod actions;
 mod agents;
 mod api_keys;
+mod connectors;
 mod documents;
 mod enrollment_keys;
 mod fleet_agents;

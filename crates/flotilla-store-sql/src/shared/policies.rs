@@ -8,10 +8,20 @@ pub(super) async fn create_policy(
     new: &NewAgentPolicy,
     now: DateTime<Utc>,
 ) -> Result<AgentPolicy> {
-    let now = ms(now);
     let mut tx = s.begin_write().await?;
+    let policy = insert_policy(&mut tx, new, ms(now)).await?;
+    tx.commit().await.db()?;
+    Ok(policy)
+}
+
+/// Insert a policy in the caller's transaction.
+pub(super) async fn insert_policy(
+    tx: &mut Conn,
+    new: &NewAgentPolicy,
+    now: i64,
+) -> Result<AgentPolicy> {
     if let Some(output) = &new.output_id {
-        if !output_exists(&mut tx, output).await? {
+        if !output_exists(&mut *tx, output).await? {
             return Err(StoreError::not_found(Entity::Output, output));
         }
     }
@@ -44,9 +54,7 @@ pub(super) async fn create_policy(
     .execute(&mut *tx)
     .await
     .db()?;
-    let policy = fetch_policy(&mut tx, &new.id).await?;
-    tx.commit().await.db()?;
-    Ok(policy)
+    fetch_policy(&mut *tx, &new.id).await
 }
 
 #[tracing::instrument(skip_all)]

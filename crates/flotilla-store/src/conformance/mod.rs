@@ -62,7 +62,11 @@ macro_rules! conformance_suite {
             finished_runs_reschedule_fail_or_delete,
             deleted_tasks_queue_every_key_they_held,
             concurrent_claims_never_share_a_task,
-            the_offline_threshold_is_a_setting
+            the_offline_threshold_is_a_setting,
+            connectors_keep_their_secrets_and_verification,
+            a_connector_in_use_cannot_be_deleted,
+            deleting_a_connector_races_saving_an_integration_on_it,
+            verifier_policies_live_and_die_with_their_policy
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -77,6 +81,7 @@ macro_rules! conformance_suite {
     };
 }
 
+mod connectors;
 mod documents;
 mod fleet;
 mod management;
@@ -84,6 +89,7 @@ mod packages;
 mod races;
 mod tasks;
 
+pub use connectors::*;
 pub use documents::*;
 pub use fleet::*;
 pub use management::*;

@@ -7,7 +7,7 @@ use super::*;
 /// Races for the read-modify-write paths. On SQLite the single writer
 /// serialises them; on PostgreSQL (READ COMMITTED) each would lose a change
 /// if it trusted a read taken before its write.
-const RACES: usize = 30;
+pub(super) const RACES: usize = 30;
 
 /// Two connections enrol with one enrollment id at once, many times: at
 /// most one active agent remains each time (PostgreSQL's READ COMMITTED
