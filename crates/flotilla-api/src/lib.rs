@@ -7,6 +7,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod connectors;
 pub mod fleet;
 pub mod management;
 pub mod tasks;

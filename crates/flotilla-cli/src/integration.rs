@@ -35,6 +35,10 @@ pub enum IntegrationCmd {
         /// default: the package's defaults.
         #[arg(long)]
         inputs: Option<String>,
+        /// The cloud connector whose credentials it collects with
+        /// (`flotilla connector list`).
+        #[arg(long = "cloud-connector", value_name = "ID")]
+        cloud_connector: Option<String>,
     },
     /// List integrations.
     List {
@@ -79,6 +83,7 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: IntegrationCmd) -> Result<View> 
             namespace,
             vars,
             inputs,
+            cloud_connector,
         } => {
             let mut var_map = Map::new();
             for v in &vars {
@@ -103,7 +108,7 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: IntegrationCmd) -> Result<View> 
                 namespace,
                 vars: (!var_map.is_empty()).then_some(var_map),
                 inputs,
-                cloud_connector_id: None,
+                cloud_connector_id: cloud_connector,
                 enabled: None,
                 force: None,
             };

@@ -7,6 +7,7 @@
 mod agents;
 mod apikey;
 mod client;
+mod connector;
 mod data;
 mod integration;
 mod output;
@@ -22,6 +23,7 @@ use clap::{Args, Subcommand};
 pub use agents::AgentsCmd;
 pub use apikey::ApikeyCmd;
 pub use client::Client;
+pub use connector::ConnectorCmd;
 pub use data::DataCmd;
 pub use integration::IntegrationCmd;
 pub use output::OutputCmd;
@@ -82,6 +84,8 @@ pub enum Command {
     Agents(Noun<AgentsCmd>),
     /// Outputs: where agents send data.
     Output(Noun<OutputCmd>),
+    /// Cloud connectors: cloud accounts' credentials and their permission checks.
+    Connector(Noun<ConnectorCmd>),
     /// Operator API keys.
     Apikey(Noun<ApikeyCmd>),
     /// Background tasks: list, schedule, run, enable, disable, delete.
@@ -106,6 +110,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Token(n) => (n.opts.clone(), token::run(&n.opts, n.verb).await?),
         Command::Agents(n) => (n.opts.clone(), agents::run(&n.opts, n.verb).await?),
         Command::Output(n) => (n.opts.clone(), output::run(&n.opts, n.verb).await?),
+        Command::Connector(n) => (n.opts.clone(), connector::run(&n.opts, n.verb).await?),
         Command::Apikey(n) => (n.opts.clone(), apikey::run(&n.opts, n.verb).await?),
         Command::Task(n) => (n.opts.clone(), task::run(&n.opts, n.verb).await?),
     };
@@ -136,6 +141,7 @@ const PACKAGE_POLICIES: &str = "/api/fleet/package_policies";
 const TOKENS: &str = "/api/fleet/enrollment_api_keys";
 const AGENTS: &str = "/api/fleet/agents";
 const OUTPUTS: &str = "/api/fleet/outputs";
+const CONNECTORS: &str = "/api/fleet/cloud_connectors";
 const APIKEYS: &str = "/api/flotilla/api_keys";
 const TASKS: &str = "/api/task_manager";
 

@@ -6,6 +6,7 @@
 
 #![warn(unreachable_pub)]
 
+mod connectors;
 pub mod error;
 pub mod extract;
 pub mod fleet;
@@ -122,6 +123,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(management::router())
         .merge(tasks::router())
+        .merge(connectors::router())
         .into_openapi()
 }
 
@@ -130,6 +132,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(management::router())
         .merge(tasks::router())
+        .merge(connectors::router())
         .split_for_parts();
     let openapi_json = serde_json::to_value(&openapi).expect("the OpenAPI document serialises");
     let request_id = HeaderName::from_static("x-request-id");

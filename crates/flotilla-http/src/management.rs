@@ -42,7 +42,7 @@ pub(crate) fn list<T>(paged: Paged<T>, page: Page) -> Json<List<T>> {
     })
 }
 
-fn deleted(id: String) -> Json<Deleted> {
+pub(crate) fn deleted(id: String) -> Json<Deleted> {
     Json(Deleted { id, success: true })
 }
 
@@ -65,10 +65,10 @@ pub(crate) fn page(page: Option<u32>, per_page: Option<u32>) -> ApiResult<Page> 
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
-    page: Option<u32>,
+    pub(crate) page: Option<u32>,
     #[serde(rename = "perPage")]
     #[param(rename = "perPage")]
-    per_page: Option<u32>,
+    pub(crate) per_page: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -19,6 +19,7 @@ pub mod retention;
 pub mod secrets;
 pub mod settings;
 pub mod tasks;
+pub mod verifier;
 
 use std::sync::Arc;
 

@@ -31,6 +31,7 @@ const KEYS: &[&str] = &[
     "static_enrollment_tokens",
     "data",
     "task_manager",
+    "verifier",
 ];
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -62,6 +63,115 @@ pub struct Config {
     pub static_enrollment_tokens: StaticTokensConfig,
     pub data: DataConfig,
     pub task_manager: TaskManagerConfig,
+    pub verifier: VerifierConfig,
+}
+
+/// The permission verifier: which cloud connectors hold what their
+/// integrations need, checked by verifier agents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierConfig {
+    /// Run the verifier's tasks at all.
+    pub enabled: bool,
+    /// Start a verifier agent as a child process of this server (its
+    /// state under `<data_dir>/verifier-agent`), restarted if it dies.
+    pub embedded_agent: bool,
+    /// Agents enrolled with this tag run verifier policies.
+    pub agent_tag: String,
+    /// The policy idle verifier agents are enrolled into.
+    pub home_policy_id: String,
+    /// A verifier policy lives this long.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// After a TTL, the next verification waits this much longer.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// A change this recent, or a pending verification older than this,
+    /// makes a connector due.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// A failed connector is retried this long after it failed.
+    #[serde(with = "humantime_serde")]
+    pub failed_cooldown: Duration,
+    /// A verified connector is verified again this long after.
+    #[serde(with = "humantime_serde")]
+    pub reverify_after: Duration,
+    /// How often the verify task looks for due connectors (sooner when a
+    /// connector changes).
+    #[serde(with = "humantime_serde")]
+    pub verify_interval: Duration,
+    /// How often results are folded into the connectors.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// The output verifier policies write to; unset: the default output.
+    /// Results are read from the embedded output.
+    pub output_id: Option<String>,
+    /// AWS: `auto` (IAM's simulation, else a local evaluation of the
+    /// role's policies), `api` or `local`.
+    pub simulation: String,
+    pub aws: VerifierAwsConfig,
+    pub azure: VerifierAzureConfig,
+    pub gcp: VerifierGcpConfig,
+    /// Tests only: `after_policy_created`.
+    pub test_fault: Option<String>,
+}
+
+/// Cloud API endpoints; unset: the real ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierAwsConfig {
+    pub sts_endpoint: Option<String>,
+    pub iam_endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierAzureConfig {
+    pub login_endpoint: Option<String>,
+    pub management_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierGcpConfig {
+    pub sts_endpoint: Option<String>,
+    pub iamcredentials_endpoint: Option<String>,
+    pub resourcemanager_endpoint: Option<String>,
+}
+
+impl VerifierConfig {
+    /// What the service's tasks take.
+    pub fn service(&self) -> flotilla_service::verifier::VerifierConfig {
+        use flotilla_domain::connector::VerifierWindows;
+        flotilla_service::verifier::VerifierConfig {
+            windows: VerifierWindows {
+                window: self.window,
+                failed_cooldown: self.failed_cooldown,
+                reverify_after: self.reverify_after,
+            },
+            ttl: self.ttl,
+            grace: self.grace,
+            verify_interval: self.verify_interval,
+            status_interval: self.status_interval,
+            agent_tag: self.agent_tag.clone(),
+            home_policy_id: self.home_policy_id.clone(),
+            output_id: self.output_id.clone(),
+            endpoints: flotilla_service::verifier::Endpoints {
+                aws_sts: self.aws.sts_endpoint.clone(),
+                aws_iam: self.aws.iam_endpoint.clone(),
+                aws_region: self.aws.region.clone(),
+                azure_login: self.azure.login_endpoint.clone(),
+                azure_management: self.azure.management_endpoint.clone(),
+                gcp_sts: self.gcp.sts_endpoint.clone(),
+                gcp_iamcredentials: self.gcp.iamcredentials_endpoint.clone(),
+                gcp_resourcemanager: self.gcp.resourcemanager_endpoint.clone(),
+            },
+            simulation: self.simulation.clone(),
+            max_integrations: 1000,
+            test_fault: self.test_fault.clone(),
+        }
+    }
 }
 
 /// Background work: how this instance claims and runs tasks, and the
@@ -358,6 +468,25 @@ impl Default for Config {
                 secondary: SecondaryProviderConfig::default(),
                 test_task_types: false,
             },
+            verifier: VerifierConfig {
+                enabled: true,
+                embedded_agent: true,
+                agent_tag: "flotilla-verifier".into(),
+                home_policy_id: "flotilla-verifier".into(),
+                ttl: Duration::from_secs(300),
+                grace: Duration::from_secs(30),
+                window: Duration::from_secs(300),
+                failed_cooldown: Duration::from_secs(3600),
+                reverify_after: Duration::from_secs(24 * 3600),
+                verify_interval: Duration::from_secs(3600),
+                status_interval: Duration::from_secs(60),
+                output_id: None,
+                simulation: "auto".into(),
+                aws: VerifierAwsConfig::default(),
+                azure: VerifierAzureConfig::default(),
+                gcp: VerifierGcpConfig::default(),
+                test_fault: None,
+            },
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Pretty,
@@ -422,6 +551,22 @@ impl Config {
         }
         if self.fleet.offline_after < Duration::from_secs(10) {
             bail!("invalid configuration: fleet.offline_after must be at least 10s");
+        }
+        let v = &self.verifier;
+        if v.ttl < Duration::from_secs(1) || v.status_interval < Duration::from_millis(100) {
+            bail!("invalid configuration: verifier.ttl must be at least 1s and verifier.status_interval at least 100ms");
+        }
+        if !["auto", "api", "local"].contains(&v.simulation.as_str()) {
+            bail!("invalid configuration: verifier.simulation must be auto, api or local");
+        }
+        if v.test_fault
+            .as_deref()
+            .is_some_and(|f| f != "after_policy_created")
+        {
+            bail!("invalid configuration: verifier.test_fault may only be after_policy_created");
+        }
+        if v.agent_tag.trim().is_empty() {
+            bail!("invalid configuration: verifier.agent_tag must not be empty");
         }
         let tm = &self.task_manager;
         if tm.poll_interval < Duration::from_millis(10) {

@@ -3,6 +3,7 @@
 
 mod config;
 mod server;
+mod verifier_agent;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -85,6 +85,23 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));
     let tasks = task_manager(&config, &services).await?;
+    let verifier_agent = if config.verifier.enabled {
+        flotilla_service::verifier::ensure_home_policy(&services, &config.verifier.service())
+            .await
+            .map_err(|e| anyhow::anyhow!("could not create the verifier's policy: {e}"))?;
+        config.verifier.embedded_agent.then(|| {
+            let agent = crate::verifier_agent::EmbeddedAgent {
+                services: services.clone(),
+                state_dir: config.data_dir.join("verifier-agent"),
+                url: local_url(addr),
+                tag: config.verifier.agent_tag.clone(),
+                home_policy_id: config.verifier.home_policy_id.clone(),
+            };
+            tokio::spawn(agent.supervise(stop_rx.clone()))
+        })
+    } else {
+        None
+    };
     let task_runner = config.task_manager.enabled.then(|| {
         tokio::spawn(
             tasks
@@ -118,6 +135,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let _ = flusher.await;
     if let Some(runner) = task_runner {
         let _ = runner.await;
+    }
+    if let Some(agent) = verifier_agent {
+        let _ = agent.await;
     }
     // Check-ins that finished while draining.
     if let Err(e) = services_for_flush.fleet().flush_checkins().await {
@@ -211,6 +231,10 @@ async fn task_manager(
         runs_kept: tm.runs_kept,
         actions_kept: tm.actions_kept,
         test_types: tm.test_task_types,
+        verifier: config
+            .verifier
+            .enabled
+            .then(|| std::sync::Arc::new(config.verifier.service())),
     };
     let manager = TaskManager::new(
         services.clone(),
@@ -263,6 +287,16 @@ async fn flush_checkins(services: Services, mut stop: tokio::sync::watch::Receiv
             return;
         }
     }
+}
+
+/// This server as a process on the same machine reaches it.
+fn local_url(addr: std::net::SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    format!("http://{host}")
 }
 
 /// Where agents ship to on a fresh install: `public_url`, else this

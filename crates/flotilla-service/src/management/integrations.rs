@@ -46,6 +46,10 @@ fn reference_error(e: StoreError) -> ServiceError {
             entity: Entity::Package,
             ..
         } => ServiceError::invalid_reference("package.version", e),
+        e @ StoreError::NotFound {
+            entity: Entity::CloudConnector,
+            ..
+        } => ServiceError::invalid_reference("cloud_connector_id", e),
         other => other.into(),
     }
 }
@@ -210,10 +214,15 @@ impl Management<'_> {
         let new = self.resolve_package_policy(draft, None).await?;
         self.check_ceiling(&new.policy_id, None, Some(&new), None)
             .await?;
-        self.store()
+        let created = self
+            .store()
             .create_package_policy(&new, Utc::now())
             .await
-            .map_err(reference_error)
+            .map_err(reference_error)?;
+        if created.cloud_connector_id.is_some() {
+            self.nudge_verifier().await;
+        }
+        Ok(created)
     }
 
     pub async fn get_package_policy(&self, id: &str) -> Result<PackagePolicy> {
@@ -256,10 +265,17 @@ impl Management<'_> {
         let new = self.resolve_package_policy(draft, Some(&current)).await?;
         self.check_ceiling(&new.policy_id, None, Some(&new), None)
             .await?;
-        self.store()
+        let updated = self
+            .store()
             .update_package_policy(id, &new, Some(read_at), Utc::now())
             .await
-            .map_err(reference_error)
+            .map_err(reference_error)?;
+        if updated.cloud_connector_id.is_some()
+            && updated.cloud_connector_id != current.cloud_connector_id
+        {
+            self.nudge_verifier().await;
+        }
+        Ok(updated)
     }
 
     pub async fn delete_package_policy(&self, id: &str) -> Result<()> {

@@ -3,6 +3,7 @@
 
 mod agents;
 mod bootstrap;
+mod connectors;
 mod data;
 mod enrollment_keys;
 mod integrations;

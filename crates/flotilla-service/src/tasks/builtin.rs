@@ -39,6 +39,8 @@ pub struct Maintenance {
     pub actions_kept: Duration,
     /// Register the `test:*` types (for the test suite and benchmarks).
     pub test_types: bool,
+    /// The permission verifier's tasks (`None`: switched off).
+    pub verifier: Option<Arc<crate::verifier::VerifierConfig>>,
 }
 
 impl Default for Maintenance {
@@ -52,6 +54,7 @@ impl Default for Maintenance {
             runs_kept: Duration::from_secs(7 * 86400),
             actions_kept: Duration::from_secs(30 * 86400),
             test_types: false,
+            verifier: None,
         }
     }
 }
@@ -118,6 +121,25 @@ pub fn registry(m: &Maintenance, strategy: Arc<dyn ApiKeyStrategy>) -> Registry 
     def.cost = Cost::Tiny;
     def.max_concurrency = Some(1);
     r.register(def);
+    if let Some(v) = &m.verifier {
+        use crate::verifier::{VerifierStatus, VerifyPermissions, STATUS_TASK, VERIFY_TASK};
+        let mut def = TaskDefinition::new(
+            VERIFY_TASK,
+            "Verify that cloud connectors hold the permissions their integrations need",
+            Arc::new(VerifyPermissions(v.clone())),
+        );
+        def.max_concurrency = Some(1);
+        def.max_attempts = 1;
+        r.register(def);
+        let mut def = TaskDefinition::new(
+            STATUS_TASK,
+            "Fold the permission verifier's results into the cloud connectors",
+            Arc::new(VerifierStatus(v.clone())),
+        );
+        def.cost = Cost::Tiny;
+        def.max_concurrency = Some(1);
+        r.register(def);
+    }
     if m.test_types {
         register_test_types(&mut r);
     }
@@ -138,6 +160,10 @@ pub async fn ensure_scheduled(
     ];
     if let Some(i) = m.unenroll_inactive_interval {
         wanted.push((UNENROLL_INACTIVE, i));
+    }
+    if let Some(v) = &m.verifier {
+        wanted.push((crate::verifier::VERIFY_TASK, v.verify_interval));
+        wanted.push((crate::verifier::STATUS_TASK, v.status_interval));
     }
     for (ty, every) in wanted {
         tm.schedule(
