@@ -833,11 +833,17 @@ mod tests {
             ("b", Skipped, false),
             ("c", Denied, false),
         ]);
-        assert_eq!(roll_up(&[ok.clone()]), VerificationStatus::Success);
+        assert_eq!(
+            roll_up(std::slice::from_ref(&ok)),
+            VerificationStatus::Success
+        );
         assert_eq!(failure_summary(&[ok]), None);
         for bad in [Denied, Error, Required] {
             let s = summary(vec![("a", Verified, true), ("s3:GetObject", bad, true)]);
-            assert_eq!(roll_up(&[s.clone()]), VerificationStatus::Failed);
+            assert_eq!(
+                roll_up(std::slice::from_ref(&s)),
+                VerificationStatus::Failed
+            );
             assert!(failure_summary(&[s]).unwrap().contains("s3:GetObject"));
         }
     }

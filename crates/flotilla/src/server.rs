@@ -85,11 +85,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));
     let tasks = task_manager(&config, &services).await?;
-    let verifier_agent = if config.verifier.enabled {
+    let verifier_agent = if config.verifier.enabled && config.verifier.embedded_agent {
+        // With agents of its own the operator makes this policy (it is
+        // where tagged verifier agents are enrolled).
         flotilla_service::verifier::ensure_home_policy(&services, &config.verifier.service())
             .await
             .map_err(|e| anyhow::anyhow!("could not create the verifier's policy: {e}"))?;
-        config.verifier.embedded_agent.then(|| {
+        Some({
             let agent = crate::verifier_agent::EmbeddedAgent {
                 services: services.clone(),
                 state_dir: config.data_dir.join("verifier-agent"),

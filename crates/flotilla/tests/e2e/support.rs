@@ -115,6 +115,9 @@ impl Builder {
             cmd.env("FLOTILLA_ADMIN_API_KEY", key);
         }
         cmd.env("RUST_LOG", "warn");
+        // The embedded verifier agent only where a test asks for it: it is
+        // an agent (and a process) the other tests do not expect.
+        cmd.env("FLOTILLA_VERIFIER__EMBEDDED_AGENT", "false");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

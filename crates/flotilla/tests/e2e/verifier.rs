@@ -1,0 +1,349 @@
+//! The permission verifier end to end: the real server with its embedded
+//! verifier agent, the moto AWS emulator (installed by the test kit from
+//! PyPI), connectors and integrations made through the CLI, and the
+//! outcome read back with `flotilla connector show`.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use flotilla_testkit::moto::{self, RoleSpec};
+
+use crate::support::{command, Server};
+
+const EC2: &[&str] = &[
+    "ec2:DescribeInstances",
+    "ec2:DescribeRegions",
+    "cloudwatch:GetMetricData",
+];
+
+/// A server whose embedded verifier agent assumes roles in moto as
+/// `platform`.
+fn server(aws: &moto::Moto, platform: &moto::AccessKey, extra: &[(&str, &str)]) -> Server {
+    let mut b = Server::builder()
+        .env("FLOTILLA_VERIFIER__EMBEDDED_AGENT", "true")
+        .env("FLOTILLA_VERIFIER__AWS__STS_ENDPOINT", aws.endpoint())
+        .env("FLOTILLA_VERIFIER__AWS__IAM_ENDPOINT", aws.endpoint())
+        .env("FLOTILLA_VERIFIER__STATUS_INTERVAL", "300ms")
+        .env("FLOTILLA_VERIFIER__VERIFY_INTERVAL", "2s")
+        .env("FLOTILLA_VERIFIER__GRACE", "1s")
+        .env("FLOTILLA_VERIFIER__TTL", "60s")
+        .env("FLOTILLA_TASK_MANAGER__POLL_INTERVAL", "100ms")
+        .env("AWS_ACCESS_KEY_ID", &platform.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &platform.secret_access_key);
+    for (k, v) in extra {
+        b = b.env(k, v);
+    }
+    b.start().expect("SQLite needs nothing")
+}
+
+/// `flotilla connector create` with the external ID on stdin.
+fn create_connector(s: &Server, id: &str, role_arn: &str, external_id: &str) {
+    let mut child = command()
+        .args([
+            "connector", "create", "--id", id, "--name", &format!("account {id}"), "--provider",
+            "aws", "--var",
+        ])
+        .arg(format!("role_arn={role_arn}"))
+        .args(["--secret", "external_id", "--json"])
+        .env("FLOTILLA_URL", &s.url)
+        .env("FLOTILLA_API_KEY", &s.key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{external_id}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains(external_id), "the secret came back: {shown}");
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An `aws` EC2 integration on policy `cloud` using connector `id`.
+fn use_connector(s: &Server, id: &str) {
+    ok(s.cli(&[
+        "integration", "add", "--policy", "cloud", "--package", "aws", "--name",
+        &format!("ec2-{id}"), "--cloud-connector", id, "--inputs",
+        r#"{"ec2-aws/metrics": {"enabled": true, "streams": {"aws.ec2_metrics": {"vars": {"instance_id": "i-1"}}}}}"#,
+    ]));
+}
+
+fn setup_policy(s: &Server) {
+    let aws = flotilla_testkit::kibana::shared_dir().join("packages/aws-999.999.999");
+    ok(s.cli(&["package", "install", aws.to_str().unwrap()]));
+    ok(s.cli(&["policy", "create", "--id", "cloud", "--name", "cloud"]));
+}
+
+async fn connector(s: &Server, id: &str) -> Value {
+    let (code, body) = s.get(&format!("/api/fleet/cloud_connectors/{id}")).await;
+    assert_eq!(code, 200, "{body}");
+    body["item"].clone()
+}
+
+async fn verifier_policies(s: &Server) -> Vec<String> {
+    let (_, body) = s.get("/api/fleet/agent_policies?perPage=100").await;
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .filter(|id| id.starts_with("verifier-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Wait until every connector has an outcome, checking on the way that
+/// no two verifier policies ever exist at once.
+async fn outcomes(s: &Server, ids: &[&str], within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let live = verifier_policies(s).await;
+        assert!(live.len() <= 1, "two verifications at once: {live:?}");
+        let mut all = Vec::new();
+        for id in ids {
+            all.push(connector(s, id).await);
+        }
+        if all
+            .iter()
+            .all(|c| matches!(c["verification_status"].as_str(), Some("success" | "failed")))
+        {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outcome in time: {all:#?}\nserver: {}",
+            "see its stderr"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn permission<'a>(c: &'a Value, action: &str) -> &'a Value {
+    c["verification_permissions"][0]["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} in {c:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_are_verified_against_aws_one_after_another() {
+    let Some(aws) = moto::shared() else { return };
+    let platform = aws.create_user("e2e-verifier-platform", &[]);
+    let good = aws.create_role(&RoleSpec {
+        name: "E2eGood",
+        trusted: &platform.user_arn,
+        external_id: Some("ext-good-1"),
+        actions: EC2,
+        ..RoleSpec::default()
+    });
+    let missing = aws.create_role(&RoleSpec {
+        name: "E2eMissing",
+        trusted: &platform.user_arn,
+        external_id: Some("ext-missing-1"),
+        actions: &EC2[..2],
+        ..RoleSpec::default()
+    });
+    let strict = aws.create_role(&RoleSpec {
+        name: "E2eStrict",
+        trusted: &platform.user_arn,
+        external_id: Some("ext-right-1"),
+        actions: EC2,
+        ..RoleSpec::default()
+    });
+    let s = server(aws, &platform, &[]);
+    setup_policy(&s);
+    create_connector(&s, "good", &good, "ext-good-1");
+    create_connector(&s, "missing", &missing, "ext-missing-1");
+    create_connector(&s, "wrong", &strict, "ext-wrong-1");
+    for id in ["good", "missing", "wrong"] {
+        use_connector(&s, id);
+    }
+    // In use: not deletable.
+    let out = s.cli(&["connector", "delete", "good"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("used by 1 integration"));
+
+    let all = outcomes(&s, &["good", "missing", "wrong"], Duration::from_secs(120)).await;
+    let (good, missing, wrong) = (&all[0], &all[1], &all[2]);
+
+    assert_eq!(good["verification_status"], "success", "{good:#}");
+    for action in EC2 {
+        assert_eq!(permission(good, action)["status"], "verified", "{good:#}");
+    }
+    assert_eq!(missing["verification_status"], "failed", "{missing:#}");
+    let absent = permission(missing, "cloudwatch:GetMetricData");
+    assert_eq!(absent["status"], "denied");
+    assert_eq!(absent["error_code"], "implicitDeny");
+    assert_eq!(permission(missing, "ec2:DescribeInstances")["status"], "verified");
+    assert!(missing["verification_message"]
+        .as_str()
+        .unwrap()
+        .contains("cloudwatch:GetMetricData"));
+    assert_eq!(wrong["verification_status"], "failed", "{wrong:#}");
+    let p = permission(wrong, "ec2:DescribeInstances");
+    assert_eq!(p["status"], "error");
+    assert_eq!(p["error_code"], "AccessDenied");
+    assert!(wrong["verification_message"].as_str().unwrap().contains("AssumeRole"), "{wrong:#}");
+
+    // `connector show` names the missing permission.
+    let shown = ok(s.cli(&["connector", "show", "missing"]));
+    let line = shown
+        .lines()
+        .find(|l| l.contains("cloudwatch:GetMetricData"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(line.contains("denied") && line.contains("implicitDeny"), "{line}");
+    assert!(shown.contains("failed"), "{shown}");
+
+    // One after the other: each started after the previous one's results.
+    let mut runs: Vec<(String, String)> = all
+        .iter()
+        .map(|c| {
+            (
+                c["verification_started_at"].as_str().unwrap().to_owned(),
+                c["verification_permissions"][0]["last_verified_at"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    runs.sort();
+    for w in runs.windows(2) {
+        let (prev_verified, next_started) = (
+            chrono::DateTime::parse_from_rfc3339(&w[0].1).unwrap(),
+            chrono::DateTime::parse_from_rfc3339(&w[1].0).unwrap(),
+        );
+        assert!(next_started >= prev_verified, "overlapping verifications: {runs:?}");
+    }
+    // Nothing left deployed; the agent is back home.
+    assert!(verifier_policies(&s).await.is_empty());
+    let (_, agents) = s.get("/api/fleet/agents").await;
+    assert_eq!(agents["items"][0]["policy_id"], "flotilla-verifier", "{agents:#}");
+    // No secret reached the documents or the connector.
+    let (_, docs) = s
+        .get("/api/fleet/data_streams/logs-flotilla_verifier.permission-default/_search?size=100")
+        .await;
+    let text = docs.to_string();
+    for secret in ["ext-good-1", "ext-missing-1", "ext-wrong-1", &platform.secret_access_key] {
+        assert!(!text.contains(secret));
+    }
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deployment_leaves_no_orphan_policy() {
+    let Some(aws) = moto::shared() else { return };
+    let platform = aws.create_user("e2e-verifier-fault", &[]);
+    let role = aws.create_role(&RoleSpec {
+        name: "E2eFault",
+        trusted: &platform.user_arn,
+        external_id: Some("ext-fault-1"),
+        actions: EC2,
+        ..RoleSpec::default()
+    });
+    let s = server(aws, &platform, &[("FLOTILLA_VERIFIER__TEST_FAULT", "after_policy_created")]);
+    setup_policy(&s);
+    create_connector(&s, "c1", &role, "ext-fault-1");
+    use_connector(&s, "c1");
+    let c = &outcomes(&s, &["c1"], Duration::from_secs(60)).await[0];
+    assert_eq!(c["verification_status"], "failed");
+    assert!(c["verification_message"].as_str().unwrap().contains("injected fault"), "{c:#}");
+    let (_, policies) = s.get("/api/fleet/agent_policies?perPage=100").await;
+    let mut ids: Vec<&str> = policies["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["cloud", "flotilla-verifier"], "an orphan was left");
+    let (_, integrations) = s.get("/api/fleet/package_policies?perPage=100").await;
+    assert_eq!(integrations["total"], 1, "{integrations:#}");
+    s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_verifier_policy_is_removed() {
+    let Some(aws) = moto::shared() else { return };
+    let platform = aws.create_user("e2e-verifier-expiry", &[]);
+    let role = aws.create_role(&RoleSpec {
+        name: "E2eExpiry",
+        trusted: &platform.user_arn,
+        external_id: Some("ext-expiry-1"),
+        actions: EC2,
+        ..RoleSpec::default()
+    });
+    let s = server(aws, &platform, &[("FLOTILLA_VERIFIER__TTL", "3s")]);
+    setup_policy(&s);
+    // The verifier agent goes silent (stopped, still counted online).
+    let agent = wait_for_verifier_agent(&s).await;
+    let child = child_pid(s.pid());
+    assert!(std::process::Command::new("kill").args(["-STOP", &child.to_string()]).status().unwrap().success());
+    create_connector(&s, "c1", &role, "ext-expiry-1");
+    use_connector(&s, "c1");
+    // Deployed, then gone after its TTL with nothing reported.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while verifier_policies(&s).await.is_empty() {
+        assert!(Instant::now() < deadline, "never deployed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = &outcomes(&s, &["c1"], Duration::from_secs(60)).await[0];
+    assert_eq!(c["verification_status"], "failed");
+    assert!(c["verification_message"].as_str().unwrap().contains("reported nothing"), "{c:#}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !verifier_policies(&s).await.is_empty() {
+        assert!(Instant::now() < deadline, "the expired verifier policy stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, a) = s.get(&format!("/api/fleet/agents/{agent}")).await;
+    assert_eq!(a["item"]["policy_id"], "flotilla-verifier");
+    let _ = std::process::Command::new("kill").args(["-CONT", &child.to_string()]).status();
+    s.stop();
+}
+
+async fn wait_for_verifier_agent(s: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, agents) = s.get("/api/fleet/agents").await;
+        if let Some(a) = agents["items"].as_array().and_then(|a| a.first()) {
+            if a["status"] == "online" {
+                return a["id"].as_str().unwrap().to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no verifier agent: {agents:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The server's one child process (the embedded verifier agent).
+fn child_pid(parent: u32) -> u32 {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so from the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            pids.push(pid);
+        }
+    }
+    assert_eq!(pids.len(), 1, "children of {parent}: {pids:?}");
+    pids[0]
+}
