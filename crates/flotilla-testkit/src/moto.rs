@@ -18,6 +18,24 @@
 //!   admin: [`Moto::create_user`] (the verifier's own identity, with a key)
 //!   and [`Moto::create_role`] (a role with a trust policy requiring an
 //!   External ID, given actions inline, given managed policies attached).
+//!
+//! ```no_run
+//! use flotilla_testkit::moto::{self, RoleSpec};
+//!
+//! let Some(aws) = moto::shared() else { return }; // skipped: no moto
+//! let platform = aws.create_user("verifier-platform", &[]);
+//! let role_arn = aws.create_role(&RoleSpec {
+//!     name: "CustomerRole",
+//!     trusted: &platform.user_arn,
+//!     external_id: Some("ext-123"),
+//!     actions: &["cloudtrail:LookupEvents", "s3:GetObject"],
+//!     managed: &["arn:aws:iam::aws:policy/SecurityAudit"],
+//!     ..RoleSpec::default()
+//! });
+//! // Point the verifier at `aws.endpoint()` (STS and IAM) with the
+//! // platform user's key as its identity and `role_arn` / "ext-123".
+//! # let _ = (role_arn, platform.access_key_id, platform.secret_access_key);
+//! ```
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -441,7 +441,7 @@ pub fn start(ctx: &Arc<Context>, input: &Value) -> Spawn {
 /// What a run of one stream did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunResult {
-    /// This verification was done before (its marker is there): nothing sent.
+    /// This verification was done before (its marker says so): nothing sent.
     AlreadyDone(String),
     /// Checked and shipped; the summary, and whether the marker was written
     /// (every document accepted).
@@ -476,21 +476,39 @@ pub async fn run_stream(
     env: &Env,
 ) -> RunResult {
     let (marker, marker_name) = marker_path(ctx, cfg);
-    if let Ok(bytes) = std::fs::read(&marker) {
-        let summary = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v["summary"].as_str().map(str::to_owned))
-            .unwrap_or_default();
+    let record = std::fs::read(&marker)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    if record["state"] == "done" {
         let message = format!(
-            "verification {} already done: {summary}",
-            cfg.verification_id
+            "verification {} already done: {}",
+            cfg.verification_id,
+            record["summary"].as_str().unwrap_or_default()
         );
         health.healthy(message.clone());
         return RunResult::AlreadyDone(message);
     }
     health.healthy(format!("verifying ({})", cfg.verification_id));
     let checks = cfg.checks();
-    let verified_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // A run cut off before its marker said done keeps its `verified_at`:
+    // documents it shipped and those of the re-run are one run.
+    let verified_at = record["verified_at"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let write_marker = |state: &str, summary: &str| {
+        let record = json!({"state": state, "stream_id": cfg.id, "verification_id": cfg.verification_id,
+            "verified_at": verified_at, "summary": summary});
+        if let Err(e) = crate::state::write_atomic(
+            &ctx.state_dir,
+            &marker_name,
+            &serde_json::to_vec(&record).unwrap_or_default(),
+        ) {
+            tracing::warn!(error = %e, stream = %cfg.id, "cannot write the verification marker; a restart checks again");
+        }
+    };
+    write_marker("started", "");
     let asked: Vec<Check> = checks
         .iter()
         .filter(|c| c.kind != Kind::UnsupportedVersion)
@@ -553,15 +571,7 @@ pub async fn run_stream(
     health.add_shipped(shipped.accepted, shipped.rejected);
     let complete = shipped.rejected == 0 && shipped.accepted == sent;
     if complete {
-        let record = json!({"stream_id": cfg.id, "verification_id": cfg.verification_id,
-            "verified_at": verified_at, "summary": summary});
-        if let Err(e) = crate::state::write_atomic(
-            &ctx.state_dir,
-            &marker_name,
-            &serde_json::to_vec(&record).unwrap_or_default(),
-        ) {
-            tracing::warn!(error = %e, stream = %cfg.id, "cannot write the verification marker; a restart checks again");
-        }
+        write_marker("done", &summary);
         health.healthy(summary.clone());
     } else {
         health.degraded(format!(

@@ -336,6 +336,7 @@ async fn moto_role_with_every_action_is_granted_by_local_evaluation_and_attachme
     let m_text = std::fs::read_to_string(&marker[0]).unwrap();
     assert!(m_text.contains("ver-all") && !m_text.contains("ext-all-1"));
 
+    assert!(m_text.contains("\"state\":\"done\""), "{m_text}");
     // The same verification again: nothing is checked or sent.
     let again = run(tmp.path(), &inp, no_env()).await;
     assert!(
@@ -625,6 +626,40 @@ async fn simulation_answers_become_statuses_and_requests_are_signed() {
     ] {
         assert!(!docs.contains(secret), "{secret} in a document");
     }
+
+    // A crash after shipping, before the marker said done: the re-run
+    // checks and sends again, under the same ids and the same verified_at.
+    let marker = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut record: Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    record["state"] = json!("started");
+    std::fs::write(&marker, record.to_string()).unwrap();
+    let again = run(tmp.path(), &inp, no_env()).await;
+    assert!(matches!(
+        again.result,
+        RunResult::Checked { complete: true, .. }
+    ));
+    let ids = |r: &Run| {
+        r.all
+            .iter()
+            .map(|(_, id, _)| id.clone())
+            .collect::<HashSet<_>>()
+    };
+    assert_eq!(ids(&again), ids(&r));
+    for (_, _, d) in &again.all {
+        assert_eq!(
+            d["verification"]["verified_at"],
+            r.docs["cloudtrail:LookupEvents"]["verification"]["verified_at"]
+        );
+    }
+    assert!(matches!(
+        run(tmp.path(), &inp, no_env()).await.result,
+        RunResult::AlreadyDone(_)
+    ));
 }
 
 #[tokio::test]
