@@ -20,8 +20,8 @@ use serde_json::Value;
 
 use super::local_eval::{self, LocalDecision, CAVEAT};
 use super::{
-    all, aws_xml as xml, endpoint, secret, text, Check, Env, Kind, Outcome, Report, Status,
-    Verifier,
+    all, aws_xml as xml, endpoint, secret, status_for_error, text, Check, Env, Kind, Outcome,
+    Report, Status, Verifier,
 };
 
 pub const SESSION_NAME: &str = "flotilla-verifier";
@@ -584,7 +584,7 @@ impl<'a> AwsVerifier<'a> {
         let why = s
             .simulate_unavailable
             .as_ref()
-            .map(|e| format!(" [simulation: {}]", e.code))
+            .map(|e| format!(" [iam:SimulatePrincipalPolicy failed: {}]", e.code))
             .unwrap_or_default();
         match s.policies.as_ref() {
             Some(Ok(policies)) => match local_eval::evaluate(policies, &s.principal, action) {
@@ -655,8 +655,6 @@ impl<'a> AwsVerifier<'a> {
         }
     }
 }
-
-use super::status_for_error;
 
 /// RFC 3986 strict: everything but the unreserved characters is escaped.
 const QUERY: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC

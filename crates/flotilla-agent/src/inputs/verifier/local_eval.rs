@@ -19,7 +19,7 @@ use iam_rs::{
 };
 
 /// What the local evaluation leaves out; said on every document it decides.
-pub const CAVEAT: &str = "local evaluation of the identity's own policies (iam:SimulatePrincipalPolicy unavailable): SCPs, permission boundaries and resource policies are not seen";
+pub const CAVEAT: &str = "local evaluation of the identity's own policies: SCPs, permission boundaries and resource policies are not seen";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalDecision {

@@ -254,7 +254,8 @@ async fn moto_role_with_every_action_is_granted_by_local_evaluation_and_attachme
         assert_eq!(d["verification"]["method"], "local_simulation");
         let note = d["permission"]["error_message"].as_str().unwrap();
         assert!(
-            note.contains("SCPs") && note.ends_with("[simulation: HTTP500]"),
+            note.contains("SCPs")
+                && note.ends_with("[iam:SimulatePrincipalPolicy failed: HTTP500]"),
             "{note}"
         );
     }
@@ -1044,4 +1045,106 @@ async fn the_supervisor_runs_a_verifier_once_per_verification() {
     }
     assert_eq!(f.log.lock().unwrap().len(), calls, "no cloud call");
     assert_eq!(sink.docs.lock().unwrap().len(), 2);
+}
+
+/// IAM answers for the local evaluation: an inline policy allowing
+/// `cloudtrail:*`, a managed one denying `cloudtrail:DescribeTrails`
+/// (documents URL-encoded, as IAM sends them).
+fn iam_policies_answer(req: &Req, simulate_denied: bool) -> (u16, String) {
+    let enc = |d: &str| {
+        percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let f = req.form();
+    match f.get("Action").map(String::as_str) {
+        Some("SimulatePrincipalPolicy") if simulate_denied => (403, "<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>User: arn:aws:sts::123456789012:assumed-role/Verifier/flotilla-verifier is not authorized to perform: iam:SimulatePrincipalPolicy</Message></Error></ErrorResponse>".into()),
+        Some("ListRolePolicies") => {
+            assert_eq!(f["RoleName"], "Verifier");
+            (200, "<ListRolePoliciesResponse><ListRolePoliciesResult><PolicyNames><member>inline-ct</member></PolicyNames><IsTruncated>false</IsTruncated></ListRolePoliciesResult></ListRolePoliciesResponse>".into())
+        }
+        Some("GetRolePolicy") => (200, format!("<GetRolePolicyResponse><GetRolePolicyResult><RoleName>Verifier</RoleName><PolicyName>inline-ct</PolicyName><PolicyDocument>{}</PolicyDocument></GetRolePolicyResult></GetRolePolicyResponse>",
+            enc(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"cloudtrail:*","Resource":"*"}]}"#))),
+        Some("ListAttachedRolePolicies") => (200, "<ListAttachedRolePoliciesResponse><ListAttachedRolePoliciesResult><AttachedPolicies><member><PolicyName>NoTrails</PolicyName><PolicyArn>arn:aws:iam::123456789012:policy/NoTrails</PolicyArn></member></AttachedPolicies><IsTruncated>false</IsTruncated></ListAttachedRolePoliciesResult></ListAttachedRolePoliciesResponse>".into()),
+        Some("GetPolicy") => (200, "<GetPolicyResponse><GetPolicyResult><Policy><PolicyName>NoTrails</PolicyName><DefaultVersionId>v3</DefaultVersionId><Arn>arn:aws:iam::123456789012:policy/NoTrails</Arn></Policy></GetPolicyResult></GetPolicyResponse>".into()),
+        Some("GetPolicyVersion") => {
+            assert_eq!(f["VersionId"], "v3");
+            (200, format!("<GetPolicyVersionResponse><GetPolicyVersionResult><PolicyVersion><Document>{}</Document><VersionId>v3</VersionId><IsDefaultVersion>true</IsDefaultVersion></PolicyVersion></GetPolicyVersionResult></GetPolicyVersionResponse>",
+                enc(r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"cloudtrail:DescribeTrails","Resource":"*"}]}"#)))
+        }
+        _ => aws_fake_answer(req, true),
+    }
+}
+
+#[tokio::test]
+async fn a_denied_simulation_falls_back_to_local_evaluation_and_local_never_simulates() {
+    let f = fake(|r| iam_policies_answer(r, true)).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(
+        tmp.path(),
+        &input(
+            "ver-fallback",
+            "aws",
+            fake_aws_block(&f.url, "ext-1"),
+            json!([integration("pp-ct", ACTIONS, &[])]),
+        ),
+        no_env(),
+    )
+    .await;
+    assert_eq!(status(&r, "cloudtrail:LookupEvents"), st("granted", None));
+    assert_eq!(
+        status(&r, "cloudtrail:DescribeTrails"),
+        st("denied", Some("explicitDeny"))
+    );
+    assert_eq!(
+        status(&r, "s3:GetObject"),
+        st("denied", Some("implicitDeny"))
+    );
+    for d in r.docs.values() {
+        assert_eq!(d["verification"]["method"], "local_simulation");
+        assert!(d["permission"]["error_message"]
+            .as_str()
+            .unwrap()
+            .ends_with("[iam:SimulatePrincipalPolicy failed: AccessDenied]"));
+    }
+    let count = |log: &[Req], action: &str| {
+        log.iter()
+            .filter(|q| q.form().get("Action").map(String::as_str) == Some(action))
+            .count()
+    };
+    let log = f.log.lock().unwrap().clone();
+    assert_eq!(
+        count(&log, "SimulatePrincipalPolicy"),
+        1,
+        "tried once, then local for the rest"
+    );
+    assert_eq!(
+        count(&log, "GetPolicyVersion"),
+        1,
+        "policies read once per run"
+    );
+
+    let g = fake(|r| iam_policies_answer(r, false)).await;
+    let mut block = fake_aws_block(&g.url, "ext-1");
+    block["simulation"] = json!("local");
+    let r = run(
+        tmp.path(),
+        &input(
+            "ver-local",
+            "aws",
+            block,
+            json!([integration("pp-ct", ACTIONS, &[])]),
+        ),
+        no_env(),
+    )
+    .await;
+    assert_eq!(
+        status(&r, "cloudtrail:DescribeTrails"),
+        st("denied", Some("explicitDeny"))
+    );
+    assert_eq!(count(&g.log.lock().unwrap(), "SimulatePrincipalPolicy"), 0);
+    assert!(
+        !r.docs["cloudtrail:LookupEvents"]["permission"]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("SimulatePrincipalPolicy")
+    );
 }
