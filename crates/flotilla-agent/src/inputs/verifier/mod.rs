@@ -457,6 +457,30 @@ fn marker_path(ctx: &Context, cfg: &StreamConfig) -> (PathBuf, String) {
     (ctx.state_dir.join(&name), name)
 }
 
+/// How long a verification's marker is kept: verifier policies live
+/// minutes, so a week-old one cannot be run again.
+const MARKER_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Remove markers older than [`MARKER_KEEP`], so they do not pile up.
+fn prune_markers(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > MARKER_KEEP);
+        if old && name.starts_with("verifier-") && name.ends_with(".done") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The HTTP client of the cloud calls (rustls, bounded).
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -475,6 +499,7 @@ pub async fn run_stream(
     health: &Health,
     env: &Env,
 ) -> RunResult {
+    prune_markers(&ctx.state_dir);
     let (marker, marker_name) = marker_path(ctx, cfg);
     let record = std::fs::read(&marker)
         .ok()

@@ -1148,3 +1148,26 @@ async fn a_denied_simulation_falls_back_to_local_evaluation_and_local_never_simu
             .contains("SimulatePrincipalPolicy")
     );
 }
+
+#[test]
+fn week_old_markers_are_pruned_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = tmp.path().join("verifier-0011223344556677.done");
+    let fresh = tmp.path().join("verifier-8899aabbccddeeff.done");
+    let other = tmp.path().join("checkpoint-0011223344556677.json");
+    for p in [&old, &fresh, &other] {
+        std::fs::write(p, b"{}").unwrap();
+    }
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+    for p in [&old, &other] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+    }
+    prune_markers(tmp.path());
+    assert!(!old.exists());
+    assert!(fresh.exists() && other.exists());
+}
