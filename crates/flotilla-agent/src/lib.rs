@@ -6,7 +6,7 @@
 //! - [`run`]: enrol, then the check-in loop: apply a policy, persist it,
 //!   then ack; the supervisor runs its inputs.
 //! - [`inputs`]: the supervisor and the inputs (`logfile`/`filestream`,
-//!   `system/metrics`), with their health.
+//!   `system/metrics`, `permission_verifier`), with their health.
 //! - [`output`]: the `_bulk` shipper (per-item results, retries).
 //! - [`checkpoint`]: where each log stream has got to, written atomically.
 

@@ -300,4 +300,5 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
 pub mod kibana;
+pub mod moto;
 pub mod python;

@@ -11,12 +11,16 @@ use std::sync::OnceLock;
 /// What the environment holds: pip requirement specifiers.
 pub const ELASTICSEARCH_CLIENT: &[&str] = &["elasticsearch>=9,<10"];
 
+/// The AWS mock for the permission verifier's tests (`crate::moto`); boto3
+/// comes with it.
+pub const MOTO_SERVER: &[&str] = &["moto[server]>=5.2,<5.3"];
+
 pub fn clients_required() -> bool {
     std::env::var("FLOTILLA_REQUIRE_CLIENTS")
         .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("FLOTILLA_TEST_CACHE") {
         return PathBuf::from(d);
     }
@@ -33,7 +37,7 @@ fn works(python: &Path, module: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn install(dir: &Path, requirements: &[&str], module: &str) -> Result<PathBuf, String> {
+pub(crate) fn install(dir: &Path, requirements: &[&str], module: &str) -> Result<PathBuf, String> {
     let python = dir.join("bin/python");
     if works(&python, module) {
         return Ok(python);

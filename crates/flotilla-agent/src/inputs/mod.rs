@@ -5,11 +5,14 @@
 //!
 //! - [`logfile`]: `logfile` / `filestream` / `log` — tail files.
 //! - [`metrics`]: `system/metrics` — host metrics from /proc.
+//! - [`verifier`]: `permission_verifier` — checks a cloud connector's
+//!   permissions once per verification id.
 //! - Any other type is a FAILED component with a message; a bad input
 //!   config is a FAILED component too. Neither stops the others.
 
 pub mod logfile;
 pub mod metrics;
+pub mod verifier;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -248,6 +251,7 @@ impl Supervisor {
         let started = match ty {
             "logfile" | "filestream" | "log" => Ok(logfile::start(&self.ctx, input, ty)),
             "system/metrics" => Ok(metrics::start(&self.ctx, input)),
+            "permission_verifier" => Ok(verifier::start(&self.ctx, input)),
             "" => Err("the input has no type".to_owned()),
             other => Err(format!(
                 "input type {other} is not implemented by this agent"
