@@ -553,8 +553,11 @@ impl Config {
             bail!("invalid configuration: fleet.offline_after must be at least 10s");
         }
         let v = &self.verifier;
-        if v.ttl < Duration::from_secs(1) || v.status_interval < Duration::from_millis(100) {
-            bail!("invalid configuration: verifier.ttl must be at least 1s and verifier.status_interval at least 100ms");
+        if v.ttl < Duration::from_secs(1)
+            || v.status_interval < Duration::from_secs(1)
+            || v.verify_interval < Duration::from_secs(1)
+        {
+            bail!("invalid configuration: verifier.ttl, verifier.status_interval and verifier.verify_interval must be at least 1s");
         }
         if !["auto", "api", "local"].contains(&v.simulation.as_str()) {
             bail!("invalid configuration: verifier.simulation must be auto, api or local");

@@ -43,11 +43,13 @@ impl EmbeddedAgent {
             match self.start().await {
                 Ok((mut child, key)) => {
                     tracing::info!(pid = child.id(), state_dir = %self.state_dir.display(), "embedded verifier agent started");
-                    let revoke = key.map(|id| {
+                    // Runs on its own: a child that dies at once must not
+                    // leave its key usable.
+                    if let Some(id) = key {
                         let services = self.services.clone();
                         let identity = self.state_dir.join("identity.enc");
-                        tokio::spawn(revoke_when_enrolled(services, id, identity))
-                    });
+                        tokio::spawn(revoke_when_enrolled(services, id, identity));
+                    }
                     tokio::select! {
                         status = child.wait() => {
                             tracing::warn!(?status, "the embedded verifier agent exited; restarting it");
@@ -55,12 +57,8 @@ impl EmbeddedAgent {
                         _ = stopped(&mut stop) => {
                             let _ = child.start_kill();
                             let _ = child.wait().await;
-                            if let Some(r) = revoke { r.abort(); }
                             return;
                         }
-                    }
-                    if let Some(r) = revoke {
-                        r.abort();
                     }
                 }
                 Err(e) => {

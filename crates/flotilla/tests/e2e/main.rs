@@ -13,4 +13,4 @@ mod management;
 mod packages;
 mod server;
 mod tasks;
-// mod verifier;
+mod verifier;
