@@ -29,13 +29,13 @@ struct Fixture {
 }
 
 /// A package that declares what its template needs in its manifest.
-fn write_package(dir: &Path) {
-    let root = dir.join("cloudy-1.0.0");
+fn write_package(dir: &Path, name: &str, provider: &str) {
+    let root = dir.join(format!("{name}-1.0.0"));
     std::fs::create_dir_all(root.join("data_stream/events/agent/stream")).unwrap();
     std::fs::write(
         root.join("manifest.yml"),
         r#"format_version: 3.0.0
-name: cloudy
+name: NAME
 title: Cloudy
 version: 1.0.0
 description: A cloud integration for tests.
@@ -50,13 +50,15 @@ policy_templates:
         title: Events
         description: Events.
     provider_permissions:
-      provider: aws
+      provider: PROVIDER
       actions:
         - action: cloudtrail:LookupEvents
         - action: s3:GetObject
         - action: sqs:ReceiveMessage
           required: false
-"#,
+"#
+        .replace("NAME", name)
+        .replace("PROVIDER", provider),
     )
     .unwrap();
     std::fs::write(
@@ -89,12 +91,14 @@ async fn fixture(tweak: impl FnOnce(&mut VerifierConfig)) -> Fixture {
     let mut cfg = VerifierConfig::default();
     tweak(&mut cfg);
     ensure_home_policy(&services, &cfg).await.unwrap();
-    write_package(dir.path());
-    services
-        .management()
-        .install_package_dir(&dir.path().join("cloudy-1.0.0"))
-        .await
-        .unwrap();
+    for (name, provider) in [("cloudy", "aws"), ("azurey", "azure")] {
+        write_package(dir.path(), name, provider);
+        services
+            .management()
+            .install_package_dir(&dir.path().join(format!("{name}-1.0.0")))
+            .await
+            .unwrap();
+    }
     services
         .management()
         .create_policy(CreateAgentPolicy {
@@ -146,6 +150,10 @@ impl Fixture {
     }
 
     async fn connector_in_use(&self, id: &str) {
+        self.connector_used_by(id, "cloudy").await
+    }
+
+    async fn connector_used_by(&self, id: &str, package: &str) {
         let m = self.services.management();
         m.create_connector(CreateCloudConnector {
             id: Some(id.into()),
@@ -165,7 +173,7 @@ impl Fixture {
             description: None,
             policy_id: "cloud".into(),
             package: PackageRequest {
-                name: "cloudy".into(),
+                name: package.into(),
                 version: None,
             },
             namespace: None,
@@ -494,4 +502,23 @@ async fn connectors_keep_secrets_sealed_and_refuse_deletion_while_used() {
         matches!(e, flotilla_service::ServiceError::Invalid(ref v) if v.field == "cloud_connector_id"),
         "{e:?}"
     );
+}
+
+#[tokio::test]
+async fn an_integration_for_another_cloud_fails_its_connector_by_name() {
+    let f = fixture(|_| {}).await;
+    f.verifier_agent("va").await;
+    f.connector_used_by("c1", "azurey").await;
+    let t0 = Utc::now();
+    f.verify(t0).await;
+    f.fold(t0 + chrono::Duration::seconds(1)).await;
+    let c1 = f.services.store.get_connector("c1").await.unwrap();
+    assert_eq!(
+        c1.verification_status,
+        Some(VerificationStatus::Failed),
+        "{c1:?}"
+    );
+    let p = &c1.verification_permissions[0].permissions[0];
+    assert_eq!(p.error_code.as_deref(), Some("ProviderMismatch"));
+    assert!(f.verifier_policies().await.is_empty());
 }

@@ -158,7 +158,13 @@ async fn fold(
             by_integration.entry(pp).or_default().push(&d.source);
         }
     }
-    let summaries: Vec<PermissionSummary> = integrations
+    // An integration for another cloud is not sent to the verifier: it is
+    // an error of its own, not a silence.
+    let provider = c.cloud_provider.as_str();
+    let (checked, foreign): (Vec<&Expected>, Vec<&Expected>) = integrations
+        .iter()
+        .partition(|e| e.provider.as_deref().is_none_or(|p| p == provider));
+    let mut summaries: Vec<PermissionSummary> = checked
         .iter()
         .map(|e| {
             let docs = by_integration
@@ -168,11 +174,23 @@ async fn fold(
             summarise(e, &docs)
         })
         .collect();
-    let reported = integrations
+    for e in &foreign {
+        let mut s = summarise(e, &[]);
+        for p in &mut s.permissions {
+            p.status = PermissionStatus::Error;
+            p.error_code = Some("ProviderMismatch".into());
+            p.message = Some(format!(
+                "the integration needs {} permissions; the connector is {provider}",
+                e.provider.as_deref().unwrap_or("other")
+            ));
+        }
+        summaries.push(s);
+    }
+    let reported = checked
         .iter()
         .filter(|e| by_integration.contains_key(e.integration.id.as_str()))
         .count();
-    let complete = reported == integrations.len();
+    let complete = reported == checked.len();
     let started = c.verification_started_at.unwrap_or(now);
     let expired = now >= started + chrono(cfg.ttl);
     if !complete && !expired {
@@ -196,8 +214,8 @@ async fn fold(
         status = VerificationStatus::Failed;
         message = Some(format!(
             "the verifier reported nothing for {} of {} integration(s) within {} (is a verifier agent online?)",
-            integrations.len() - reported,
-            integrations.len(),
+            checked.len() - reported,
+            checked.len(),
             humantime::format_duration(cfg.ttl)
         ));
     }
