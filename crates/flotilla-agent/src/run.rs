@@ -525,8 +525,12 @@ fn save_acks(state: &StateDir, id: &str, acks: &Acks) {
     }
 }
 
+/// How `status.json`'s `last_error` starts when the server refused the
+/// agent's identity (a supervisor may enrol afresh on seeing it).
+pub const REFUSED: &str = "the server refuses this agent";
+
 fn unenrolled(state: &StateDir, status: &mut LocalStatus, reason: &str) -> Result<()> {
-    status.last_error = Some(format!("the server refuses this agent: {reason}"));
+    status.last_error = Some(format!("{REFUSED}: {reason}"));
     write_status(state.path(), status);
     Err(anyhow!(
         "the server no longer accepts this agent (unenrolled or revoked: {reason}); its inputs are stopped"

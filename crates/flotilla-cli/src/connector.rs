@@ -126,6 +126,15 @@ fn parse_vars(vars: &[String], secrets: &[String]) -> Result<Map<String, Value>>
         let (k, val) = v
             .split_once('=')
             .ok_or_else(|| anyhow!("--var {v:?}: expected NAME=VALUE"))?;
+        let secret = [CloudProvider::Aws, CloudProvider::Azure, CloudProvider::Gcp]
+            .into_iter()
+            .flat_map(flotilla_domain::connector::provider_vars)
+            .any(|s| s.secret && s.name == k);
+        if secret {
+            return Err(anyhow!(
+                "--var {k}: {k} is a secret; pass it with --secret {k} (stdin) or --secret {k}=@FILE, not on the command line"
+            ));
+        }
         out.insert(k.to_owned(), json!({"type": "text", "value": val}));
     }
     let mut stdin = std::io::stdin().lock();

@@ -397,6 +397,9 @@ pub fn check_vars(
             if let Some(x) = new_plain("external_id") {
                 validate_external_id(x)?;
             }
+            if let Some(r) = plain("default_region") {
+                validate_region(&r)?;
+            }
         }
         CloudProvider::Azure => {
             need(&["tenant_id", "client_id", "client_secret", "subscription_id"])?
@@ -452,6 +455,25 @@ pub fn validate_role_arn(arn: &str) -> Result<(), ValidationError> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// An AWS region name (`us-east-1`, `us-gov-west-1`, `cn-north-1`): it
+/// becomes part of a host name, so nothing else gets through.
+pub fn validate_region(r: &str) -> Result<(), ValidationError> {
+    let ok = (4..=32).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !r.starts_with('-')
+        && !r.ends_with('-')
+        && r.contains('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "vars.default_region",
+            "must be an AWS region name such as us-east-1",
+        ))
+    }
 }
 
 /// STS's rule: 2–1224 characters of `[\w+=,.@:/-]`.
@@ -901,6 +923,15 @@ mod tests {
         );
         let keys = map(json!({"access_key_id": "AKIA1", "secret_access_key": "sk"}));
         assert!(check_vars(CloudProvider::Aws, &keys, None, &mut ids()).is_ok());
+        let hostile = map(
+            json!({"access_key_id": "AKIA1", "secret_access_key": "sk", "default_region": "@attacker.example/x#"}),
+        );
+        assert_eq!(
+            check_vars(CloudProvider::Aws, &hostile, None, &mut ids())
+                .unwrap_err()
+                .field,
+            "vars.default_region"
+        );
         let half = map(json!({"access_key_id": "AKIA1"}));
         assert!(check_vars(CloudProvider::Aws, &half, None, &mut ids()).is_err());
     }

@@ -352,16 +352,21 @@ async fn connectors_are_verified_one_at_a_time_and_results_fold_into_them() {
         .find(|p| p.action == "sqs:ReceiveMessage")
         .unwrap();
     assert_eq!(sqs.status, PermissionStatus::Skipped, "denied but optional");
-    assert!(f.verifier_policies().await.is_empty());
-    assert_eq!(f.agent_policy("va").await, f.cfg.home_policy_id);
-    assert_eq!(f.policy_ids().await, ["cloud", "flotilla-verifier"]);
 
-    // Now the next one; an older run's documents do not count, only the
-    // latest run's.
+    // The next verify run removes the finished one (the agent back home)
+    // and goes on to the next connector; an older run's documents do not
+    // count, only the latest run's.
     let t1 = t0 + chrono::Duration::seconds(40);
     f.verify(t1).await;
+    assert!(f
+        .services
+        .store
+        .get_policy(&vps[0].policy_id)
+        .await
+        .is_err());
     let vps = f.verifier_policies().await;
     assert_eq!((vps.len(), vps[0].connector_id.as_str()), (1, "c2"));
+    assert_eq!(f.agent_policy("va").await, vps[0].policy_id);
     let c2 = f.services.store.get_connector("c2").await.unwrap();
     assert!(c2.verification_started_at.unwrap() > c1.verification_started_at.unwrap());
     f.report("c2", "2026-12-02T12:00:01Z", ALL_GRANTED).await;
@@ -393,6 +398,8 @@ async fn connectors_are_verified_one_at_a_time_and_results_fold_into_them() {
     let r = f.verify(t1 + chrono::Duration::seconds(50)).await;
     assert_eq!(r.run_at, None);
     assert!(f.verifier_policies().await.is_empty());
+    assert_eq!(f.agent_policy("va").await, f.cfg.home_policy_id);
+    assert_eq!(f.policy_ids().await, ["cloud", "flotilla-verifier"]);
 }
 
 #[tokio::test]
@@ -520,5 +527,116 @@ async fn an_integration_for_another_cloud_fails_its_connector_by_name() {
     );
     let p = &c1.verification_permissions[0].permissions[0];
     assert_eq!(p.error_code.as_deref(), Some("ProviderMismatch"));
+    f.verify(t0 + chrono::Duration::seconds(2)).await;
     assert!(f.verifier_policies().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_expired_verification_fails_at_cleanup_even_before_the_status_task_runs() {
+    let f = fixture(|c| c.ttl = Duration::from_secs(60)).await;
+    f.verifier_agent("va").await;
+    f.connector_in_use("c1").await;
+    let t0 = Utc::now();
+    f.verify(t0).await;
+    let first = f
+        .services
+        .store
+        .get_connector("c1")
+        .await
+        .unwrap()
+        .verification_id;
+    // Long past TTL + window: the cleanup folds (failed), it does not
+    // simply start the connector over.
+    f.verify(t0 + chrono::Duration::seconds(600)).await;
+    let c1 = f.services.store.get_connector("c1").await.unwrap();
+    assert_eq!(
+        c1.verification_status,
+        Some(VerificationStatus::Failed),
+        "{c1:?}"
+    );
+    assert_eq!(c1.verification_id, first);
+    assert!(f.verifier_policies().await.is_empty());
+}
+
+fn cloudy_integration(id: &str, connector: &str) -> CreatePackagePolicy {
+    CreatePackagePolicy {
+        id: Some(id.into()),
+        name: id.into(),
+        description: None,
+        policy_id: "cloud".into(),
+        package: PackageRequest {
+            name: "cloudy".into(),
+            version: None,
+        },
+        namespace: None,
+        vars: None,
+        inputs: None,
+        cloud_connector_id: Some(connector.into()),
+        enabled: None,
+        force: None,
+    }
+}
+
+#[tokio::test]
+async fn changes_to_what_uses_a_connector_are_followed() {
+    let f = fixture(|_| {}).await;
+    f.verifier_agent("va").await;
+    f.connector_in_use("c1").await;
+    let t0 = Utc::now();
+    f.verify(t0).await;
+    f.report("c1", "2026-12-02T12:00:01Z", ALL_GRANTED).await;
+    f.fold(t0 + chrono::Duration::seconds(1)).await;
+    f.verify(t0 + chrono::Duration::seconds(2)).await;
+    let c1 = f.services.store.get_connector("c1").await.unwrap();
+    assert_eq!(c1.verification_status, Some(VerificationStatus::Success));
+    // A second integration starts using it: due again at once.
+    let m = f.services.management();
+    m.create_package_policy(cloudy_integration("pp-second", "c1"))
+        .await
+        .unwrap();
+    let c1 = f.services.store.get_connector("c1").await.unwrap();
+    assert_eq!(c1.verification_status, None);
+    f.verify(t0 + chrono::Duration::seconds(3)).await;
+    assert_eq!(f.verifier_policies().await.len(), 1);
+    // Every integration removed mid-verification: it does not stay pending.
+    m.delete_package_policy("pp-second").await.unwrap();
+    m.delete_package_policy("pp-c1").await.unwrap();
+    // While its credentials are deployed, it cannot be deleted.
+    assert!(m.delete_connector("c1").await.is_err());
+    f.fold(t0 + chrono::Duration::seconds(4)).await;
+    let c1 = f.services.store.get_connector("c1").await.unwrap();
+    assert_eq!(c1.verification_status, None, "{c1:?}");
+    f.verify(t0 + chrono::Duration::seconds(5)).await;
+    assert!(f.verifier_policies().await.is_empty());
+    m.delete_connector("c1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_long_multibyte_name_and_a_removed_home_policy_do_not_stop_the_verifier() {
+    let f = fixture(|_| {}).await;
+    f.verifier_agent("va").await;
+    let m = f.services.management();
+    m.create_connector(CreateCloudConnector {
+        id: Some("c1".into()),
+        name: "€".repeat(250),
+        cloud_provider: CloudProvider::Aws,
+        account_type: None,
+        vars: json!({"access_key_id": "AKIA1", "secret_access_key": "sk"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    })
+    .await
+    .unwrap();
+    m.create_package_policy(cloudy_integration("pp-c1", "c1"))
+        .await
+        .unwrap();
+    let t0 = Utc::now();
+    f.verify(t0).await;
+    let vp = f.verifier_policies().await.remove(0);
+    // The home policy is removed meanwhile (nobody is on it).
+    m.delete_policy(&f.cfg.home_policy_id).await.unwrap();
+    f.verify(t0 + chrono::Duration::seconds(400)).await;
+    assert!(f.services.store.get_policy(&vp.policy_id).await.is_err());
+    assert_eq!(f.agent_policy("va").await, f.cfg.home_policy_id);
 }

@@ -168,7 +168,7 @@ impl VerifierConfig {
                 gcp_resourcemanager: self.gcp.resourcemanager_endpoint.clone(),
             },
             simulation: self.simulation.clone(),
-            max_integrations: 1000,
+            max_integrations: 10_000,
             test_fault: self.test_fault.clone(),
         }
     }
@@ -558,6 +558,25 @@ impl Config {
             || v.verify_interval < Duration::from_secs(1)
         {
             bail!("invalid configuration: verifier.ttl, verifier.status_interval and verifier.verify_interval must be at least 1s");
+        }
+        let year = Duration::from_secs(366 * 86_400);
+        for (name, d) in [
+            ("ttl", v.ttl),
+            ("grace", v.grace),
+            ("window", v.window),
+            ("failed_cooldown", v.failed_cooldown),
+            ("reverify_after", v.reverify_after),
+            ("verify_interval", v.verify_interval),
+            ("status_interval", v.status_interval),
+        ] {
+            if d > year {
+                bail!("invalid configuration: verifier.{name} must be at most 366 days");
+            }
+        }
+        if let Some(r) = &v.aws.region {
+            if flotilla_domain::connector::validate_region(r).is_err() {
+                bail!("invalid configuration: verifier.aws.region is not an AWS region name");
+            }
         }
         if !["auto", "api", "local"].contains(&v.simulation.as_str()) {
             bail!("invalid configuration: verifier.simulation must be auto, api or local");

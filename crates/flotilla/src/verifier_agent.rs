@@ -23,6 +23,8 @@ pub struct EmbeddedAgent {
     pub home_policy_id: String,
 }
 
+const KEY_NAME: &str = "embedded verifier agent";
+
 /// Server settings the child must not inherit (it needs none of them).
 const WITHHELD_ENV: &[&str] = &[
     "FLOTILLA_ADMIN_API_KEY",
@@ -53,6 +55,7 @@ impl EmbeddedAgent {
                     tokio::select! {
                         status = child.wait() => {
                             tracing::warn!(?status, "the embedded verifier agent exited; restarting it");
+                            self.enrol_afresh_if_refused();
                         }
                         _ = stopped(&mut stop) => {
                             let _ = child.start_kill();
@@ -76,6 +79,57 @@ impl EmbeddedAgent {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stopped(&mut stop) => return,
             }
+        }
+    }
+
+    /// An agent the server refused (unenrolled, revoked, a restored
+    /// database) would be refused forever: its state is moved aside, so
+    /// the next start enrols anew.
+    fn enrol_afresh_if_refused(&self) {
+        let refused = flotilla_agent::run::read_status(&self.state_dir)
+            .ok()
+            .and_then(|s| s.last_error)
+            .is_some_and(|e| e.starts_with(flotilla_agent::run::REFUSED));
+        if !refused {
+            return;
+        }
+        let aside = self.state_dir.with_extension(format!(
+            "refused-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default()
+        ));
+        match std::fs::rename(&self.state_dir, &aside) {
+            Ok(()) => {
+                tracing::warn!(moved_to = %aside.display(), "the server refused the embedded verifier agent; it enrols again")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not move the refused verifier agent's state aside")
+            }
+        }
+    }
+
+    /// Revoke one-time keys left active by an earlier run (a server
+    /// stopped before the agent it started had enrolled).
+    async fn revoke_stale_keys(&self) {
+        let m = self.services.management();
+        let Ok(keys) = m
+            .list_enrollment_keys(
+                &flotilla_store::EnrollmentKeyFilter {
+                    policy_id: Some(self.home_policy_id.clone()),
+                },
+                flotilla_store::Page {
+                    page: 1,
+                    per_page: 100,
+                },
+            )
+            .await
+        else {
+            return;
+        };
+        for k in keys.items.iter().filter(|k| k.active && k.name == KEY_NAME) {
+            let _ = m.revoke_enrollment_key(&k.id).await;
         }
     }
 
@@ -105,7 +159,7 @@ impl EmbeddedAgent {
                 .management()
                 .create_enrollment_key(CreateEnrollmentKey {
                     policy_id: self.home_policy_id.clone(),
-                    name: Some("embedded verifier agent".into()),
+                    name: Some(KEY_NAME.into()),
                 })
                 .await?;
             // In the environment, never in argv (visible to every user).
@@ -113,6 +167,7 @@ impl EmbeddedAgent {
             key_id = Some(key.id);
         } else {
             cmd.env_remove("FLOTILLA_ENROLLMENT_TOKEN");
+            self.revoke_stale_keys().await;
         }
         #[cfg(target_os = "linux")]
         // SAFETY: between fork and exec only an async-signal-safe system

@@ -47,6 +47,23 @@ impl Management<'_> {
             .is_ok()
     }
 
+    /// What the connector's integrations need changed (one was added, or
+    /// upgraded): its status is cleared, so it is due, and the verifier
+    /// asked to look now.
+    pub(super) async fn connector_needs_verifying(&self, id: &str) -> Result<()> {
+        self.store()
+            .write_verification(
+                id,
+                &VerificationWrite {
+                    status: Some(None),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.nudge_verifier().await;
+        Ok(())
+    }
+
     pub async fn create_connector(&self, req: CreateCloudConnector) -> Result<CloudConnector> {
         let id = new_id(req.id.as_deref(), "id")?;
         let name = connector::validate_connector_name(&req.name)?;

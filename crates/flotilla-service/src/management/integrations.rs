@@ -219,8 +219,8 @@ impl Management<'_> {
             .create_package_policy(&new, Utc::now())
             .await
             .map_err(reference_error)?;
-        if created.cloud_connector_id.is_some() {
-            self.nudge_verifier().await;
+        if let Some(c) = &created.cloud_connector_id {
+            self.connector_needs_verifying(c).await?;
         }
         Ok(created)
     }
@@ -270,10 +270,12 @@ impl Management<'_> {
             .update_package_policy(id, &new, Some(read_at), Utc::now())
             .await
             .map_err(reference_error)?;
-        if updated.cloud_connector_id.is_some()
-            && updated.cloud_connector_id != current.cloud_connector_id
-        {
-            self.nudge_verifier().await;
+        if let Some(c) = &updated.cloud_connector_id {
+            if updated.cloud_connector_id != current.cloud_connector_id
+                || updated.package.version != current.package.version
+            {
+                self.connector_needs_verifying(c).await?;
+            }
         }
         Ok(updated)
     }

@@ -168,6 +168,8 @@ pub(crate) async fn teardown(
 ) -> Result<(), ServiceError> {
     let m = services.management();
     let now = chrono::Utc::now();
+    // An operator may have removed it; agents need somewhere to go.
+    ensure_home_policy(services, cfg).await?;
     let agents = services
         .store
         .list_agents(

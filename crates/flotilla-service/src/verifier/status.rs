@@ -17,7 +17,7 @@ use flotilla_domain::connector::{
 use flotilla_store::{DocumentQuery, Page, VerificationWrite};
 
 use super::verify::{expected_by_connector, Expected};
-use super::{chrono, teardown, VerifierConfig, DATA_STREAM, VERIFY_TASK};
+use super::{chrono, VerifierConfig, DATA_STREAM, VERIFY_TASK};
 use crate::tasks::{RunContext, RunResult, TaskError, TaskRunner};
 use crate::{ServiceError, Services};
 
@@ -85,36 +85,66 @@ pub(crate) fn summarise(expected: &Expected, docs: &[&Value]) -> PermissionSumma
     }
 }
 
+/// Connectors with a verification in flight.
+pub(crate) async fn pending_connectors(s: &Services) -> Result<Vec<CloudConnector>, ServiceError> {
+    let mut out = Vec::new();
+    let mut page = 1;
+    loop {
+        let p = s
+            .store
+            .list_connectors(Page {
+                page,
+                per_page: Page::MAX_PER_PAGE,
+            })
+            .await?;
+        let n = p.items.len();
+        out.extend(
+            p.items
+                .into_iter()
+                .filter(|c| c.verification_status == Some(VerificationStatus::Pending)),
+        );
+        if n < Page::MAX_PER_PAGE as usize {
+            return Ok(out);
+        }
+        page += 1;
+    }
+}
+
+/// Fold every pending connector; how many finished.
+pub(crate) async fn fold_pending(
+    s: &Services,
+    cfg: &VerifierConfig,
+    now: DateTime<Utc>,
+) -> Result<(usize, u32), ServiceError> {
+    let pending = pending_connectors(s).await?;
+    if pending.is_empty() {
+        return Ok((0, 0));
+    }
+    let expected = expected_by_connector(s, cfg.max_integrations).await?;
+    let mut finished = 0u32;
+    for c in &pending {
+        let Some(vid) = c.verification_id.clone() else {
+            continue;
+        };
+        let integrations = expected.get(&c.id).map(Vec::as_slice).unwrap_or(&[]);
+        if fold(s, cfg, c, &vid, integrations, now).await? {
+            finished += 1;
+        }
+    }
+    Ok((pending.len(), finished))
+}
+
 #[async_trait]
 impl TaskRunner for VerifierStatus {
     async fn run(&self, ctx: RunContext) -> Result<RunResult, TaskError> {
-        let cfg = &*self.0;
-        let s = &ctx.services;
-        let expected = expected_by_connector(s, cfg.max_integrations).await?;
-        let mut folded = 0u32;
-        let mut finished = 0u32;
-        for (id, integrations) in &expected {
-            let c = match s.store.get_connector(id).await {
-                Ok(c) => c,
-                Err(_) => continue,
-            };
-            if c.verification_status != Some(VerificationStatus::Pending) {
-                continue;
-            }
-            let Some(vid) = c.verification_id.clone() else {
-                continue;
-            };
-            folded += 1;
-            if fold(s, cfg, &c, &vid, integrations, ctx.now).await? {
-                finished += 1;
-            }
-        }
+        let (pending, finished) = fold_pending(&ctx.services, &self.0, ctx.now).await?;
         if finished > 0 {
-            // The next connector need not wait for the verifier's TTL.
-            let _ = s.store.run_task_soon(VERIFY_TASK, ctx.now).await;
+            // The verify task removes what was deployed and goes on to the
+            // next connector: it need not wait for the verifier's TTL.
+            let _ = ctx.services.store.run_task_soon(VERIFY_TASK, ctx.now).await;
         }
         Ok(RunResult::with_state(
-            json!({"pending": folded, "finished": finished}),
+            json!({"pending": pending, "finished": finished}),
         ))
     }
 }
@@ -193,6 +223,22 @@ async fn fold(
     let complete = reported == checked.len();
     let started = c.verification_started_at.unwrap_or(now);
     let expired = now >= started + chrono(cfg.ttl);
+    if integrations.is_empty() {
+        // No integration uses it any more: nothing to verify.
+        s.store
+            .write_verification(
+                &c.id,
+                &VerificationWrite {
+                    status: Some(None),
+                    message: Some(Some("no integration uses this connector".into())),
+                    permissions: Some(vec![]),
+                    if_verification: Some(vid.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        return Ok(true);
+    }
     if !complete && !expired {
         if reported > 0 {
             s.store
@@ -210,6 +256,22 @@ async fn fold(
     }
     let mut status = roll_up(&summaries);
     let mut message = failure_summary(&summaries);
+    let unknown: Vec<String> = checked
+        .iter()
+        .filter(|e| e.unsupported)
+        .map(|e| {
+            format!(
+                "{} {} ({})",
+                e.integration.package.name, e.integration.package.version, e.policy_template
+            )
+        })
+        .collect();
+    if message.is_none() && !unknown.is_empty() {
+        message = Some(format!(
+            "not checked: no permission rules are known for {}",
+            unknown.join(", ")
+        ));
+    }
     if !complete {
         status = VerificationStatus::Failed;
         message = Some(format!(
@@ -243,11 +305,5 @@ async fn fold(
         )
         .await?;
     tracing::info!(connector = %c.id, status = status.as_str(), "cloud connector verified");
-    // Done: its verifier policy need not live out its TTL.
-    for vp in s.store.verifier_policies().await? {
-        if vp.verification_id == vid {
-            teardown(s, cfg, &vp.policy_id).await?;
-        }
-    }
     Ok(true)
 }

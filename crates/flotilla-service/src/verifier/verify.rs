@@ -63,6 +63,12 @@ pub(crate) async fn expected_by_connector(
     limit: u32,
 ) -> Result<BTreeMap<String, Vec<Expected>>, ServiceError> {
     let integrations = services.store.connector_integrations(limit).await?;
+    if integrations.len() as u64 >= u64::from(limit) {
+        tracing::warn!(
+            limit,
+            "more integrations use cloud connectors than the verifier reads per run; the newest are not verified"
+        );
+    }
     let mut names: BTreeMap<String, String> = BTreeMap::new();
     let mut out: BTreeMap<String, Vec<Expected>> = BTreeMap::new();
     for pp in integrations {
@@ -72,12 +78,11 @@ pub(crate) async fn expected_by_connector(
         let policy_name = match names.get(&pp.policy_id) {
             Some(n) => n.clone(),
             None => {
-                let n = services
-                    .store
-                    .get_policy(&pp.policy_id)
-                    .await
-                    .map(|p| p.name)
-                    .unwrap_or_default();
+                let n = match services.store.get_policy(&pp.policy_id).await {
+                    Ok(p) => p.name,
+                    Err(StoreError::NotFound { .. }) => String::new(),
+                    Err(e) => return Err(e.into()),
+                };
                 names.insert(pp.policy_id.clone(), n.clone());
                 n
             }
@@ -152,13 +157,36 @@ impl TaskRunner for VerifyPermissions {
         let cfg = &*self.0;
         let s = &ctx.services;
         let now = ctx.now;
-        // 1. Cleanup: expired verifier policies and what was deployed for them.
+        // 1. Cleanup: verifier policies past their TTL, or whose
+        // verification finished, with what was deployed for them. Only this
+        // task tears down and deploys (one run at a time), so a teardown
+        // never races a deployment. An expired verification is folded
+        // first, so a silent verifier fails its connector rather than
+        // leaving it due again.
+        let policies = s.store.verifier_policies().await?;
+        if policies.iter().any(|vp| vp.expires_at <= now) {
+            super::status::fold_pending(s, cfg, now).await?;
+        }
         let mut live = Vec::new();
         let mut removed = 0u32;
-        for vp in s.store.verifier_policies().await? {
-            if vp.expires_at <= now {
-                teardown(s, cfg, &vp.policy_id).await?;
-                removed += 1;
+        for vp in policies {
+            let current = match s.store.get_connector(&vp.connector_id).await {
+                Ok(c) => {
+                    c.verification_status == Some(VerificationStatus::Pending)
+                        && c.verification_id.as_deref() == Some(vp.verification_id.as_str())
+                }
+                Err(StoreError::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if vp.expires_at <= now || !current {
+                match teardown(s, cfg, &vp.policy_id).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        // Logged and retried next run; never blocks the rest.
+                        tracing::warn!(policy = %vp.policy_id, error = %e, "could not remove a verifier policy");
+                        live.push(vp);
+                    }
+                }
             } else {
                 live.push(vp);
             }
@@ -211,7 +239,6 @@ impl TaskRunner for VerifyPermissions {
                     started_at: Some(Some(now)),
                     verification_id: Some(Some(verification_id.clone())),
                     message: Some(None),
-                    permissions: Some(vec![]),
                     ..Default::default()
                 },
             )
@@ -277,8 +304,10 @@ async fn deploy(
 ) -> Result<String, ServiceError> {
     let short = &verification_id[..8];
     let policy_id = format!("verifier-{verification_id}");
-    let mut name = format!("Verifier-Agent-Policy-{}", c.name);
-    name.truncate(200);
+    let name: String = format!("Verifier-Agent-Policy-{}", c.name)
+        .chars()
+        .take(200)
+        .collect();
     let name = format!("{name}-{short}");
     let policy = NewAgentPolicy {
         id: policy_id.clone(),
@@ -384,7 +413,17 @@ async fn verifier_vars(
                 .and_then(|id| secrets.get(id).cloned()),
             _ => None,
         };
-        let Some(plain) = plain else { continue };
+        let Some(plain) = plain else {
+            if value.is_some_and(Value::is_object) {
+                // The secret changed under us: deploying without it would
+                // report a missing credential, not the truth.
+                return Err(ServiceError::Conflict(format!(
+                    "cloud connector '{}' changed during the deployment (secret {name}); it is verified again",
+                    c.id
+                )));
+            }
+            continue;
+        };
         let key = match name.as_str() {
             "role_arn" | "external_id" | "access_key_id" | "secret_access_key"
             | "default_region" | "tenant_id" | "client_id" | "client_secret"

@@ -244,6 +244,19 @@ impl ConnectorStore for Engine {
                 "cloud connector '{id}' is used by {used} integration(s); remove them or their cloud_connector_id first"
             )));
         }
+        // Its credentials are deployed to a verifier agent until the
+        // verification's policy is removed (at most its TTL).
+        let verifying = count(
+            &mut tx,
+            "SELECT COUNT(*) FROM verifier_policies WHERE connector_id = $1",
+            id,
+        )
+        .await?;
+        if verifying > 0 {
+            return Err(StoreError::InUse(format!(
+                "cloud connector '{id}' is being verified; retry once its verifier policy is removed"
+            )));
+        }
         execute_with_id(&mut tx, "DELETE FROM cloud_connectors WHERE id = $1", id).await?;
         tx.commit().await.db()?;
         Ok(())

@@ -222,6 +222,13 @@ pub async fn verifier_policies_live_and_die_with_their_policy(s: S) {
         .await
         .is_err());
     assert!(s.get_policy("vp2").await.is_err());
+    // Its connector cannot go while the verification is deployed.
+    s.create_connector(&connector("c1"), t).await.unwrap();
+    assert!(matches!(
+        s.delete_connector("c1").await,
+        Err(StoreError::InUse(_))
+    ));
     s.delete_policy("vp1").await.unwrap();
     assert!(s.verifier_policies().await.unwrap().is_empty());
+    s.delete_connector("c1").await.unwrap();
 }

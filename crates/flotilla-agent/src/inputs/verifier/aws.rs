@@ -58,6 +58,19 @@ pub struct AwsConfig {
 impl AwsConfig {
     pub fn parse(v: &Value) -> Result<AwsConfig, String> {
         let region = text(v, "/default_region").unwrap_or_else(|| "us-east-1".into());
+        // The region becomes part of a host name: nothing but a region's
+        // characters may reach it (`@evil/#` would move the host).
+        let region_ok = (4..=32).contains(&region.len())
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !region.starts_with('-')
+            && !region.ends_with('-');
+        if !region_ok {
+            return Err(format!(
+                "aws.default_region {region:?} is not an AWS region name"
+            ));
+        }
         let simulation = match text(v, "/simulation").as_deref() {
             None | Some("auto") => Simulation::Auto,
             Some("api") => Simulation::Api,
@@ -824,6 +837,14 @@ mod tests {
         assert_eq!(c.simulation, Simulation::Auto);
         assert!(AwsConfig::parse(&serde_json::json!({"simulation": "maybe"})).is_err());
         assert!(AwsConfig::parse(&serde_json::json!({"sts_endpoint": "ftp://x"})).is_err());
+        // A region or an endpoint that would move the host is refused.
+        assert!(
+            AwsConfig::parse(&serde_json::json!({"default_region": "@evil.example/x#"})).is_err()
+        );
+        assert!(
+            AwsConfig::parse(&serde_json::json!({"sts_endpoint": "https://u:p@sts.example"}))
+                .is_err()
+        );
         assert_eq!(
             decode_document("%7B%22Version%22%3A%222012-10-17%22%7D"),
             "{\"Version\":\"2012-10-17\"}"

@@ -258,6 +258,11 @@ pub(crate) fn endpoint(v: &Value, pointer: &str, default: String) -> Result<Stri
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
         return Err(format!("{pointer} {url:?} is not an http(s) URL"));
     }
+    if !parsed.username().is_empty() || parsed.password().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "{pointer} {url:?} must not hold credentials or a fragment"
+        ));
+    }
     Ok(url.trim_end_matches('/').to_owned())
 }
 
