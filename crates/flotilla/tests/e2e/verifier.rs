@@ -553,14 +553,22 @@ async fn connector_requests_are_checked() {
         "arn:aws:iam::123456789012:role/other"
     );
     // A secret on the command line is refused; nothing to verify yet.
-    let out = s.cli(&[
-        "connector",
-        "update",
-        "c1",
-        "--secret",
-        "external_id=leaked",
-    ]);
-    assert!(!out.status.success());
+    for args in [
+        [
+            "connector",
+            "update",
+            "c1",
+            "--secret",
+            "external_id=leaked",
+        ],
+        ["connector", "update", "c1", "--var", "external_id=leaked"],
+    ] {
+        let out = s.cli(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("not on the command line"), "{err}");
+    }
     crate::support::assert_error(
         &s.post(
             "/api/fleet/cloud_connectors/c1/_verify",
