@@ -640,6 +640,22 @@ impl<'a> AwsVerifier<'a> {
                         .code(&e.code)
                         .message(format!("iam:SimulatePrincipalPolicy failed: {}", e.message));
                 }
+                // A passing failure (throttled, unreachable) says nothing of
+                // whether simulation is available: this check errs, the
+                // next one tries again.
+                Err(e)
+                    if matches!(
+                        e.code.as_str(),
+                        "Throttling"
+                            | "ThrottlingException"
+                            | "RequestLimitExceeded"
+                            | "RequestFailed"
+                    ) =>
+                {
+                    return Outcome::new(Status::Error, METHOD_SIMULATE, &ep)
+                        .code(&e.code)
+                        .message(format!("iam:SimulatePrincipalPolicy failed: {}", e.message));
+                }
                 Err(e) => {
                     tracing::info!(code = %e.code, "iam:SimulatePrincipalPolicy is not available; evaluating the identity's policies locally");
                     s.simulate_unavailable = Some(e);

@@ -155,6 +155,25 @@ impl<'a> AzureVerifier<'a> {
         client: &str,
         secret: &SecretString,
     ) -> Result<SecretString, (String, String)> {
+        // The tenant and client ids are secrets of the connector: never in
+        // a message (Azure's own errors repeat them, reqwest's the URL).
+        self.token_inner(tenant, client, secret)
+            .await
+            .map_err(|(code, msg)| {
+                (
+                    code,
+                    msg.replace(tenant, "<tenant_id>")
+                        .replace(client, "<client_id>"),
+                )
+            })
+    }
+
+    async fn token_inner(
+        &self,
+        tenant: &str,
+        client: &str,
+        secret: &SecretString,
+    ) -> Result<SecretString, (String, String)> {
         let url = format!("{}/{tenant}/oauth2/v2.0/token", self.cfg.login_endpoint);
         let scope = format!("{}/.default", self.cfg.management_endpoint);
         let body = form_urlencoded::Serializer::new(String::new())

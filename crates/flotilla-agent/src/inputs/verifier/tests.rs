@@ -761,7 +761,7 @@ async fn azure_permissions_are_evaluated_and_a_bad_secret_fails_every_check() {
             return if form["client_id"] == "client-1" && form["client_secret"] == "good-secret" {
                 (200, json!({"token_type": "Bearer", "expires_in": 3599, "access_token": "az-access-token"}).to_string())
             } else {
-                (401, json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}).to_string())
+                (401, json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided for 'client-1' in tenant 'tenant-1'."}).to_string())
             };
         }
         if r.path == "/subscriptions/sub-1/providers/Microsoft.Authorization/permissions?api-version=2022-04-01" {
@@ -822,10 +822,13 @@ async fn azure_permissions_are_evaluated_and_a_bad_secret_fails_every_check() {
             (s.as_str(), code.as_deref()),
             ("error", Some("invalid_client"))
         );
-        assert!(bad.docs[a]["permission"]["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("Invalid client secret"));
+        let msg = bad.docs[a]["permission"]["error_message"].as_str().unwrap();
+        assert!(msg.contains("Invalid client secret"), "{msg}");
+        // The ids are secrets of the connector: redacted.
+        assert!(
+            !msg.contains("client-1") && !msg.contains("tenant-1"),
+            "{msg}"
+        );
     }
     let text = serde_json::to_string(&r.all).unwrap() + &serde_json::to_string(&bad.all).unwrap();
     assert!(!text.contains("good-secret") && !text.contains("az-access-token"));
