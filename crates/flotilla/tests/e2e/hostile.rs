@@ -579,6 +579,16 @@ async fn nul_is_refused_everywhere(engine: Engine) {
             format!("/api/fleet/agents/{}/reassign", agent.0),
             json!({"policy_id": nul}),
         ),
+        (
+            Method::POST,
+            "/api/fleet/cloud_connectors".to_owned(),
+            json!({"name": "c", "cloudProvider": "aws", "vars": {"access_key_id": nul, "secret_access_key": "s"}}),
+        ),
+        (
+            Method::POST,
+            "/api/fleet/cloud_connectors".to_owned(),
+            json!({"name": "c", "cloudProvider": "aws", "vars": {"access_key_id": "a", "secret_access_key": nul}}),
+        ),
     ] {
         let r = s.call(method, &path, Some(body)).await;
         assert_error(&r, 400, "NUL");
