@@ -38,6 +38,8 @@ pub struct Services {
     pub sealer: Arc<crypto::Sealer>,
     pub checkins: Arc<fleet::CheckinBuffer>,
     pub policy_cache: Arc<fleet::PolicyCache>,
+    /// Waiting check-ins by agent and policy.
+    pub waiters: Arc<fleet::Waiters>,
 }
 
 impl Services {
@@ -49,6 +51,7 @@ impl Services {
             sealer: Arc::new(sealer),
             checkins: Default::default(),
             policy_cache: Default::default(),
+            waiters: Default::default(),
         }
     }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 use chrono::Utc;
 use rand::Rng;
 use serde_json::{json, Map, Value};
-use tokio::sync::broadcast::error::RecvError;
 
 use flotilla_domain::action::{Action, ActionType};
 use flotilla_store::{CheckinRecord, FleetAgent, StoreError};
@@ -50,13 +49,22 @@ impl Fleet<'_> {
         let checkin = validate(user_agent, &body, &self.settings.server_version)?;
         let mut reread = self.record(&agent, &body, &checkin).await?;
         let deadline = tokio::time::Instant::now() + self.poll_duration(checkin.poll_timeout);
-        // Subscribed before reading, so no change between the read and the
-        // wait goes unnoticed.
-        let mut events = self.store.subscribe();
-        let mut events_closed = false;
+        // Registered before reading, so no change between the read and the
+        // wait goes unnoticed; only changes to this agent or its policy
+        // wake it.
+        let mut registration = self
+            .waiters
+            .register(&self.store, &agent.id, &agent.policy_id);
         loop {
             if reread {
                 agent = self.reload(&agent.id).await?;
+                if agent.policy_id != registration.policy_id {
+                    // Reassigned: follow the new policy (registered before
+                    // the read below).
+                    registration = self
+                        .waiters
+                        .register(&self.store, &agent.id, &agent.policy_id);
+                }
             }
             reread = true;
             if let Some(answer) = self.owed(&agent, &body, checkin.reports.as_ref()).await? {
@@ -64,13 +72,7 @@ impl Fleet<'_> {
             }
             // Nothing yet: wait, refreshing the agent's last-seen time.
             let wake = self
-                .wait(
-                    &mut events,
-                    &mut events_closed,
-                    &agent,
-                    deadline,
-                    stop.as_mut(),
-                )
+                .wait(&registration, &agent, deadline, stop.as_mut())
                 .await;
             if wake != Wake::Reread {
                 return Ok(self.empty_checkin(&body));
@@ -82,8 +84,7 @@ impl Fleet<'_> {
     /// (or a possibly lost one: the recheck timer), the deadline, or `stop`.
     pub(super) async fn wait(
         &self,
-        events: &mut tokio::sync::broadcast::Receiver<flotilla_store::StoreEvent>,
-        events_closed: &mut bool,
+        registration: &super::Registration,
         agent: &FleetAgent,
         deadline: tokio::time::Instant,
         mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
@@ -97,13 +98,9 @@ impl Fleet<'_> {
         tokio::pin!(recheck);
         loop {
             tokio::select! {
-                ev = events.recv(), if !*events_closed => match ev {
-                    Ok(ev) if ev.concerns(&agent.id, &agent.policy_id) => return Wake::Reread,
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => return Wake::Reread,
-                    // No more events: the timers and `stop` still end the wait.
-                    Err(RecvError::Closed) => *events_closed = true,
-                },
+                // A change to this agent or its policy (or one that may
+                // concern anyone).
+                _ = registration.notified() => return Wake::Reread,
                 // A notification may have been lost: read again anyway.
                 _ = &mut recheck => return Wake::Reread,
                 _ = refresh.tick() => self.checkins.refresh(&agent.id, Utc::now()),
@@ -326,10 +323,10 @@ pub(super) fn action_json(a: &Action, agent_id: &str) -> Value {
 mod tests {
     use super::*;
 
-    /// With its event channel closed, a waiting poll still ends when told
-    /// to stop (shutdown), not only at its deadline.
+    /// A waiting poll ends when told to stop (shutdown), not only at its
+    /// deadline, with no change ever dispatched to it.
     #[tokio::test]
-    async fn a_closed_event_channel_does_not_ignore_stop() {
+    async fn a_waiting_poll_ends_on_stop() {
         let dir = tempfile::tempdir().unwrap();
         let store = flotilla_store_sql::open(flotilla_store_sql::Location::DataDir(dir.path()))
             .await
@@ -340,8 +337,7 @@ mod tests {
             crate::crypto::Sealer::from_secret(b"a-test-sealing-key-of-32-bytes-at-least"),
         );
         let fleet = services.fleet();
-        let (tx, mut events) = tokio::sync::broadcast::channel(4);
-        drop(tx);
+        let registration = services.waiters.register(&services.store, "a", "p");
         let agent = FleetAgent {
             id: "a".into(),
             policy_id: "p".into(),
@@ -360,14 +356,12 @@ mod tests {
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
         let stop = std::pin::pin!(tokio::time::sleep(Duration::from_millis(20)));
-        let mut closed = false;
         let wake = tokio::time::timeout(
             Duration::from_secs(30),
-            fleet.wait(&mut events, &mut closed, &agent, deadline, stop),
+            fleet.wait(&registration, &agent, deadline, stop),
         )
         .await
         .expect("stopped, not left waiting for the deadline");
         assert_eq!(wake, Wake::Stopped);
-        assert!(closed);
     }
 }

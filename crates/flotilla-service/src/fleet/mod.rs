@@ -14,6 +14,7 @@ mod output_keys;
 mod policy_cache;
 mod protocol;
 mod unenroll;
+mod waiters;
 
 pub use ack::{parse_policy_action_id, AckOutcome};
 pub use buffer::CheckinBuffer;
@@ -22,6 +23,7 @@ pub use flotilla_api::fleet::*;
 pub use output_keys::output_key_aad;
 pub use policy_cache::{CachedPolicy, PolicyCache};
 pub use protocol::check_user_agent;
+pub use waiters::{Registration, Waiters};
 
 // What the use-case modules share among themselves.
 use buffer::*;
