@@ -129,6 +129,10 @@ async fn enroll(args: &LoadgenArgs) -> anyhow::Result<Summary> {
         )
         .push("elapsed_s", Figure::Seconds(e.elapsed.as_secs_f64()));
     counts(&mut s, &b);
+    if args.child {
+        s.push("raw_latencies_ms", Figure::Samples(e.latencies_ms.clone()))
+            .push("raw_done_at_s", Figure::Samples(e.done_at.clone()));
+    }
     last_error(&b);
     Ok(s)
 }
@@ -331,6 +335,10 @@ async fn fanout(args: &LoadgenArgs) -> anyhow::Result<Summary> {
             Figure::Count(b.shared.acks_refused.load(Relaxed)),
         );
     counts(&mut s, &b);
+    if args.child {
+        s.push("raw_received_s", Figure::Samples(received))
+            .push("raw_acked_s", Figure::Samples(acked));
+    }
     last_error(&b);
     Ok(s)
 }

@@ -16,6 +16,8 @@ pub enum Figure {
     /// Per-second rates, in order (a rate per tenth of a run).
     Rates(Vec<f64>),
     Text(String),
+    /// Raw samples a child process hands its parent (JSON only, 4 decimals).
+    Samples(Vec<f64>),
     /// Not measured (shown as `-`, `null` in JSON).
     Missing,
 }
@@ -38,6 +40,7 @@ impl Figure {
             | Figure::Ratio(x) => round(*x, 3),
             Figure::Rates(xs) => Value::Array(xs.iter().map(|x| round(*x, 1)).collect()),
             Figure::Text(s) => Value::from(s.as_str()),
+            Figure::Samples(xs) => Value::Array(xs.iter().map(|x| round(*x, 4)).collect()),
             Figure::Missing => Value::Null,
         }
     }
@@ -59,6 +62,7 @@ impl Figure {
                     .join(",")
             ),
             Figure::Text(s) => s.clone(),
+            Figure::Samples(xs) => format!("{} samples", xs.len()),
             Figure::Missing => "-".into(),
         }
     }
