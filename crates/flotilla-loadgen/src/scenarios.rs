@@ -143,8 +143,7 @@ async fn bring_to_wait(
     args: &LoadgenArgs,
     token: &str,
 ) -> anyhow::Result<Option<f64>> {
-    let e = b
-        .enroll(token, args.agents, args.concurrency, args.timeout)
+    b.enroll(token, args.agents, args.concurrency, args.timeout)
         .await;
     if b.agents.is_empty() {
         last_error(b);
@@ -165,7 +164,6 @@ async fn bring_to_wait(
             b.agents.len()
         );
     }
-    let _ = e;
     Ok(waited.map(|_| start.elapsed().as_secs_f64()))
 }
 
