@@ -55,11 +55,11 @@ pub fn unit_random() -> f64 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new(
-            u64::from(std::process::id()) << 32 ^ Instant::now().elapsed().subsec_nanos() as u64
+            (u64::from(std::process::id()) << 32)
                 ^ std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64)
-                | 1
+                | 1,
         );
     }
     STATE.with(|s| {
@@ -72,8 +72,8 @@ pub fn unit_random() -> f64 {
     })
 }
 
-/// `local_metadata` as Elastic agents send it, about `bytes` long: the
-/// agent's name goes where `{}` would, so the document is built once.
+/// `local_metadata` as Elastic agents send it, about `bytes` long, built
+/// once: each agent's name goes in where the mark is (its id, host name).
 pub struct Metadata {
     before: String,
     after: String,
