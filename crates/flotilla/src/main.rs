@@ -26,6 +26,9 @@ enum Command {
     /// The agent: enrol, run, status.
     #[command(subcommand)]
     Agent(flotilla_agent::cli::AgentCmd),
+    /// Simulate agents against a running server and measure it:
+    /// enroll, hold, fanout, churn, baseline.
+    Loadgen(flotilla_loadgen::LoadgenArgs),
     #[command(flatten)]
     Operator(flotilla_cli::Command),
 }
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
                 flotilla_agent::cli::init_tracing();
                 flotilla_agent::cli::run_cli(cmd).await
             }
+            Command::Loadgen(args) => flotilla_loadgen::run(args).await,
             Command::Operator(cmd) => flotilla_cli::run(cmd).await,
         }
     });

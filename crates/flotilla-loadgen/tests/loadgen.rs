@@ -1,0 +1,160 @@
+//! `flotilla loadgen` against the real server binary: 200 agents enrol,
+//! then 200 more are held and a policy change reaches and is acked by all.
+//!
+//! The binary is `target/debug/flotilla` (or `$FLOTILLA_BIN`); building it
+//! is the caller's job: `cargo build -p flotilla` first.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const ADMIN_KEY: &str = "loadgen-test-admin-key-0123456789abcdefghij";
+
+fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLOTILLA_BIN") {
+        return p.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let p = target.join("debug/flotilla");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p flotilla` first (or set FLOTILLA_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// The binary with no inherited Flotilla settings.
+fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLOTILLA_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+struct Server {
+    url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command()
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("FLOTILLA_ADMIN_API_KEY", ADMIN_KEY)
+        .env("FLOTILLA_VERIFIER__EMBEDDED_AGENT", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the server did not print its ready line");
+        }
+    };
+    Server {
+        url: format!("http://{addr}"),
+        child,
+        _dir: dir,
+    }
+}
+
+/// Runs `flotilla loadgen <args> --json`; its summary.
+fn loadgen(server: &Server, args: &[&str]) -> Value {
+    let out = command()
+        .arg("loadgen")
+        .args(args)
+        .args([
+            "--url",
+            &server.url,
+            "--json",
+            "--quiet",
+            "--timeout",
+            "120s",
+        ])
+        .env("FLOTILLA_API_KEY", ADMIN_KEY)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "loadgen {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {stdout}\n{stderr}"))
+}
+
+#[test]
+fn enroll_and_fanout_reach_every_agent() {
+    let server = start_server();
+
+    let s = loadgen(
+        &server,
+        &["enroll", "--agents", "200", "--concurrency", "16"],
+    );
+    assert_eq!(s["scenario"], "enroll");
+    assert_eq!(s["agents"], 200);
+    assert_eq!(s["enrolled"], 200, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    assert_eq!(
+        s["per_tenth_per_s"].as_array().map(Vec::len),
+        Some(10),
+        "{s}"
+    );
+    assert!(s["p50_ms"].is_number() && s["p99_ms"].is_number(), "{s}");
+
+    let s = loadgen(
+        &server,
+        &["fanout", "--agents", "200", "--metadata-bytes", "2048"],
+    );
+    assert_eq!(s["scenario"], "fanout");
+    assert_eq!(s["enrolled"], 200, "{s}");
+    assert!(
+        s["waiting"].as_u64().unwrap() >= 200,
+        "every agent waited in a long poll: {s}"
+    );
+    assert_eq!(
+        s["received"], 200,
+        "every agent received the new revision: {s}"
+    );
+    assert_eq!(s["acked"], 200, "every agent acked it: {s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    for k in ["t50_s", "t99_s", "t100_s", "all_acked_s"] {
+        assert!(s[k].is_number(), "{k}: {s}");
+    }
+}
