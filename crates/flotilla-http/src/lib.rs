@@ -44,7 +44,11 @@ pub struct HttpLimits {
     /// `_bulk` bodies (after decompression).
     pub max_bulk_bytes: usize,
     pub request_timeout: Duration,
+    /// Operators' requests at once.
     pub max_concurrent_requests: usize,
+    /// Agents' requests at once, long polls apart (they have their own
+    /// cap): a fleet acking a change at once must not meet operators' cap.
+    pub max_concurrent_fleet_requests: usize,
 }
 
 impl Default for HttpLimits {
@@ -54,6 +58,7 @@ impl Default for HttpLimits {
             max_bulk_bytes: 100 << 20,
             request_timeout: Duration::from_secs(60),
             max_concurrent_requests: 1024,
+            max_concurrent_fleet_requests: 20_000,
         }
     }
 }
@@ -166,12 +171,18 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 .timeout(limits.request_timeout),
         );
 
-    // Agent requests: the same bounds, refused in the fleet protocol's terms.
+    // Agent requests: bounded the same way but by their own semaphore
+    // (sized for the fleet, so a change acked by every agent at once is not
+    // refused, and agents never take operators' slots), refused in the
+    // fleet protocol's terms.
+    let fleet_in_flight = Arc::new(tokio::sync::Semaphore::new(
+        limits.max_concurrent_fleet_requests,
+    ));
     let fleet_bounded = fleet::router(fleet_limits).layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(fleet::overloaded))
             .load_shed()
-            .layer(GlobalConcurrencyLimitLayer::with_semaphore(in_flight))
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(fleet_in_flight))
             .timeout(limits.request_timeout),
     );
 

@@ -303,6 +303,10 @@ pub struct FleetConfig {
     pub offline_after: Duration,
     /// Long polls served at once; more get 429.
     pub max_long_polls: usize,
+    /// Other agent requests (enrolments, acks, status, `_bulk`) served at
+    /// once, apart from operators' requests; more get 429. Sized so that a
+    /// fleet of this many agents acking a change at once is not refused.
+    pub max_concurrent_requests: usize,
     /// The version reported to agents; Elastic agents of a newer minor are refused.
     pub server_version: String,
     /// What output keys may be granted at most.
@@ -437,6 +441,7 @@ impl Default for Config {
                 recheck_interval: Duration::from_secs(30),
                 offline_after: Duration::from_secs(300),
                 max_long_polls: 20_000,
+                max_concurrent_requests: 20_000,
                 server_version: "9.6.0".into(),
                 output_key_ceiling: vec![CeilingEntry {
                     names: ["logs-*", "metrics-*", "traces-*", "synthetics-*"]

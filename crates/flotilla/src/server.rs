@@ -81,6 +81,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         max_bulk_bytes: config.http.max_bulk_bytes,
         request_timeout: config.http.request_timeout,
         max_concurrent_requests: config.http.max_concurrent_requests,
+        max_concurrent_fleet_requests: config.fleet.max_concurrent_requests,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));

@@ -419,40 +419,34 @@ async fn invented_methods_do_not_create_metric_series() {
     assert!(text.contains(r#"method="other""#), "{text}");
 }
 
-// --- 5. one server-wide request limit ----------------------------------------------
+// --- 5. one request limit for all operators' routes, one for all agents' ---------
 
-#[tokio::test]
-async fn the_request_limit_is_one_for_the_whole_server() {
-    let s = Server::builder()
-        .env("FLOTILLA_HTTP__MAX_CONCURRENT_REQUESTS", "1")
-        .start()
-        .unwrap();
-    let token = s.policy_with_token("web").await;
-    // An enrolment that stops half-way through its body holds the one
-    // request slot (the body is read inside the limit); a request on
-    // another route is then shed — it was not when each route had a limit
-    // of its own. (If the probe itself held the slot when the enrolment
-    // arrived, the enrolment is the one refused: try again.)
-    let hold = || async {
-        let mut c = TcpStream::connect(addr(&s)).await.unwrap();
-        c.write_all(
-            format!(
-                "POST /api/fleet/agents/enroll HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {token}\r\n\
-                 User-Agent: {ELASTIC_UA}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"type\""
-            )
+/// A request that stops half-way through its body holds its slot (bodies
+/// are read inside the limit).
+async fn half_request(s: &Server, head: &str) -> TcpStream {
+    let mut c = TcpStream::connect(addr(s)).await.unwrap();
+    c.write_all(
+        format!("{head}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\"")
             .as_bytes(),
-        )
-        .await
-        .unwrap();
-        c
-    };
+    )
+    .await
+    .unwrap();
+    c
+}
+
+/// Probe `path` until it is shed while `hold` keeps a slot taken (if the
+/// probe itself held the slot when the holder arrived, the holder was the
+/// one refused: hold again).
+async fn shed_while_held<F, Fut>(s: &Server, path: &str, hold: F) -> (u16, serde_json::Value)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = TcpStream>,
+{
     let mut held = hold().await;
-    let mut shed = None;
     for _ in 0..200 {
-        let r = s.get("/api/fleet/agent_policies").await;
-        if r.0 == 503 {
-            shed = Some(r);
-            break;
+        let r = s.get(path).await;
+        if r.0 == 503 || r.0 == 429 {
+            return r;
         }
         let mut buf = [0u8; 16];
         let answered = tokio::time::timeout(Duration::from_millis(25), held.read(&mut buf)).await;
@@ -460,11 +454,52 @@ async fn the_request_limit_is_one_for_the_whole_server() {
             held = hold().await;
         }
     }
-    let shed = shed.expect("a request beyond the server-wide limit is shed");
+    panic!("{path} was never shed")
+}
+
+#[tokio::test]
+async fn one_request_limit_for_all_operators_routes_and_one_for_all_agents() {
+    let s = Server::builder()
+        .env("FLOTILLA_HTTP__MAX_CONCURRENT_REQUESTS", "1")
+        .env("FLOTILLA_FLEET__MAX_CONCURRENT_REQUESTS", "1")
+        .start()
+        .unwrap();
+    let token = s.policy_with_token("web").await;
+    // An enrolment holds the agents' one slot: another agent route is
+    // shed in the fleet protocol's terms — it was not when each route had
+    // a limit of its own — while operators keep theirs.
+    let enrol = format!(
+        "POST /api/fleet/agents/enroll HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {token}\r\nUser-Agent: {ELASTIC_UA}\r\n"
+    );
+    let shed = shed_while_held(&s, "/api/status", || half_request(&s, &enrol)).await;
+    assert_eq!(shed.0, 429, "{shed:?}");
+    assert_eq!(shed.1["error"], "MaxLimit");
+    {
+        let _held = half_request(&s, &enrol).await;
+        assert_eq!(
+            s.get("/api/fleet/agent_policies").await.0,
+            200,
+            "agents took an operator's slot"
+        );
+    }
+    // An operator's request holds the operators' one slot: another
+    // operator route is shed; agents keep theirs.
+    let create = format!(
+        "POST /api/fleet/agent_policies HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {}\r\n",
+        s.key
+    );
+    let shed = shed_while_held(&s, "/api/fleet/outputs", || half_request(&s, &create)).await;
     assert_error(&shed, 503, "overloaded");
-    // The probes stay outside the limit.
+    {
+        let _held = half_request(&s, &create).await;
+        assert_eq!(
+            s.get("/api/status").await.0,
+            200,
+            "operators took an agent's slot"
+        );
+    }
+    // The probes stay outside both limits.
     assert_eq!(s.get("/healthz").await.0, 200);
-    drop(held);
 }
 
 // --- 6. one long poll per agent ----------------------------------------------------
