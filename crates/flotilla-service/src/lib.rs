@@ -40,6 +40,8 @@ pub struct Services {
     pub policy_cache: Arc<fleet::PolicyCache>,
     /// Waiting check-ins by agent and policy.
     pub waiters: Arc<fleet::Waiters>,
+    /// Acks and reported revisions, committed in groups.
+    pub runs_policy: Arc<fleet::RunsPolicyBatcher>,
 }
 
 impl Services {
@@ -52,6 +54,7 @@ impl Services {
             checkins: Default::default(),
             policy_cache: Default::default(),
             waiters: Default::default(),
+            runs_policy: Default::default(),
         }
     }
 

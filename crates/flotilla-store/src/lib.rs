@@ -381,6 +381,14 @@ pub enum ActionAck {
     },
 }
 
+/// An agent runs (acknowledged or reported) a revision of a policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunsPolicy {
+    pub agent_id: String,
+    pub policy_id: String,
+    pub revision: i64,
+}
+
 /// A change other server instances' waiters may care about. Delivered
 /// in-process for SQLite and through LISTEN/NOTIFY for PostgreSQL; treat it
 /// as a hint and re-read the store.
@@ -721,7 +729,26 @@ pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
         policy_id: &str,
         revision: i64,
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>>;
+    ) -> Result<Vec<String>> {
+        let one = [RunsPolicy {
+            agent_id: agent_id.to_owned(),
+            policy_id: policy_id.to_owned(),
+            revision,
+        }];
+        Ok(self
+            .agents_run_policies(&one, now)
+            .await?
+            .pop()
+            .unwrap_or_default())
+    }
+    /// [`Store::agent_runs_policy`] for many agents in one transaction
+    /// (group commit: a fleet acking a change at once is one write per
+    /// batch, not per agent); the invalidated key ids, in the order given.
+    async fn agents_run_policies(
+        &self,
+        runs: &[RunsPolicy],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Vec<String>>>;
     /// Unenrols the agent now: inactive, every key invalidated.
     async fn unenroll_now(&self, agent_id: &str, now: DateTime<Utc>) -> Result<()>;
     /// Records the agent's own report that it was uninstalled (or similar).

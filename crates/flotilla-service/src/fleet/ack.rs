@@ -68,8 +68,16 @@ impl Fleet<'_> {
         }
         if let Some(rev) = newest_policy_ack {
             let retired = self
-                .store
-                .agent_runs_policy(&agent.id, &agent.policy_id, rev, now)
+                .runs_policy
+                .run(
+                    &self.store,
+                    flotilla_store::RunsPolicy {
+                        agent_id: agent.id.clone(),
+                        policy_id: agent.policy_id.clone(),
+                        revision: rev,
+                    },
+                    now,
+                )
                 .await?;
             if !retired.is_empty() {
                 tracing::info!(agent_id = %agent.id, retired = retired.len(), "old output keys invalidated");

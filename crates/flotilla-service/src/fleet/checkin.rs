@@ -145,8 +145,16 @@ impl Fleet<'_> {
             Some((p, rev))
                 if *p == agent.policy_id && *rev > agent.policy_revision.unwrap_or(-1) =>
             {
-                self.store
-                    .agent_runs_policy(&agent.id, p, *rev, now)
+                self.runs_policy
+                    .run(
+                        &self.store,
+                        flotilla_store::RunsPolicy {
+                            agent_id: agent.id.clone(),
+                            policy_id: p.clone(),
+                            revision: *rev,
+                        },
+                        now,
+                    )
                     .await?;
                 Ok(true)
             }

@@ -371,14 +371,12 @@ impl Store for Engine {
         output_keys::retire_output_key(self, agent_id, key_id, policy_id, revision, now).await
     }
 
-    async fn agent_runs_policy(
+    async fn agents_run_policies(
         &self,
-        agent_id: &str,
-        policy_id: &str,
-        revision: i64,
+        runs: &[flotilla_store::RunsPolicy],
         now: DateTime<Utc>,
-    ) -> Result<Vec<String>> {
-        output_keys::agent_runs_policy(self, agent_id, policy_id, revision, now).await
+    ) -> Result<Vec<Vec<String>>> {
+        output_keys::agents_run_policies(self, runs, now).await
     }
 
     async fn unenroll_now(&self, agent_id: &str, now: DateTime<Utc>) -> Result<()> {

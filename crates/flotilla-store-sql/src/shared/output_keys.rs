@@ -81,17 +81,35 @@ pub(super) async fn retire_output_key(
 }
 
 #[tracing::instrument(skip_all)]
-pub(super) async fn agent_runs_policy(
+pub(super) async fn agents_run_policies(
     s: &Engine,
+    runs: &[flotilla_store::RunsPolicy],
+    now: DateTime<Utc>,
+) -> Result<Vec<Vec<String>>> {
+    // Agents' rows are locked in id order: two batches (on PostgreSQL,
+    // from two instances) never wait on each other in a cycle.
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|a, b| runs[*a].agent_id.cmp(&runs[*b].agent_id));
+    let mut out = vec![Vec::new(); runs.len()];
+    let mut tx = s.begin_write().await?;
+    for i in order {
+        let r = &runs[i];
+        out[i] = runs_policy(&mut tx, &r.agent_id, &r.policy_id, r.revision, now).await?;
+    }
+    tx.commit().await.db()?;
+    Ok(out)
+}
+
+async fn runs_policy(
+    tx: &mut Conn,
     agent_id: &str,
     policy_id: &str,
     revision: i64,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
-    let mut tx = s.begin_write().await?;
     // Serialise with key rotation for this agent.
-    lock_agent(&mut tx, agent_id).await?;
-    let Some(agent) = fetch_fleet_agent(&mut tx, agent_id).await? else {
+    lock_agent(&mut *tx, agent_id).await?;
+    let Some(agent) = fetch_fleet_agent(&mut *tx, agent_id).await? else {
         return Ok(vec![]);
     };
     if !agent.active || agent.policy_id != policy_id {
@@ -119,14 +137,12 @@ pub(super) async fn agent_runs_policy(
             .await
             .db()?;
     }
-    let mut retired = Vec::new();
     if agent.output_key_policy_id.as_deref() == Some(policy_id)
         && agent.output_key_revision.is_some_and(|r| revision >= r)
     {
-        retired = invalidate_retiring_keys(&mut tx, agent_id, now).await?;
+        return invalidate_retiring_keys(&mut *tx, agent_id, now).await;
     }
-    tx.commit().await.db()?;
-    Ok(retired)
+    Ok(vec![])
 }
 
 /// The agent's valid output keys are marked for retirement (still valid).

@@ -525,3 +525,32 @@ pub async fn the_offline_threshold_is_a_setting(s: S) {
         .unwrap();
     assert_eq!(offline.total, 1);
 }
+
+pub async fn revisions_run_are_written_in_one_batch(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    for id in ["b", "c"] {
+        s.insert_agent(&agent(id, "p", &[])).await.unwrap();
+    }
+    let run = |a: &str, rev: i64| crate::RunsPolicy {
+        agent_id: a.into(),
+        policy_id: "p".into(),
+        revision: rev,
+    };
+    // Out of id order, an unknown agent and an unbelievable revision among
+    // them: each gets its own answer, in the order given.
+    let out = s
+        .agents_run_policies(
+            &[run("c", 1), run("ghost", 1), run("b", 99), run("b", 1)],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    assert!(out.iter().all(Vec::is_empty));
+    for id in ["b", "c"] {
+        let fa = s.get_fleet_agent(id).await.unwrap().unwrap();
+        assert_eq!(fa.policy_revision, Some(1), "{id}");
+    }
+    assert!(s.agents_run_policies(&[], now).await.unwrap().is_empty());
+}
