@@ -33,6 +33,20 @@ macro_rules! agent_where_sql {
     };
 }
 
+/// The same filter for one agent by id: `a.id = $6` as a term of its own,
+/// so SQLite looks the row up by its key (inside `$6 IS NULL OR …` its
+/// planner cannot, and every single-agent read scanned every agent).
+macro_rules! agent_by_id_where_sql {
+    () => {
+        concat!(" FROM agents a LEFT JOIN agent_policies p ON p.id = a.policy_id \
+          WHERE a.id = $6 \
+            AND ($1 IS NULL OR a.policy_id = $1) \
+            AND ($2 IS NULL OR (", agent_status_sql!(), ") = $2) \
+            AND ($3 IS NULL OR EXISTS (SELECT 1 FROM agent_tags t WHERE t.agent_id = a.id AND t.tag = $3)) \
+            AND ($4 OR a.active OR $2 IS NOT NULL)")
+    };
+}
+
 macro_rules! agent_select_sql {
     () => {
         concat!("SELECT a.id, a.policy_id, a.policy_revision, a.active, a.local_metadata, a.last_checkin, \
@@ -445,18 +459,28 @@ pub(crate) async fn agents_query(
         s.offline_after_ms
             .load(std::sync::atomic::Ordering::Relaxed),
     )?;
-    let (rows, total) = page_of::<AgentRow>(
-        &s.pool,
-        concat!(
-            agent_select_sql!(),
-            agent_where_sql!(),
-            " ORDER BY a.enrolled_at DESC, a.id"
-        ),
-        concat!("SELECT COUNT(*)", agent_where_sql!()),
-        args,
-        page,
-    )
-    .await?;
+    let (rows, total) = if id.is_some() {
+        let rows: Vec<AgentRow> =
+            sqlx::query_as_with(concat!(agent_select_sql!(), agent_by_id_where_sql!()), args)
+                .fetch_all(&s.pool)
+                .await
+                .db()?;
+        let n = rows.len() as u64;
+        (rows, n)
+    } else {
+        page_of::<AgentRow>(
+            &s.pool,
+            concat!(
+                agent_select_sql!(),
+                agent_where_sql!(),
+                " ORDER BY a.enrolled_at DESC, a.id"
+            ),
+            concat!("SELECT COUNT(*)", agent_where_sql!()),
+            args,
+            page,
+        )
+        .await?
+    };
     let mut tags: std::collections::HashMap<String, Vec<String>> = Default::default();
     if !rows.is_empty() {
         let mut qb = sqlx::QueryBuilder::<Db>::new(
