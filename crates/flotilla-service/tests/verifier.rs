@@ -167,24 +167,10 @@ impl Fixture {
         })
         .await
         .unwrap();
-        m.create_package_policy(CreatePackagePolicy {
-            id: Some(format!("pp-{id}")),
-            name: format!("cloudy-{id}"),
-            description: None,
-            policy_id: "cloud".into(),
-            package: PackageRequest {
-                name: package.into(),
-                version: None,
-            },
-            namespace: None,
-            vars: None,
-            inputs: None,
-            cloud_connector_id: Some(id.into()),
-            enabled: None,
-            force: None,
-        })
-        .await
-        .unwrap();
+        let mut pp = cloudy_integration(&format!("pp-{id}"), id);
+        pp.name = format!("cloudy-{id}");
+        pp.package.name = package.into();
+        m.create_package_policy(pp).await.unwrap();
     }
 
     async fn run(&self, runner: &dyn TaskRunner, task: &str, now: DateTime<Utc>) -> RunResult {

@@ -39,6 +39,23 @@ fn server(aws: &moto::Moto, platform: &moto::AccessKey, extra: &[(&str, &str)]) 
     b.start().expect("SQLite needs nothing")
 }
 
+/// A role `trusted` may assume with `external_id`, holding `actions`.
+fn role(
+    aws: &moto::Moto,
+    trusted: &moto::AccessKey,
+    name: &str,
+    external_id: &str,
+    actions: &[&str],
+) -> String {
+    aws.create_role(&RoleSpec {
+        name,
+        trusted: &trusted.user_arn,
+        external_id: Some(external_id),
+        actions,
+        ..RoleSpec::default()
+    })
+}
+
 /// `flotilla connector create` with the external ID on stdin.
 fn create_connector(s: &Server, id: &str, role_arn: &str, external_id: &str) {
     let mut child = command()
@@ -159,27 +176,9 @@ fn permission<'a>(c: &'a Value, action: &str) -> &'a Value {
 async fn connectors_are_verified_against_aws_one_after_another() {
     let Some(aws) = moto::shared() else { return };
     let platform = aws.create_user("e2e-verifier-platform", &[]);
-    let good = aws.create_role(&RoleSpec {
-        name: "E2eGood",
-        trusted: &platform.user_arn,
-        external_id: Some("ext-good-1"),
-        actions: EC2,
-        ..RoleSpec::default()
-    });
-    let missing = aws.create_role(&RoleSpec {
-        name: "E2eMissing",
-        trusted: &platform.user_arn,
-        external_id: Some("ext-missing-1"),
-        actions: &EC2[..2],
-        ..RoleSpec::default()
-    });
-    let strict = aws.create_role(&RoleSpec {
-        name: "E2eStrict",
-        trusted: &platform.user_arn,
-        external_id: Some("ext-right-1"),
-        actions: EC2,
-        ..RoleSpec::default()
-    });
+    let good = role(aws, &platform, "E2eGood", "ext-good-1", EC2);
+    let missing = role(aws, &platform, "E2eMissing", "ext-missing-1", &EC2[..2]);
+    let strict = role(aws, &platform, "E2eStrict", "ext-right-1", EC2);
     let s = server(aws, &platform, &[]);
     setup_policy(&s);
     create_connector(&s, "good", &good, "ext-good-1");
@@ -300,13 +299,7 @@ async fn connectors_are_verified_against_aws_one_after_another() {
 async fn a_failed_deployment_leaves_no_orphan_policy() {
     let Some(aws) = moto::shared() else { return };
     let platform = aws.create_user("e2e-verifier-fault", &[]);
-    let role = aws.create_role(&RoleSpec {
-        name: "E2eFault",
-        trusted: &platform.user_arn,
-        external_id: Some("ext-fault-1"),
-        actions: EC2,
-        ..RoleSpec::default()
-    });
+    let role = role(aws, &platform, "E2eFault", "ext-fault-1", EC2);
     let s = server(
         aws,
         &platform,
@@ -342,13 +335,7 @@ async fn a_failed_deployment_leaves_no_orphan_policy() {
 async fn an_expired_verifier_policy_is_removed() {
     let Some(aws) = moto::shared() else { return };
     let platform = aws.create_user("e2e-verifier-expiry", &[]);
-    let role = aws.create_role(&RoleSpec {
-        name: "E2eExpiry",
-        trusted: &platform.user_arn,
-        external_id: Some("ext-expiry-1"),
-        actions: EC2,
-        ..RoleSpec::default()
-    });
+    let role = role(aws, &platform, "E2eExpiry", "ext-expiry-1", EC2);
     let s = server(aws, &platform, &[("FLOTILLA_VERIFIER__TTL", "3s")]);
     setup_policy(&s);
     // The verifier agent goes silent (stopped, still counted online).
