@@ -473,22 +473,7 @@ async fn connectors_keep_secrets_sealed_and_refuse_deletion_while_used() {
     assert!(e.to_string().contains("used by 1 integration"), "{e}");
     // A missing connector named by an integration is the caller's 400.
     let e = m
-        .create_package_policy(CreatePackagePolicy {
-            id: None,
-            name: "x".into(),
-            description: None,
-            policy_id: "cloud".into(),
-            package: PackageRequest {
-                name: "cloudy".into(),
-                version: None,
-            },
-            namespace: None,
-            vars: None,
-            inputs: None,
-            cloud_connector_id: Some("nope".into()),
-            enabled: None,
-            force: None,
-        })
+        .create_package_policy(cloudy_integration("x", "nope"))
         .await
         .unwrap_err();
     assert!(

@@ -391,7 +391,8 @@ pub struct RunsPolicy {
 
 /// A change other server instances' waiters may care about. Delivered
 /// in-process for SQLite and through LISTEN/NOTIFY for PostgreSQL; treat it
-/// as a hint and re-read the store.
+/// as a hint and re-read the store. Which waiting polls an event wakes is
+/// decided by the service's waiter index (`fleet::Waiters::dispatch`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StoreEvent {
@@ -406,23 +407,6 @@ pub enum StoreEvent {
     TasksDue,
     /// Events may have been missed: everyone re-reads.
     Resync,
-}
-
-impl StoreEvent {
-    /// Whether a waiter for this agent on this policy should wake.
-    pub fn concerns(&self, agent_id: &str, policy_id: &str) -> bool {
-        match self {
-            StoreEvent::PolicyChanged { policy_id: p } => {
-                p.as_deref().is_none_or(|p| p == policy_id)
-            }
-            StoreEvent::ActionsCreated { agent_ids } => agent_ids
-                .as_ref()
-                .is_none_or(|ids| ids.iter().any(|a| a == agent_id)),
-            StoreEvent::AgentChanged { agent_id: a } => a == agent_id,
-            StoreEvent::TasksDue => false,
-            StoreEvent::Resync => true,
-        }
-    }
 }
 
 /// The task manager's storage (part of [`Store`]).

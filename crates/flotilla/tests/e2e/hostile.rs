@@ -437,7 +437,11 @@ async fn half_request(s: &Server, head: &str) -> TcpStream {
 /// Probe `path` until it is shed while `hold` keeps a slot taken (if the
 /// probe itself held the slot when the holder arrived, the holder was the
 /// one refused: hold again).
-async fn shed_while_held<F, Fut>(s: &Server, path: &str, hold: F) -> (u16, serde_json::Value)
+async fn shed_while_held<F, Fut>(
+    s: &Server,
+    path: &str,
+    hold: F,
+) -> ((u16, serde_json::Value), TcpStream)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = TcpStream>,
@@ -446,7 +450,8 @@ where
     for _ in 0..200 {
         let r = s.get(path).await;
         if r.0 == 503 || r.0 == 429 {
-            return r;
+            // Still held: the slot is known to be taken.
+            return (r, held);
         }
         let mut buf = [0u8; 16];
         let answered = tokio::time::timeout(Duration::from_millis(25), held.read(&mut buf)).await;
@@ -471,33 +476,30 @@ async fn one_request_limit_for_all_operators_routes_and_one_for_all_agents() {
     let enrol = format!(
         "POST /api/fleet/agents/enroll HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {token}\r\nUser-Agent: {ELASTIC_UA}\r\n"
     );
-    let shed = shed_while_held(&s, "/api/status", || half_request(&s, &enrol)).await;
+    let (shed, held) = shed_while_held(&s, "/api/status", || half_request(&s, &enrol)).await;
     assert_eq!(shed.0, 429, "{shed:?}");
     assert_eq!(shed.1["error"], "MaxLimit");
-    {
-        let _held = half_request(&s, &enrol).await;
-        assert_eq!(
-            s.get("/api/fleet/agent_policies").await.0,
-            200,
-            "agents took an operator's slot"
-        );
-    }
+    assert_eq!(
+        s.get("/api/fleet/agent_policies").await.0,
+        200,
+        "agents took an operator's slot"
+    );
+    drop(held);
     // An operator's request holds the operators' one slot: another
     // operator route is shed; agents keep theirs.
     let create = format!(
         "POST /api/fleet/agent_policies HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {}\r\n",
         s.key
     );
-    let shed = shed_while_held(&s, "/api/fleet/outputs", || half_request(&s, &create)).await;
+    let (shed, held) =
+        shed_while_held(&s, "/api/fleet/outputs", || half_request(&s, &create)).await;
     assert_error(&shed, 503, "overloaded");
-    {
-        let _held = half_request(&s, &create).await;
-        assert_eq!(
-            s.get("/api/status").await.0,
-            200,
-            "operators took an agent's slot"
-        );
-    }
+    assert_eq!(
+        s.get("/api/status").await.0,
+        200,
+        "operators took an agent's slot"
+    );
+    drop(held);
     // The probes stay outside both limits.
     assert_eq!(s.get("/healthz").await.0, 200);
 }
