@@ -70,14 +70,6 @@ pub struct CheckinRequest {
     pub policy_revision_idx: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct CheckinResponse {
-    pub action: &'static str,
-    pub ack_token: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub actions: Vec<Value>,
-}
-
 #[derive(Debug, Deserialize)]
 pub struct AckEvent {
     #[serde(default)]

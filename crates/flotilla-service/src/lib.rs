@@ -42,6 +42,10 @@ pub struct Services {
     pub waiters: Arc<fleet::Waiters>,
     /// Acks and reported revisions, committed in groups.
     pub runs_policy: Arc<fleet::RunsPolicyBatcher>,
+    /// Output-key rotations, group-committed.
+    pub key_rotations: Arc<fleet::KeyRotationBatcher>,
+    /// Check-ins that changed something, group-committed.
+    pub checkin_writes: Arc<fleet::CheckinBatcher>,
 }
 
 impl Services {
@@ -55,6 +59,8 @@ impl Services {
             policy_cache: Default::default(),
             waiters: Default::default(),
             runs_policy: Default::default(),
+            key_rotations: Default::default(),
+            checkin_writes: Default::default(),
         }
     }
 

@@ -162,6 +162,8 @@ pub(crate) type Engine = PgStore;
 pub(crate) const ENGINE: &str = "postgres";
 /// Claims lock their candidates and skip rows another instance is claiming.
 pub(crate) const SKIP_LOCKED: &str = " FOR UPDATE SKIP LOCKED";
+/// Batches lock the rows they change, in the order they are read.
+pub(crate) const FOR_UPDATE: &str = " FOR UPDATE";
 // Deliberately loaded once per engine (see shared/mod.rs).
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]

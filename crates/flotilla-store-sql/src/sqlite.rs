@@ -184,6 +184,8 @@ pub(crate) type Engine = SqliteStore;
 pub(crate) const ENGINE: &str = "sqlite";
 /// Claims need no row locks: the single writer serialises them.
 pub(crate) const SKIP_LOCKED: &str = "";
+/// Nor do batches: `BEGIN IMMEDIATE` already holds the only write lock.
+pub(crate) const FOR_UPDATE: &str = "";
 // Deliberately loaded once per engine (see shared/mod.rs).
 #[allow(clippy::duplicate_mod)]
 #[path = "shared/mod.rs"]

@@ -689,7 +689,23 @@ pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
     async fn record_checkins(&self, batch: &[CheckinRecord]) -> Result<()>;
     /// Installs a new output key for the agent; its previous output key is
     /// marked for retirement (still valid until retired).
-    async fn set_output_key(&self, agent_id: &str, change: &OutputKeyChange) -> Result<()>;
+    /// A conflict when the key it replaces is no longer the agent's
+    /// current one (another rotation won) or the agent is inactive.
+    async fn set_output_key(&self, agent_id: &str, change: &OutputKeyChange) -> Result<()> {
+        let one = [(agent_id.to_owned(), change.clone())];
+        match self.set_output_keys(&one).await?.pop() {
+            Some(true) => Ok(()),
+            _ => Err(StoreError::Conflict(format!(
+                "agent '{agent_id}' is inactive or its output key changed concurrently"
+            ))),
+        }
+    }
+    /// [`Store::set_output_key`] for many agents in one transaction (group
+    /// commit: a fleet rotating its keys after a change is one write per
+    /// batch). Whether each change was installed, in the order given; one
+    /// that lost its compare-and-swap writes nothing and costs the others
+    /// nothing. Rows are locked in agent-id order.
+    async fn set_output_keys(&self, changes: &[(String, OutputKeyChange)]) -> Result<Vec<bool>>;
     /// The agent's policy (at `revision`) sends to an output that takes no
     /// key: the agent's current output key `key_id` stops being current and
     /// is retired like a replaced one — once the agent runs `revision`, or

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::http::header::{self, AUTHORIZATION, USER_AGENT};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -457,7 +457,21 @@ async fn checkin(
         .fleet()
         .checkin(authed, ua.as_deref(), body, stop)
         .await?;
-    Ok(into_response(StatusCode::OK, &resp))
+    // The answer's pieces share its policy revision's bytes (see
+    // `flotilla_service::fleet::CheckinResponse`): streamed, not joined.
+    let chunks = resp.into_chunks();
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ));
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn acks(

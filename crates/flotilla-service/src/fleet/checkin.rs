@@ -132,7 +132,7 @@ impl Fleet<'_> {
             reported_policy: checkin.reports.clone(),
         };
         if let Some(now_rec) = self.checkins.offer(record, agent.last_checkin.is_none()) {
-            self.store.record_checkins(&[now_rec]).await?;
+            self.checkin_writes.run(&self.store, now_rec, now).await?;
         }
         if let Some(token) = body.ack_token.as_deref().filter(|t| !t.is_empty()) {
             // Agents send their last token on every check-in; confirm it once.
@@ -191,7 +191,7 @@ impl Fleet<'_> {
             .store
             .pending_actions(&agent.id, Utc::now(), 100)
             .await?;
-        let mut actions = Vec::new();
+        let mut actions: Vec<CheckinAction> = Vec::new();
         match self.policy_change_for(agent, reported).await {
             Ok(Some(change)) => actions.push(change),
             Ok(None) => {}
@@ -212,13 +212,13 @@ impl Fleet<'_> {
             self.store
                 .mark_delivered(&agent.id, &ids, &ack_token)
                 .await?;
-            actions.extend(stored.iter().map(|a| action_json(a, &agent.id)));
+            actions.extend(
+                stored
+                    .iter()
+                    .map(|a| CheckinAction::Json(action_json(a, &agent.id))),
+            );
         }
-        Ok(Some(CheckinResponse {
-            action: "checkin",
-            ack_token,
-            actions,
-        }))
+        Ok(Some(CheckinResponse { ack_token, actions }))
     }
 
     /// The recheck interval less up to a quarter, at random, so waiters
@@ -236,7 +236,6 @@ impl Fleet<'_> {
 
     pub(super) fn empty_checkin(&self, body: &CheckinRequest) -> CheckinResponse {
         CheckinResponse {
-            action: "checkin",
             ack_token: body.ack_token.clone().unwrap_or_default(),
             actions: vec![],
         }

@@ -14,6 +14,7 @@ mod group_commit;
 mod output_keys;
 mod policy_cache;
 mod protocol;
+mod rendered;
 mod unenroll;
 mod waiters;
 
@@ -21,10 +22,13 @@ pub use ack::{parse_policy_action_id, AckOutcome};
 pub use buffer::CheckinBuffer;
 pub use errors::{FleetError, FleetErrorKind};
 pub use flotilla_api::fleet::*;
-pub use group_commit::RunsPolicyBatcher;
+pub use group_commit::{
+    CheckinBatcher, GroupCommit, GroupWrite, KeyRotation, KeyRotationBatcher, RunsPolicyBatcher,
+};
 pub use output_keys::output_key_aad;
 pub use policy_cache::{CachedPolicy, PolicyCache};
 pub use protocol::check_user_agent;
+pub use rendered::{CheckinAction, CheckinResponse, PolicyChangeTemplate};
 pub use waiters::{Registration, Waiters};
 
 // What the use-case modules share among themselves.

@@ -3,7 +3,7 @@
 use chrono::Utc;
 use serde_json::{json, Value};
 
-use flotilla_store::{FleetAgent, OutputKeyChange, StoreError};
+use flotilla_store::{FleetAgent, OutputKeyChange};
 
 use crate::keys::remote::OutputKeyBackend;
 
@@ -16,7 +16,7 @@ impl Fleet<'_> {
         &self,
         agent: &FleetAgent,
         reported: Option<i64>,
-    ) -> Result<Option<Value>> {
+    ) -> Result<Option<CheckinAction>> {
         let policy = match self.cached_policy(&agent.policy_id).await {
             Ok(p) => p,
             // The policy was deleted under the agent: nothing to send.
@@ -57,25 +57,21 @@ impl Fleet<'_> {
             if known >= policy.revision {
                 return Ok(None);
             }
-            return Ok(Some(policy_change_action(
-                &policy,
-                &agent.id,
-                policy.document.clone(),
-            )));
+            return Ok(Some(CheckinAction::PolicyChange {
+                template: policy.change.clone(),
+                agent_id: agent.id.clone(),
+                credential: None,
+            }));
         }
-        let mut document = policy.document.clone();
         let credential = match self.current_output_key(agent, key_current).await? {
             Some(plain) => plain,
             None => self.rotate_output_key(agent, &policy).await?,
         };
-        if let Some(output) =
-            document.pointer_mut(&format!("/outputs/{}", escape_pointer(&policy.output_id)))
-        {
-            if let Some(obj) = output.as_object_mut() {
-                obj.insert("api_key".into(), Value::String(credential));
-            }
-        }
-        Ok(Some(policy_change_action(&policy, &agent.id, document)))
+        Ok(Some(CheckinAction::PolicyChange {
+            template: policy.change.clone(),
+            agent_id: agent.id.clone(),
+            credential: Some(credential),
+        }))
     }
 
     /// The agent's current output key (`id:secret`), if it still fits the
@@ -163,9 +159,17 @@ impl Fleet<'_> {
             revision: policy.revision,
         };
         let minted_id = change.key.id.clone();
-        match self.store.set_output_key(&agent.id, &change).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict(_)) => {
+        let rotation = super::KeyRotation {
+            agent_id: agent.id.clone(),
+            change,
+        };
+        match self
+            .key_rotations
+            .run(&self.store, rotation, Utc::now())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
                 // Another check-in rotated first: this key is not used.
                 backend.discard(&minted_id).await;
                 let winner = self.store.get_fleet_agent(&agent.id).await?;
@@ -201,15 +205,18 @@ impl Fleet<'_> {
     }
 }
 
+/// A revision's POLICY_CHANGE action for one agent.
 pub(super) fn policy_change_action(
-    policy: &CachedPolicy,
+    policy_id: &str,
+    revision: i64,
+    updated_at: chrono::DateTime<Utc>,
     agent_id: &str,
     document: Value,
 ) -> Value {
     json!({
-        "id": format!("policy:{}:{}", policy.policy_id, policy.revision),
+        "id": format!("policy:{policy_id}:{revision}"),
         "agent_id": agent_id,
-        "created_at": policy.updated_at,
+        "created_at": updated_at,
         "type": "POLICY_CHANGE",
         "input_type": "",
         "data": { "policy": document },

@@ -23,6 +23,8 @@ pub struct CachedPolicy {
     /// The output's cluster, when agents' keys are minted there.
     pub remote: Option<crate::keys::remote::RemoteCluster>,
     pub document: Value,
+    /// The revision's POLICY_CHANGE, serialised once for every agent.
+    pub change: Arc<super::PolicyChangeTemplate>,
 }
 
 #[derive(Default)]
@@ -250,7 +252,28 @@ impl Fleet<'_> {
             },
             serde_json::to_string(&permissions).expect("permissions serialise")
         )));
+        let action = super::output_keys::policy_change_action(
+            policy_id,
+            full.revision,
+            current.updated_at,
+            "",
+            document.clone(),
+        );
+        let key_at = takes_api_key.then(|| {
+            format!(
+                "/data/policy/outputs/{}",
+                super::output_keys::escape_pointer(&output_id)
+            )
+        });
+        let change = super::PolicyChangeTemplate::new(action, key_at.as_deref())
+            .map(Arc::new)
+            .ok_or_else(|| {
+                crate::ServiceError::Internal(
+                    "the policy could not be serialised for agents".into(),
+                )
+            })?;
         let cached = Arc::new(CachedPolicy {
+            change,
             takes_api_key,
             remote,
             policy_id: policy_id.to_owned(),

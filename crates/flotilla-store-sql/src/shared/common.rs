@@ -327,6 +327,47 @@ pub(crate) async fn insert_key(conn: &mut Conn, key: &ApiKeyRecord) -> Result<()
     Ok(())
 }
 
+/// [`insert_key`] for many keys in one statement (the caller keeps the
+/// number of bound parameters, 13 a key, within the engines' limits).
+pub(crate) async fn insert_keys(conn: &mut Conn, keys: &[&ApiKeyRecord]) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..keys.len())
+        .map(|r| {
+            let p: Vec<String> = (r * 13 + 1..=r * 13 + 13)
+                .map(|p| format!("${p}"))
+                .collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    let mut q = sqlx::query(sql!(
+        "INSERT INTO api_keys (id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, \
+         retire_pending, invalidated_at, owner, expires_at, remote_output) VALUES {}",
+        rows.join(", ")
+    ));
+    for key in keys {
+        q = q
+            .bind(&key.id)
+            .bind(&key.name)
+            .bind(key.kind.as_str())
+            .bind(&key.agent_id)
+            .bind(&key.secret_hash)
+            .bind(to_json(&key.role_descriptors))
+            .bind(to_json(&key.metadata))
+            .bind(ms(key.created_at))
+            .bind(key.retire_pending)
+            .bind(key.invalidated_at.map(ms))
+            .bind(&key.owner)
+            .bind(key.expires_at.map(ms))
+            .bind(&key.remote_output);
+    }
+    q.execute(&mut *conn)
+        .await
+        .or_conflict(|| "an API key of the batch already exists".to_owned())?;
+    Ok(())
+}
+
 pub(crate) async fn insert_tags(conn: &mut Conn, agent_id: &str, tags: &[String]) -> Result<()> {
     for tag in tags {
         sqlx::query(

@@ -71,36 +71,87 @@ pub(super) async fn record_checkins(s: &Engine, batch: &[CheckinRecord]) -> Resu
     if batch.is_empty() {
         return Ok(());
     }
-    // Rows in one order on every instance, so two batches sharing agents
-    // cannot deadlock on PostgreSQL.
+    // Set-wise, like the other group commits (see `output_keys`): one
+    // statement per chunk, in rounds in which each agent appears once (a
+    // later check-in of the same agent applies after an earlier one).
     let mut ordered: Vec<&CheckinRecord> = batch.iter().collect();
     ordered.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-    let mut tx = s.begin_write().await?;
+    let mut rounds: Vec<Vec<&CheckinRecord>> = Vec::new();
+    let mut last: Option<&str> = None;
+    let mut n = 0;
     for c in ordered {
-        sqlx::query(
-                        "UPDATE agents SET last_checkin = $2, last_checkin_status = $3, last_checkin_message = $4, \
-                         local_metadata = COALESCE($5, local_metadata), components = COALESCE($6, components), \
-                         agent_version = COALESCE($7, agent_version), \
-                         reported_policy_id = COALESCE($8, reported_policy_id), \
-                         reported_policy_revision = COALESCE($9, reported_policy_revision), \
-                         audit_unenrolled_reason = NULL, \
-                         audit_unenrolled_time = NULL, unenrolled_at = NULL, updated_at = $2 \
-                         WHERE id = $1 AND active AND (last_checkin IS NULL OR last_checkin <= $2)",
-                    )
-                    .bind(&c.agent_id)
-                    .bind(ms(c.at))
-                    .bind(&c.status)
-                    .bind(&c.message)
-                    .bind(c.local_metadata.as_ref().map(to_json))
-                    .bind(c.components.as_ref().map(to_json))
-                    .bind(&c.agent_version)
-                    .bind(c.reported_policy.as_ref().map(|(p, _)| p))
-                    .bind(c.reported_policy.as_ref().map(|(_, r)| *r))
-                    .execute(&mut *tx)
-                    .await
-                    .db()?;
+        n = if last == Some(c.agent_id.as_str()) {
+            n + 1
+        } else {
+            0
+        };
+        last = Some(c.agent_id.as_str());
+        if rounds.len() <= n {
+            rounds.push(Vec::new());
+        }
+        rounds[n].push(c);
+    }
+    let mut tx = s.begin_write().await?;
+    for round in &rounds {
+        for chunk in round.chunks(CHECKIN_CHUNK) {
+            record_checkin_chunk(&mut tx, chunk).await?;
+        }
     }
     tx.commit().await.db()?;
+    Ok(())
+}
+
+/// Rows per statement: 9 parameters a row.
+const CHECKIN_CHUNK: usize = 200;
+
+async fn record_checkin_chunk(tx: &mut Conn, chunk: &[&CheckinRecord]) -> Result<()> {
+    if !FOR_UPDATE.is_empty() {
+        // Rows in one order on every instance, so two batches sharing
+        // agents cannot deadlock on PostgreSQL.
+        let ids: Vec<String> = (1..=chunk.len()).map(|p| format!("${p}")).collect();
+        let mut lock = sqlx::query(sql!(
+            "SELECT id FROM agents WHERE id IN ({}) ORDER BY id{FOR_UPDATE}",
+            ids.join(", ")
+        ));
+        for c in chunk {
+            lock = lock.bind(&c.agent_id);
+        }
+        lock.fetch_all(&mut *tx).await.db()?;
+    }
+    let rows: Vec<String> = (0..chunk.len())
+        .map(|r| {
+            let p: Vec<String> = (r * 9 + 1..=r * 9 + 9).map(|p| format!("${p}")).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    let mut q = sqlx::query(sql!(
+        "UPDATE agents SET last_checkin = v.column2, last_checkin_status = v.column3, \
+         last_checkin_message = v.column4, \
+         local_metadata = COALESCE(v.column5, agents.local_metadata), \
+         components = COALESCE(v.column6, agents.components), \
+         agent_version = COALESCE(v.column7, agents.agent_version), \
+         reported_policy_id = COALESCE(v.column8, agents.reported_policy_id), \
+         reported_policy_revision = COALESCE(v.column9, agents.reported_policy_revision), \
+         audit_unenrolled_reason = NULL, audit_unenrolled_time = NULL, unenrolled_at = NULL, \
+         updated_at = v.column2 \
+         FROM (VALUES {}) AS v \
+         WHERE agents.id = v.column1 AND agents.active \
+         AND (agents.last_checkin IS NULL OR agents.last_checkin <= v.column2)",
+        rows.join(", ")
+    ));
+    for c in chunk {
+        q = q
+            .bind(&c.agent_id)
+            .bind(ms(c.at))
+            .bind(&c.status)
+            .bind(&c.message)
+            .bind(c.local_metadata.as_ref().map(to_json))
+            .bind(c.components.as_ref().map(to_json))
+            .bind(&c.agent_version)
+            .bind(c.reported_policy.as_ref().map(|(p, _)| p))
+            .bind(c.reported_policy.as_ref().map(|(_, r)| *r));
+    }
+    q.execute(&mut *tx).await.db()?;
     Ok(())
 }
 

@@ -29,7 +29,9 @@ mod tasks;
 /// What every resource module uses.
 mod prelude {
     #![allow(unused_imports)]
-    pub(crate) use super::super::{json_field_path, json_field_sql, Db, Engine, ENGINE};
+    pub(crate) use super::super::{
+        json_field_path, json_field_sql, Db, Engine, ENGINE, FOR_UPDATE,
+    };
     pub(crate) use super::common::*;
     pub(crate) use crate::rows::*;
     pub(crate) use async_trait::async_trait;
@@ -356,8 +358,8 @@ impl Store for Engine {
         fleet_agents::record_checkins(self, batch).await
     }
 
-    async fn set_output_key(&self, agent_id: &str, change: &OutputKeyChange) -> Result<()> {
-        output_keys::set_output_key(self, agent_id, change).await
+    async fn set_output_keys(&self, changes: &[(String, OutputKeyChange)]) -> Result<Vec<bool>> {
+        output_keys::set_output_keys(self, changes).await
     }
 
     async fn retire_output_key(

@@ -1,40 +1,136 @@
 //! Agents' output keys: rotation, and retirement once an agent runs the revision.
 
+use std::collections::{BTreeMap, HashMap};
+
 use super::prelude::*;
 
-#[tracing::instrument(skip_all)]
-pub(super) async fn set_output_key(
+// Group commit (see `Store::set_output_keys` and
+// `Store::agents_run_policies`): a batch is a few set-wise statements, not
+// a few per item. On SQLite's one writer each statement costs a round
+// trip to its thread; at 256 items of four or five statements each, that
+// was about 0.8 ms per item under load — the whole of a 10,000-agent
+// fan-out's time. Within a round an agent appears once, so set-wise
+// statements mean the same as the items one after the other; a later item
+// for the same agent goes in a later round and sees the earlier one's
+// writes.
+
+/// Items per statement: 13 parameters a row stays well under both
+/// engines' limits on bound parameters.
+const CHUNK: usize = 200;
+
+#[tracing::instrument(skip_all, fields(n = changes.len()))]
+pub(super) async fn set_output_keys(
     s: &Engine,
-    agent_id: &str,
-    change: &OutputKeyChange,
-) -> Result<()> {
+    changes: &[(String, OutputKeyChange)],
+) -> Result<Vec<bool>> {
+    let mut out = vec![false; changes.len()];
     let mut tx = s.begin_write().await?;
-    // Compare-and-swap on the current key: of two concurrent
-    // rotations one wins, the other learns it lost.
-    let done = sqlx::query(
-                    "UPDATE agents SET output_key_error = NULL, output_api_key_id = $2, output_api_key_sealed = $3, output_permissions_hash = $4, \
-                     output_key_policy_id = $5, output_key_revision = $6 WHERE id = $1 AND active \
-                     AND (output_api_key_id = $7 OR (output_api_key_id IS NULL AND $7 IS NULL))",
-                )
-                .bind(agent_id)
-                .bind(&change.key.id)
-                .bind(&change.sealed_secret)
-                .bind(&change.permissions_hash)
-                .bind(&change.policy_id)
-                .bind(change.revision)
-                .bind(&change.replaces)
-                .execute(&mut *tx)
-                .await
-                .db()?;
-    if done.rows_affected() == 0 {
-        return Err(StoreError::Conflict(format!(
-            "agent '{agent_id}' is inactive or its output key changed concurrently"
-        )));
+    for round in rounds(changes, |c| c.0.as_str()) {
+        for chunk in round.chunks(CHUNK) {
+            install_output_keys(&mut tx, changes, chunk, &mut out).await?;
+        }
     }
-    mark_output_keys_retiring(&mut tx, agent_id).await?;
-    insert_key(&mut tx, &change.key).await?;
     tx.commit().await.db()?;
+    Ok(out)
+}
+
+/// One chunk of a round: each change installed only when the agent is
+/// active and still holds the key it replaces (compare-and-swap; of two
+/// concurrent rotations one wins, the other learns it lost and writes
+/// nothing).
+async fn install_output_keys(
+    tx: &mut Conn,
+    changes: &[(String, OutputKeyChange)],
+    chunk: &[usize],
+    out: &mut [bool],
+) -> Result<()> {
+    let ids: Vec<&str> = chunk.iter().map(|i| changes[*i].0.as_str()).collect();
+    // Locked in id order: two batches (on PostgreSQL, from two instances)
+    // never wait on each other in a cycle.
+    let mut lock = sqlx::query_as(sql!(
+        "SELECT id, output_api_key_id FROM agents WHERE active AND id IN ({}) ORDER BY id{FOR_UPDATE}",
+        params(1, ids.len())
+    ));
+    for id in &ids {
+        lock = lock.bind(*id);
+    }
+    let rows: Vec<(String, Option<String>)> = lock.fetch_all(&mut *tx).await.db()?;
+    let current: HashMap<String, Option<String>> = rows.into_iter().collect();
+    let winners: Vec<usize> = chunk
+        .iter()
+        .copied()
+        .filter(|i| {
+            let (agent, change) = &changes[*i];
+            current
+                .get(agent)
+                .is_some_and(|held| *held == change.replaces)
+        })
+        .collect();
+    if winners.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..winners.len())
+        .map(|r| format!("({})", params(r * 6 + 1, 6)))
+        .collect();
+    let mut update = sqlx::query(sql!(
+        "UPDATE agents SET output_key_error = NULL, output_api_key_id = v.column2, \
+         output_api_key_sealed = v.column3, output_permissions_hash = v.column4, \
+         output_key_policy_id = v.column5, output_key_revision = v.column6 \
+         FROM (VALUES {}) AS v WHERE agents.id = v.column1",
+        rows.join(", ")
+    ));
+    for i in &winners {
+        let (agent, c) = &changes[*i];
+        update = update
+            .bind(agent)
+            .bind(&c.key.id)
+            .bind(&c.sealed_secret)
+            .bind(&c.permissions_hash)
+            .bind(&c.policy_id)
+            .bind(c.revision);
+    }
+    update.execute(&mut *tx).await.db()?;
+    // The keys they replace are marked before the new ones exist.
+    let agents: Vec<&str> = winners.iter().map(|i| changes[*i].0.as_str()).collect();
+    let mut mark = sqlx::query(sql!(
+        "UPDATE api_keys SET retire_pending = TRUE \
+         WHERE agent_id IN ({}) AND kind = 'output' AND invalidated_at IS NULL",
+        params(1, agents.len())
+    ));
+    for a in &agents {
+        mark = mark.bind(*a);
+    }
+    mark.execute(&mut *tx).await.db()?;
+    let keys: Vec<&ApiKeyRecord> = winners.iter().map(|i| &changes[*i].1.key).collect();
+    insert_keys(&mut *tx, &keys).await?;
+    for i in winners {
+        out[i] = true;
+    }
     Ok(())
+}
+
+/// The batch's items in rounds in which each agent appears once, each
+/// round in the batch's order.
+fn rounds<T>(items: &[T], agent: impl Fn(&T) -> &str) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let n = seen.entry(agent(item)).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(i);
+        *n += 1;
+    }
+    rounds
+}
+
+/// `$from, $from+1, …` (`n` of them).
+fn params(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|p| format!("${p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[tracing::instrument(skip_all)]
@@ -80,69 +176,126 @@ pub(super) async fn retire_output_key(
     Ok(true)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(skip_all, fields(n = runs.len()))]
 pub(super) async fn agents_run_policies(
     s: &Engine,
     runs: &[flotilla_store::RunsPolicy],
     now: DateTime<Utc>,
 ) -> Result<Vec<Vec<String>>> {
-    // Agents' rows are locked in id order: two batches (on PostgreSQL,
-    // from two instances) never wait on each other in a cycle.
-    let mut order: Vec<usize> = (0..runs.len()).collect();
-    order.sort_by(|a, b| runs[*a].agent_id.cmp(&runs[*b].agent_id));
     let mut out = vec![Vec::new(); runs.len()];
     let mut tx = s.begin_write().await?;
-    for i in order {
-        let r = &runs[i];
-        out[i] = runs_policy(&mut tx, &r.agent_id, &r.policy_id, r.revision, now).await?;
+    for round in rounds(runs, |r| r.agent_id.as_str()) {
+        for chunk in round.chunks(CHUNK) {
+            runs_policies(&mut tx, runs, chunk, now, &mut out).await?;
+        }
     }
     tx.commit().await.db()?;
     Ok(out)
 }
 
-async fn runs_policy(
+/// One chunk of a round: each agent's revision recorded if newer (for its
+/// current policy, and one the policy has had), and the keys marked for
+/// retirement invalidated once it runs the revision that replaced them.
+async fn runs_policies(
     tx: &mut Conn,
-    agent_id: &str,
-    policy_id: &str,
-    revision: i64,
+    runs: &[flotilla_store::RunsPolicy],
+    chunk: &[usize],
     now: DateTime<Utc>,
-) -> Result<Vec<String>> {
-    // Serialise with key rotation for this agent.
-    lock_agent(&mut *tx, agent_id).await?;
-    let Some(agent) = fetch_fleet_agent(&mut *tx, agent_id).await? else {
-        return Ok(vec![]);
-    };
-    if !agent.active || agent.policy_id != policy_id {
-        return Ok(vec![]);
+    out: &mut [Vec<String>],
+) -> Result<()> {
+    let ids: Vec<&str> = chunk.iter().map(|i| runs[*i].agent_id.as_str()).collect();
+    // Locked in id order (serialising with key rotation for these agents).
+    let mut lock = sqlx::query_as::<_, FleetAgentRow>(sql!(
+        "SELECT {FLEET_AGENT_COLS} FROM agents WHERE id IN ({}) ORDER BY id{FOR_UPDATE}",
+        params(1, ids.len())
+    ));
+    for id in &ids {
+        lock = lock.bind(*id);
     }
-    // A revision the policy never had (a restored agent, a forged
-    // ack) is not believed.
-    let latest: Option<i64> =
-        sqlx::query_scalar("SELECT revision FROM agent_policies WHERE id = $1")
-            .bind(policy_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .db()?;
-    if latest.is_none_or(|latest| revision > latest) {
-        return Ok(vec![]);
+    let agents: HashMap<String, FleetAgent> = lock
+        .fetch_all(&mut *tx)
+        .await
+        .db()?
+        .into_iter()
+        .map(|r| {
+            let a: FleetAgent = r.into();
+            (a.id.clone(), a)
+        })
+        .collect();
+    let mut policy_ids: Vec<&str> = chunk.iter().map(|i| runs[*i].policy_id.as_str()).collect();
+    policy_ids.sort_unstable();
+    policy_ids.dedup();
+    let mut q = sqlx::query_as(sql!(
+        "SELECT id, revision FROM agent_policies WHERE id IN ({})",
+        params(1, policy_ids.len())
+    ));
+    for p in &policy_ids {
+        q = q.bind(*p);
     }
-    if revision > agent.policy_revision.unwrap_or(-1) {
-        sqlx::query(
-            "UPDATE agents SET policy_revision = $2, updated_at = $3, policy_change_failure = NULL WHERE id = $1",
-        )
-            .bind(agent_id)
-            .bind(revision)
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await
-            .db()?;
+    let latest: HashMap<String, i64> = q.fetch_all(&mut *tx).await.db()?.into_iter().collect();
+    // What each item changes, by revision (in a fleet acking one change,
+    // one revision).
+    let mut newer: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    let mut retiring: Vec<(usize, &str)> = Vec::new();
+    for &i in chunk {
+        let r = &runs[i];
+        let Some(agent) = agents.get(&r.agent_id) else {
+            continue;
+        };
+        if !agent.active || agent.policy_id != r.policy_id {
+            continue;
+        }
+        // A revision the policy never had (a restored agent, a forged
+        // ack) is not believed.
+        if latest.get(&r.policy_id).is_none_or(|l| r.revision > *l) {
+            continue;
+        }
+        if r.revision > agent.policy_revision.unwrap_or(-1) {
+            newer.entry(r.revision).or_default().push(&r.agent_id);
+        }
+        if agent.output_key_policy_id.as_deref() == Some(r.policy_id.as_str())
+            && agent.output_key_revision.is_some_and(|k| r.revision >= k)
+        {
+            retiring.push((i, &r.agent_id));
+        }
     }
-    if agent.output_key_policy_id.as_deref() == Some(policy_id)
-        && agent.output_key_revision.is_some_and(|r| revision >= r)
-    {
-        return invalidate_retiring_keys(&mut *tx, agent_id, now).await;
+    for (revision, agents) in newer {
+        let mut q = sqlx::query(sql!(
+            "UPDATE agents SET policy_revision = $1, updated_at = $2, policy_change_failure = NULL \
+             WHERE id IN ({})",
+            params(3, agents.len())
+        ))
+        .bind(revision)
+        .bind(ms(now));
+        for a in agents {
+            q = q.bind(a);
+        }
+        q.execute(&mut *tx).await.db()?;
     }
-    Ok(vec![])
+    if retiring.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::query_as(sql!(
+        "UPDATE api_keys SET invalidated_at = $1 \
+         WHERE agent_id IN ({}) AND retire_pending AND invalidated_at IS NULL RETURNING agent_id, id",
+        params(2, retiring.len())
+    ))
+    .bind(ms(now));
+    for (_, a) in &retiring {
+        q = q.bind(*a);
+    }
+    let invalidated: Vec<(String, String)> = q.fetch_all(&mut *tx).await.db()?;
+    let mut by_agent: HashMap<String, Vec<String>> = HashMap::new();
+    for (agent, key) in invalidated {
+        by_agent.entry(agent).or_default().push(key);
+    }
+    for (i, agent) in retiring {
+        if let Some(mut keys) = by_agent.remove(agent) {
+            keys.sort();
+            out[i] = keys;
+        }
+    }
+    Ok(())
 }
 
 /// The agent's valid output keys are marked for retirement (still valid).

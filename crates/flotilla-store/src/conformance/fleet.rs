@@ -309,6 +309,28 @@ pub async fn checkins_are_recorded_in_batches(s: S) {
         .await
         .unwrap();
     assert_eq!(online.total, 1);
+
+    // One agent twice in a batch: both apply, in time order (the later
+    // one's status stands, the earlier one's metadata is kept where the
+    // later one sends none); one older than what is stored changes nothing.
+    let t1 = now + Duration::seconds(1);
+    let t2 = now + Duration::seconds(2);
+    let mut second = rec("b", "degraded");
+    second.at = t2;
+    second.local_metadata = None;
+    let mut first = rec("b", "online");
+    first.at = t1;
+    first.local_metadata = Some(json!({"host": {"hostname": "b-t1"}}));
+    let mut stale = rec("a", "error");
+    stale.at = now - Duration::seconds(60);
+    s.record_checkins(&[first, stale, second]).await.unwrap();
+    let b = s.get_agent("b", t2).await.unwrap();
+    assert_eq!(b.status, AgentStatus::Degraded);
+    assert_eq!(b.local_metadata["host"]["hostname"], "b-t1");
+    assert_eq!(
+        s.get_agent("a", t2).await.unwrap().status,
+        AgentStatus::Online
+    );
 }
 
 pub async fn changes_reach_subscribers(s: S) {
@@ -552,4 +574,72 @@ pub async fn revisions_run_are_written_in_one_batch(s: S) {
         assert_eq!(fa.policy_revision, Some(1), "{id}");
     }
     assert!(s.agents_run_policies(&[], now).await.unwrap().is_empty());
+}
+
+pub async fn key_rotations_are_written_in_one_batch(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    for id in ["a", "b", "c", "d"] {
+        enrolled(&s, id, "p").await;
+    }
+    s.unenroll_now("c", now).await.unwrap();
+    s.set_output_key("d", &output_change("d1", "d", 1, None))
+        .await
+        .unwrap();
+    let rot = |agent: &str, key: &str, replaces: Option<&str>| {
+        (agent.to_owned(), output_change(key, agent, 1, replaces))
+    };
+    // Out of id order; one agent three times (the second replaces the
+    // first's key, the third raced the first and lost); an inactive agent,
+    // a stale compare-and-swap and an unknown agent, each losing alone.
+    let out = s
+        .set_output_keys(&[
+            rot("b", "b1", None),
+            rot("a", "a1", None),
+            rot("a", "a2", Some("a1")),
+            rot("a", "a-lost", None),
+            rot("c", "c1", None),
+            rot("d", "d-stale", None),
+            rot("ghost", "g1", None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out, [true, true, true, false, false, false, false]);
+    let a = s.get_fleet_agent("a").await.unwrap().unwrap();
+    assert_eq!(a.output_api_key_id.as_deref(), Some("a2"));
+    assert_eq!(a.output_api_key_sealed.as_deref(), Some("sealed-a2"));
+    assert!(s.get_api_key("a1").await.unwrap().unwrap().retire_pending);
+    assert!(!s.get_api_key("a2").await.unwrap().unwrap().retire_pending);
+    for lost in ["a-lost", "c1", "d-stale", "g1"] {
+        assert!(s.get_api_key(lost).await.unwrap().is_none(), "{lost}");
+    }
+    let d = s.get_fleet_agent("d").await.unwrap().unwrap();
+    assert_eq!(d.output_api_key_id.as_deref(), Some("d1"));
+    assert!(s.set_output_keys(&[]).await.unwrap().is_empty());
+
+    // Acked in one batch: a's replaced key is invalidated, b had none.
+    let run = |agent: &str| crate::RunsPolicy {
+        agent_id: agent.into(),
+        policy_id: "p".into(),
+        revision: 1,
+    };
+    let retired = s
+        .agents_run_policies(&[run("b"), run("a"), run("a")], now)
+        .await
+        .unwrap();
+    assert_eq!(retired, [vec![], vec!["a1".to_owned()], vec![]]);
+    assert!(s
+        .get_api_key("a1")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_some());
+    assert!(s
+        .get_api_key("a2")
+        .await
+        .unwrap()
+        .unwrap()
+        .invalidated_at
+        .is_none());
 }
