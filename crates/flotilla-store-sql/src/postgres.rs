@@ -113,8 +113,13 @@ impl PgStore {
         }
     }
 
-    fn write_pool(&self) -> &PgPool {
-        &self.pool
+    /// A connection outside a transaction (one statement, committed on
+    /// its own).
+    async fn write_conn(
+        &self,
+    ) -> flotilla_store::Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        use crate::rows::DbResultExt as _;
+        self.pool.acquire().await.db()
     }
 
     async fn begin_write(&self) -> flotilla_store::Result<sqlx::Transaction<'_, sqlx::Postgres>> {

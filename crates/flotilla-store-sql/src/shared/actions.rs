@@ -76,7 +76,7 @@ pub(super) async fn confirm_delivery(s: &Engine, agent_id: &str, token: &str) ->
     )
     .bind(agent_id)
     .bind(token)
-    .execute(s.write_pool())
+    .execute(&mut *s.write_conn().await?)
     .await
     .db()?;
     Ok(())

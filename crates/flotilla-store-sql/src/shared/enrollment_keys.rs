@@ -83,7 +83,7 @@ pub(super) async fn find_enrollment_key_by_hash(
 pub(super) async fn revoke_enrollment_key(s: &Engine, id: &str) -> Result<EnrollmentApiKey> {
     let done = sqlx::query("UPDATE enrollment_api_keys SET active = FALSE WHERE id = $1")
         .bind(id)
-        .execute(s.write_pool())
+        .execute(&mut *s.write_conn().await?)
         .await
         .db()?;
     if done.rows_affected() == 0 {

@@ -18,7 +18,7 @@ pub(super) async fn create_operator_key(
     .bind(&key.hint)
     .bind(key.active)
     .bind(ms(key.created_at))
-    .execute(s.write_pool())
+    .execute(&mut *s.write_conn().await?)
     .await
     .or_conflict(|| format!("an API key named '{}' already exists", key.name))?;
     Ok(key.clone())
@@ -42,7 +42,7 @@ pub(super) async fn find_operator_key_by_hash(
 pub(super) async fn activate_operator_key(s: &Engine, key_hash: &str) -> Result<bool> {
     let done = sqlx::query("UPDATE operator_api_keys SET active = TRUE WHERE key_hash = $1")
         .bind(key_hash)
-        .execute(s.write_pool())
+        .execute(&mut *s.write_conn().await?)
         .await
         .db()?;
     Ok(done.rows_affected() > 0)
@@ -77,7 +77,7 @@ pub(super) async fn list_operator_keys(s: &Engine, page: Page) -> Result<Paged<O
 pub(super) async fn revoke_operator_key(s: &Engine, id: &str) -> Result<OperatorApiKey> {
     let done = sqlx::query("UPDATE operator_api_keys SET active = FALSE WHERE id = $1")
         .bind(id)
-        .execute(s.write_pool())
+        .execute(&mut *s.write_conn().await?)
         .await
         .db()?;
     if done.rows_affected() == 0 {
