@@ -62,9 +62,21 @@ impl CheckinBuffer {
             st.pending.remove(&rec.agent_id);
             Some(rec)
         } else {
+            // What it reports is what was written: the heartbeat needs only
+            // the time (the write keeps stored values it is not given).
+            let mut rec = rec;
+            rec.local_metadata = None;
+            rec.components = None;
             st.pending.insert(rec.agent_id.clone(), rec);
             None
         }
+    }
+
+    /// A change `offer` returned could not be written: the next check-in
+    /// counts as a change again, so it is not lost.
+    pub(super) fn unsettle(&self, agent_id: &str) {
+        let mut st = self.inner.lock().expect("buffer lock");
+        st.last.remove(agent_id);
     }
 
     /// Whether `token` was already confirmed for this agent here.
@@ -162,5 +174,34 @@ mod tests {
         b.refresh("a", later + chrono::Duration::seconds(30));
         b.requeue(drained);
         assert_eq!(b.drain()[0].at, later + chrono::Duration::seconds(30));
+    }
+
+    /// A heartbeat holds no copy of what was already written; a change
+    /// whose write failed counts as a change again.
+    #[test]
+    fn heartbeats_hold_no_metadata_and_a_failed_change_is_offered_again() {
+        let b = CheckinBuffer::default();
+        let rec = || CheckinRecord {
+            agent_id: "a".into(),
+            at: Utc::now(),
+            status: "online".into(),
+            message: "m".into(),
+            local_metadata: Some(serde_json::json!({"host": {"name": "h"}})),
+            components: Some(serde_json::json!([{"id": "c"}])),
+            agent_version: None,
+            reported_policy: None,
+        };
+        assert!(b.offer(rec(), true).is_some());
+        assert!(b.offer(rec(), false).is_none());
+        let pending = b.drain();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            (&pending[0].local_metadata, &pending[0].components),
+            (&None, &None)
+        );
+        assert!(b.offer(rec(), false).is_none(), "unchanged");
+        b.unsettle("a");
+        let again = b.offer(rec(), false).expect("offered as a change again");
+        assert!(again.local_metadata.is_some());
     }
 }

@@ -47,7 +47,11 @@ impl Fleet<'_> {
         let mut stop = std::pin::pin!(stop);
         let AuthedAgent { mut agent } = authed;
         let checkin = validate(user_agent, &body, &self.settings.server_version)?;
-        let mut reread = self.record(&agent, &body, &checkin).await?;
+        // Only the ack token outlives the record: a waiting poll does not
+        // hold the agent's metadata (a few KiB as a tree of values, times
+        // every waiting agent).
+        let ack_token = body.ack_token.clone().unwrap_or_default();
+        let mut reread = self.record(&agent, body, &checkin).await?;
         let deadline = tokio::time::Instant::now() + self.poll_duration(checkin.poll_timeout);
         // Registered before reading, so no change between the read and the
         // wait goes unnoticed; only changes to this agent or its policy
@@ -67,7 +71,10 @@ impl Fleet<'_> {
                 }
             }
             reread = true;
-            if let Some(answer) = self.owed(&agent, &body, checkin.reports.as_ref()).await? {
+            if let Some(answer) = self
+                .owed(&agent, &ack_token, checkin.reports.as_ref())
+                .await?
+            {
                 return Ok(answer);
             }
             // Nothing yet: wait, refreshing the agent's last-seen time.
@@ -75,7 +82,7 @@ impl Fleet<'_> {
                 .wait(&registration, &agent, deadline, stop.as_mut())
                 .await;
             if wake != Wake::Reread {
-                return Ok(self.empty_checkin(&body));
+                return Ok(empty_checkin(ack_token));
             }
         }
     }
@@ -117,7 +124,7 @@ impl Fleet<'_> {
     async fn record(
         &self,
         agent: &FleetAgent,
-        body: &CheckinRequest,
+        body: CheckinRequest,
         checkin: &ValidCheckin,
     ) -> Result<bool> {
         let now = Utc::now();
@@ -125,14 +132,17 @@ impl Fleet<'_> {
             agent_id: agent.id.clone(),
             at: now,
             status: body.status.trim().to_lowercase(),
-            message: body.message.clone(),
-            local_metadata: body.local_metadata.clone().filter(|m| !m.is_null()),
-            components: body.components.clone().filter(|c| !c.is_null()),
+            message: body.message,
+            local_metadata: body.local_metadata.filter(|m| !m.is_null()),
+            components: body.components.filter(|c| !c.is_null()),
             agent_version: Some(checkin.version.clone()),
             reported_policy: checkin.reports.clone(),
         };
         if let Some(now_rec) = self.checkins.offer(record, agent.last_checkin.is_none()) {
-            self.checkin_writes.run(&self.store, now_rec, now).await?;
+            if let Err(e) = self.checkin_writes.run(&self.store, now_rec, now).await {
+                self.checkins.unsettle(&agent.id);
+                return Err(e.into());
+            }
         }
         if let Some(token) = body.ack_token.as_deref().filter(|t| !t.is_empty()) {
             // Agents send their last token on every check-in; confirm it once.
@@ -181,7 +191,7 @@ impl Fleet<'_> {
     async fn owed(
         &self,
         agent: &FleetAgent,
-        body: &CheckinRequest,
+        ack_token: &str,
         reports: Option<&(String, i64)>,
     ) -> Result<Option<CheckinResponse>> {
         // A report about another policy (it was reassigned) counts as
@@ -205,7 +215,7 @@ impl Fleet<'_> {
         if stored.is_empty() && actions.is_empty() {
             return Ok(None);
         }
-        let mut ack_token = body.ack_token.clone().unwrap_or_default();
+        let mut ack_token = ack_token.to_owned();
         if !stored.is_empty() {
             ack_token = uuid::Uuid::new_v4().to_string();
             let ids: Vec<String> = stored.iter().map(|a| a.id.clone()).collect();
@@ -233,12 +243,12 @@ impl Fleet<'_> {
         };
         every.saturating_sub(Duration::from_millis(off))
     }
+}
 
-    pub(super) fn empty_checkin(&self, body: &CheckinRequest) -> CheckinResponse {
-        CheckinResponse {
-            ack_token: body.ack_token.clone().unwrap_or_default(),
-            actions: vec![],
-        }
+fn empty_checkin(ack_token: String) -> CheckinResponse {
+    CheckinResponse {
+        ack_token,
+        actions: vec![],
     }
 }
 
