@@ -25,6 +25,7 @@ macro_rules! agent_status_sql {
 macro_rules! agent_where_sql {
     () => {
         concat!(" FROM agents a LEFT JOIN agent_policies p ON p.id = a.policy_id \
+          LEFT JOIN agent_reports m ON m.agent_id = a.id \
           WHERE ($1 IS NULL OR a.policy_id = $1) \
             AND ($2 IS NULL OR (", agent_status_sql!(), ") = $2) \
             AND ($3 IS NULL OR EXISTS (SELECT 1 FROM agent_tags t WHERE t.agent_id = a.id AND t.tag = $3)) \
@@ -39,6 +40,7 @@ macro_rules! agent_where_sql {
 macro_rules! agent_by_id_where_sql {
     () => {
         concat!(" FROM agents a LEFT JOIN agent_policies p ON p.id = a.policy_id \
+          LEFT JOIN agent_reports m ON m.agent_id = a.id \
           WHERE a.id = $6 \
             AND ($1 IS NULL OR a.policy_id = $1) \
             AND ($2 IS NULL OR (", agent_status_sql!(), ") = $2) \
@@ -49,9 +51,9 @@ macro_rules! agent_by_id_where_sql {
 
 macro_rules! agent_select_sql {
     () => {
-        concat!("SELECT a.id, a.policy_id, a.policy_revision, a.active, a.local_metadata, a.last_checkin, \
-                a.last_checkin_status, a.last_checkin_message, a.enrolled_at, \
-                a.unenrollment_started_at, a.unenrolled_at, a.agent_version, a.components, \
+        concat!("SELECT a.id, a.policy_id, a.policy_revision, a.active, COALESCE(m.local_metadata, '{}') AS local_metadata, \
+                a.last_checkin, a.last_checkin_status, a.last_checkin_message, a.enrolled_at, \
+                a.unenrollment_started_at, a.unenrolled_at, a.agent_version, m.components, \
                 a.reported_policy_id, a.reported_policy_revision, a.output_key_error, a.policy_change_failure, (",
         agent_status_sql!(),
         ") AS status")
@@ -384,13 +386,12 @@ pub(crate) async fn insert_tags(conn: &mut Conn, agent_id: &str, tags: &[String]
 
 pub(crate) async fn insert_agent_row(conn: &mut Conn, agent: &NewAgent) -> Result<()> {
     sqlx::query(
-        "INSERT INTO agents (id, policy_id, active, local_metadata, enrolled_at, updated_at, \
+        "INSERT INTO agents (id, policy_id, active, enrolled_at, updated_at, \
                  access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
-                 VALUES ($1, $2, TRUE, $3, $4, $4, $5, $6, $7, $8, $9)",
+                 VALUES ($1, $2, TRUE, $3, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&agent.id)
     .bind(&agent.policy_id)
-    .bind(to_json(&agent.local_metadata))
     .bind(ms(agent.enrolled_at))
     .bind(&agent.access_api_key_id)
     .bind(&agent.enrollment_id)
@@ -400,6 +401,12 @@ pub(crate) async fn insert_agent_row(conn: &mut Conn, agent: &NewAgent) -> Resul
     .execute(&mut *conn)
     .await
     .or_conflict(|| format!("agent '{}' already exists", agent.id))?;
+    sqlx::query("INSERT INTO agent_reports (agent_id, local_metadata) VALUES ($1, $2)")
+        .bind(&agent.id)
+        .bind(to_json(&agent.local_metadata))
+        .execute(&mut *conn)
+        .await
+        .db()?;
     insert_tags(conn, &agent.id, &agent.tags).await
 }
 

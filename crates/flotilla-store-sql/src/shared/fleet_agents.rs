@@ -101,7 +101,7 @@ pub(super) async fn record_checkins(s: &Engine, batch: &[CheckinRecord]) -> Resu
     Ok(())
 }
 
-/// Rows per statement: 9 parameters a row.
+/// Rows per statement: 7 parameters a row.
 const CHECKIN_CHUNK: usize = 200;
 
 async fn record_checkin_chunk(tx: &mut Conn, chunk: &[&CheckinRecord]) -> Result<()> {
@@ -118,26 +118,19 @@ async fn record_checkin_chunk(tx: &mut Conn, chunk: &[&CheckinRecord]) -> Result
         }
         lock.fetch_all(&mut *tx).await.db()?;
     }
-    let rows: Vec<String> = (0..chunk.len())
-        .map(|r| {
-            let p: Vec<String> = (r * 9 + 1..=r * 9 + 9).map(|p| format!("${p}")).collect();
-            format!("({})", p.join(", "))
-        })
-        .collect();
-    let mut q = sqlx::query(sql!(
+    let mut q = sqlx::query_scalar(sql!(
         "UPDATE agents SET last_checkin = v.column2, last_checkin_status = v.column3, \
          last_checkin_message = v.column4, \
-         local_metadata = COALESCE(v.column5, agents.local_metadata), \
-         components = COALESCE(v.column6, agents.components), \
-         agent_version = COALESCE(v.column7, agents.agent_version), \
-         reported_policy_id = COALESCE(v.column8, agents.reported_policy_id), \
-         reported_policy_revision = COALESCE(v.column9, agents.reported_policy_revision), \
+         agent_version = COALESCE(v.column5, agents.agent_version), \
+         reported_policy_id = COALESCE(v.column6, agents.reported_policy_id), \
+         reported_policy_revision = COALESCE(v.column7, agents.reported_policy_revision), \
          audit_unenrolled_reason = NULL, audit_unenrolled_time = NULL, unenrolled_at = NULL, \
          updated_at = v.column2 \
          FROM (VALUES {}) AS v \
          WHERE agents.id = v.column1 AND agents.active \
-         AND (agents.last_checkin IS NULL OR agents.last_checkin <= v.column2)",
-        rows.join(", ")
+         AND (agents.last_checkin IS NULL OR agents.last_checkin <= v.column2) \
+         RETURNING agents.id",
+        value_rows(chunk.len(), 7)
     ));
     for c in chunk {
         q = q
@@ -145,14 +138,50 @@ async fn record_checkin_chunk(tx: &mut Conn, chunk: &[&CheckinRecord]) -> Result
             .bind(ms(c.at))
             .bind(&c.status)
             .bind(&c.message)
-            .bind(c.local_metadata.as_ref().map(to_json))
-            .bind(c.components.as_ref().map(to_json))
             .bind(&c.agent_version)
             .bind(c.reported_policy.as_ref().map(|(p, _)| p))
             .bind(c.reported_policy.as_ref().map(|(_, r)| *r));
     }
+    let applied: std::collections::HashSet<String> =
+        q.fetch_all(&mut *tx).await.db()?.into_iter().collect();
+    // What agents report about themselves, only where they sent it (a
+    // heartbeat sends neither) and the check-in applied.
+    let reports: Vec<&&CheckinRecord> = chunk
+        .iter()
+        .filter(|c| {
+            (c.local_metadata.is_some() || c.components.is_some()) && applied.contains(&c.agent_id)
+        })
+        .collect();
+    if reports.is_empty() {
+        return Ok(());
+    }
+    let mut q = sqlx::query(sql!(
+        "UPDATE agent_reports SET local_metadata = COALESCE(v.column2, agent_reports.local_metadata), \
+         components = COALESCE(v.column3, agent_reports.components) \
+         FROM (VALUES {}) AS v WHERE agent_reports.agent_id = v.column1",
+        value_rows(reports.len(), 3)
+    ));
+    for c in reports {
+        q = q
+            .bind(&c.agent_id)
+            .bind(c.local_metadata.as_ref().map(to_json))
+            .bind(c.components.as_ref().map(to_json));
+    }
     q.execute(&mut *tx).await.db()?;
     Ok(())
+}
+
+/// `($1, …, $cols), ($cols+1, …)`: `rows` rows of `cols` parameters.
+fn value_rows(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let p: Vec<String> = (r * cols + 1..=r * cols + cols)
+                .map(|p| format!("${p}"))
+                .collect();
+            format!("({})", p.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[tracing::instrument(skip_all)]
