@@ -73,7 +73,9 @@ fn source_ips(s: &str) -> Result<SourceIps, String> {
 pub struct LoadgenArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// The server's base URL.
+    /// The server's base URL; with --processes, several separated by
+    /// commas (instances sharing one database: the processes are spread
+    /// over them, the run's policy is made on the first).
     #[arg(long, default_value = "http://127.0.0.1:8220")]
     pub url: String,
     /// Operator key: creates the run's policy and enrollment token, and
@@ -144,6 +146,16 @@ pub struct LoadgenArgs {
 }
 
 impl LoadgenArgs {
+    /// The `--url`s.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn ips(&self) -> Vec<IpAddr> {
         self.source_ips.clone().map(|s| s.0).unwrap_or_default()
     }
@@ -158,6 +170,17 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     }
     if args.agents == 0 {
         anyhow::bail!("--agents must be at least 1");
+    }
+    let urls = args.urls();
+    if urls.is_empty() {
+        anyhow::bail!("--url must name a server");
+    }
+    if urls.len() > 1 && args.processes < urls.len() {
+        anyhow::bail!(
+            "{} servers in --url need --processes {} or more (a process talks to one)",
+            urls.len(),
+            urls.len()
+        );
     }
     if args.processes > 1 {
         let summary = multi::run(&args).await?;

@@ -41,8 +41,6 @@ impl Kid {
 
 fn passed_through(args: &LoadgenArgs) -> Vec<String> {
     let mut v = vec![
-        "--url".into(),
-        args.url.clone(),
         "--metadata-bytes".into(),
         args.metadata_bytes.to_string(),
         "--duration".into(),
@@ -65,7 +63,20 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Summary> {
         bail!("baseline runs in one process (drop --processes)");
     }
     let k = args.processes.min(args.agents).max(1);
-    let op = Operator::new(&args.url, args.api_key.clone())?;
+    let urls = args.urls();
+    if urls.len() > k {
+        bail!("{} servers in --url but only {k} processes", urls.len());
+    }
+    // Child i talks to server i mod n, and waits for that server to hold
+    // every agent of the children that share it.
+    let url_of = |i: usize| &urls[i % urls.len()];
+    let expect_on = |u: usize| -> usize {
+        (0..k)
+            .filter(|i| i % urls.len() == u)
+            .map(|i| share(args.agents, k, i))
+            .sum()
+    };
+    let op = Operator::new(&urls[0], args.api_key.clone())?;
     let (token, policy) = match &args.enrollment_token {
         Some(t) => (t.clone(), args.policy_id.clone()),
         None => {
@@ -99,7 +110,16 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Summary> {
                 &args.concurrency.div_ceil(k).max(1).to_string(),
             ])
             .args(["--enrollment-token", &token])
-            .args(["--expect-waiting", &args.agents.to_string()])
+            .args(["--url", url_of(i)])
+            .args([
+                "--expect-waiting",
+                &if urls.len() > 1 {
+                    expect_on(i % urls.len())
+                } else {
+                    args.agents
+                }
+                .to_string(),
+            ])
             .args(["--json", "--quiet", "--child"]);
         if let Some(p) = &policy {
             cmd.args(["--policy-id", p]);
@@ -129,7 +149,11 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Summary> {
         });
     }
     if !args.quiet {
-        eprintln!("loadgen: {k} processes, {} agents", args.agents);
+        eprintln!(
+            "loadgen: {k} processes, {} agents, {} server(s)",
+            args.agents,
+            urls.len()
+        );
     }
     let synced = matches!(
         args.scenario,

@@ -55,8 +55,20 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_server_on(None)
+}
+
+/// A server on SQLite in its own directory, or on `database_url`.
+fn start_server_on(database_url: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = command()
+    let mut cmd = command();
+    if let Some(url) = database_url {
+        cmd.env("FLOTILLA_DATABASE_URL", url).env(
+            "FLOTILLA_ENCRYPTION_KEY",
+            "loadgen-test-encryption-key-0123456789abc",
+        );
+    }
+    let mut child = cmd
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("FLOTILLA_ADMIN_API_KEY", ADMIN_KEY)
@@ -93,17 +105,14 @@ fn start_server() -> Server {
 
 /// Runs `flotilla loadgen <args> --json`; its summary.
 fn loadgen(server: &Server, args: &[&str]) -> Value {
+    loadgen_at(&server.url, args)
+}
+
+fn loadgen_at(url: &str, args: &[&str]) -> Value {
     let out = command()
         .arg("loadgen")
         .args(args)
-        .args([
-            "--url",
-            &server.url,
-            "--json",
-            "--quiet",
-            "--timeout",
-            "120s",
-        ])
+        .args(["--url", url, "--json", "--quiet", "--timeout", "120s"])
         .env("FLOTILLA_API_KEY", ADMIN_KEY)
         .stdin(Stdio::null())
         .output()
@@ -157,4 +166,47 @@ fn enroll_and_fanout_reach_every_agent() {
     for k in ["t50_s", "t99_s", "t100_s", "all_acked_s"] {
         assert!(s[k].is_number(), "{k}: {s}");
     }
+}
+
+/// Two instances on one PostgreSQL database, the agents spread over them
+/// (two processes, one per instance): a change made through the first
+/// reaches the agents held by the second.
+#[test]
+fn fanout_reaches_agents_on_two_instances_sharing_postgres() {
+    let Some(cluster) = flotilla_testkit::postgres() else {
+        return;
+    };
+    let db = cluster.create_database();
+    let a = start_server_on(Some(&db));
+    let b = start_server_on(Some(&db));
+    let urls = format!("{},{}", a.url, b.url);
+    let s = loadgen_at(
+        &urls,
+        &[
+            "fanout",
+            "--agents",
+            "120",
+            "--processes",
+            "2",
+            "--metadata-bytes",
+            "512",
+        ],
+    );
+    assert_eq!(s["enrolled"], 120, "{s}");
+    assert_eq!(
+        s["received"], 120,
+        "every agent, on either instance, got the change: {s}"
+    );
+    assert_eq!(s["acked"], 120, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+
+    // Several servers need a process each.
+    let out = command()
+        .args(["loadgen", "hold", "--agents", "10", "--url", &urls])
+        .env("FLOTILLA_API_KEY", ADMIN_KEY)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--processes 2"), "{err}");
 }

@@ -46,6 +46,8 @@ pub struct Services {
     pub key_rotations: Arc<fleet::KeyRotationBatcher>,
     /// Check-ins that changed something, group-committed.
     pub checkin_writes: Arc<fleet::CheckinBatcher>,
+    /// Enrolments, group-committed.
+    pub enrolments: Arc<fleet::EnrolmentBatcher>,
 }
 
 impl Services {
@@ -61,6 +63,7 @@ impl Services {
             runs_policy: Default::default(),
             key_rotations: Default::default(),
             checkin_writes: Default::default(),
+            enrolments: Default::default(),
         }
     }
 

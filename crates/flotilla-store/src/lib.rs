@@ -255,6 +255,16 @@ pub struct NewAgent {
     pub agent_version: Option<String>,
 }
 
+/// One enrolment as [`Store::enroll_agents`] takes it: what
+/// [`Store::enroll_agent`] takes.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    pub agent: NewAgent,
+    pub access_key: ApiKeyRecord,
+    /// Agents (and their keys) removed in the same transaction.
+    pub replace: Vec<String>,
+}
+
 /// What the fleet protocol needs of an agent, beyond the management view.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetAgent {
@@ -684,6 +694,23 @@ pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
         access_key: &ApiKeyRecord,
         replace: &[String],
     ) -> Result<Agent>;
+    /// [`Store::enroll_agent`] for many (group commit: a fleet enrolling at
+    /// once is a few writes per batch, not one transaction each). Each
+    /// one's outcome in the order given, with the error `enroll_agent` would
+    /// give; one refused costs the others nothing. An `Err` means nothing
+    /// was written for the enrolments the engine wrote together (the
+    /// caller retries them one by one).
+    async fn enroll_agents(&self, items: &[Enrolment]) -> Result<Vec<Result<()>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for e in items {
+            out.push(
+                self.enroll_agent(&e.agent, &e.access_key, &e.replace)
+                    .await
+                    .map(|_| ()),
+            );
+        }
+        Ok(out)
+    }
     /// Applies a batch of buffered check-ins in one transaction; inactive or
     /// missing agents are skipped.
     async fn record_checkins(&self, batch: &[CheckinRecord]) -> Result<()>;

@@ -1,11 +1,12 @@
-//! Enrolment: a new agent with its access key, in one transaction.
+//! Enrolment: a new agent with its access key, in one transaction (shared
+//! with the enrolments queued at the same time: group commit).
 
 use chrono::Utc;
 use serde_json::{json, Value};
 
 use flotilla_domain::agent::validate_tags;
 use flotilla_domain::validate_id;
-use flotilla_store::{KeyKind, NewAgent, StoreError};
+use flotilla_store::{Enrolment, KeyKind, NewAgent, StoreError};
 
 use super::*;
 use crate::secrets::{ct_eq, hash_token};
@@ -111,9 +112,15 @@ impl Fleet<'_> {
             enroll_type: Some(e.enroll_type.clone()),
             agent_version: Some(e.version.clone()),
         };
-        self.store
-            .enroll_agent(&new, &access.record, replace.as_slice())
+        let enrolment = Enrolment {
+            agent: new,
+            access_key: access.record.clone(),
+            replace: replace.into_iter().collect(),
+        };
+        self.enrolments
+            .run(&self.store, enrolment, now)
             .await
+            .and_then(|r| r)
             .map_err(|err| match err {
                 StoreError::InUse(msg) => FleetError::new(FleetErrorKind::AgentNotReplaceable, msg),
                 StoreError::Conflict(_) => FleetError::new(

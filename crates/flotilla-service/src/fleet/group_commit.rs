@@ -7,7 +7,8 @@
 //! transaction; under no load a batch is one item and nothing waits. A
 //! batch that fails is retried one by one, so one bad item fails only
 //! itself. Kinds: "the agent runs this revision" (acks and reported
-//! revisions) and output-key rotations.
+//! revisions), output-key rotations, check-ins that changed something and
+//! enrolments.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -15,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use flotilla_store::{CheckinRecord, OutputKeyChange, RunsPolicy, Store, StoreError};
+use flotilla_store::{CheckinRecord, Enrolment, OutputKeyChange, RunsPolicy, Store, StoreError};
 
 const MAX_BATCH: usize = 256;
 
@@ -96,6 +97,21 @@ impl GroupWrite for KeyRotation {
     }
 }
 
+/// A new agent with its access key ([`Store::enroll_agents`]).
+impl GroupWrite for Enrolment {
+    /// Enrolled, or refused with `enroll_agent`'s error (policy missing,
+    /// enrollment id in use, a concurrent duplicate).
+    type Output = Result<(), StoreError>;
+    const KIND: &'static str = "enrolment";
+    async fn all(
+        store: &dyn Store,
+        items: &[Self],
+        _now: DateTime<Utc>,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        store.enroll_agents(items).await
+    }
+}
+
 struct Job<W: GroupWrite> {
     item: W,
     now: DateTime<Utc>,
@@ -121,6 +137,8 @@ pub type RunsPolicyBatcher = GroupCommit<RunsPolicy>;
 pub type KeyRotationBatcher = GroupCommit<KeyRotation>;
 /// Check-ins written at once.
 pub type CheckinBatcher = GroupCommit<CheckinRecord>;
+/// Enrolments.
+pub type EnrolmentBatcher = GroupCommit<Enrolment>;
 
 impl<W: GroupWrite> GroupCommit<W> {
     /// `item` written, committed with whatever else is queued.

@@ -23,7 +23,8 @@ pub use buffer::CheckinBuffer;
 pub use errors::{FleetError, FleetErrorKind};
 pub use flotilla_api::fleet::*;
 pub use group_commit::{
-    CheckinBatcher, GroupCommit, GroupWrite, KeyRotation, KeyRotationBatcher, RunsPolicyBatcher,
+    CheckinBatcher, EnrolmentBatcher, GroupCommit, GroupWrite, KeyRotation, KeyRotationBatcher,
+    RunsPolicyBatcher,
 };
 pub use output_keys::output_key_aad;
 pub use policy_cache::{CachedPolicy, PolicyCache};

@@ -66,6 +66,129 @@ pub(super) async fn enroll_agent(
     }
 }
 
+/// Group-committed enrolments. Plain ones (a fresh agent: nothing to
+/// replace, no enrollment id, its id once in the batch) are written
+/// set-wise in one transaction: the policies' row locks in id order, then
+/// multi-row inserts of keys, agents, reports and tags. The rest are
+/// [`enroll_agent`]s of their own afterwards, in order.
+#[tracing::instrument(skip_all, fields(n = items.len()))]
+pub(super) async fn enroll_agents(s: &Engine, items: &[Enrolment]) -> Result<Vec<Result<()>>> {
+    let mut out: Vec<Option<Result<()>>> = (0..items.len()).map(|_| None).collect();
+    let mut seen = std::collections::HashSet::new();
+    let plain: Vec<usize> = (0..items.len())
+        .filter(|&i| {
+            let e = &items[i];
+            e.replace.is_empty()
+                && e.agent.enrollment_id.is_none()
+                && seen.insert(e.agent.id.as_str())
+        })
+        .collect();
+    if !plain.is_empty() {
+        let mut policies: Vec<&str> = plain
+            .iter()
+            .map(|&i| items[i].agent.policy_id.as_str())
+            .collect();
+        policies.sort_unstable();
+        policies.dedup();
+        let mut tx = s.begin_write().await?;
+        let mut missing = std::collections::HashSet::new();
+        for p in policies {
+            if !policy_exists(&mut tx, p).await? {
+                missing.insert(p);
+            }
+        }
+        let mut written: Vec<&Enrolment> = Vec::with_capacity(plain.len());
+        for &i in &plain {
+            let e = &items[i];
+            if missing.contains(e.agent.policy_id.as_str()) {
+                out[i] = Some(Err(StoreError::not_found(
+                    Entity::AgentPolicy,
+                    &e.agent.policy_id,
+                )));
+            } else {
+                written.push(e);
+                out[i] = Some(Ok(()));
+            }
+        }
+        for chunk in written.chunks(ENROL_CHUNK) {
+            let keys: Vec<&ApiKeyRecord> = chunk.iter().map(|e| &e.access_key).collect();
+            insert_keys(&mut tx, &keys).await?;
+            insert_agent_rows(&mut tx, chunk).await?;
+        }
+        tx.commit().await.db()?;
+    }
+    for (i, e) in items.iter().enumerate() {
+        if out[i].is_none() {
+            out[i] = Some(
+                enroll_agent(s, &e.agent, &e.access_key, &e.replace)
+                    .await
+                    .map(|_| ()),
+            );
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("every enrolment answered"))
+        .collect())
+}
+
+/// Enrolments per statement: 13 parameters a key, 8 an agent.
+const ENROL_CHUNK: usize = 200;
+
+/// [`insert_agent_row`] for many agents: a statement per table.
+async fn insert_agent_rows(tx: &mut Conn, chunk: &[&Enrolment]) -> Result<()> {
+    let mut q = sqlx::query(sql!(
+        "INSERT INTO agents (id, policy_id, active, enrolled_at, updated_at, \
+         access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
+         SELECT v.column1, v.column2, TRUE, v.column3, v.column3, v.column4, v.column5, \
+         v.column6, v.column7, v.column8 FROM (VALUES {}) AS v",
+        value_rows(chunk.len(), 8)
+    ));
+    for e in chunk {
+        let a = &e.agent;
+        q = q
+            .bind(&a.id)
+            .bind(&a.policy_id)
+            .bind(ms(a.enrolled_at))
+            .bind(&a.access_api_key_id)
+            .bind(&a.enrollment_id)
+            .bind(&a.replace_token_hash)
+            .bind(&a.enroll_type)
+            .bind(&a.agent_version);
+    }
+    q.execute(&mut *tx)
+        .await
+        .or_conflict(|| "an enrolled agent already exists".to_owned())?;
+    let mut q = sqlx::query(sql!(
+        "INSERT INTO agent_reports (agent_id, local_metadata) VALUES {}",
+        value_rows(chunk.len(), 2)
+    ));
+    for e in chunk {
+        q = q.bind(&e.agent.id).bind(to_json(&e.agent.local_metadata));
+    }
+    q.execute(&mut *tx).await.db()?;
+    let tags: Vec<(&str, &str)> = chunk
+        .iter()
+        .flat_map(|e| {
+            e.agent
+                .tags
+                .iter()
+                .map(|t| (e.agent.id.as_str(), t.as_str()))
+        })
+        .collect();
+    for part in tags.chunks(ENROL_CHUNK * 4) {
+        let mut q = sqlx::query(sql!(
+            "INSERT INTO agent_tags (agent_id, tag) VALUES {} ON CONFLICT DO NOTHING",
+            value_rows(part.len(), 2)
+        ));
+        for (agent, tag) in part {
+            q = q.bind(*agent).bind(*tag);
+        }
+        q.execute(&mut *tx).await.db()?;
+    }
+    Ok(())
+}
+
 #[tracing::instrument(skip_all)]
 pub(super) async fn record_checkins(s: &Engine, batch: &[CheckinRecord]) -> Result<()> {
     if batch.is_empty() {

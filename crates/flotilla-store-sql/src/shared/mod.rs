@@ -45,9 +45,9 @@ mod prelude {
     pub(crate) use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
     pub(crate) use flotilla_store::Entity;
     pub(crate) use flotilla_store::{
-        ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, FleetAgent,
-        NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter, Page, Paged, PolicyFilter,
-        Result, Store, StoreError, StoreEvent,
+        ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, Enrolment,
+        FleetAgent, NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter, Page, Paged,
+        PolicyFilter, Result, Store, StoreError, StoreEvent,
     };
 }
 
@@ -352,6 +352,10 @@ impl Store for Engine {
         replace: &[String],
     ) -> Result<Agent> {
         fleet_agents::enroll_agent(self, agent, access_key, replace).await
+    }
+
+    async fn enroll_agents(&self, items: &[Enrolment]) -> Result<Vec<Result<()>>> {
+        fleet_agents::enroll_agents(self, items).await
     }
 
     async fn record_checkins(&self, batch: &[CheckinRecord]) -> Result<()> {

@@ -643,3 +643,110 @@ pub async fn key_rotations_are_written_in_one_batch(s: S) {
         .invalidated_at
         .is_none());
 }
+
+pub async fn enrolments_are_written_in_one_batch(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    enrolled(&s, "old", "p").await;
+    let plain = |id: &str, policy_id: &str, key_id: &str, tags: &[&str]| {
+        let mut a = agent(id, policy_id, tags);
+        let access = key(key_id, id, "access");
+        a.access_api_key_id = Some(access.id.clone());
+        crate::Enrolment {
+            agent: a,
+            access_key: access,
+            replace: vec![],
+        }
+    };
+    let (a, access) = enrolling("b4", "p", "e9");
+    let with_id = crate::Enrolment {
+        agent: a,
+        access_key: access,
+        replace: vec![],
+    };
+    let mut replacing = plain("b5", "p", "acc-b5", &[]);
+    replacing.replace = vec!["old".into()];
+    // Plain ones (one on a missing policy, one id twice) with one that has
+    // an enrollment id and one that replaces an agent.
+    let out = s
+        .enroll_agents(&[
+            plain("b1", "p", "acc-b1", &["t2", "t1"]),
+            plain("b2", "missing", "acc-b2", &[]),
+            plain("b3", "p", "acc-b3", &[]),
+            plain("b1", "p", "acc-b1-again", &[]),
+            with_id,
+            replacing,
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out[0].is_ok() && out[2].is_ok() && out[4].is_ok() && out[5].is_ok(),
+        "{out:?}"
+    );
+    assert!(
+        matches!(out[1], Err(StoreError::NotFound { .. })),
+        "{out:?}"
+    );
+    assert!(matches!(out[3], Err(StoreError::Conflict(_))), "{out:?}");
+    let b1 = s.get_agent("b1", now).await.unwrap();
+    let mut tags = b1.tags.clone();
+    tags.sort();
+    assert_eq!(tags, ["t1", "t2"]);
+    assert_eq!(b1.local_metadata["host"]["hostname"], "b1");
+    let fa = s.get_fleet_agent("b1").await.unwrap().unwrap();
+    assert!(fa.active);
+    assert_eq!(fa.access_api_key_id.as_deref(), Some("acc-b1"));
+    assert_eq!(
+        s.get_api_key("acc-b1")
+            .await
+            .unwrap()
+            .unwrap()
+            .agent_id
+            .as_deref(),
+        Some("b1")
+    );
+    for absent in ["acc-b2", "acc-b1-again", "acc-old"] {
+        assert!(
+            s.get_api_key(absent)
+                .await
+                .unwrap()
+                .is_none_or(|k| k.invalidated_at.is_some()),
+            "{absent}"
+        );
+    }
+    assert!(s.get_fleet_agent("b2").await.unwrap().is_none());
+    assert!(s.get_fleet_agent("b3").await.unwrap().is_some());
+    assert_eq!(
+        s.get_fleet_agent("b4")
+            .await
+            .unwrap()
+            .unwrap()
+            .enrollment_id
+            .as_deref(),
+        Some("e9")
+    );
+    assert!(s.get_fleet_agent("old").await.unwrap().is_none());
+    assert!(s.get_fleet_agent("b5").await.unwrap().is_some());
+
+    // A plain one whose id already exists: refused, and whatever the
+    // engine wrote with it in the same transaction is either written
+    // whole or not at all (then the caller retries one by one).
+    match s
+        .enroll_agents(&[
+            plain("c1", "p", "acc-c1", &[]),
+            plain("b3", "p", "acc-b3-again", &[]),
+        ])
+        .await
+    {
+        Ok(out) => {
+            assert!(out[1].is_err(), "{out:?}");
+            assert_eq!(
+                out[0].is_ok(),
+                s.get_fleet_agent("c1").await.unwrap().is_some()
+            );
+        }
+        Err(_) => assert!(s.get_fleet_agent("c1").await.unwrap().is_none()),
+    }
+    assert!(s.get_api_key("acc-b3-again").await.unwrap().is_none());
+    assert!(s.enroll_agents(&[]).await.unwrap().is_empty());
+}

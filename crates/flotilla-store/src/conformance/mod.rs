@@ -68,7 +68,8 @@ macro_rules! conformance_suite {
             deleting_a_connector_races_saving_an_integration_on_it,
             verifier_policies_live_and_die_with_their_policy,
             revisions_run_are_written_in_one_batch,
-            key_rotations_are_written_in_one_batch
+            key_rotations_are_written_in_one_batch,
+            enrolments_are_written_in_one_batch
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
