@@ -5,7 +5,10 @@
 #
 #   crates/flotilla-loadgen/bench.sh <scenario> <agents> [loadgen options…]
 #
-# FLOTILLA_BIN picks the binary (default: target/release/flotilla).
+# FLOTILLA_BIN picks the binary (default: target/release/flotilla);
+# BENCH_SERVER_ENV adds settings to the server's environment, e.g.
+# BENCH_SERVER_ENV="FLOTILLA_FLEET__EXPECTED_AGENTS=1000" (space-separated
+# NAME=VALUE words).
 set -euo pipefail
 scenario=${1:?scenario}
 agents=${2:?agents}
@@ -19,8 +22,14 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
+server_env=()
+for word in ${BENCH_SERVER_ENV:-}; do
+  [[ "$word" == *=* ]] || { echo "BENCH_SERVER_ENV: '$word' is not NAME=VALUE" >&2; exit 2; }
+  server_env+=("$word")
+done
 env -u RUST_LOG FLOTILLA_ADMIN_API_KEY=$key FLOTILLA_VERIFIER__EMBEDDED_AGENT=false \
   FLOTILLA_FLEET__POLL_TIMEOUT=1s FLOTILLA_FLEET__POLL_JITTER=0s RUST_LOG=warn \
+  ${server_env[@]+"${server_env[@]}"} \
   "$bin" server --listen 127.0.0.1:0 --data-dir "$dir/data" >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 600); do

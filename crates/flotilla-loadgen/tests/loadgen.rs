@@ -55,8 +55,13 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_server_with(&[])
+}
+
+fn start_server_with(env: &[(&str, &str)]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut child = command()
+        .envs(env.iter().copied())
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("FLOTILLA_ADMIN_API_KEY", ADMIN_KEY)
@@ -157,4 +162,52 @@ fn enroll_and_fanout_reach_every_agent() {
     for k in ["t50_s", "t99_s", "t100_s", "all_acked_s"] {
         assert!(s[k].is_number(), "{k}: {s}");
     }
+}
+
+#[test]
+fn overload_sheds_keeps_the_admitted_and_recovers_and_a_storm_converges() {
+    // Sized for 60: 120 agents are twice its capacity.
+    let server = start_server_with(&[
+        ("FLOTILLA_FLEET__EXPECTED_AGENTS", "60"),
+        ("FLOTILLA_FLEET__POLL_TIMEOUT", "1s"),
+        ("FLOTILLA_FLEET__POLL_JITTER", "0s"),
+        ("FLOTILLA_FLEET__LONG_POLL_RESERVE", "3s"),
+    ]);
+    let s = loadgen(
+        &server,
+        &[
+            "overload",
+            "--agents",
+            "120",
+            "--duration",
+            "4s",
+            "--metadata-bytes",
+            "256",
+        ],
+    );
+    assert_eq!(s["scenario"], "overload");
+    assert_eq!(s["enrolled"], 120, "{s}");
+    let admitted = s["admitted"].as_u64().unwrap();
+    assert!(admitted > 0 && admitted < 120, "some shed: {s}");
+    assert!(s["refused"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(
+        s["admitted_refused"], 0,
+        "admitted agents kept being served: {s}"
+    );
+    assert!(s["recover_s"].is_number(), "recovered on its own: {s}");
+    assert_eq!(s["served_after"], s["staying"], "{s}");
+    assert_eq!(s["healthz_failures"], 0, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    drop(server);
+
+    let server = start_server();
+    let s = loadgen(
+        &server,
+        &["storm", "--agents", "100", "--metadata-bytes", "256"],
+    );
+    assert_eq!(s["scenario"], "storm");
+    assert!(s["converge_s"].is_number(), "{s}");
+    assert_eq!(s["waiting_after"], 100, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    assert_eq!(s["healthz_failures"], 0, "{s}");
 }
