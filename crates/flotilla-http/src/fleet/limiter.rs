@@ -74,11 +74,13 @@ pub struct FleetRouteLimits {
 impl FleetRouteLimits {
     /// Defaults sized for a fleet of `agents`: on a 2-core machine the
     /// server enrols about 1,500 agents/s and answers a few thousand
-    /// check-ins/s; a fan-out has every agent ack at once.
+    /// check-ins/s; a fan-out has every agent ack at once. At 20,000 the
+    /// rates are above what the server does, so only a fleet larger than
+    /// expected meets them.
     pub fn for_agents(agents: u32) -> Self {
         let agents = agents.max(1);
         let headroom = agents + agents / 10 + 16;
-        let enroll_rate = (agents / 20).clamp(20, 1000);
+        let enroll_rate = (agents / 10).clamp(20, 2000);
         let checkin_rate = (agents / 10).clamp(50, 2000);
         FleetRouteLimits {
             enroll: RouteLimit {
