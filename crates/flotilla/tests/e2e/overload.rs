@@ -27,7 +27,7 @@ async fn refused_metric(s: &Server, route: &str, reason: &str) -> f64 {
     let prefix = "flotilla_fleet_refused_total{";
     text.lines()
         .filter(|l| {
-            l.starts_with(&prefix)
+            l.starts_with(prefix)
                 && l.contains(&format!("route=\"{route}\""))
                 && l.contains(&format!("reason=\"{reason}\""))
         })
