@@ -11,7 +11,9 @@
 #   synchronous=NORMAL, a crash may lose the last commits, never corrupt).
 # BENCH_INSTANCES=N (PostgreSQL only): N servers on that one database; loadgen
 #   gets all their URLs and needs --processes N or more.
-# BENCH_SERVER_ENV="NAME=value …": extra environment for the server(s).
+# BENCH_SERVER_ENV adds settings to the server(s)' environment, e.g.
+#   BENCH_SERVER_ENV="FLOTILLA_FLEET__EXPECTED_AGENTS=1000" (space-separated
+#   NAME=VALUE words).
 set -euo pipefail
 scenario=${1:?scenario}
 agents=${2:?agents}
@@ -54,12 +56,16 @@ elif [[ $instances != 1 ]]; then
   exit 1
 fi
 
+server_env=()
+for word in ${BENCH_SERVER_ENV:-}; do
+  [[ "$word" == *=* ]] || { echo "BENCH_SERVER_ENV: '$word' is not NAME=VALUE" >&2; exit 2; }
+  server_env+=("$word")
+done
 urls=()
 for i in $(seq "$instances"); do
-  # shellcheck disable=SC2086
   env -u RUST_LOG FLOTILLA_ADMIN_API_KEY=$key FLOTILLA_VERIFIER__EMBEDDED_AGENT=false \
     FLOTILLA_FLEET__POLL_TIMEOUT=1s FLOTILLA_FLEET__POLL_JITTER=0s RUST_LOG=warn \
-    "${db_env[@]}" ${BENCH_SERVER_ENV:-} \
+    ${db_env[@]+"${db_env[@]}"} ${server_env[@]+"${server_env[@]}"} \
     "$bin" server --listen 127.0.0.1:0 --data-dir "$dir/data$i" >"$dir/out$i" 2>"$dir/err$i" &
   pids+=($!)
   for _ in $(seq 600); do

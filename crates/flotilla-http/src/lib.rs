@@ -49,6 +49,8 @@ pub struct HttpLimits {
     /// Agents' requests at once, long polls apart (they have their own
     /// cap): a fleet acking a change at once must not meet operators' cap.
     pub max_concurrent_fleet_requests: usize,
+    /// The fleet routes' rate limits, concurrency caps and check-in reserve.
+    pub fleet_routes: fleet::FleetRouteLimits,
 }
 
 impl Default for HttpLimits {
@@ -59,6 +61,7 @@ impl Default for HttpLimits {
             request_timeout: Duration::from_secs(60),
             max_concurrent_requests: 1024,
             max_concurrent_fleet_requests: 20_000,
+            fleet_routes: fleet::FleetRouteLimits::for_agents(20_000),
         }
     }
 }
@@ -134,6 +137,16 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The whole application: every route and the middleware stack.
 pub fn app(state: AppState, limits: &HttpLimits) -> Router {
+    app_with_clock(state, limits, Arc::new(fleet::SystemClock::default()))
+}
+
+/// [`app`] with the fleet limiter on a given clock.
+pub fn app_with_clock(
+    state: AppState,
+    limits: &HttpLimits,
+    clock: Arc<dyn fleet::Clock>,
+) -> Router {
+    let limiter = fleet::FleetLimiter::new(limits.fleet_routes, clock);
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(management::router())
         .merge(tasks::router())
@@ -178,7 +191,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     let fleet_in_flight = Arc::new(tokio::sync::Semaphore::new(
         limits.max_concurrent_fleet_requests,
     ));
-    let fleet_bounded = fleet::router(fleet_limits).layer(
+    let fleet_bounded = fleet::router(fleet_limits, limiter.clone()).layer(
         ServiceBuilder::new()
             .layer(HandleErrorLayer::new(fleet::overloaded))
             .load_shed()
@@ -202,7 +215,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         .merge(fleet_bounded)
         .merge(probes)
         // Long polls: their own cap and deadline (see fleet::checkin_router).
-        .merge(fleet::checkin_router(fleet_limits))
+        .merge(fleet::checkin_router(fleet_limits, limiter))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(

@@ -8,7 +8,7 @@
 //! header line every few seconds) holds a file descriptor for ever.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,8 +28,9 @@ pub struct ConnLimits {
     /// A keep-alive connection with no request in flight for this long is
     /// closed.
     pub idle_timeout: Duration,
-    /// Connections open at once; beyond it the server stops accepting
-    /// (new ones wait in the listen backlog) until one closes.
+    /// Connections served at once; beyond it a few more are answered 429
+    /// with Retry-After and closed, and past those the server stops
+    /// accepting (new ones wait in the listen backlog) until one closes.
     pub max_connections: usize,
     /// On shutdown, how long open requests may finish.
     pub drain: Duration,
@@ -269,11 +270,18 @@ pub async fn serve(
         suppressed: 0,
     };
     let mut stop = shutdown.clone();
+    // Beyond the cap a few more connections are accepted only to be told
+    // 429 with Retry-After and closed (shedding, never queueing); past
+    // those too the server stops accepting until one closes. Within the
+    // descriptors `flotilla server` keeps apart from the cap.
+    let refusals = Arc::new(Semaphore::new(overflow_slots(max)));
+    let retry = AtomicU64::new(0);
     loop {
-        // A free connection slot first: at the cap, stop accepting.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
+        let slot = tokio::select! {
+            biased;
             _ = stop.wait_for(|s| *s) => break,
+            p = slots.clone().acquire_owned() => Slot::Serve(p.expect("the slot semaphore is never closed")),
+            p = refusals.clone().acquire_owned() => Slot::Refuse(p.expect("the refusal semaphore is never closed")),
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -287,6 +295,21 @@ pub async fn serve(
                 }
             },
             _ = stop.wait_for(|s| *s) => break,
+        };
+        // A slot may have come free while waiting for the connection.
+        let permit = match slot {
+            Slot::Serve(p) => p,
+            Slot::Refuse(r) => match slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    let n = retry.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        refuse_connection(stream, 1 + n % 5).await;
+                        drop(r);
+                    });
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
         metrics::gauge!("flotilla_http_connections").increment(1.0);
@@ -314,6 +337,44 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+enum Slot {
+    Serve(tokio::sync::OwnedSemaphorePermit),
+    Refuse(tokio::sync::OwnedSemaphorePermit),
+}
+
+/// Connections accepted beyond the cap only to be refused: a tenth of the
+/// cap, 16 to 64 (`flotilla server` keeps 256 descriptors apart).
+fn overflow_slots(max: usize) -> usize {
+    (max / 10).clamp(16, 64)
+}
+
+/// Above the connection cap: 429 with `Retry-After` and the contract's
+/// JSON body, then close (what the client sent is read and dropped for a
+/// moment, so closing does not reset the answer away).
+async fn refuse_connection(mut stream: tokio::net::TcpStream, retry_after: u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    metrics::counter!("flotilla_http_connections_refused_total").increment(1);
+    let body = r#"{"statusCode":429,"error":"MaxLimit","message":"the server is at its connection cap; retry later"}"#;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {retry_after}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < 64 * 1024 {
+            match stream.read(&mut buf).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 async fn serve_connection(

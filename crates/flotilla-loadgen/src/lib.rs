@@ -14,6 +14,7 @@ mod bench;
 mod client;
 mod ips;
 mod multi;
+mod overload;
 mod retry;
 mod scenarios;
 pub mod stats;
@@ -43,6 +44,14 @@ pub enum Scenario {
     /// hold + churn against a minimal hyper long-poll server (and against
     /// the server at --url when --server-pid is given): ratios.
     Baseline,
+    /// N agents against a server sized for fewer (e.g. N/2): admitted and
+    /// refused (Retry-After honoured) for --duration, whether admitted
+    /// agents kept being served, healthz failures; then as many admitted
+    /// agents leave as were kept out: time until all the rest are served.
+    Overload,
+    /// N agents waiting drop their connections and reconnect at once: time
+    /// until all wait again, refusals, errors.
+    Storm,
     /// The baseline server itself (run by `baseline`).
     #[value(hide = true)]
     BaselineServer,
@@ -56,6 +65,8 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Churn => "churn",
             Scenario::Baseline => "baseline",
+            Scenario::Overload => "overload",
+            Scenario::Storm => "storm",
             Scenario::BaselineServer => "baseline-server",
         }
     }

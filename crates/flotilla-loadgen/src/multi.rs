@@ -59,8 +59,14 @@ fn passed_through(args: &LoadgenArgs) -> Vec<String> {
 }
 
 pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Summary> {
-    if args.scenario == Scenario::Baseline {
-        bail!("baseline runs in one process (drop --processes)");
+    if matches!(
+        args.scenario,
+        Scenario::Baseline | Scenario::Overload | Scenario::Storm
+    ) {
+        bail!(
+            "{} runs in one process (drop --processes)",
+            args.scenario.name()
+        );
     }
     let k = args.processes.min(args.agents).max(1);
     let urls = args.urls();
@@ -328,7 +334,7 @@ pub fn aggregate(
                 )
                 .push("window_s", Figure::Seconds(args.duration.as_secs_f64()));
         }
-        Scenario::Baseline | Scenario::BaselineServer => {}
+        Scenario::Baseline | Scenario::BaselineServer | Scenario::Overload | Scenario::Storm => {}
     }
     s.push("busy", Figure::Count(sum(summaries, "busy")))
         .push("errors", Figure::Count(sum(summaries, "errors")));

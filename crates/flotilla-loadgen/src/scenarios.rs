@@ -23,6 +23,8 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Summary> {
         Scenario::Fanout => fanout(args).await,
         Scenario::Churn => churn(args).await,
         Scenario::Baseline => baseline(args).await,
+        Scenario::Overload => crate::overload::overload(args).await,
+        Scenario::Storm => crate::overload::storm(args).await,
         Scenario::BaselineServer => bail!("baseline-server is not a measuring scenario"),
     }
 }
@@ -37,7 +39,7 @@ pub fn agent_version(user_agent: &str) -> String {
         .to_owned()
 }
 
-fn new_bench(args: &LoadgenArgs, url: &str, label: &str) -> anyhow::Result<Bench> {
+pub(crate) fn new_bench(args: &LoadgenArgs, url: &str, label: &str) -> anyhow::Result<Bench> {
     let pool = Pool::new(url, &args.ips(), &args.user_agent)?;
     let op = Operator::new(url, args.api_key.clone())?;
     let meta = Arc::new(Metadata::new(
@@ -53,7 +55,10 @@ fn new_bench(args: &LoadgenArgs, url: &str, label: &str) -> anyhow::Result<Bench
 
 /// The enrollment token and policy of this run: given, or a new policy
 /// and token made with the operator key.
-async fn prepare(args: &LoadgenArgs, op: &Operator) -> anyhow::Result<(String, Option<String>)> {
+pub(crate) async fn prepare(
+    args: &LoadgenArgs,
+    op: &Operator,
+) -> anyhow::Result<(String, Option<String>)> {
     if let Some(t) = &args.enrollment_token {
         return Ok((t.clone(), args.policy_id.clone()));
     }

@@ -55,20 +55,24 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
-    start_server_on(None)
+    start_server_with(&[])
 }
 
-/// A server on SQLite in its own directory, or on `database_url`.
-fn start_server_on(database_url: Option<&str>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command();
-    if let Some(url) = database_url {
-        cmd.env("FLOTILLA_DATABASE_URL", url).env(
+/// A server on `database_url` (PostgreSQL) instead of its own SQLite.
+fn start_server_on(database_url: &str) -> Server {
+    start_server_with(&[
+        ("FLOTILLA_DATABASE_URL", database_url),
+        (
             "FLOTILLA_ENCRYPTION_KEY",
             "loadgen-test-encryption-key-0123456789abc",
-        );
-    }
-    let mut child = cmd
+        ),
+    ])
+}
+
+fn start_server_with(env: &[(&str, &str)]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command()
+        .envs(env.iter().copied())
         .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("FLOTILLA_ADMIN_API_KEY", ADMIN_KEY)
@@ -177,8 +181,8 @@ fn fanout_reaches_agents_on_two_instances_sharing_postgres() {
         return;
     };
     let db = cluster.create_database();
-    let a = start_server_on(Some(&db));
-    let b = start_server_on(Some(&db));
+    let a = start_server_on(&db);
+    let b = start_server_on(&db);
     let urls = format!("{},{}", a.url, b.url);
     let s = loadgen_at(
         &urls,
@@ -209,4 +213,52 @@ fn fanout_reaches_agents_on_two_instances_sharing_postgres() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--processes 2"), "{err}");
+}
+
+#[test]
+fn overload_sheds_keeps_the_admitted_and_recovers_and_a_storm_converges() {
+    // Sized for 60: 120 agents are twice its capacity.
+    let server = start_server_with(&[
+        ("FLOTILLA_FLEET__EXPECTED_AGENTS", "60"),
+        ("FLOTILLA_FLEET__POLL_TIMEOUT", "1s"),
+        ("FLOTILLA_FLEET__POLL_JITTER", "0s"),
+        ("FLOTILLA_FLEET__LONG_POLL_RESERVE", "3s"),
+    ]);
+    let s = loadgen(
+        &server,
+        &[
+            "overload",
+            "--agents",
+            "120",
+            "--duration",
+            "4s",
+            "--metadata-bytes",
+            "256",
+        ],
+    );
+    assert_eq!(s["scenario"], "overload");
+    assert_eq!(s["enrolled"], 120, "{s}");
+    let admitted = s["admitted"].as_u64().unwrap();
+    assert!(admitted > 0 && admitted < 120, "some shed: {s}");
+    assert!(s["refused"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(
+        s["admitted_refused"], 0,
+        "admitted agents kept being served: {s}"
+    );
+    assert!(s["recover_s"].is_number(), "recovered on its own: {s}");
+    assert_eq!(s["served_after"], s["staying"], "{s}");
+    assert_eq!(s["healthz_failures"], 0, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    drop(server);
+
+    let server = start_server();
+    let s = loadgen(
+        &server,
+        &["storm", "--agents", "100", "--metadata-bytes", "256"],
+    );
+    assert_eq!(s["scenario"], "storm");
+    assert!(s["converge_s"].is_number(), "{s}");
+    assert_eq!(s["waiting_after"], 100, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    assert_eq!(s["healthz_failures"], 0, "{s}");
 }

@@ -307,6 +307,16 @@ pub struct FleetConfig {
     /// once, apart from operators' requests; more get 429. Sized so that a
     /// fleet of this many agents acking a change at once is not refused.
     pub max_concurrent_requests: usize,
+    /// The fleet this server is sized for: the fleet routes' limits
+    /// (`limits`) not set explicitly are derived from it.
+    pub expected_agents: u32,
+    /// A check-in's slot stays its agent's this long after its poll ended,
+    /// so an admitted agent coming back is not refused by newcomers.
+    #[serde(with = "humantime_serde")]
+    pub long_poll_reserve: Duration,
+    /// Per-route rate limits and concurrency caps (null: derived from
+    /// `expected_agents`).
+    pub limits: FleetRouteLimitsConfig,
     /// The version reported to agents; Elastic agents of a newer minor are refused.
     pub server_version: String,
     /// What output keys may be granted at most.
@@ -314,6 +324,48 @@ pub struct FleetConfig {
     /// Cluster privileges output keys may be granted at most (agents need
     /// `monitor` to check their output).
     pub output_key_cluster_ceiling: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetRouteLimitsConfig {
+    pub enroll: RouteLimitConfig,
+    pub checkin: RouteLimitConfig,
+    pub ack: RouteLimitConfig,
+}
+
+/// One route's limits; each unset one is derived from `expected_agents`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimitConfig {
+    /// Requests admitted per second (sustained).
+    pub rate: Option<f64>,
+    /// Requests admitted at once above the rate.
+    pub burst: Option<u32>,
+    /// Requests in flight at once.
+    pub max: Option<u32>,
+}
+
+impl RouteLimitConfig {
+    fn resolve(
+        &self,
+        route: &str,
+        derived: flotilla_http::fleet::RouteLimit,
+    ) -> Result<flotilla_http::fleet::RouteLimit> {
+        let rate = self.rate.unwrap_or(derived.rate);
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("invalid configuration: fleet.limits.{route}.rate must be a positive number of requests per second");
+        }
+        let burst = self.burst.unwrap_or(derived.burst);
+        if burst == 0 {
+            bail!("invalid configuration: fleet.limits.{route}.burst must be at least 1");
+        }
+        let max = self.max.unwrap_or(derived.max);
+        if max == 0 {
+            bail!("invalid configuration: fleet.limits.{route}.max must be at least 1");
+        }
+        Ok(flotilla_http::fleet::RouteLimit { rate, burst, max })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -442,6 +494,9 @@ impl Default for Config {
                 offline_after: Duration::from_secs(300),
                 max_long_polls: 20_000,
                 max_concurrent_requests: 20_000,
+                expected_agents: 20_000,
+                long_poll_reserve: Duration::from_secs(15),
+                limits: FleetRouteLimitsConfig::default(),
                 server_version: "9.6.0".into(),
                 output_key_ceiling: vec![CeilingEntry {
                     names: ["logs-*", "metrics-*", "traces-*", "synthetics-*"]
@@ -655,6 +710,7 @@ impl Config {
             bail!("invalid configuration: fleet.poll_timeout must be positive");
         }
         self.fleet_settings()?;
+        self.fleet_route_limits()?;
         if self.http.max_body_bytes < 1024 {
             bail!("invalid configuration: http.max_body_bytes must be at least 1024");
         }
@@ -692,6 +748,25 @@ impl Config {
 }
 
 impl Config {
+    /// The fleet routes' limits: those set, the others derived from
+    /// `fleet.expected_agents`.
+    pub fn fleet_route_limits(&self) -> Result<flotilla_http::fleet::FleetRouteLimits> {
+        if self.fleet.expected_agents == 0 {
+            bail!("invalid configuration: fleet.expected_agents must be at least 1");
+        }
+        if self.fleet.long_poll_reserve.is_zero() {
+            bail!("invalid configuration: fleet.long_poll_reserve must be positive");
+        }
+        let d = flotilla_http::fleet::FleetRouteLimits::for_agents(self.fleet.expected_agents);
+        let l = &self.fleet.limits;
+        Ok(flotilla_http::fleet::FleetRouteLimits {
+            enroll: l.enroll.resolve("enroll", d.enroll)?,
+            checkin: l.checkin.resolve("checkin", d.checkin)?,
+            ack: l.ack.resolve("ack", d.ack)?,
+            reserve: self.fleet.long_poll_reserve,
+        })
+    }
+
     /// The fleet protocol's settings; static tokens are checked here (a
     /// short one stops the server, named by position, never printed).
     pub fn fleet_settings(&self) -> Result<flotilla_service::FleetSettings> {
@@ -806,6 +881,40 @@ mod tests {
             };
             let c = Config::load(Some("f.yml".as_ref()), &flags).unwrap();
             assert_eq!(c.listen.port(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn fleet_limits_derive_from_expected_agents_and_are_set_one_by_one() {
+        Jail::expect_with(|jail| {
+            jail.set_env("FLOTILLA_FLEET__EXPECTED_AGENTS", "1000");
+            jail.set_env("FLOTILLA_FLEET__LIMITS__CHECKIN__MAX", "5000");
+            jail.set_env("FLOTILLA_FLEET__LIMITS__ENROLL__RATE", "2.5");
+            let c = Config::load(None, &FlagOverrides::default()).unwrap();
+            let l = c.fleet_route_limits().unwrap();
+            let d = flotilla_http::fleet::FleetRouteLimits::for_agents(1000);
+            assert_eq!(l.checkin.max, 5000);
+            assert_eq!(l.checkin.rate, d.checkin.rate);
+            assert_eq!(l.enroll.rate, 2.5);
+            assert_eq!(l.ack, d.ack);
+
+            for (key, value) in [
+                ("FLOTILLA_FLEET__LIMITS__ACK__BURST", "0"),
+                ("FLOTILLA_FLEET__LIMITS__ENROLL__RATE", "0"),
+                ("FLOTILLA_FLEET__EXPECTED_AGENTS", "0"),
+            ] {
+                jail.set_env(key, value);
+                let err = Config::load(None, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                let name = key
+                    .trim_start_matches("FLOTILLA_")
+                    .to_ascii_lowercase()
+                    .replace("__", ".");
+                assert!(err.contains(&name) && !err.contains('\n'), "{err}");
+                jail.clear_env();
+            }
             Ok(())
         });
     }

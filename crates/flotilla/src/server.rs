@@ -82,6 +82,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         request_timeout: config.http.request_timeout,
         max_concurrent_requests: config.http.max_concurrent_requests,
         max_concurrent_fleet_requests: config.fleet.max_concurrent_requests,
+        fleet_routes: config.fleet_route_limits()?,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(flush_checkins(services.clone(), stop_rx.clone()));

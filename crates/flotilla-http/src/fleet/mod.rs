@@ -3,6 +3,7 @@
 //! shaped key endpoints (`/_security/...`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
@@ -22,8 +23,13 @@ use flotilla_service::fleet::{AckOutcome, FleetError, FleetErrorKind};
 use crate::AppState;
 
 mod es;
+mod limiter;
 mod long_polls;
 mod security;
+
+pub use limiter::{
+    Clock, FleetLimiter, FleetRouteLimits, ManualClock, Reason, Refusal, RouteLimit, SystemClock,
+};
 
 pub use long_polls::{LongPollSlot, LongPolls};
 pub(crate) use security::es_error;
@@ -102,6 +108,20 @@ impl IntoResponse for FleetApiError {
 }
 
 type FleetResult<T> = Result<T, FleetApiError>;
+
+/// A request shed by the limiter: 429 `RateLimit` (over the route's rate)
+/// or `MaxLimit` (at its concurrency cap), `Retry-After` from the limit.
+fn refused(r: Refusal) -> Response {
+    let (token, message) = match r.reason {
+        Reason::Rate => ("RateLimit", "exceeded the rate limit"),
+        Reason::Concurrency => ("MaxLimit", "exceeded the max limit"),
+    };
+    let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, token, message);
+    response
+        .headers_mut()
+        .insert("retry-after", HeaderValue::from(r.retry_after_secs));
+    response
+}
 
 fn fleet_err(kind: FleetErrorKind, message: &str) -> FleetApiError {
     FleetApiError(FleetError::new(kind, message))
@@ -332,16 +352,33 @@ fn es_router(limits: FleetLimits) -> Router<AppState> {
 }
 
 /// Routes with ordinary request durations.
-pub fn router(limits: FleetLimits) -> Router<AppState> {
+pub fn router(limits: FleetLimits, limiter: Arc<FleetLimiter>) -> Router<AppState> {
+    let (on_enroll, on_ack) = (limiter.clone(), limiter);
     Router::new()
         .route("/api/status", get(status))
         .route(
             "/api/fleet/agents/enroll",
-            post(move |s: State<AppState>, r: Request| enroll(s, r, limits.enroll)),
+            post(move |s: State<AppState>, r: Request| {
+                let limiter = on_enroll.clone();
+                async move {
+                    match limiter.admit_enroll() {
+                        Ok(_slot) => enroll(s, r, limits.enroll).await.into_response(),
+                        Err(refusal) => refused(refusal),
+                    }
+                }
+            }),
         )
         .route(
             "/api/fleet/agents/{id}/acks",
-            post(move |s: State<AppState>, p: AgentPath, r: Request| acks(s, p, r, limits.ack)),
+            post(move |s: State<AppState>, p: AgentPath, r: Request| {
+                let limiter = on_ack.clone();
+                async move {
+                    match limiter.admit_ack() {
+                        Ok(_slot) => acks(s, p, r, limits.ack).await.into_response(),
+                        Err(refusal) => refused(refusal),
+                    }
+                }
+            }),
         )
         .route(
             "/api/fleet/agents/{id}/audit/unenroll",
@@ -355,12 +392,19 @@ pub fn router(limits: FleetLimits) -> Router<AppState> {
 
 /// The long-poll route: no request timeout (it has its own deadline), its
 /// own concurrency cap, gzip both ways.
-pub fn checkin_router(limits: FleetLimits) -> Router<AppState> {
+pub fn checkin_router(limits: FleetLimits, limiter: Arc<FleetLimiter>) -> Router<AppState> {
     Router::new()
         .route(
             "/api/fleet/agents/{id}/checkin",
             post(move |s: State<AppState>, p: AgentPath, r: Request| {
-                checkin(s, p, r, limits.checkin)
+                let limiter = limiter.clone();
+                async move {
+                    // Before authenticating: shedding must be cheap.
+                    match limiter.admit_checkin(&p.0) {
+                        Ok(slot) => checkin(s, p, r, limits.checkin, slot).await.into_response(),
+                        Err(refusal) => refused(refusal),
+                    }
+                }
             }),
         )
         .layer(tower_http::compression::CompressionLayer::new().gzip(true))
@@ -437,8 +481,11 @@ async fn checkin(
     AgentPath(id): AgentPath,
     req: Request,
     limit: usize,
+    mut limited: limiter::CheckinSlot,
 ) -> FleetResult<Response> {
     let (authed, ua, body) = authed_request(&s, &id, req, limit).await?;
+    // Proven: the slot may be kept for this agent's next poll.
+    limited.authenticated();
     let Some(slot) = s.long_polls.enter(&id).await else {
         return Err(fleet_err(
             FleetErrorKind::MaxLimit,

@@ -297,7 +297,7 @@ async fn silent_trickling_and_idle_connections_are_closed() {
 }
 
 #[tokio::test]
-async fn the_connection_cap_holds_new_connections_until_one_closes() {
+async fn the_connection_cap_answers_429_beyond_it_and_serves_again_once_one_closes() {
     let s = Server::builder()
         .env("FLOTILLA_HTTP__MAX_CONNECTIONS", "2")
         .env("FLOTILLA_HTTP__HEADER_READ_TIMEOUT", "60s")
@@ -311,14 +311,36 @@ async fn the_connection_cap_holds_new_connections_until_one_closes() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    // Not served while two connections are open…
-    let mut buf = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_millis(700), third.read(&mut buf)).await;
-    assert!(early.is_err(), "served beyond the connection cap");
-    // …and served once one closes.
+    // Beyond the cap: shed at once with 429, Retry-After and the JSON
+    // body, then closed — not queued.
+    let resp = read_until_closed(&mut third, Duration::from_secs(10))
+        .await
+        .expect("the refused connection is closed");
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 429"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("retry-after: "),
+        "{resp}"
+    );
+    assert!(resp.contains(r#""error":"MaxLimit""#), "{resp}");
+    // Served again once one closes.
     drop(first);
-    let resp = read_response(&mut third).await;
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let mut ok = false;
+    for _ in 0..100 {
+        let mut fourth = TcpStream::connect(&a).await.unwrap();
+        fourth
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let resp = read_response(&mut fourth).await;
+        if resp.starts_with("HTTP/1.1 200") {
+            ok = true;
+            break;
+        }
+        assert!(resp.starts_with("HTTP/1.1 429"), "{resp}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "served again once a connection closed");
 }
 
 #[tokio::test]
