@@ -244,31 +244,19 @@ pub async fn run_loop(
     let metadata = cfg.metadata.render(&name);
     let checkin_path = format!("/api/fleet/agents/{}/checkin", agent.id);
     let ack_path = format!("/api/fleet/agents/{}/acks", agent.id);
-    // The server holds a poll at most an hour; a check-in that takes longer
-    // than that and a margin is lost.
-    let request_timeout = cfg
-        .poll_timeout
-        .map_or(Duration::from_secs(3700), |t| t + Duration::from_secs(120));
+    let request_timeout = checkin_timeout(cfg.poll_timeout);
     let mut attempt = 0u32;
     let mut first_acked = state.revision.load(Relaxed) > 0;
     loop {
-        let mut body = json!({"status": "online", "message": "Running"});
-        if let Some(t) = cfg.poll_timeout {
-            body["poll_timeout"] = json!(format!("{}s", t.as_secs().max(1)));
-        }
-        if let Some(t) = state.ack_token.lock().unwrap().clone() {
-            body["ack_token"] = json!(t);
-        }
         let revision = state.revision.load(Relaxed);
-        if !agent.policy_id.is_empty() {
-            body["agent_policy_id"] = json!(agent.policy_id);
-            body["policy_revision_idx"] = json!(revision);
-        }
-        let mut text = body.to_string();
-        text.pop();
-        text.push_str(r#","local_metadata":"#);
-        text.push_str(&metadata);
-        text.push('}');
+        let ack_token = state.ack_token.lock().unwrap().clone();
+        let text = checkin_body(
+            cfg.poll_timeout,
+            ack_token.as_deref(),
+            &agent.policy_id,
+            revision,
+            &metadata,
+        );
 
         shared.polling.fetch_add(1, Relaxed);
         let answer = pool
@@ -386,9 +374,66 @@ pub async fn run_loop(
     }
 }
 
+/// How long a check-in asking for `poll` may take: the server holds a poll
+/// at most an hour; one that takes longer than that and a margin is lost.
+pub(crate) fn checkin_timeout(poll: Option<Duration>) -> Duration {
+    poll.map_or(Duration::from_secs(3700), |t| t + Duration::from_secs(120))
+}
+
+/// A check-in body as an Elastic agent sends it, `metadata` (already
+/// JSON) spliced in as `local_metadata` without re-serialising it.
+pub(crate) fn checkin_body(
+    poll: Option<Duration>,
+    ack_token: Option<&str>,
+    policy_id: &str,
+    revision: i64,
+    metadata: &str,
+) -> String {
+    let mut body = json!({"status": "online", "message": "Running"});
+    if let Some(t) = poll {
+        body["poll_timeout"] = json!(format!("{}s", t.as_secs().max(1)));
+    }
+    if let Some(t) = ack_token {
+        body["ack_token"] = json!(t);
+    }
+    if !policy_id.is_empty() {
+        body["agent_policy_id"] = json!(policy_id);
+        body["policy_revision_idx"] = json!(revision);
+    }
+    let mut text = body.to_string();
+    text.pop();
+    text.push_str(r#","local_metadata":"#);
+    text.push_str(metadata);
+    text.push('}');
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkin_body_is_json_with_what_was_given() {
+        let meta = r#"{"elastic":{"agent":{"id":"a"}}}"#;
+        let v: serde_json::Value = serde_json::from_str(&checkin_body(
+            Some(Duration::from_secs(600)),
+            Some("tok"),
+            "p",
+            3,
+            meta,
+        ))
+        .unwrap();
+        assert_eq!(v["poll_timeout"], "600s");
+        assert_eq!(v["ack_token"], "tok");
+        assert_eq!(v["agent_policy_id"], "p");
+        assert_eq!(v["policy_revision_idx"], 3);
+        assert_eq!(v["local_metadata"]["elastic"]["agent"]["id"], "a");
+        let v: serde_json::Value =
+            serde_json::from_str(&checkin_body(None, None, "", 0, "{}")).unwrap();
+        assert!(v.get("poll_timeout").is_none() && v.get("ack_token").is_none());
+        assert!(v.get("agent_policy_id").is_none());
+        assert_eq!(checkin_timeout(None), Duration::from_secs(3700));
+    }
 
     #[test]
     fn metadata_is_the_size_asked_and_names_the_agent() {

@@ -162,26 +162,18 @@ async fn agent_loop(
     let metadata = meta.render(&name);
     let checkin_path = format!("/api/fleet/agents/{}/checkin", agent.id);
     let ack_path = format!("/api/fleet/agents/{}/acks", agent.id);
-    let request_timeout = poll.map_or(Duration::from_secs(3700), |t| t + Duration::from_secs(120));
+    let request_timeout = crate::agent::checkin_timeout(poll);
     let mut attempt = 0u32;
     while !slot.leave.load(Relaxed) {
-        let mut body = json!({"status": "online", "message": "Running"});
-        if let Some(t) = poll {
-            body["poll_timeout"] = json!(format!("{}s", t.as_secs().max(1)));
-        }
-        if let Some(t) = slot.ack_token.lock().unwrap().clone() {
-            body["ack_token"] = json!(t);
-        }
         let revision = slot.revision.load(Relaxed);
-        if !agent.policy_id.is_empty() {
-            body["agent_policy_id"] = json!(agent.policy_id);
-            body["policy_revision_idx"] = json!(revision);
-        }
-        let mut text = body.to_string();
-        text.pop();
-        text.push_str(r#","local_metadata":"#);
-        text.push_str(&metadata);
-        text.push('}');
+        let ack_token = slot.ack_token.lock().unwrap().clone();
+        let text = crate::agent::checkin_body(
+            poll,
+            ack_token.as_deref(),
+            &agent.policy_id,
+            revision,
+            &metadata,
+        );
         slot.sent_at_ms
             .store((start.elapsed().as_millis() as u64).max(1), Relaxed);
         let answer = pool
