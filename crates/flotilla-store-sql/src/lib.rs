@@ -41,11 +41,51 @@ impl std::fmt::Debug for Location<'_> {
     }
 }
 
-/// Open the store and bring its schema up to date.
+/// The connection pool of a store: how many connections it keeps at most
+/// (SQLite: readers beside its one writer; PostgreSQL: all, the LISTEN
+/// connection not counted) and how long a request waits for one before it
+/// fails (a failure the HTTP layer answers 503 with `Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: std::time::Duration,
+}
+
+impl PoolSettings {
+    /// SQLite's default: eight readers.
+    pub const SQLITE: PoolSettings = PoolSettings {
+        max_connections: 8,
+        acquire_timeout: std::time::Duration::from_secs(10),
+    };
+    /// PostgreSQL's default: sixteen connections per instance (five
+    /// instances then fit PostgreSQL's default `max_connections` of 100).
+    /// A request waits at most three seconds for one: a fleet whose
+    /// requests queue longer is better told to come back (`Retry-After`)
+    /// than kept waiting, which only grows the queue.
+    pub const POSTGRES: PoolSettings = PoolSettings {
+        max_connections: 16,
+        acquire_timeout: std::time::Duration::from_secs(3),
+    };
+}
+
+/// Open the store and bring its schema up to date, with the engine's
+/// default pool.
 pub async fn open(location: Location<'_>) -> Result<Arc<dyn Store>, MigrationError> {
+    open_with(location, None).await
+}
+
+/// [`open`] with a pool of its own (`None`: the engine's default).
+pub async fn open_with(
+    location: Location<'_>,
+    pool: Option<PoolSettings>,
+) -> Result<Arc<dyn Store>, MigrationError> {
     Ok(match location {
-        Location::DataDir(dir) => Arc::new(SqliteStore::open_dir(dir).await?),
-        Location::Postgres(url) => Arc::new(PgStore::connect(url).await?),
+        Location::DataDir(dir) => {
+            Arc::new(SqliteStore::open_dir_with(dir, pool.unwrap_or(PoolSettings::SQLITE)).await?)
+        }
+        Location::Postgres(url) => {
+            Arc::new(PgStore::connect_with(url, pool.unwrap_or(PoolSettings::POSTGRES)).await?)
+        }
     })
 }
 

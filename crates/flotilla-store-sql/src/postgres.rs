@@ -73,10 +73,21 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self, MigrationError> {
+        Self::connect_with(url, crate::PoolSettings::POSTGRES).await
+    }
+
+    pub async fn connect_with(
+        url: &str,
+        settings: crate::PoolSettings,
+    ) -> Result<Self, MigrationError> {
         let url = known_parameters_only(url);
         let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            // No ping before each use: it is a round trip per statement. A
+            // connection that died fails its statement instead (a 503 the
+            // caller retries) and the pool replaces it.
+            .test_before_acquire(false)
             .connect(&url)
             .await
             .map_err(MigrationError::Connect)?;

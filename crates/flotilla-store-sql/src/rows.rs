@@ -361,6 +361,123 @@ impl TryFrom<ApiKeyRow> for flotilla_store::ApiKeyRecord {
     }
 }
 
+/// An agent and an API key read together (both sides of the outer joins
+/// nullable): `FLEET_AGENT_COLS` as `a_…`, `API_KEY_COLS` as `k_…`.
+#[derive(sqlx::FromRow)]
+pub(crate) struct AgentAndKeyRow {
+    a_id: Option<String>,
+    a_policy_id: Option<String>,
+    a_active: Option<bool>,
+    a_policy_revision: Option<i64>,
+    a_access_api_key_id: Option<String>,
+    a_output_api_key_id: Option<String>,
+    a_output_api_key_sealed: Option<String>,
+    a_output_permissions_hash: Option<String>,
+    a_output_key_policy_id: Option<String>,
+    a_output_key_revision: Option<i64>,
+    a_enrollment_id: Option<String>,
+    a_replace_token_hash: Option<String>,
+    a_last_checkin: Option<i64>,
+    a_audit_unenrolled_reason: Option<String>,
+    k_id: Option<String>,
+    k_name: Option<String>,
+    k_kind: Option<String>,
+    k_agent_id: Option<String>,
+    k_secret_hash: Option<String>,
+    k_role_descriptors: Option<String>,
+    k_metadata: Option<String>,
+    k_created_at: Option<i64>,
+    k_retire_pending: Option<bool>,
+    k_invalidated_at: Option<i64>,
+    k_owner: Option<String>,
+    k_expires_at: Option<i64>,
+    k_remote_output: Option<String>,
+}
+
+/// The select list of [`AgentAndKeyRow`] over `agents a` and `api_keys k`.
+pub(crate) fn agent_and_key_cols() -> String {
+    let a = FLEET_AGENT_COLS
+        .split(',')
+        .map(|c| format!("a.{0} AS a_{0}", c.trim()));
+    let k = API_KEY_COLS
+        .split(',')
+        .map(|c| format!("k.{0} AS k_{0}", c.trim()));
+    a.chain(k).collect::<Vec<_>>().join(", ")
+}
+
+type AgentAndKey = (
+    Option<flotilla_store::FleetAgent>,
+    Option<flotilla_store::ApiKeyRecord>,
+);
+
+impl TryFrom<AgentAndKeyRow> for AgentAndKey {
+    type Error = StoreError;
+    fn try_from(r: AgentAndKeyRow) -> Result<Self, StoreError> {
+        let agent = match (r.a_id, r.a_policy_id, r.a_active) {
+            (Some(id), Some(policy_id), Some(active)) => Some(
+                FleetAgentRow {
+                    id,
+                    policy_id,
+                    active,
+                    policy_revision: r.a_policy_revision,
+                    access_api_key_id: r.a_access_api_key_id,
+                    output_api_key_id: r.a_output_api_key_id,
+                    output_api_key_sealed: r.a_output_api_key_sealed,
+                    output_permissions_hash: r.a_output_permissions_hash,
+                    output_key_policy_id: r.a_output_key_policy_id,
+                    output_key_revision: r.a_output_key_revision,
+                    enrollment_id: r.a_enrollment_id,
+                    replace_token_hash: r.a_replace_token_hash,
+                    last_checkin: r.a_last_checkin,
+                    audit_unenrolled_reason: r.a_audit_unenrolled_reason,
+                }
+                .into(),
+            ),
+            _ => None,
+        };
+        let key = match (
+            r.k_id,
+            r.k_name,
+            r.k_kind,
+            r.k_secret_hash,
+            r.k_role_descriptors,
+            r.k_metadata,
+            r.k_created_at,
+            r.k_retire_pending,
+        ) {
+            (
+                Some(id),
+                Some(name),
+                Some(kind),
+                Some(secret_hash),
+                Some(role_descriptors),
+                Some(metadata),
+                Some(created_at),
+                Some(retire_pending),
+            ) => Some(
+                ApiKeyRow {
+                    id,
+                    name,
+                    kind,
+                    agent_id: r.k_agent_id,
+                    secret_hash,
+                    role_descriptors,
+                    metadata,
+                    created_at,
+                    retire_pending,
+                    invalidated_at: r.k_invalidated_at,
+                    owner: r.k_owner,
+                    expires_at: r.k_expires_at,
+                    remote_output: r.k_remote_output,
+                }
+                .try_into()?,
+            ),
+            _ => None,
+        };
+        Ok((agent, key))
+    }
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct ActionRow {
     pub(crate) id: String,

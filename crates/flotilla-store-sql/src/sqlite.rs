@@ -45,18 +45,32 @@ impl SqliteStore {
     /// Refused ([`MigrationError::InUse`]) while another store holds the
     /// directory.
     pub async fn open_dir(dir: &Path) -> Result<Self, MigrationError> {
+        Self::open_dir_with(dir, crate::PoolSettings::SQLITE).await
+    }
+
+    pub async fn open_dir_with(
+        dir: &Path,
+        pool: crate::PoolSettings,
+    ) -> Result<Self, MigrationError> {
         let io = |source| MigrationError::DataDir {
             path: dir.display().to_string(),
             source,
         };
         create_private_dir(dir).map_err(io)?;
         let lock = lock_dir(dir)?;
-        let mut store = Self::open_file(&dir.join(DATABASE_FILE)).await?;
+        let mut store = Self::open_file_with(&dir.join(DATABASE_FILE), pool).await?;
         store._lock = Some(lock);
         Ok(store)
     }
 
     pub async fn open_file(path: &Path) -> Result<Self, MigrationError> {
+        Self::open_file_with(path, crate::PoolSettings::SQLITE).await
+    }
+
+    pub async fn open_file_with(
+        path: &Path,
+        settings: crate::PoolSettings,
+    ) -> Result<Self, MigrationError> {
         // SQLite gives the -wal and -shm files the database file's mode, so
         // a private database file keeps all three private.
         make_private_file(path).map_err(|source| MigrationError::DataDir {
@@ -80,7 +94,11 @@ impl SqliteStore {
             in_transaction: false,
         });
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            // No ping before each use: on SQLite it is a hand-off to the
+            // connection's worker thread and back, as much as the read.
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .map_err(MigrationError::Connect)?;

@@ -680,6 +680,18 @@ pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
     fn set_offline_after(&self, after: std::time::Duration);
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
     async fn get_fleet_agent(&self, id: &str) -> Result<Option<FleetAgent>>;
+    /// An agent and an API key, as one read (an agent request authenticates
+    /// with its access key on every call): each `None` when missing.
+    async fn fleet_agent_and_key(
+        &self,
+        agent_id: &str,
+        key_id: &str,
+    ) -> Result<(Option<FleetAgent>, Option<ApiKeyRecord>)> {
+        Ok((
+            self.get_fleet_agent(agent_id).await?,
+            self.get_api_key(key_id).await?,
+        ))
+    }
     /// Records a newly enrolled agent with its access key, atomically; the
     /// policy must exist (`NotFound` otherwise, and nothing is written).
     /// The agents in `replace` (and their keys) are removed in the same

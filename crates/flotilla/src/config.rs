@@ -23,6 +23,7 @@ const KEYS: &[&str] = &[
     "packages_dir",
     "public_url",
     "database_url",
+    "database_pool",
     "admin_api_key",
     "encryption_key",
     "log",
@@ -51,6 +52,7 @@ pub struct Config {
     /// password: secrets are never serialised, and shown only redacted.)
     #[serde(skip_serializing)]
     pub database_url: Option<SecretString>,
+    pub database_pool: DatabasePoolConfig,
     /// The first operator API key (at least 32 characters).
     #[serde(skip_serializing)]
     pub admin_api_key: Option<SecretString>,
@@ -434,6 +436,38 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// The store's connection pool; unset values take the engine's default
+/// (SQLite: 8 readers, 10 s; PostgreSQL: 16 connections, 3 s).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabasePoolConfig {
+    /// Connections kept at most by this instance (on PostgreSQL, each
+    /// instance's pool counts against the server's `max_connections`).
+    pub max_connections: Option<u32>,
+    /// How long a request waits for a free connection before it is
+    /// answered 503 with `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Option<Duration>,
+}
+
+impl DatabasePoolConfig {
+    /// The pool for the chosen engine: the engine's default with what is set here.
+    pub fn settings(&self, postgres: bool) -> flotilla_store_sql::PoolSettings {
+        let mut p = if postgres {
+            flotilla_store_sql::PoolSettings::POSTGRES
+        } else {
+            flotilla_store_sql::PoolSettings::SQLITE
+        };
+        if let Some(n) = self.max_connections {
+            p.max_connections = n;
+        }
+        if let Some(t) = self.acquire_timeout {
+            p.acquire_timeout = t;
+        }
+        p
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -484,6 +518,7 @@ impl Default for Config {
             packages_dir: None,
             public_url: None,
             database_url: None,
+            database_pool: DatabasePoolConfig::default(),
             admin_api_key: None,
             encryption_key: None,
             fleet: FleetConfig {
@@ -729,6 +764,18 @@ impl Config {
         if self.http.idle_timeout.is_zero() {
             bail!("invalid configuration: http.idle_timeout must be positive");
         }
+        if let Some(n) = self.database_pool.max_connections {
+            if !(1..=10_000).contains(&n) {
+                bail!("invalid configuration: database_pool.max_connections must be between 1 and 10000");
+            }
+        }
+        if self
+            .database_pool
+            .acquire_timeout
+            .is_some_and(|t| t.is_zero())
+        {
+            bail!("invalid configuration: database_pool.acquire_timeout must be positive");
+        }
         if self.http.max_connections == Some(0) {
             bail!("invalid configuration: http.max_connections must be at least 1");
         }
@@ -914,6 +961,41 @@ mod tests {
                     .replace("__", ".");
                 assert!(err.contains(&name) && !err.contains('\n'), "{err}");
                 jail.clear_env();
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_database_pool_takes_the_engine_default_unless_set() {
+        Jail::expect_with(|jail| {
+            let c = Config::load(None, &FlagOverrides::default()).unwrap();
+            assert_eq!(
+                c.database_pool.settings(true),
+                flotilla_store_sql::PoolSettings::POSTGRES
+            );
+            assert_eq!(
+                c.database_pool.settings(false),
+                flotilla_store_sql::PoolSettings::SQLITE
+            );
+
+            jail.set_env("FLOTILLA_DATABASE_POOL__MAX_CONNECTIONS", "48");
+            jail.set_env("FLOTILLA_DATABASE_POOL__ACQUIRE_TIMEOUT", "750ms");
+            let c = Config::load(None, &FlagOverrides::default()).unwrap();
+            let p = c.database_pool.settings(true);
+            assert_eq!(p.max_connections, 48);
+            assert_eq!(p.acquire_timeout, Duration::from_millis(750));
+
+            for (key, value) in [
+                ("FLOTILLA_DATABASE_POOL__MAX_CONNECTIONS", "0"),
+                ("FLOTILLA_DATABASE_POOL__ACQUIRE_TIMEOUT", "0s"),
+            ] {
+                jail.clear_env();
+                jail.set_env(key, value);
+                let err = Config::load(None, &FlagOverrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains("database_pool."), "{err}");
             }
             Ok(())
         });

@@ -44,7 +44,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         None => Location::DataDir(&config.data_dir),
     };
     tracing::info!(storage = ?location, "opening storage");
-    let store = flotilla_store_sql::open(location).await?;
+    let pool = config
+        .database_pool
+        .settings(matches!(location, Location::Postgres(_)));
+    let store = flotilla_store_sql::open_with(location, Some(pool)).await?;
     store.set_offline_after(config.fleet.offline_after);
     let sealer = match &config.encryption_key {
         Some(key) => Sealer::from_secret(key.expose_secret().as_bytes()),

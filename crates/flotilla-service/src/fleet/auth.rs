@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use flotilla_store::KeyKind;
 
 use super::*;
-use crate::keys::KeyRejection;
+use crate::keys::{KeyRejection, KeyService};
 use crate::secrets::hash_token;
 use crate::settings::StaticMatch;
 
@@ -17,7 +17,16 @@ impl Fleet<'_> {
         credential: &str,
         agent_id: &str,
     ) -> Result<AuthedAgent> {
-        let key = match self.keys().authenticate(credential).await? {
+        // The key and the agent in one read; the key is judged first, as
+        // if read alone.
+        let (agent, key) = match KeyService::parse(credential) {
+            Ok((key_id, secret)) => {
+                let (agent, key) = self.store.fleet_agent_and_key(agent_id, &key_id).await?;
+                (agent, KeyService::check(key, &secret))
+            }
+            Err(r) => (None, Err(r)),
+        };
+        let key = match key {
             Ok(k) => k,
             Err(KeyRejection::Malformed) => {
                 return Err(FleetError::new(
@@ -50,7 +59,7 @@ impl Fleet<'_> {
                 "unauthorized",
             ));
         }
-        let agent = self.store.get_fleet_agent(agent_id).await?.ok_or_else(|| {
+        let agent = agent.ok_or_else(|| {
             FleetError::new(FleetErrorKind::AgentNotFound, "agent could not be found")
         })?;
         if agent.access_api_key_id.as_deref() != Some(key.id.as_str()) {

@@ -115,26 +115,30 @@ impl KeyService {
             Ok(parts) => parts,
             Err(r) => return Ok(Err(r)),
         };
-        let Some(record) = self.store.get_api_key(&id).await? else {
-            return Ok(Err(KeyRejection::Unknown));
+        let record = self.store.get_api_key(&id).await?;
+        Ok(Self::check(record, &secret))
+    }
+
+    /// Whether `record` (the key the presented id names, if any) is valid
+    /// for the presented secret now.
+    pub fn check(record: Option<ApiKeyRecord>, secret: &str) -> Result<ApiKeyRecord, KeyRejection> {
+        let Some(record) = record else {
+            return Err(KeyRejection::Unknown);
         };
-        if !ct_eq(
-            record.secret_hash.as_bytes(),
-            hash_token(&secret).as_bytes(),
-        ) {
-            return Ok(Err(KeyRejection::Unknown));
+        if !ct_eq(record.secret_hash.as_bytes(), hash_token(secret).as_bytes()) {
+            return Err(KeyRejection::Unknown);
         }
         if record.invalidated_at.is_some() {
-            return Ok(Err(KeyRejection::Invalidated));
+            return Err(KeyRejection::Invalidated);
         }
         // A key minted in an output's cluster is that cluster's to check.
         if record.remote_output.is_some() {
-            return Ok(Err(KeyRejection::Unknown));
+            return Err(KeyRejection::Unknown);
         }
         if record.expires_at.is_some_and(|t| t <= Utc::now()) {
-            return Ok(Err(KeyRejection::Expired));
+            return Err(KeyRejection::Expired);
         }
-        Ok(Ok(record))
+        Ok(record)
     }
 
     /// The key's role descriptors, parsed (once per request, not per

@@ -7,6 +7,29 @@ pub(super) async fn get_fleet_agent(s: &Engine, id: &str) -> Result<Option<Fleet
     fetch_fleet_agent(&mut *s.pool.acquire().await.db()?, id).await
 }
 
+/// One statement for both: a check-in (or ack) authenticates on every
+/// call, and each statement is a hand-off to the engine's connection (on
+/// SQLite a worker thread, on PostgreSQL a round trip and a pooled
+/// connection).
+#[tracing::instrument(skip_all)]
+pub(super) async fn fleet_agent_and_key(
+    s: &Engine,
+    agent_id: &str,
+    key_id: &str,
+) -> Result<(Option<FleetAgent>, Option<ApiKeyRecord>)> {
+    let row: crate::rows::AgentAndKeyRow = sqlx::query_as(sql!(
+        "SELECT {} FROM (SELECT 1 AS one) AS o \
+         LEFT JOIN agents a ON a.id = $1 LEFT JOIN api_keys k ON k.id = $2",
+        crate::rows::agent_and_key_cols()
+    ))
+    .bind(agent_id)
+    .bind(key_id)
+    .fetch_one(&s.pool)
+    .await
+    .db()?;
+    row.try_into()
+}
+
 #[tracing::instrument(skip_all)]
 pub(super) async fn enroll_agent(
     s: &Engine,

@@ -345,6 +345,14 @@ impl Store for Engine {
         fleet_agents::get_fleet_agent(self, id).await
     }
 
+    async fn fleet_agent_and_key(
+        &self,
+        agent_id: &str,
+        key_id: &str,
+    ) -> Result<(Option<FleetAgent>, Option<ApiKeyRecord>)> {
+        fleet_agents::fleet_agent_and_key(self, agent_id, key_id).await
+    }
+
     async fn enroll_agent(
         &self,
         agent: &NewAgent,

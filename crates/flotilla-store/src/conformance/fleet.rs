@@ -750,3 +750,38 @@ pub async fn enrolments_are_written_in_one_batch(s: S) {
     assert!(s.get_api_key("acc-b3-again").await.unwrap().is_none());
     assert!(s.enroll_agents(&[]).await.unwrap().is_empty());
 }
+
+pub async fn an_agent_and_a_key_read_together_as_apart(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    enrolled(&s, "a1", "p").await;
+    enrolled(&s, "a2", "p").await;
+    let apart = |agent: &'static str, key: &'static str| {
+        let s = s.clone();
+        async move {
+            (
+                s.get_fleet_agent(agent).await.unwrap(),
+                s.get_api_key(key).await.unwrap(),
+            )
+        }
+    };
+    for (agent, key) in [
+        ("a1", "acc-a1"),
+        ("a1", "acc-a2"),
+        ("a1", "nope"),
+        ("nope", "acc-a2"),
+        ("nope", "nope"),
+    ] {
+        let together = s.fleet_agent_and_key(agent, key).await.unwrap();
+        let expected = apart(agent, key).await;
+        assert_eq!(together.0.is_some(), agent != "nope", "{agent} {key}");
+        assert_eq!(together.1.is_some(), key != "nope", "{agent} {key}");
+        assert_eq!(together, expected, "{agent} {key}");
+    }
+    // An invalidated key reads as such.
+    s.invalidate_api_keys(&["acc-a1".into()], now)
+        .await
+        .unwrap();
+    let (_, k) = s.fleet_agent_and_key("a1", "acc-a1").await.unwrap();
+    assert!(k.unwrap().invalidated_at.is_some());
+}

@@ -69,7 +69,8 @@ macro_rules! conformance_suite {
             verifier_policies_live_and_die_with_their_policy,
             revisions_run_are_written_in_one_batch,
             key_rotations_are_written_in_one_batch,
-            enrolments_are_written_in_one_batch
+            enrolments_are_written_in_one_batch,
+            an_agent_and_a_key_read_together_as_apart
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
