@@ -487,6 +487,30 @@ pub(crate) struct ActionRow {
     pub(crate) expiration: Option<i64>,
 }
 
+/// [`ActionRow`] beside the agent's policy revision, all nullable (see
+/// `actions::checkin_reads`).
+#[derive(sqlx::FromRow)]
+pub(crate) struct CheckinReadRow {
+    pub(crate) policy_revision: Option<i64>,
+    id: Option<String>,
+    action_type: Option<String>,
+    data: Option<String>,
+    created_at: Option<i64>,
+    expiration: Option<i64>,
+}
+
+impl CheckinReadRow {
+    pub(crate) fn action(self) -> Option<ActionRow> {
+        Some(ActionRow {
+            id: self.id?,
+            action_type: self.action_type?,
+            data: self.data?,
+            created_at: self.created_at?,
+            expiration: self.expiration,
+        })
+    }
+}
+
 impl ActionRow {
     pub(crate) fn into_action(
         self,

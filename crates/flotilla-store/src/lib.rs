@@ -824,6 +824,23 @@ pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Action>>;
+    /// What a check-in reads each time it looks for something owed: the
+    /// current revision of the agent's policy (`None`: no such policy) and
+    /// [`Store::pending_actions`], as one read.
+    async fn checkin_reads(
+        &self,
+        agent_id: &str,
+        policy_id: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<(Option<i64>, Vec<Action>)> {
+        let revision = match self.get_policy(policy_id).await {
+            Ok(p) => Some(p.revision),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok((revision, self.pending_actions(agent_id, now, limit).await?))
+    }
     /// Records that these actions went out in a response with `token`.
     async fn mark_delivered(
         &self,

@@ -197,12 +197,14 @@ impl Fleet<'_> {
         // A report about another policy (it was reassigned) counts as
         // running nothing of the current one.
         let reported = reports.map(|(p, rev)| if *p == agent.policy_id { *rev } else { 0 });
-        let stored = self
+        // The policy's revision and the pending actions in one read (after
+        // the waiter was registered, so a change in between still wakes it).
+        let (revision, stored) = self
             .store
-            .pending_actions(&agent.id, Utc::now(), 100)
+            .checkin_reads(&agent.id, &agent.policy_id, Utc::now(), 100)
             .await?;
         let mut actions: Vec<CheckinAction> = Vec::new();
-        match self.policy_change_for(agent, reported).await {
+        match self.policy_change_for(agent, reported, revision).await {
             Ok(Some(change)) => actions.push(change),
             Ok(None) => {}
             // A policy that cannot be delivered must not hold back the

@@ -12,12 +12,19 @@ use super::*;
 impl Fleet<'_> {
     /// A `POLICY_CHANGE` for the agent when it is behind (or its key no
     /// longer matches the policy's permissions), with its own output key.
+    /// `current` is the policy's revision as just read (`None`: deleted).
     pub(super) async fn policy_change_for(
         &self,
         agent: &FleetAgent,
         reported: Option<i64>,
+        current: Option<i64>,
     ) -> Result<Option<CheckinAction>> {
-        let policy = match self.cached_policy(&agent.policy_id).await {
+        let Some(current) = current else {
+            // The policy was deleted under the agent: nothing to send.
+            self.forget_policy(&agent.policy_id);
+            return Ok(None);
+        };
+        let policy = match self.cached_policy_at(&agent.policy_id, current).await {
             Ok(p) => p,
             // The policy was deleted under the agent: nothing to send.
             Err(crate::ServiceError::NotFound(_)) => return Ok(None),

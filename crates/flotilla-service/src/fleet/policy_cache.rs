@@ -177,6 +177,23 @@ impl Fleet<'_> {
         Ok(Some(document))
     }
 
+    pub(super) fn forget_policy(&self, policy_id: &str) {
+        self.policy_cache.forget(policy_id);
+    }
+
+    /// The policy at `revision` (just read by the caller) when it is
+    /// cached; otherwise as [`Fleet::cached_policy`] reads it.
+    pub(super) async fn cached_policy_at(
+        &self,
+        policy_id: &str,
+        revision: i64,
+    ) -> std::result::Result<Arc<CachedPolicy>, crate::ServiceError> {
+        match self.policy_cache.get(policy_id, revision) {
+            Some(hit) => Ok(hit),
+            None => self.cached_policy(policy_id).await,
+        }
+    }
+
     /// The policy, serialised once per revision.
     pub async fn cached_policy(
         &self,

@@ -45,6 +45,43 @@ pub(super) async fn pending_actions(
         .collect()
 }
 
+/// The policy's revision beside the pending actions: a one-row select
+/// joined to both, so no action and no policy still give one row.
+#[tracing::instrument(skip_all)]
+pub(super) async fn checkin_reads(
+    s: &Engine,
+    agent_id: &str,
+    policy_id: &str,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<(Option<i64>, Vec<Action>)> {
+    let rows: Vec<CheckinReadRow> = sqlx::query_as(
+        "SELECT p.revision AS policy_revision, q.id, q.action_type, q.data, q.created_at, q.expiration \
+         FROM (SELECT 1 AS one) AS o \
+         LEFT JOIN agent_policies p ON p.id = $1 \
+         LEFT JOIN (SELECT a.id, a.action_type, a.data, a.created_at, a.expiration \
+                    FROM action_targets t JOIN actions a ON a.id = t.action_id \
+                    WHERE t.agent_id = $2 AND NOT t.confirmed AND t.acked_at IS NULL \
+                      AND (a.expiration IS NULL OR a.expiration > $3) \
+                    ORDER BY a.created_at, a.id LIMIT $4) AS q ON 1 = 1 \
+         ORDER BY q.created_at, q.id",
+    )
+    .bind(policy_id)
+    .bind(agent_id)
+    .bind(ms(now))
+    .bind(i64::from(limit))
+    .fetch_all(&s.pool)
+    .await
+    .db()?;
+    let revision = rows.first().and_then(|r| r.policy_revision);
+    let actions = rows
+        .into_iter()
+        .filter_map(CheckinReadRow::action)
+        .map(|r| r.into_action(vec![agent_id.to_owned()]))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((revision, actions))
+}
+
 #[tracing::instrument(skip_all)]
 pub(super) async fn mark_delivered(
     s: &Engine,

@@ -440,6 +440,16 @@ impl Store for Engine {
         actions::pending_actions(self, agent_id, now, limit).await
     }
 
+    async fn checkin_reads(
+        &self,
+        agent_id: &str,
+        policy_id: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<(Option<i64>, Vec<Action>)> {
+        actions::checkin_reads(self, agent_id, policy_id, now, limit).await
+    }
+
     async fn mark_delivered(
         &self,
         agent_id: &str,

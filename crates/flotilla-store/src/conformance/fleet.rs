@@ -785,3 +785,48 @@ pub async fn an_agent_and_a_key_read_together_as_apart(s: S) {
     let (_, k) = s.fleet_agent_and_key("a1", "acc-a1").await.unwrap();
     assert!(k.unwrap().invalidated_at.is_some());
 }
+
+pub async fn checkin_reads_give_the_policy_revision_and_pending_actions(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    enrolled(&s, "a", "p").await;
+    enrolled(&s, "b", "p").await;
+    let revision = s.get_policy("p").await.unwrap().revision;
+    // Nothing pending: the revision still comes back.
+    assert_eq!(
+        s.checkin_reads("a", "p", now, 100).await.unwrap(),
+        (Some(revision), vec![])
+    );
+    let new = |id: &str, agents: &[&str], minutes: i64, expiration| NewAction {
+        id: id.into(),
+        action_type: ActionType::Settings,
+        data: json!({"log_level": "debug", "n": id}),
+        created_at: now + chrono::Duration::minutes(minutes),
+        expiration,
+        agent_ids: agents.iter().map(|a| a.to_string()).collect(),
+    };
+    s.create_action(&new("x2", &["a"], 2, None)).await.unwrap();
+    s.create_action(&new("x1", &["a", "b"], 1, None))
+        .await
+        .unwrap();
+    s.create_action(&new("x3", &["a"], 3, None)).await.unwrap();
+    let expired = new("x0", &["a"], 0, Some(now - chrono::Duration::seconds(1)));
+    s.create_action(&expired).await.unwrap();
+    let (rev, actions) = s.checkin_reads("a", "p", now, 100).await.unwrap();
+    assert_eq!(rev, Some(revision));
+    assert_eq!(actions, s.pending_actions("a", now, 100).await.unwrap());
+    let ids: Vec<&str> = actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["x1", "x2", "x3"], "oldest first, expired left out");
+    assert_eq!(actions[0].data["n"], "x1");
+    let (_, two) = s.checkin_reads("a", "p", now, 2).await.unwrap();
+    assert_eq!(two.len(), 2, "the limit holds");
+    // Another policy's revision, and a policy that does not exist.
+    s.create_policy(&policy("q", "Q"), now).await.unwrap();
+    let (rev_q, for_b) = s.checkin_reads("b", "q", now, 100).await.unwrap();
+    assert_eq!(rev_q, Some(s.get_policy("q").await.unwrap().revision));
+    assert_eq!(for_b.len(), 1);
+    assert_eq!(
+        s.checkin_reads("a", "missing", now, 100).await.unwrap().0,
+        None
+    );
+}

@@ -70,7 +70,8 @@ macro_rules! conformance_suite {
             revisions_run_are_written_in_one_batch,
             key_rotations_are_written_in_one_batch,
             enrolments_are_written_in_one_batch,
-            an_agent_and_a_key_read_together_as_apart
+            an_agent_and_a_key_read_together_as_apart,
+            checkin_reads_give_the_policy_revision_and_pending_actions
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
