@@ -23,6 +23,7 @@ use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod connectors;
+pub mod sessions;
 pub mod tasks;
 
 pub use connectors::{
@@ -30,6 +31,7 @@ pub use connectors::{
     VerifierPolicy,
 };
 
+pub use sessions::{ConsoleSession, NewConsoleSession, SessionStore};
 pub use tasks::{
     ClaimRequest, KeyProvider, NewTask, QueuedKey, RunOutcome, Scheduled, TaskCount, TaskFilter,
     TaskRecord, TaskRun, TaskStatus, UserScope,
@@ -495,7 +497,7 @@ pub trait TaskStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
+pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn engine(&self) -> &'static str;
 

@@ -15,6 +15,7 @@ mod actions;
 mod agents;
 mod api_keys;
 mod connectors;
+mod console_sessions;
 mod documents;
 mod enrollment_keys;
 mod fleet_agents;

@@ -69,7 +69,8 @@ macro_rules! conformance_suite {
             verifier_policies_live_and_die_with_their_policy,
             revisions_run_are_written_in_one_batch,
             key_rotations_are_written_in_one_batch,
-            enrolments_are_written_in_one_batch
+            enrolments_are_written_in_one_batch,
+            console_sessions_expire_end_with_their_key_and_sign_out
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -90,6 +91,7 @@ mod fleet;
 mod management;
 mod packages;
 mod races;
+mod sessions;
 mod tasks;
 
 pub use connectors::*;
@@ -98,6 +100,7 @@ pub use fleet::*;
 pub use management::*;
 pub use packages::*;
 pub use races::*;
+pub use sessions::*;
 pub use tasks::*;
 
 type S = Arc<dyn Store>;
