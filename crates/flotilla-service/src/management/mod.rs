@@ -4,6 +4,8 @@
 mod agents;
 mod bootstrap;
 mod connectors;
+mod console_sessions;
+pub use console_sessions::SignedIn;
 mod data;
 mod enrollment_keys;
 mod integrations;
