@@ -95,10 +95,10 @@ pub(crate) async fn list(
             },
         )
         .await?;
-    let revisions: HashMap<&str, i64> = policies
+    let known: HashMap<&str, (&str, i64)> = policies
         .items
         .iter()
-        .map(|p| (p.id.as_str(), p.revision))
+        .map(|p| (p.id.as_str(), (p.name.as_str(), p.revision)))
         .collect();
     let filters = [
         ("status", status.as_deref().unwrap_or("")),
@@ -157,8 +157,9 @@ pub(crate) async fn list(
                             tr {
                                 td { a href={(BASE) "/agents/" (a.id)} { @if hostname(a).is_empty() { (a.id) } @else { (hostname(a)) } } }
                                 td { (status_badge(a.status.as_str())) }
-                                td { a href={(BASE) "/policies/" (a.policy_id)} { (a.policy_id) } }
-                                td { (revision_cell(a.policy_revision, revisions.get(a.policy_id.as_str()).copied())) }
+                                @let policy = known.get(a.policy_id.as_str());
+                                td { a href={(BASE) "/policies/" (a.policy_id)} { (policy.map(|p| p.0).unwrap_or(&a.policy_id)) } }
+                                td { (revision_cell(a.policy_revision, policy.map(|p| p.1))) }
                                 td { (a.agent_version.as_deref().unwrap_or("")) }
                                 td { @for t in &a.tags { span .tag { (t) } " " } }
                                 td { (when_opt(a.last_checkin)) }
@@ -219,7 +220,7 @@ pub(crate) async fn detail(
             dl .facts {
                 dt { "Id" } dd { code { (agent.id) } }
                 dt { "Status" } dd { (status_badge(agent.status.as_str())) }
-                @if let Some(msg) = &agent.last_checkin_message { dt { "Message" } dd { (msg) } }
+                @if let Some(msg) = agent.last_checkin_message.as_deref().filter(|m| !m.is_empty()) { dt { "Message" } dd { (msg) } }
                 dt { "Version" } dd { (agent.agent_version.as_deref().unwrap_or("unknown")) }
                 dt { "Host" } dd { (meta("/host/hostname")) }
                 dt { "OS" } dd { (meta("/os/name")) " " (meta("/os/version")) }

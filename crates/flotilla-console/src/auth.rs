@@ -129,8 +129,11 @@ fn same_origin(headers: &HeaderMap) -> bool {
     if fetch_site.is_some_and(|s| s != "same-origin") {
         return false;
     }
+    // Under `Referrer-Policy: no-referrer` a browser sends `Origin: null`
+    // with same-origin form posts; its `Sec-Fetch-Site` (a header no page
+    // can set) then speaks for it.
     let origin = match text("origin") {
-        None => return fetch_site.is_some(),
+        None | Some("null") => return fetch_site.is_some(),
         Some(o) => o,
     };
     let Some(host) = text("host") else {
@@ -267,9 +270,18 @@ mod tests {
             ("origin", "http://evil.example"),
             ("host", "127.0.0.1:8220")
         ])));
-        assert!(!same_origin(&headers(&[
+        assert!(same_origin(&headers(&[
             ("sec-fetch-site", "same-origin"),
             ("origin", "null"),
+            ("host", "127.0.0.1:8220")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "null"),
+            ("host", "127.0.0.1:8220")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "http://evil.example"),
             ("host", "127.0.0.1:8220")
         ])));
     }

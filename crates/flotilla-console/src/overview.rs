@@ -16,21 +16,23 @@ use crate::{ConsoleState, BASE};
 /// Horizontal bars, one per status, as server-rendered SVG (no script,
 /// no style attributes: the CSP allows neither inline).
 pub(crate) fn status_chart(counts: &[(AgentStatus, u64)]) -> Markup {
-    const BAR: u64 = 22;
-    const LABEL: u64 = 110;
-    const WIDTH: u64 = 480;
+    // Drawn at about the size it is shown (a card's width), so the text
+    // keeps its size.
+    const BAR: u64 = 24;
+    const LABEL: u64 = 96;
+    const WIDTH: u64 = 220;
     let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
     let height = BAR * counts.len() as u64 + 4;
     let total: u64 = counts.iter().map(|(_, n)| *n).sum();
     html! {
-        svg .chart viewBox={"0 0 " (WIDTH + LABEL + 60) " " (height)} role="img" aria-labelledby="chart-title" {
+        svg .chart viewBox={"0 0 " (WIDTH + LABEL + 50) " " (height)} role="img" aria-labelledby="chart-title" {
             title #chart-title { "Agents by status: " (total) " in all" }
             @for (i, (status, n)) in counts.iter().enumerate() {
                 @let y = i as u64 * BAR;
                 @let w = if *n == 0 { 0 } else { (n * WIDTH / max).max(2) };
-                text x=(LABEL - 8) y=(y + 15) text-anchor="end" class="chart-label" { (status.as_str()) }
+                text x=(LABEL - 8) y=(y + 17) text-anchor="end" class="chart-label" { (status.as_str()) }
                 rect x=(LABEL) y=(y + 3) width=(w) height=(BAR - 6) class={"bar status-" (status.as_str())} {}
-                text x=(LABEL + w + 6) y=(y + 15) class="chart-label" { (n) }
+                text x=(LABEL + w + 6) y=(y + 17) class="chart-label" { (n) }
             }
         }
     }

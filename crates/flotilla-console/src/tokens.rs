@@ -125,7 +125,7 @@ async fn view(
                     tbody { @for t in &tokens.items {
                         tr {
                             td { (t.name) }
-                            td { a href={(BASE) "/policies/" (t.policy_id)} { (t.policy_id) } }
+                            td { a href={(BASE) "/policies/" (t.policy_id)} { (policies.items.iter().find(|p| p.id == t.policy_id).map(|p| p.name.as_str()).unwrap_or(&t.policy_id)) } }
                             td { code { (t.hint) "…" } }
                             td { (when(t.created_at)) }
                             td { @if t.active { "active" } @else { span .muted { "revoked" } } }
