@@ -96,7 +96,11 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/agents/{id}", get(agents::detail))
         .route("/policies", get(policies::list).post(policies::create))
         .route("/policies/new", get(policies::new_form))
-        .route("/policies/{id}", get(policies::detail))
+        .route(
+            "/policies/{id}",
+            get(policies::detail).post(policies::update),
+        )
+        .route("/policies/{id}/edit", get(policies::edit_form))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}/revoke", post(tokens::revoke))
         .route("/integrations", get(integrations::list))

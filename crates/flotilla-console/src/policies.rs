@@ -9,8 +9,9 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use flotilla_api::management::CreateAgentPolicy;
+use flotilla_api::management::UpdateAgentPolicy;
 use flotilla_service::ServiceError;
-use flotilla_store::{AgentFilter, EnrollmentKeyFilter, PackagePolicyFilter, Page, PolicyFilter};
+use flotilla_store::{EnrollmentKeyFilter, PackagePolicyFilter, Page, PolicyFilter, Rollout};
 
 use crate::agents::status_counts;
 use crate::auth::{csrf_field, Session};
@@ -26,24 +27,20 @@ pub(crate) struct PoliciesQuery {
     page: Option<String>,
 }
 
-/// Agents on a policy: a counting query.
-async fn agent_count(state: &ConsoleState, policy_id: &str) -> Result<u64, ConsoleError> {
-    let filter = AgentFilter {
-        policy_id: Some(policy_id.to_owned()),
-        ..Default::default()
-    };
-    Ok(state
-        .services
-        .management()
-        .list_agents(
-            &filter,
-            Page {
-                page: 1,
-                per_page: 1,
-            },
-        )
-        .await?
-        .total)
+/// A policy's rollout as a bar and words: agents on the current revision
+/// against all its agents.
+pub(crate) fn rollout_view(revision: i64, r: Rollout) -> Markup {
+    let percent = (r.on_revision * 100).checked_div(r.agents).unwrap_or(100);
+    html! {
+        @if r.agents == 0 {
+            span .muted { "no agents" }
+        } @else {
+            span .rollout {
+                progress value=(r.on_revision) max=(r.agents) aria-label={"Agents on revision " (revision)} {}
+                " " span .percent { (percent) " %" } " · " (r.on_revision) " of " (r.agents)
+            }
+        }
+    }
 }
 
 pub(crate) async fn list(
@@ -58,9 +55,9 @@ pub(crate) async fn list(
         .management()
         .list_policies(&PolicyFilter { name: name.clone() }, at)
         .await?;
-    let mut counts = Vec::with_capacity(policies.items.len());
+    let mut rollouts = Vec::with_capacity(policies.items.len());
     for p in &policies.items {
-        counts.push(agent_count(&state, &p.id).await?);
+        rollouts.push(state.services.management().policy_rollout(&p.id).await?.1);
     }
     let filters = [("name", name.as_deref().unwrap_or(""))];
     let body = html! {
@@ -81,14 +78,14 @@ pub(crate) async fn list(
                 caption .visually-hidden { "Agent policies" }
                 thead { tr {
                     th scope="col" { "Name" } th scope="col" { "Namespace" } th scope="col" { "Revision" }
-                    th scope="col" { "Agents" } th scope="col" { "Updated" }
+                    th scope="col" { "Agents on the current revision" } th scope="col" { "Updated" }
                 } }
-                tbody { @for (p, n) in policies.items.iter().zip(&counts) {
+                tbody { @for (p, r) in policies.items.iter().zip(&rollouts) {
                     tr {
                         td { a href={(BASE) "/policies/" (p.id)} { (p.name) } }
                         td { (p.namespace) }
                         td { (p.revision) }
-                        td { a href={(BASE) "/agents?policy=" (p.id)} { (n) } }
+                        td { a href={(BASE) "/agents?policy=" (p.id)} { (rollout_view(p.revision, *r)) } }
                         td { (when(p.updated_at)) }
                     }
                 } }
@@ -113,10 +110,38 @@ pub(crate) struct PolicyForm {
     inactivity_timeout: String,
 }
 
-fn form_view(session: &Session, values: &PolicyForm, error: Option<&str>) -> Markup {
+/// Which form: a new policy, or an existing one's edit.
+enum FormKind<'a> {
+    Create,
+    Edit { id: &'a str, name: &'a str },
+}
+
+fn form_view(
+    session: &Session,
+    kind: FormKind<'_>,
+    values: &PolicyForm,
+    error: Option<&str>,
+) -> Markup {
+    let (action, title, submit, cancel) = match &kind {
+        FormKind::Create => (
+            format!("{BASE}/policies"),
+            "Create a policy".to_owned(),
+            "Create policy",
+            format!("{BASE}/policies"),
+        ),
+        FormKind::Edit { id, name } => (
+            format!("{BASE}/policies/{id}"),
+            format!("Edit {name}"),
+            "Save changes",
+            format!("{BASE}/policies/{id}"),
+        ),
+    };
     let body = html! {
         @if let Some(e) = error { p .error role="alert" { (e) } }
-        form .stack method="post" action={(BASE) "/policies"} {
+        @if matches!(kind, FormKind::Edit { .. }) {
+            p .muted { "Saving makes a new revision, which every agent on the policy receives." }
+        }
+        form .stack method="post" action=(action) {
             (csrf_field(session))
             div .field {
                 label for="p-name" { "Name" }
@@ -135,14 +160,89 @@ fn form_view(session: &Session, values: &PolicyForm, error: Option<&str>) -> Mar
                 label for="p-inactivity" { "Inactivity timeout (seconds)" }
                 input #p-inactivity type="number" min="1" name="inactivity_timeout" value=(values.inactivity_timeout) placeholder="1209600";
             }
-            div .actions { button type="submit" { "Create policy" } a .button .secondary href={(BASE) "/policies"} { "Cancel" } }
+            div .actions { button type="submit" { (submit) } a .button .secondary href=(cancel) { "Cancel" } }
         }
     };
-    page(session, Nav::Policies, "Create a policy", body)
+    page(session, Nav::Policies, &title, body)
 }
 
 pub(crate) async fn new_form(session: Session) -> Markup {
-    form_view(&session, &PolicyForm::default(), None)
+    form_view(&session, FormKind::Create, &PolicyForm::default(), None)
+}
+
+pub(crate) async fn edit_form(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Result<Markup, ConsoleError> {
+    let p = state.services.management().get_policy(&id).await?;
+    let values = PolicyForm {
+        csrf: String::new(),
+        name: p.name.clone(),
+        namespace: p.namespace.clone(),
+        description: p.description.clone().unwrap_or_default(),
+        inactivity_timeout: p.inactivity_timeout.to_string(),
+    };
+    Ok(form_view(
+        &session,
+        FormKind::Edit {
+            id: &p.id,
+            name: &p.name,
+        },
+        &values,
+        None,
+    ))
+}
+
+pub(crate) async fn update(
+    State(state): State<ConsoleState>,
+    session: Session,
+    Path(id): Path<String>,
+    Form(form): Form<PolicyForm>,
+) -> Result<Response, ConsoleError> {
+    session.check_csrf(&form.csrf)?;
+    let m = state.services.management();
+    let current = m.get_policy(&id).await?;
+    let kind = FormKind::Edit {
+        id: &current.id,
+        name: &current.name,
+    };
+    let timeout = match form.inactivity_timeout.trim().parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => {
+            let view = form_view(
+                &session,
+                kind,
+                &form,
+                Some("The inactivity timeout must be a whole number of seconds."),
+            );
+            return Ok((StatusCode::BAD_REQUEST, view).into_response());
+        }
+    };
+    let description = Some(form.description.trim().to_owned()).filter(|d| !d.is_empty());
+    // Only what changed, so an unchanged form makes no new revision.
+    let req = UpdateAgentPolicy {
+        name: Some(form.name.trim().to_owned()).filter(|n| *n != current.name),
+        namespace: Some(form.namespace.trim().to_owned()).filter(|n| *n != current.namespace),
+        description: Some(description).filter(|d| *d != current.description),
+        output_id: None,
+        inactivity_timeout: Some(timeout).filter(|t| *t != current.inactivity_timeout),
+    };
+    if req.name.is_none()
+        && req.namespace.is_none()
+        && req.description.is_none()
+        && req.inactivity_timeout.is_none()
+    {
+        return Ok(Redirect::to(&format!("{BASE}/policies/{id}")).into_response());
+    }
+    match m.update_policy(&id, req).await {
+        Ok(p) => Ok(Redirect::to(&format!("{BASE}/policies/{}", p.id)).into_response()),
+        Err(e @ (ServiceError::Invalid(_) | ServiceError::Conflict(_))) => {
+            let view = form_view(&session, kind, &form, Some(&e.to_string()));
+            Ok((StatusCode::BAD_REQUEST, view).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) async fn create(
@@ -158,6 +258,7 @@ pub(crate) async fn create(
             Err(_) => {
                 let view = form_view(
                     &session,
+                    FormKind::Create,
                     &form,
                     Some("The inactivity timeout must be a whole number of seconds."),
                 );
@@ -177,7 +278,7 @@ pub(crate) async fn create(
     match state.services.management().create_policy(req).await {
         Ok(p) => Ok(Redirect::to(&format!("{BASE}/policies/{}", p.id)).into_response()),
         Err(e @ (ServiceError::Invalid(_) | ServiceError::Conflict(_))) => {
-            let view = form_view(&session, &form, Some(&e.to_string()));
+            let view = form_view(&session, FormKind::Create, &form, Some(&e.to_string()));
             Ok((StatusCode::BAD_REQUEST, view).into_response())
         }
         Err(e) => Err(e.into()),
@@ -190,7 +291,7 @@ pub(crate) async fn detail(
     Path(id): Path<String>,
 ) -> Result<Markup, ConsoleError> {
     let m = state.services.management();
-    let policy = m.get_policy(&id).await?;
+    let (policy, rollout) = m.policy_rollout(&id).await?;
     let integrations = m
         .list_package_policies(
             &PackagePolicyFilter {
@@ -231,6 +332,16 @@ pub(crate) async fn detail(
                 dt { "Enrollment tokens" } dd { a href={(BASE) "/tokens?policy=" (policy.id)} { (tokens.total) } }
             }
         }
+        div .toolbar {
+            a .button href={(BASE) "/policies/" (policy.id) "/edit"} { "Edit policy" }
+        }
+        section aria-labelledby="h-rollout" {
+            h2 #h-rollout { "Rollout of revision " (policy.revision) }
+            p #rollout { (rollout_view(policy.revision, rollout)) }
+            @if rollout.agents > rollout.on_revision {
+                p .muted { (rollout.agents - rollout.on_revision) " agents still run an older revision: they receive this one at their next check-in." }
+            }
+        }
         section aria-labelledby="h-agents" {
             h2 #h-agents { "Agents" }
             ul .counts {
@@ -241,9 +352,6 @@ pub(crate) async fn detail(
                 }
                 @if counts.iter().all(|(_, n)| *n == 0) { li .muted { "No agents on this policy." } }
             }
-            // Seam: the rollout of the last change (agents on the current
-            // revision against all) comes with a revision count in the
-            // service; the agents table shows each agent's revision.
         }
         section aria-labelledby="h-integrations" {
             h2 #h-integrations { "Integrations" }

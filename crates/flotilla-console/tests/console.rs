@@ -150,6 +150,7 @@ const PAGES: &[&str] = &[
     "/app/policies",
     "/app/policies/new",
     "/app/policies/some-policy",
+    "/app/policies/some-policy/edit",
     "/app/tokens",
     "/app/integrations",
 ];
@@ -157,6 +158,7 @@ const PAGES: &[&str] = &[
 const POSTS: &[&str] = &[
     "/app/sign-out",
     "/app/policies",
+    "/app/policies/some-policy",
     "/app/tokens",
     "/app/tokens/some-token/revoke",
 ];
@@ -488,4 +490,58 @@ async fn a_token_is_shown_once_with_its_enrol_command_and_text_is_escaped() {
         .await
         .unwrap();
     assert!(!key.active);
+}
+
+#[tokio::test]
+async fn editing_a_policy_makes_a_revision_only_when_something_changed() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[("csrf", &token), ("name", "edited")],
+        ),
+    )
+    .await;
+    let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let before = f
+        .services
+        .management()
+        .get_policy(location.rsplit('/').next().unwrap())
+        .await
+        .unwrap();
+    let page = text(send(&f.app, get(&format!("{location}/edit"), Some(&id))).await).await;
+    assert!(page.contains(r#"value="edited""#) && page.contains("Save changes"));
+    let form = |description: &'static str| {
+        vec![
+            ("csrf", token.clone()),
+            ("name", "edited".to_owned()),
+            ("namespace", before.namespace.clone()),
+            ("description", description.to_owned()),
+            ("inactivity_timeout", before.inactivity_timeout.to_string()),
+        ]
+    };
+    let as_refs = |v: &Vec<(&'static str, String)>| -> Vec<(&'static str, String)> { v.clone() };
+    for (description, revision) in [
+        ("", before.revision),
+        ("now described", before.revision + 1),
+    ] {
+        let pairs = as_refs(&form(description));
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let res = send(&f.app, post(&location, Some(&id), &pairs)).await;
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        let p = f
+            .services
+            .management()
+            .get_policy(&before.id)
+            .await
+            .unwrap();
+        assert_eq!(p.revision, revision, "{description:?}");
+    }
+    let page = text(send(&f.app, get(&location, Some(&id))).await).await;
+    assert!(page.contains("now described") && page.contains("Rollout of revision"));
+    assert!(page.contains("no agents"));
 }

@@ -233,6 +233,15 @@ pub struct EnrollmentKeyFilter {
     pub policy_id: Option<String>,
 }
 
+/// How far a policy's revision has reached its agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rollout {
+    /// Active agents on the policy.
+    pub agents: u64,
+    /// Those that run the revision asked about, or a later one.
+    pub on_revision: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct AgentFilter {
     pub policy_id: Option<String>,
@@ -662,6 +671,9 @@ pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'stat
         page: Page,
         now: DateTime<Utc>,
     ) -> Result<Paged<Agent>>;
+    /// A policy's rollout: its active agents, and how many of them run
+    /// `revision` or later (two counts, one statement).
+    async fn policy_rollout(&self, policy_id: &str, revision: i64) -> Result<Rollout>;
     async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent>;
     /// Moves an active agent to another policy; its reported revision is reset.
     async fn reassign_agent(&self, id: &str, policy_id: &str, now: DateTime<Utc>) -> Result<Agent>;

@@ -16,6 +16,7 @@ pub(crate) use outputs::output_credential_aad;
 mod operator_keys;
 mod outputs;
 mod policies;
+mod rollout;
 
 use flotilla_domain::{validate_id, ValidationError};
 

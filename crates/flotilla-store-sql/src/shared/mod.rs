@@ -314,6 +314,14 @@ impl Store for Engine {
         agents::list_agents(self, filter, page, now).await
     }
 
+    async fn policy_rollout(
+        &self,
+        policy_id: &str,
+        revision: i64,
+    ) -> Result<flotilla_store::Rollout> {
+        agents::policy_rollout(self, policy_id, revision).await
+    }
+
     async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent> {
         agents::set_agent_tags(self, id, tags, now).await
     }

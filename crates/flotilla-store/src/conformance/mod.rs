@@ -70,7 +70,8 @@ macro_rules! conformance_suite {
             revisions_run_are_written_in_one_batch,
             key_rotations_are_written_in_one_batch,
             enrolments_are_written_in_one_batch,
-            console_sessions_expire_end_with_their_key_and_sign_out
+            console_sessions_expire_end_with_their_key_and_sign_out,
+            policy_rollout_counts_active_agents_on_the_revision
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -1,4 +1,5 @@
-//! Cases for operator console sessions.
+//! Cases for what the operator console reads: its sessions, and a
+//! policy's rollout.
 
 use super::*;
 use crate::{Entity, NewConsoleSession};
@@ -94,4 +95,44 @@ pub async fn console_sessions_expire_end_with_their_key_and_sign_out(s: S) {
     assert!(s.delete_console_session("s3").await.unwrap());
     assert!(!s.delete_console_session("s3").await.unwrap());
     assert!(s.find_console_session("s3", now).await.unwrap().is_none());
+}
+
+pub async fn policy_rollout_counts_active_agents_on_the_revision(s: S) {
+    let p = s
+        .create_policy(&policy("p1", "one"), Utc::now())
+        .await
+        .unwrap();
+    s.create_policy(&policy("p2", "two"), Utc::now())
+        .await
+        .unwrap();
+    let none = s.policy_rollout("p1", p.revision).await.unwrap();
+    assert_eq!((none.agents, none.on_revision), (0, 0));
+    for id in ["a1", "a2", "a3"] {
+        enrolled(&s, id, "p1").await;
+    }
+    enrolled(&s, "b1", "p2").await;
+    let r = s.policy_rollout("p1", p.revision).await.unwrap();
+    assert_eq!((r.agents, r.on_revision), (3, 0), "none runs it yet");
+    s.agent_runs_policy("a1", "p1", p.revision, Utc::now())
+        .await
+        .unwrap();
+    let update = AgentPolicyUpdate {
+        description: Some(Some("changed".into())),
+        ..Default::default()
+    };
+    let changed = s.update_policy("p1", &update, Utc::now()).await.unwrap();
+    assert!(changed.revision > p.revision);
+    s.agent_runs_policy("a2", "p1", changed.revision, Utc::now())
+        .await
+        .unwrap();
+    let r = s.policy_rollout("p1", p.revision).await.unwrap();
+    assert_eq!((r.agents, r.on_revision), (3, 2), "a later revision counts");
+    let r = s.policy_rollout("p1", changed.revision).await.unwrap();
+    assert_eq!((r.agents, r.on_revision), (3, 1));
+    // Unenrolled agents are not the policy's any more.
+    s.unenroll_now("a3", Utc::now()).await.unwrap();
+    let r = s.policy_rollout("p1", p.revision).await.unwrap();
+    assert_eq!((r.agents, r.on_revision), (2, 2));
+    let r = s.policy_rollout("p2", 1).await.unwrap();
+    assert_eq!(r.agents, 1);
 }

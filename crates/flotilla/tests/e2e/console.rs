@@ -59,14 +59,18 @@ async fn browser(driver: &str, profile: &Path) -> Client {
         .expect("a WebDriver session with headless Chromium")
 }
 
+/// An element's rendered text, white space squashed (layout may break
+/// lines between inline pieces).
 async fn text_of(c: &Client, css: &str) -> String {
-    c.wait()
+    let text = c
+        .wait()
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
         .text()
         .await
-        .unwrap()
+        .unwrap();
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Wait for the page whose heading is `title` (the one a click leads to,
@@ -97,9 +101,32 @@ async fn wait_for_path(c: &Client, path: &str) {
         .unwrap_or_else(|e| panic!("never reached {path}: {e}"));
 }
 
-/// Enrol one agent with `token` as host `name` and check in once, as
-/// online.
-async fn enrol_online(s: &Server, token: &str, name: &str) -> String {
+/// An enrolled agent: its id and key, and the ack token of its last
+/// check-in.
+struct Agent {
+    creds: (String, String),
+    ack_token: String,
+}
+
+/// Check in as online (answered at once when a new revision is owed) and
+/// acknowledge the POLICY_CHANGE, as an agent that applied it does.
+async fn apply_policy(s: &Server, agent: &mut Agent) {
+    let mut body = json!({"status": "online"});
+    if !agent.ack_token.is_empty() {
+        body["ack_token"] = json!(agent.ack_token);
+    }
+    let r = s.checkin(&agent.creds, body).await;
+    assert_eq!(r.status, 200, "check-in: {}", r.body);
+    let action = &r.body["actions"][0];
+    assert_eq!(action["type"], "POLICY_CHANGE", "{}", r.body);
+    agent.ack_token = r.body["ack_token"].as_str().unwrap_or("").to_owned();
+    let id = action["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.ack(&agent.creds, &[&id]).await.status, 200);
+}
+
+/// Enrol one agent with `token` as host `name`, then check in once and
+/// apply its policy.
+async fn enrol_online(s: &Server, token: &str, name: &str) -> Agent {
     let r = s
         .fleet(
             Method::POST,
@@ -112,19 +139,18 @@ async fn enrol_online(s: &Server, token: &str, name: &str) -> String {
         )
         .await;
     assert_eq!(r.status, 200, "enrol: {}", r.body);
-    let agent = (
-        r.body["item"]["id"].as_str().unwrap().to_owned(),
-        r.body["item"]["access_api_key"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-    );
-    let r = s.checkin(&agent, json!({"status": "online"})).await;
-    assert_eq!(r.status, 200, "check-in: {}", r.body);
-    // It applies the policy it was sent and says so.
-    let action = r.body["actions"][0]["id"].as_str().unwrap().to_owned();
-    assert_eq!(s.ack(&agent, &[&action]).await.status, 200);
-    agent.0
+    let mut agent = Agent {
+        creds: (
+            r.body["item"]["id"].as_str().unwrap().to_owned(),
+            r.body["item"]["access_api_key"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ),
+        ack_token: String::new(),
+    };
+    apply_policy(s, &mut agent).await;
+    agent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,9 +295,9 @@ async fn an_operator_works_through_the_console_in_chromium() {
     shots.take(&c, "token-created").await;
 
     // Agents enrol with it over the fleet API and check in.
-    let mut ids = Vec::new();
+    let mut agents = Vec::new();
     for host in ["web-01", "web-02", "web-03"] {
-        ids.push(enrol_online(&s, &secret, host).await);
+        agents.push(enrol_online(&s, &secret, host).await);
     }
     c.goto(&format!("{app}/agents?status=online"))
         .await
@@ -341,6 +367,45 @@ async fn an_operator_works_through_the_console_in_chromium() {
     assert!(facts.contains("1 (current)"), "{facts}");
     shots.take(&c, "agent").await;
 
+    // Change the policy and watch its rollout reach every agent.
+    c.goto(&format!("{}{policy_path}", s.url)).await.unwrap();
+    let rollout = text_of(&c, "#rollout").await;
+    assert!(rollout.contains("100 % · 3 of 3"), "{rollout}");
+    c.find(Locator::LinkText("Edit policy"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    heading(&c, "Edit Web servers").await;
+    let description = c.find(Locator::Id("p-description")).await.unwrap();
+    description.clear().await.unwrap();
+    description
+        .send_keys("The nginx hosts, now with a longer timeout")
+        .await
+        .unwrap();
+    let timeout = c.find(Locator::Id("p-inactivity")).await.unwrap();
+    timeout.clear().await.unwrap();
+    timeout.send_keys("86400").await.unwrap();
+    c.find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    heading(&c, "Web servers").await;
+    assert!(text_of(&c, "#h-rollout").await.contains("revision 2"));
+    assert!(text_of(&c, "#rollout").await.contains("0 % · 0 of 3"));
+    shots.take(&c, "rollout-started").await;
+    for (n, agent) in agents.iter_mut().enumerate() {
+        apply_policy(&s, agent).await;
+        c.refresh().await.unwrap();
+        let want = format!("{} % · {} of 3", (n + 1) * 100 / 3, n + 1);
+        assert!(text_of(&c, "#rollout").await.contains(&want), "{want}");
+    }
+    assert!(text_of(&c, "#rollout").await.contains("100 % · 3 of 3"));
+    shots.take(&c, "rollout-done").await;
+
     // The overview counts them; the other pages render.
     c.goto(&app).await.unwrap();
     assert!(text_of(&c, "svg.chart title").await.contains("3 in all"));
@@ -384,5 +449,4 @@ async fn an_operator_works_through_the_console_in_chromium() {
     }
     c.close().await.unwrap();
     drop(driver);
-    let _ = ids;
 }
