@@ -55,7 +55,11 @@ fn install() -> Result<Browser, String> {
             .map_err(|e| format!("apt-get is not available: {e}"))
     };
     let _ = apt(&["update", "-q"]);
+    // Another test may be installing a package at the same moment (the
+    // PostgreSQL kit does): wait for dpkg's lock rather than fail.
     let out = apt(&[
+        "-o",
+        "DPkg::Lock::Timeout=300",
         "install",
         "-y",
         "-q",
