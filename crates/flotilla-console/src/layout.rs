@@ -16,14 +16,18 @@ pub(crate) enum Nav {
     Policies,
     Integrations,
     Tokens,
+    Data,
+    Settings,
 }
 
-const SECTIONS: [(Nav, &str, &str); 5] = [
+const SECTIONS: [(Nav, &str, &str); 7] = [
     (Nav::Overview, "", "Overview"),
     (Nav::Agents, "/agents", "Agents"),
     (Nav::Policies, "/policies", "Policies"),
     (Nav::Integrations, "/integrations", "Integrations"),
     (Nav::Tokens, "/tokens", "Enrollment tokens"),
+    (Nav::Data, "/data", "Data"),
+    (Nav::Settings, "/settings", "Settings"),
 ];
 
 fn head(title: &str) -> Markup {
@@ -107,12 +111,24 @@ pub(crate) fn pager<T>(
     page: Page,
     paged: &Paged<T>,
 ) -> Markup {
+    pager_with(path, filters, "page", page, paged)
+}
+
+/// [`pager`] with its own page parameter, for one of several tables on a
+/// page.
+pub(crate) fn pager_with<T>(
+    path: &str,
+    filters: &[(&str, &str)],
+    param: &str,
+    page: Page,
+    paged: &Paged<T>,
+) -> Markup {
     let pages = paged.total.div_ceil(u64::from(page.per_page.max(1))).max(1);
     let at = u64::from(page.page);
     let link = |n: u64| {
         let n = n.to_string();
         let mut pairs = filters.to_vec();
-        pairs.push(("page", &n));
+        pairs.push((param, &n));
         format!("{BASE}{path}{}", query(&pairs))
     };
     html! {

@@ -18,6 +18,7 @@ mod integrations;
 mod layout;
 mod overview;
 mod policies;
+mod settings;
 mod tokens;
 
 use std::sync::Arc;
@@ -104,6 +105,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}/revoke", post(tokens::revoke))
         .route("/integrations", get(integrations::list))
+        .route("/data", get(settings::data))
+        .route("/settings", get(settings::settings))
         .route("/assets/{name}", get(assets::serve))
         .fallback(error::not_found)
         .layer(middleware::from_fn(auth::same_origin_posts))

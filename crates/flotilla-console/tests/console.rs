@@ -153,6 +153,8 @@ const PAGES: &[&str] = &[
     "/app/policies/some-policy/edit",
     "/app/tokens",
     "/app/integrations",
+    "/app/data",
+    "/app/settings",
 ];
 
 const POSTS: &[&str] = &[

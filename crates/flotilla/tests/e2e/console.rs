@@ -166,7 +166,15 @@ async fn an_operator_works_through_the_console_in_chromium() {
     let app = format!("{}/app", s.url);
 
     // Signed out, every page leads to the sign-in page.
-    for page in ["", "/agents", "/policies", "/tokens", "/integrations"] {
+    for page in [
+        "",
+        "/agents",
+        "/policies",
+        "/tokens",
+        "/integrations",
+        "/data",
+        "/settings",
+    ] {
         c.goto(&format!("{app}{page}")).await.unwrap();
         assert_eq!(path_of(&c).await, "/app/sign-in", "{page}");
     }
@@ -416,6 +424,14 @@ async fn an_operator_works_through_the_console_in_chromium() {
     c.goto(&format!("{app}/integrations")).await.unwrap();
     assert!(text_of(&c, "table").await.contains("nginx"));
     shots.take(&c, "integrations").await;
+    c.goto(&format!("{app}/data")).await.unwrap();
+    heading(&c, "Data").await;
+    shots.take(&c, "data").await;
+    c.goto(&format!("{app}/settings")).await.unwrap();
+    let settings = text_of(&c, "main").await;
+    assert!(settings.contains("elasticsearch"), "{settings}");
+    assert!(settings.contains("this session"), "{settings}");
+    shots.take(&c, "settings").await;
     c.goto(&format!("{app}/tokens")).await.unwrap();
     let listed = text_of(&c, "main").await;
     assert!(listed.contains("web rollout") && !listed.contains(&secret));
