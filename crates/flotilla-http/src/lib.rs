@@ -76,6 +76,8 @@ pub struct AppState {
     pub long_polls: Arc<fleet::LongPolls>,
     /// This instance's task manager (`/api/task_manager`).
     pub tasks: Option<Arc<flotilla_service::tasks::TaskManager>>,
+    /// The operator console's settings (`/app`).
+    pub console: flotilla_console::ConsoleSettings,
 }
 
 impl AppState {
@@ -86,7 +88,13 @@ impl AppState {
             shutdown,
             long_polls,
             tasks: None,
+            console: Default::default(),
         }
+    }
+
+    pub fn with_console(mut self, console: flotilla_console::ConsoleSettings) -> Self {
+        self.console = console;
+        self
     }
 
     pub fn with_tasks(mut self, tasks: Arc<flotilla_service::tasks::TaskManager>) -> Self {
@@ -167,8 +175,19 @@ pub fn app_with_clock(
     // shared by every route (a layer on a router is cloned per route, so a
     // per-service limit would multiply by the number of routes).
     let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
+    // The operator console: its pages call the same services, inside the
+    // same bounds as operators' API requests (not the fleet routes').
+    let console = flotilla_console::router(flotilla_console::ConsoleState::new(
+        state.services.clone(),
+        state.console.clone(),
+    ));
     let bounded = Router::new()
         .merge(api)
+        .nest(flotilla_console::BASE, console)
+        .route(
+            "/app/",
+            get(|| async { axum::response::Redirect::to(flotilla_console::BASE) }),
+        )
         .route(
             "/api/fleet/openapi.json",
             get(move || async move { Json(openapi_json.clone()) }),

@@ -23,6 +23,7 @@ use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod connectors;
+pub mod sessions;
 pub mod tasks;
 
 pub use connectors::{
@@ -30,6 +31,7 @@ pub use connectors::{
     VerifierPolicy,
 };
 
+pub use sessions::{ConsoleSession, NewConsoleSession, SessionStore};
 pub use tasks::{
     ClaimRequest, KeyProvider, NewTask, QueuedKey, RunOutcome, Scheduled, TaskCount, TaskFilter,
     TaskRecord, TaskRun, TaskStatus, UserScope,
@@ -229,6 +231,15 @@ pub enum Installed {
 #[derive(Debug, Clone, Default)]
 pub struct EnrollmentKeyFilter {
     pub policy_id: Option<String>,
+}
+
+/// How far a policy's revision has reached its agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rollout {
+    /// Active agents on the policy.
+    pub agents: u64,
+    /// Those that run the revision asked about, or a later one.
+    pub on_revision: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -495,7 +506,7 @@ pub trait TaskStore: Send + Sync {
 }
 
 #[async_trait]
-pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
+pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn engine(&self) -> &'static str;
 
@@ -660,6 +671,9 @@ pub trait Store: TaskStore + ConnectorStore + Send + Sync + 'static {
         page: Page,
         now: DateTime<Utc>,
     ) -> Result<Paged<Agent>>;
+    /// A policy's rollout: its active agents, and how many of them run
+    /// `revision` or later (two counts, one statement).
+    async fn policy_rollout(&self, policy_id: &str, revision: i64) -> Result<Rollout>;
     async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent>;
     /// Moves an active agent to another policy; its reported revision is reset.
     async fn reassign_agent(&self, id: &str, policy_id: &str, now: DateTime<Utc>) -> Result<Agent>;

@@ -120,7 +120,7 @@ fn find_bin_dir() -> Option<PathBuf> {
         .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -299,6 +299,7 @@ impl PgCluster {
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8 temp path")
 }
+pub mod browser;
 pub mod kibana;
 pub mod moto;
 pub mod python;

@@ -33,6 +33,7 @@ const KEYS: &[&str] = &[
     "data",
     "task_manager",
     "verifier",
+    "console",
 ];
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -66,6 +67,40 @@ pub struct Config {
     pub data: DataConfig,
     pub task_manager: TaskManagerConfig,
     pub verifier: VerifierConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The operator console at `/app`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A sign-in lasts this long (1 minute to 30 days).
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            session_ttl: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+impl Config {
+    /// What the console runs with: the cookie is `Secure` when the
+    /// console is reached over TLS, which (the server itself serving
+    /// plain HTTP) is when `public_url` is `https://`, a proxy in front.
+    pub fn console_settings(&self) -> flotilla_console::ConsoleSettings {
+        flotilla_console::ConsoleSettings {
+            session_ttl: self.console.session_ttl,
+            secure_cookies: self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://")),
+            public_url: self.public_url.clone(),
+        }
+    }
 }
 
 /// The permission verifier: which cloud connectors hold what their
@@ -563,6 +598,7 @@ impl Default for Config {
                 secondary: SecondaryProviderConfig::default(),
                 test_task_types: false,
             },
+            console: ConsoleConfig::default(),
             verifier: VerifierConfig {
                 enabled: true,
                 embedded_agent: true,
@@ -640,6 +676,11 @@ impl Config {
             if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
                 bail!("invalid configuration: public_url must be an http:// or https:// URL");
             }
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86_400))
+            .contains(&self.console.session_ttl)
+        {
+            bail!("invalid configuration: console.session_ttl must be between 1m and 30days");
         }
         if self.data.retention_interval < Duration::from_secs(1) {
             bail!("invalid configuration: data.retention_interval must be at least 1s");

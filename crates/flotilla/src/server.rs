@@ -118,7 +118,9 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     });
     let app_services = services.clone();
     let app = flotilla_http::app(
-        AppState::new(services, stop_rx.clone()).with_tasks(tasks),
+        AppState::new(services, stop_rx.clone())
+            .with_tasks(tasks)
+            .with_console(config.console_settings()),
         &limits,
     );
     // Handlers are installed before the ready line, so a signal sent the

@@ -4,6 +4,8 @@
 mod agents;
 mod bootstrap;
 mod connectors;
+mod console_sessions;
+pub use console_sessions::SignedIn;
 mod data;
 mod enrollment_keys;
 mod integrations;
@@ -14,6 +16,7 @@ pub(crate) use outputs::output_credential_aad;
 mod operator_keys;
 mod outputs;
 mod policies;
+mod rollout;
 
 use flotilla_domain::{validate_id, ValidationError};
 

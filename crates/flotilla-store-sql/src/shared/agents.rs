@@ -39,6 +39,27 @@ pub(super) async fn list_agents(
 }
 
 #[tracing::instrument(skip_all)]
+pub(super) async fn policy_rollout(
+    s: &Engine,
+    policy_id: &str,
+    revision: i64,
+) -> Result<flotilla_store::Rollout> {
+    let (agents, on_revision): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN policy_revision >= $2 THEN 1 ELSE 0 END), 0) \
+         FROM agents WHERE policy_id = $1 AND active",
+    )
+    .bind(policy_id)
+    .bind(revision)
+    .fetch_one(&s.pool)
+    .await
+    .db()?;
+    Ok(flotilla_store::Rollout {
+        agents: agents.max(0) as u64,
+        on_revision: on_revision.max(0) as u64,
+    })
+}
+
+#[tracing::instrument(skip_all)]
 pub(super) async fn set_agent_tags(
     s: &Engine,
     id: &str,

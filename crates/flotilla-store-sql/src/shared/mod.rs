@@ -15,6 +15,7 @@ mod actions;
 mod agents;
 mod api_keys;
 mod connectors;
+mod console_sessions;
 mod documents;
 mod enrollment_keys;
 mod fleet_agents;
@@ -311,6 +312,14 @@ impl Store for Engine {
         now: DateTime<Utc>,
     ) -> Result<Paged<Agent>> {
         agents::list_agents(self, filter, page, now).await
+    }
+
+    async fn policy_rollout(
+        &self,
+        policy_id: &str,
+        revision: i64,
+    ) -> Result<flotilla_store::Rollout> {
+        agents::policy_rollout(self, policy_id, revision).await
     }
 
     async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent> {

@@ -71,7 +71,9 @@ macro_rules! conformance_suite {
             key_rotations_are_written_in_one_batch,
             enrolments_are_written_in_one_batch,
             an_agent_and_a_key_read_together_as_apart,
-            checkin_reads_give_the_policy_revision_and_pending_actions
+            checkin_reads_give_the_policy_revision_and_pending_actions,
+            console_sessions_expire_end_with_their_key_and_sign_out,
+            policy_rollout_counts_active_agents_on_the_revision
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -92,6 +94,7 @@ mod fleet;
 mod management;
 mod packages;
 mod races;
+mod sessions;
 mod tasks;
 
 pub use connectors::*;
@@ -100,6 +103,7 @@ pub use fleet::*;
 pub use management::*;
 pub use packages::*;
 pub use races::*;
+pub use sessions::*;
 pub use tasks::*;
 
 type S = Arc<dyn Store>;

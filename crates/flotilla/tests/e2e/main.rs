@@ -5,6 +5,7 @@ mod support;
 
 mod agent;
 mod cli;
+mod console;
 mod es;
 mod fleet;
 mod hostile;

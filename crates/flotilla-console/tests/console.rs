@@ -1,0 +1,549 @@
+//! The console over HTTP, in process: sign-in and its cookie, refusals
+//! when signed out, cross-site and CSRF-less posts, expiry on a manual
+//! clock, sign-out and key revocation, a token's secret shown once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use chrono::{TimeZone, Utc};
+use http_body_util::BodyExt;
+use secrecy::SecretString;
+use tower::ServiceExt;
+
+use flotilla_api::management::CreateOperatorKey;
+use flotilla_console::{ConsoleSettings, ConsoleState, SESSION_COOKIE};
+use flotilla_service::crypto::Sealer;
+use flotilla_service::tasks::ManualClock;
+use flotilla_service::{FleetSettings, Services};
+
+const ADMIN_KEY: &str = "console-test-admin-key-0123456789abcdef";
+const HOST: &str = "console.test:8220";
+const ORIGIN: &str = "http://console.test:8220";
+
+struct Fixture {
+    app: Router,
+    services: Services,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture_with(settings: ConsoleSettings) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = flotilla_store_sql::open(flotilla_store_sql::Location::DataDir(dir.path()))
+        .await
+        .unwrap();
+    let services = Services::new(
+        store,
+        FleetSettings::default(),
+        Sealer::from_secret(b"test key for the console tests"),
+    );
+    services
+        .management()
+        .bootstrap(
+            Some(&SecretString::from(ADMIN_KEY)),
+            "http://127.0.0.1:8220",
+        )
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap(),
+    ));
+    let state = ConsoleState::new(services.clone(), settings).with_clock(clock.clone());
+    let app = Router::new().nest(flotilla_console::BASE, flotilla_console::router(state));
+    Fixture {
+        app,
+        services,
+        clock,
+        _dir: dir,
+    }
+}
+
+async fn fixture() -> Fixture {
+    fixture_with(ConsoleSettings::default()).await
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Response {
+    app.clone().oneshot(req).await.unwrap()
+}
+
+async fn text(res: Response) -> String {
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn get(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path).header(header::HOST, HOST);
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, format!("{SESSION_COOKIE}={c}"));
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+/// A form post as a browser on this origin sends it.
+fn post(path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Request<Body> {
+    post_from(
+        path,
+        cookie,
+        form,
+        &[("origin", ORIGIN), ("sec-fetch-site", "same-origin")],
+    )
+}
+
+fn post_from(
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> Request<Body> {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let mut b = Request::post(path)
+        .header(header::HOST, HOST)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, format!("{SESSION_COOKIE}={c}"));
+    }
+    b.body(Body::from(body)).unwrap()
+}
+
+/// Sign in; the session id and the cookie header as sent.
+async fn sign_in(f: &Fixture, key: &str) -> (String, String) {
+    let res = send(&f.app, post("/app/sign-in", None, &[("api_key", key)])).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/app");
+    let cookie = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = cookie
+        .strip_prefix(&format!("{SESSION_COOKIE}="))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_owned();
+    (id, cookie)
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(page: &str) -> String {
+    let at = page.find(r#"name="csrf" value=""#).expect("a CSRF field") + 19;
+    page[at..at + page[at..].find('"').unwrap()].to_owned()
+}
+
+async fn csrf(f: &Fixture, session: &str) -> String {
+    let res = send(&f.app, get("/app", Some(session))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    csrf_of(&text(res).await)
+}
+
+const PAGES: &[&str] = &[
+    "/app",
+    "/app/agents",
+    "/app/agents/some-agent",
+    "/app/policies",
+    "/app/policies/new",
+    "/app/policies/some-policy",
+    "/app/policies/some-policy/edit",
+    "/app/tokens",
+    "/app/integrations",
+    "/app/data",
+    "/app/settings",
+];
+
+const POSTS: &[&str] = &[
+    "/app/sign-out",
+    "/app/policies",
+    "/app/policies/some-policy",
+    "/app/tokens",
+    "/app/tokens/some-token/revoke",
+];
+
+#[tokio::test]
+async fn a_signed_out_browser_sees_only_the_sign_in_page() {
+    let f = fixture().await;
+    for cookie in [None, Some("not0a0live0session")] {
+        for path in PAGES {
+            let res = send(&f.app, get(path, cookie)).await;
+            assert_eq!(res.status(), StatusCode::SEE_OTHER, "{path}");
+            assert_eq!(res.headers()[header::LOCATION], "/app/sign-in", "{path}");
+            assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+            assert!(text(res).await.is_empty(), "{path}: no content");
+        }
+        for path in POSTS {
+            let res = send(&f.app, post(path, cookie, &[("csrf", "x"), ("name", "p")])).await;
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{path}");
+            let body = text(res).await;
+            assert!(!body.contains("Sign out"), "{path}: no signed-in page");
+        }
+    }
+    // The sign-in page and the assets are all there is.
+    let res = send(&f.app, get("/app/sign-in", None)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(page.contains(r#"type="password" name="api_key""#));
+    assert!(!page.contains("csrf"));
+    for asset in ["/app/assets/console.css", "/app/assets/console.js"] {
+        assert_eq!(
+            send(&f.app, get(asset, None)).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send(&f.app, get("/app/assets/other", None)).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    // Nothing was created by the refused posts.
+    let policies = f
+        .services
+        .management()
+        .list_policies(&Default::default(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(policies.total, 0);
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_http_only_expiring_cookie() {
+    let f = fixture().await;
+    let res = send(&f.app, post("/app/sign-in", None, &[("api_key", "wrong")])).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.headers().get(header::SET_COOKIE).is_none());
+    assert!(text(res).await.contains("unknown or revoked"));
+
+    let (id, cookie) = sign_in(&f, ADMIN_KEY).await;
+    assert_eq!(id.len(), 43);
+    let attrs: Vec<&str> = cookie.split("; ").skip(1).collect();
+    for want in ["Path=/app", "Max-Age=28800", "HttpOnly", "SameSite=Strict"] {
+        assert!(attrs.contains(&want), "{cookie}");
+    }
+    assert!(!attrs.contains(&"Secure"), "plain HTTP: {cookie}");
+
+    let res = send(&f.app, get("/app", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let h = res.headers();
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+    assert_eq!(h[header::CACHE_CONTROL], "no-store");
+    let page = text(res).await;
+    assert!(page.contains("Signed in as"));
+    assert!(!page.contains(ADMIN_KEY), "the key is never echoed");
+    assert!(!page.contains(&id), "nor the session id");
+    assert!(!page.contains("<script>"), "no inline script");
+
+    // Over TLS (an https public URL) the cookie is Secure too.
+    let tls = fixture_with(ConsoleSettings {
+        secure_cookies: true,
+        ..Default::default()
+    })
+    .await;
+    let (_, cookie) = sign_in(&tls, ADMIN_KEY).await;
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn cross_site_and_csrf_less_posts_are_refused() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let form = [("csrf", token.as_str()), ("name", "from-elsewhere")];
+    let refused: [&[(&str, &str)]; 4] = [
+        &[
+            ("origin", "http://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        &[("origin", "http://evil.example")],
+        &[("sec-fetch-site", "same-site")],
+        &[],
+    ];
+    for headers in refused {
+        let res = send(
+            &f.app,
+            post_from("/app/policies", Some(&id), &form, headers),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{headers:?}");
+    }
+    // A cross-site sign-in is refused too (no login CSRF).
+    let res = send(
+        &f.app,
+        post_from(
+            "/app/sign-in",
+            None,
+            &[("api_key", ADMIN_KEY)],
+            &[("origin", "http://evil.example")],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.headers().get(header::SET_COOKIE).is_none());
+
+    // Same origin, but no or another session's token.
+    for bad in [vec![("name", "p")], vec![("csrf", "guess"), ("name", "p")]] {
+        let res = send(&f.app, post("/app/policies", Some(&id), &bad)).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    }
+    let (other, _) = sign_in(&f, ADMIN_KEY).await;
+    let other_token = csrf(&f, &other).await;
+    assert_ne!(other_token, token);
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[("csrf", &other_token), ("name", "p")],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        f.services
+            .management()
+            .list_policies(&Default::default(), Default::default())
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+
+    // With both, the policy is made.
+    let res = send(&f.app, post("/app/policies", Some(&id), &form)).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(res.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .starts_with("/app/policies/"));
+}
+
+#[tokio::test]
+async fn sessions_end_at_expiry_on_sign_out_and_when_the_key_is_revoked() {
+    let f = fixture().await;
+    let ttl = ConsoleSettings::default().session_ttl;
+
+    // Expiry, on the console's clock.
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    f.clock.advance(ttl - Duration::from_secs(1));
+    assert_eq!(
+        send(&f.app, get("/app", Some(&id))).await.status(),
+        StatusCode::OK
+    );
+    f.clock.advance(Duration::from_secs(1));
+    let res = send(&f.app, get("/app/agents", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/app/sign-in");
+
+    // Sign-out deletes the session and clears the cookie.
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(&f.app, post("/app/sign-out", Some(&id), &[])).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::FORBIDDEN,
+        "sign-out needs the token too"
+    );
+    let res = send(
+        &f.app,
+        post("/app/sign-out", Some(&id), &[("csrf", &token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()[header::LOCATION], "/app/sign-in");
+    let cleared = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    assert!(cleared.starts_with(&format!("{SESSION_COOKIE}=;")) && cleared.contains("Max-Age=0"));
+    assert_eq!(
+        send(&f.app, get("/app", Some(&id))).await.status(),
+        StatusCode::SEE_OTHER
+    );
+
+    // Revoking the operator key ends its sessions.
+    let m = f.services.management();
+    let admin = m.authenticate(ADMIN_KEY).await.unwrap();
+    let (key, secret) = m
+        .create_operator_key(CreateOperatorKey {
+            name: "second".into(),
+        })
+        .await
+        .unwrap();
+    let (id, _) = sign_in(&f, secrecy::ExposeSecret::expose_secret(&secret)).await;
+    assert_eq!(
+        send(&f.app, get("/app", Some(&id))).await.status(),
+        StatusCode::OK
+    );
+    m.revoke_operator_key(&admin.id, &key.id).await.unwrap();
+    assert_eq!(
+        send(&f.app, get("/app", Some(&id))).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let res = send(
+        &f.app,
+        post(
+            "/app/sign-in",
+            None,
+            &[("api_key", secrecy::ExposeSecret::expose_secret(&secret))],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_token_is_shown_once_with_its_enrol_command_and_text_is_escaped() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("name", "web <script>alert(1)</script>"),
+                ("namespace", ""),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let policy_id = location.rsplit('/').next().unwrap().to_owned();
+    let page = text(send(&f.app, get(&location, Some(&id))).await).await;
+    assert!(page.contains("web &lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!page.contains("<script>alert"));
+    assert!(page.contains("output_permissions") || page.contains("Permissions"));
+
+    // An invalid form comes back with its message and values.
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("name", "bad ns"),
+                ("namespace", "Not Valid"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let page = text(res).await;
+    assert!(
+        page.contains("namespace") && page.contains(r#"value="bad ns""#),
+        "{page}"
+    );
+
+    let res = send(
+        &f.app,
+        post(
+            "/app/tokens",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("policy_id", &policy_id),
+                ("name", "first"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    let at = page.find(r#"<code id="token-secret">"#).unwrap() + 24;
+    let secret = &page[at..at + page[at..].find('<').unwrap()];
+    assert!(secret.len() > 20);
+    assert!(page.contains(&format!(
+        "flotilla agent enroll --url http://{HOST} --enrollment-token {secret}"
+    )));
+    // The secret works, and is never shown again.
+    let listed = text(send(&f.app, get("/app/tokens", Some(&id))).await).await;
+    assert!(listed.contains("first") && !listed.contains(secret));
+
+    // Revoke it through its form.
+    let keys = f
+        .services
+        .management()
+        .list_enrollment_keys(&Default::default(), Default::default())
+        .await
+        .unwrap();
+    let key = &keys.items[0];
+    assert!(listed.contains(&format!("/app/tokens/{}/revoke", key.id)));
+    let res = send(
+        &f.app,
+        post(
+            &format!("/app/tokens/{}/revoke", key.id),
+            Some(&id),
+            &[("csrf", &token)],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let key = f
+        .services
+        .management()
+        .get_enrollment_key(&key.id)
+        .await
+        .unwrap();
+    assert!(!key.active);
+}
+
+#[tokio::test]
+async fn editing_a_policy_makes_a_revision_only_when_something_changed() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[("csrf", &token), ("name", "edited")],
+        ),
+    )
+    .await;
+    let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let before = f
+        .services
+        .management()
+        .get_policy(location.rsplit('/').next().unwrap())
+        .await
+        .unwrap();
+    let page = text(send(&f.app, get(&format!("{location}/edit"), Some(&id))).await).await;
+    assert!(page.contains(r#"value="edited""#) && page.contains("Save changes"));
+    let form = |description: &'static str| {
+        vec![
+            ("csrf", token.clone()),
+            ("name", "edited".to_owned()),
+            ("namespace", before.namespace.clone()),
+            ("description", description.to_owned()),
+            ("inactivity_timeout", before.inactivity_timeout.to_string()),
+        ]
+    };
+    let as_refs = |v: &Vec<(&'static str, String)>| -> Vec<(&'static str, String)> { v.clone() };
+    for (description, revision) in [
+        ("", before.revision),
+        ("now described", before.revision + 1),
+    ] {
+        let pairs = as_refs(&form(description));
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let res = send(&f.app, post(&location, Some(&id), &pairs)).await;
+        assert_eq!(res.status(), StatusCode::SEE_OTHER);
+        let p = f
+            .services
+            .management()
+            .get_policy(&before.id)
+            .await
+            .unwrap();
+        assert_eq!(p.revision, revision, "{description:?}");
+    }
+    let page = text(send(&f.app, get(&location, Some(&id))).await).await;
+    assert!(page.contains("now described") && page.contains("Rollout of revision"));
+    assert!(page.contains("no agents"));
+}
