@@ -117,6 +117,9 @@ pub struct AgentQuery {
     policy_id: Option<String>,
     status: Option<AgentStatus>,
     tag: Option<String>,
+    /// Agents the enrollment key enrolled (`static:<label>` for a static
+    /// token).
+    enrollment_api_key_id: Option<String>,
     /// Include unenrolled agents.
     #[serde(rename = "showInactive")]
     #[param(rename = "showInactive")]
@@ -764,6 +767,7 @@ async fn list_agents(
     let p = page(q.page, q.per_page)?;
     let filter = AgentFilter {
         policy_id: q.policy_id,
+        enrollment_api_key_id: q.enrollment_api_key_id,
         status: q.status,
         tag: q.tag,
         show_inactive: q.show_inactive.unwrap_or(false),

@@ -69,7 +69,9 @@ macro_rules! conformance_suite {
             verifier_policies_live_and_die_with_their_policy,
             revisions_run_are_written_in_one_batch,
             key_rotations_are_written_in_one_batch,
-            enrolments_are_written_in_one_batch
+            enrolments_are_written_in_one_batch,
+            enrollment_keys_count_their_uses_and_refuse_once_spent_or_expired,
+            concurrent_enrolments_never_exceed_max_uses
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -88,6 +90,7 @@ mod connectors;
 mod documents;
 mod fleet;
 mod management;
+mod operations;
 mod packages;
 mod races;
 mod tasks;
@@ -96,6 +99,7 @@ pub use connectors::*;
 pub use documents::*;
 pub use fleet::*;
 pub use management::*;
+pub use operations::*;
 pub use packages::*;
 pub use races::*;
 pub use tasks::*;
