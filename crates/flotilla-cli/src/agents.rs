@@ -76,6 +76,9 @@ pub enum AgentsCmd {
         /// Agents this enrollment token (its id) enrolled.
         #[arg(long)]
         token: Option<String>,
+        /// A KQL query: `status:offline and policy_id:web and tags:prod`.
+        #[arg(long)]
+        kuery: Option<String>,
         /// Include unenrolled agents.
         #[arg(long)]
         all: bool,
@@ -185,6 +188,7 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             status,
             tag,
             token,
+            kuery,
             all,
             page,
         } => {
@@ -200,6 +204,9 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             }
             if let Some(t) = token {
                 q.push(("enrollment_api_key_id", t));
+            }
+            if let Some(k) = kuery {
+                q.push(("kuery", k));
             }
             if all {
                 q.push(("showInactive", "true".into()));

@@ -8,7 +8,7 @@ ALTER TABLE enrollment_api_keys ADD COLUMN expires_at BIGINT;
 ALTER TABLE enrollment_api_keys ADD COLUMN max_uses BIGINT;
 ALTER TABLE enrollment_api_keys ADD COLUMN uses BIGINT NOT NULL DEFAULT 0;
 
--- Which enrollment key enrolled the agent (`static:<label>` for a static
+-- Which enrollment key enrolled the agent (`static:<hash prefix>` for a static
 -- token from the configuration; NULL for agents enrolled before this
 -- migration). No foreign key: agents outlive their keys' policies.
 ALTER TABLE agents ADD COLUMN enrollment_api_key_id TEXT;

@@ -247,6 +247,10 @@ pub struct AgentFilter {
     pub tag: Option<String>,
     /// Unenrolled agents are hidden unless asked for (or filtered by status).
     pub show_inactive: bool,
+    /// A parsed `kuery` (Kibana's KQL over agent fields), with the other
+    /// filters. One that names `status` shows unenrolled agents too, as the
+    /// status filter does.
+    pub kuery: Option<flotilla_domain::kuery::Expr>,
 }
 
 /// An agent as first recorded at enrolment.

@@ -83,10 +83,10 @@ impl Fleet<'_> {
     ) -> Result<EnrollGrant> {
         let grant = match self.settings.static_tokens.lookup(credential, peer) {
             // Static tokens live in the configuration: no expiry or use
-            // limit (there is no shared row to count in), recorded by label.
+            // limit (there is no shared row to count in), recorded by id.
             StaticMatch::Allowed(token) => EnrollGrant {
                 policy_id: token.policy_id.clone(),
-                key_id: Some(format!("static:{}", token.label)),
+                key_id: Some(token.id.clone()),
                 key_use: KeyUse::None,
             },
             StaticMatch::AddressRefused(token) => {

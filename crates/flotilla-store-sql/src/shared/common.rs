@@ -506,7 +506,14 @@ pub(crate) async fn agents_query(
     add(&mut args, filter.policy_id.clone())?;
     add(&mut args, filter.status.map(|s| s.as_str().to_owned()))?;
     add(&mut args, filter.tag.clone())?;
-    add(&mut args, filter.show_inactive || id.is_some())?;
+    let asks_status = filter
+        .kuery
+        .as_ref()
+        .is_some_and(|k| k.mentions(flotilla_domain::kuery::Field::Status));
+    add(
+        &mut args,
+        filter.show_inactive || id.is_some() || asks_status,
+    )?;
     add(&mut args, ms(now))?;
     add(&mut args, id.map(str::to_owned))?;
     add(
@@ -524,14 +531,18 @@ pub(crate) async fn agents_query(
         let n = rows.len() as u64;
         (rows, n)
     } else {
+        let kuery = match &filter.kuery {
+            Some(k) => format!(" AND ({})", super::kuery::compile(k, &mut args, 9)?),
+            None => String::new(),
+        };
         page_of::<AgentRow>(
             &s.pool,
-            concat!(
+            &format!(
+                "{}{}{kuery} ORDER BY a.enrolled_at DESC, a.id",
                 agent_select_sql!(),
-                agent_where_sql!(),
-                " ORDER BY a.enrolled_at DESC, a.id"
+                agent_where_sql!()
             ),
-            concat!("SELECT COUNT(*)", agent_where_sql!()),
+            &format!("SELECT COUNT(*){}{kuery}", agent_where_sql!()),
             args,
             page,
         )

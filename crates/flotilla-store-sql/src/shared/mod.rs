@@ -19,6 +19,7 @@ mod documents;
 mod enrollment_keys;
 mod fleet_agents;
 mod integrations;
+mod kuery;
 mod operator_keys;
 mod output_keys;
 mod outputs;

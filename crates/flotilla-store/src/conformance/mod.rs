@@ -71,7 +71,8 @@ macro_rules! conformance_suite {
             key_rotations_are_written_in_one_batch,
             enrolments_are_written_in_one_batch,
             enrollment_keys_count_their_uses_and_refuse_once_spent_or_expired,
-            concurrent_enrolments_never_exceed_max_uses
+            concurrent_enrolments_never_exceed_max_uses,
+            agents_are_searched_by_kuery
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -204,3 +204,115 @@ pub async fn concurrent_enrolments_never_exceed_max_uses(s: S) {
         5
     );
 }
+
+fn checkin(id: &str, at: chrono::DateTime<Utc>, version: &str) -> CheckinRecord {
+    CheckinRecord {
+        agent_id: id.into(),
+        at,
+        status: "online".into(),
+        message: String::new(),
+        local_metadata: None,
+        components: None,
+        agent_version: Some(version.into()),
+        reported_policy: None,
+    }
+}
+
+pub async fn agents_are_searched_by_kuery(s: S) {
+    use flotilla_domain::kuery;
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.create_policy(&policy("q", "Q"), now).await.unwrap();
+    let mut a1 = enrolment("web-01", KeyUse::None, now - Duration::hours(3));
+    a1.agent.tags = vec!["prod".into(), "web".into()];
+    a1.agent.enrollment_api_key_id = Some("k1".into());
+    let mut a2 = enrolment("web-02", KeyUse::None, now - Duration::hours(2));
+    a2.agent.tags = vec!["dev".into()];
+    a2.agent.enrollment_api_key_id = Some("k2".into());
+    let mut a3 = enrolment("DB-01", KeyUse::None, now - Duration::hours(1));
+    a3.agent.policy_id = "q".into();
+    let a4 = enrolment("gone", KeyUse::None, now - Duration::hours(4));
+    let out = s.enroll_agents(&[a1, a2, a3, a4]).await.unwrap();
+    assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+    s.record_checkins(&[
+        checkin("web-01", now, "9.1.0"),
+        checkin("web-02", now - Duration::minutes(10), "8.15.0"),
+    ])
+    .await
+    .unwrap();
+    s.unenroll_now("gone", now).await.unwrap();
+
+    let find = |q: &str| {
+        let s = s.clone();
+        let expr = kuery::parse(q, now).unwrap();
+        async move {
+            let filter = AgentFilter {
+                kuery: expr,
+                ..Default::default()
+            };
+            let got = s.list_agents(&filter, page(1, 50), now).await.unwrap();
+            let mut ids: Vec<String> = got.items.into_iter().map(|a| a.id).collect();
+            assert_eq!(
+                ids.len() as u64,
+                got.total,
+                "the count agrees with the rows"
+            );
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        find("status:online and policy_id:p and tags:prod").await,
+        ["web-01"]
+    );
+    assert_eq!(find("status:offline").await, ["web-02"]);
+    assert_eq!(
+        find("status:(online OR offline)").await,
+        ["web-01", "web-02"]
+    );
+    assert_eq!(find("fleet-agents.policy_id:q").await, ["DB-01"]);
+    assert_eq!(find("hostname:web-*").await, ["web-01", "web-02"]);
+    // Case-sensitive on both engines.
+    assert!(find("hostname:db-*").await.is_empty());
+    assert_eq!(
+        find("local_metadata.host.hostname:\"DB-01\"").await,
+        ["DB-01"]
+    );
+    assert_eq!(find("version:9.*").await, ["web-01"]);
+    assert_eq!(
+        find("not version:9.*").await,
+        ["DB-01", "web-02"],
+        "no version matches not"
+    );
+    assert_eq!(find("version:*").await, ["web-01", "web-02"]);
+    assert_eq!(find("tags:* and not tags:dev").await, ["web-01"]);
+    assert_eq!(find("tags:pr*").await, ["web-01"]);
+    assert_eq!(find("enrollment_api_key_id:k2").await, ["web-02"]);
+    assert_eq!(find("last_checkin < now-5m").await, ["web-02"]);
+    assert_eq!(find("last_checkin >= now-5m").await, ["web-01"]);
+    assert_eq!(find("not last_checkin:*").await, ["DB-01"]);
+    let cut = (now - Duration::minutes(150)).to_rfc3339();
+    assert_eq!(
+        find(&format!("enrolled_at > \"{cut}\"")).await,
+        ["DB-01", "web-02"]
+    );
+    assert_eq!(
+        find("(tags:prod or policy_id:q) and not status:enrolling").await,
+        ["web-01"]
+    );
+    // The unenrolled agent is hidden unless the query asks about status.
+    assert!(find("id:gone").await.is_empty());
+    assert_eq!(find("status:unenrolled").await, ["gone"]);
+    // A value that looks like SQL is only a value.
+    assert!(find("id:\"x' OR '1'='1\"").await.is_empty());
+    // With the other filters.
+    let filter = AgentFilter {
+        policy_id: Some("p".into()),
+        kuery: kuery::parse("hostname:web-*", now).unwrap(),
+        tag: Some("dev".into()),
+        ..Default::default()
+    };
+    let got = s.list_agents(&filter, page(1, 10), now).await.unwrap();
+    assert_eq!(got.total, 1);
+    assert_eq!(got.items[0].id, "web-02");
+}

@@ -195,3 +195,124 @@ async fn max_uses_is_exact_across_two_instances_on_postgres() {
         .await;
     assert_eq!(agents["total"], 5);
 }
+
+async fn enroll_as(s: &Server, token: &str, hostname: &str, tags: &[&str]) -> (String, String) {
+    let r = s
+        .fleet(
+            Method::POST,
+            ENROLL,
+            Some(token),
+            Some(json!({"type": "PERMANENT", "metadata": {"local": {"host": {"hostname": hostname}}, "user_provided": {}, "tags": tags}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (
+        r.body["item"]["id"].as_str().unwrap().to_owned(),
+        r.body["item"]["access_api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+async fn token_for(s: &Server, policy_id: &str) -> String {
+    let (_, key) = s
+        .post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": policy_id}),
+        )
+        .await;
+    key["item"]["api_key"].as_str().unwrap().to_owned()
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {list}"))
+        .iter()
+        .map(|a| {
+            a["local_metadata"]["host"]["hostname"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn kuery_path(q: &str) -> String {
+    let mut u = reqwest::Url::parse("http://x/api/fleet/agents").unwrap();
+    u.query_pairs_mut().append_pair("kuery", q);
+    format!("{}?{}", u.path(), u.query().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_searched_with_kuery_over_http_and_the_cli() {
+    let s = crate::fleet::quick_polls(Server::builder())
+        .start()
+        .unwrap();
+    policy(&s, "web").await;
+    policy(&s, "db").await;
+    let web = token_for(&s, "web").await;
+    let db = token_for(&s, "db").await;
+    let w1 = enroll_as(&s, &web, "web-01", &["prod"]).await;
+    enroll_as(&s, &web, "web-02", &["dev"]).await;
+    enroll_as(&s, &db, "db-01", &["prod"]).await;
+    // One checks in: online; the others are still enrolling.
+    let r = s.checkin(&w1, json!({"status": "online"})).await;
+    assert_eq!(r.status, 200);
+
+    let (st, got) = s
+        .get(&kuery_path("status:online and policy_id:web and tags:prod"))
+        .await;
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(ids(&got), ["web-01"]);
+    let (_, got) = s
+        .get(&kuery_path("fleet-agents.tags:prod and not policy_id:web"))
+        .await;
+    assert_eq!(ids(&got), ["db-01"]);
+    let (_, got) = s
+        .get(&kuery_path(
+            "hostname:web-* and (status:enrolling or status:online)",
+        ))
+        .await;
+    assert_eq!(ids(&got), ["web-01", "web-02"]);
+    let (_, got) = s.get(&kuery_path("last_checkin >= now-5m")).await;
+    assert_eq!(ids(&got), ["web-01"]);
+    assert_eq!(got["total"], 1);
+
+    // Errors: 400 in the contract's shape, naming the position and field.
+    assert_error(
+        &s.get(&kuery_path("status:online and colour:red")).await,
+        400,
+        "at position 18: unknown field 'colour'",
+    );
+    assert_error(
+        &s.get(&kuery_path("(tags:prod")).await,
+        400,
+        "unclosed parenthesis",
+    );
+    assert_error(
+        &s.get(&kuery_path("status:sleepy")).await,
+        400,
+        "unknown status",
+    );
+    assert_error(
+        &s.get(&kuery_path(&"(".repeat(100))).await,
+        400,
+        "nested deeper",
+    );
+    assert_error(
+        &s.get(&kuery_path(&format!("tags:{}", "x".repeat(5000))))
+            .await,
+        400,
+        "longer than",
+    );
+
+    // The CLI.
+    let listed = ok_json(&s.cli(&["agents", "list", "--kuery", "tags:prod", "--json"]));
+    assert_eq!(ids(&listed), ["db-01", "web-01"]);
+    let err = one_line_error(&s.cli(&["agents", "list", "--kuery", "tags:prod or"]));
+    assert!(err.contains("kuery"), "{err}");
+}
