@@ -223,6 +223,12 @@ pub struct CreateEnrollmentKey {
     pub policy_id: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub name: Option<String>,
+    /// When the key stops enrolling agents (RFC 3339, in the future).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expiration: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many agents it may enrol (at least 1); none: any number.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_uses: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]

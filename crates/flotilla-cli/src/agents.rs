@@ -73,6 +73,12 @@ pub enum AgentsCmd {
         status: Option<StatusArg>,
         #[arg(long)]
         tag: Option<String>,
+        /// Agents this enrollment token (its id) enrolled.
+        #[arg(long)]
+        token: Option<String>,
+        /// A KQL query: `status:offline and policy_id:web and tags:prod`.
+        #[arg(long)]
+        kuery: Option<String>,
         /// Include unenrolled agents.
         #[arg(long)]
         all: bool,
@@ -122,6 +128,7 @@ const AGENT_COLS: Columns = &[
     ("REVISION", "policy_revision"),
     ("TAGS", "tags"),
     ("LAST CHECK-IN", "last_checkin"),
+    ("TOKEN", "enrollment_api_key_id"),
 ];
 /// One agent: also what failed (a policy change it could not apply, an
 /// output key its cluster could not mint).
@@ -135,6 +142,7 @@ const AGENT_SHOW_COLS: Columns = &[
     ("FAILURE", "policy_change_failure.message"),
     ("KEY ERROR", "output_key_error"),
     ("LAST CHECK-IN", "last_checkin"),
+    ("ENROLLED WITH", "enrollment_api_key_id"),
     ("INPUTS", "inputs"),
 ];
 
@@ -179,6 +187,8 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             policy,
             status,
             tag,
+            token,
+            kuery,
             all,
             page,
         } => {
@@ -191,6 +201,12 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             }
             if let Some(t) = tag {
                 q.push(("tag", t));
+            }
+            if let Some(t) = token {
+                q.push(("enrollment_api_key_id", t));
+            }
+            if let Some(k) = kuery {
+                q.push(("kuery", k));
             }
             if all {
                 q.push(("showInactive", "true".into()));

@@ -98,6 +98,11 @@ pub struct Agent {
     pub enrolled_at: DateTime<Utc>,
     pub unenrollment_started_at: Option<DateTime<Utc>>,
     pub unenrolled_at: Option<DateTime<Utc>>,
+    /// The enrollment key that enrolled it (`static:<hash prefix>` for a static
+    /// token from the configuration; none for agents enrolled before keys
+    /// were recorded).
+    #[serde(default)]
+    pub enrollment_api_key_id: Option<String>,
 }
 
 /// Tags are short labels used for filtering.

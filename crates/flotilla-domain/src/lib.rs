@@ -16,6 +16,7 @@ pub mod connector;
 pub mod enrollment;
 pub mod error;
 pub mod full_policy;
+pub mod kuery;
 pub mod output;
 pub mod package_policy;
 pub mod permissions;

@@ -117,10 +117,20 @@ pub struct AgentQuery {
     policy_id: Option<String>,
     status: Option<AgentStatus>,
     tag: Option<String>,
+    /// Agents the enrollment key enrolled (`static:<hash prefix>` for a static
+    /// token).
+    enrollment_api_key_id: Option<String>,
     /// Include unenrolled agents.
     #[serde(rename = "showInactive")]
     #[param(rename = "showInactive")]
     show_inactive: Option<bool>,
+    /// A KQL query over agent fields, as Kibana's Fleet API takes it:
+    /// `status:offline and policy_id:web and tags:prod`, `hostname:web-*`,
+    /// `last_checkin < now-5m`, `not version:9.*`, parentheses. Fields: id,
+    /// status, policy_id, policy_revision, version, tags, hostname,
+    /// enrollment_api_key_id, last_checkin, enrolled_at (also with Kibana's
+    /// `fleet-agents.` prefix).
+    kuery: Option<String>,
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -762,11 +772,17 @@ async fn list_agents(
     ApiQuery(q): ApiQuery<AgentQuery>,
 ) -> ApiResult<Json<List<Agent>>> {
     let p = page(q.page, q.per_page)?;
+    let kuery = match q.kuery.as_deref() {
+        Some(k) => s.services.management().parse_kuery(k)?,
+        None => None,
+    };
     let filter = AgentFilter {
         policy_id: q.policy_id,
+        enrollment_api_key_id: q.enrollment_api_key_id,
         status: q.status,
         tag: q.tag,
         show_inactive: q.show_inactive.unwrap_or(false),
+        kuery,
     };
     Ok(list(
         s.services.management().list_agents(&filter, p).await?,

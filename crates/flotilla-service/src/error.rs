@@ -25,6 +25,7 @@ impl From<StoreError> for ServiceError {
                 ServiceError::NotFound(format!("{entity} '{id}'"))
             }
             StoreError::Conflict(msg) | StoreError::InUse(msg) => ServiceError::Conflict(msg),
+            StoreError::KeyRefused { message, .. } => ServiceError::Unauthorized(message),
             StoreError::Busy => ServiceError::Unavailable("storage is busy, retry shortly".into()),
             StoreError::Other(e) => ServiceError::Internal(e),
         }

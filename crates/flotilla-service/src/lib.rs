@@ -48,6 +48,9 @@ pub struct Services {
     pub checkin_writes: Arc<fleet::CheckinBatcher>,
     /// Enrolments, group-committed.
     pub enrolments: Arc<fleet::EnrolmentBatcher>,
+    /// The time the services' rules are judged by (enrollment keys'
+    /// expiry, key creation times); tests drive a `ManualClock`.
+    pub clock: Arc<dyn tasks::Clock>,
 }
 
 impl Services {
@@ -64,7 +67,19 @@ impl Services {
             key_rotations: Default::default(),
             checkin_writes: Default::default(),
             enrolments: Default::default(),
+            clock: Arc::new(tasks::SystemClock),
         }
+    }
+
+    /// The same services judging time by `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn tasks::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by the services' clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
     }
 
     pub fn management(&self) -> Management<'_> {

@@ -18,6 +18,10 @@ pub const MIN_STATIC_TOKEN_LEN: usize = 32;
 pub struct StaticToken {
     /// Where the token came from in the configuration (never the token).
     pub label: String,
+    /// What agents it enrolled record as their enrollment key:
+    /// `static:` and the first 12 hex digits of the token's SHA-256 (stable
+    /// across restarts and reordering; `printf %s "$TOKEN" | sha256sum`).
+    pub id: String,
     pub policy_id: String,
     pub allowed_ips: Vec<IpNet>,
 }
@@ -60,12 +64,14 @@ impl StaticTokens {
             if token.chars().count() < MIN_STATIC_TOKEN_LEN {
                 return Err(StaticTokenError::TooShort { label });
             }
+            let hash = hash_token(&token);
             let entry = StaticToken {
+                id: format!("static:{}", &hash[..12]),
                 label: label.clone(),
                 policy_id,
                 allowed_ips: ips,
             };
-            if by_hash.insert(hash_token(&token), entry).is_some() {
+            if by_hash.insert(hash, entry).is_some() {
                 return Err(StaticTokenError::Duplicate { label });
             }
         }

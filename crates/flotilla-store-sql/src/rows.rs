@@ -182,6 +182,9 @@ pub(crate) struct EnrollmentKeyRow {
     hint: String,
     active: bool,
     created_at: i64,
+    expires_at: Option<i64>,
+    max_uses: Option<i64>,
+    uses: i64,
 }
 
 impl From<EnrollmentKeyRow> for EnrollmentApiKey {
@@ -193,6 +196,9 @@ impl From<EnrollmentKeyRow> for EnrollmentApiKey {
             active: r.active,
             hint: r.hint,
             created_at: from_ms(r.created_at),
+            expiration: r.expires_at.map(from_ms),
+            max_uses: r.max_uses.map(|m| m.max(0) as u64),
+            uses: r.uses.max(0) as u64,
         }
     }
 }
@@ -237,6 +243,7 @@ pub(crate) struct AgentRow {
     reported_policy_revision: Option<i64>,
     output_key_error: Option<String>,
     policy_change_failure: Option<String>,
+    enrollment_api_key_id: Option<String>,
     status: String,
 }
 
@@ -271,6 +278,7 @@ impl AgentRow {
             enrolled_at: from_ms(self.enrolled_at),
             unenrollment_started_at: self.unenrollment_started_at.map(from_ms),
             unenrolled_at: self.unenrolled_at.map(from_ms),
+            enrollment_api_key_id: self.enrollment_api_key_id,
         })
     }
 }

@@ -81,6 +81,13 @@ pub enum StoreError {
     /// enrollment id, say); retrying will not help.
     #[error("{0}")]
     InUse(String),
+    /// The enrollment key refused the enrolment in its transaction
+    /// (revoked, expired or spent meanwhile); the message says which.
+    #[error("{message}")]
+    KeyRefused {
+        why: flotilla_domain::enrollment::EnrollRefusal,
+        message: String,
+    },
     /// The engine could not take the lock in time; retrying may succeed.
     #[error("storage busy")]
     Busy,
@@ -245,10 +252,16 @@ pub struct Rollout {
 #[derive(Debug, Clone, Default)]
 pub struct AgentFilter {
     pub policy_id: Option<String>,
+    /// Agents the enrollment key enrolled.
+    pub enrollment_api_key_id: Option<String>,
     pub status: Option<AgentStatus>,
     pub tag: Option<String>,
     /// Unenrolled agents are hidden unless asked for (or filtered by status).
     pub show_inactive: bool,
+    /// A parsed `kuery` (Kibana's KQL over agent fields), with the other
+    /// filters. One that names `status` shows unenrolled agents too, as the
+    /// status filter does.
+    pub kuery: Option<flotilla_domain::kuery::Expr>,
 }
 
 /// An agent as first recorded at enrolment.
@@ -264,6 +277,8 @@ pub struct NewAgent {
     pub replace_token_hash: Option<String>,
     pub enroll_type: Option<String>,
     pub agent_version: Option<String>,
+    /// The enrollment key it enrolled with (recorded on the agent).
+    pub enrollment_api_key_id: Option<String>,
 }
 
 /// One enrolment as [`Store::enroll_agents`] takes it: what
@@ -274,6 +289,24 @@ pub struct Enrolment {
     pub access_key: ApiKeyRecord,
     /// Agents (and their keys) removed in the same transaction.
     pub replace: Vec<String>,
+    /// Whether and how the stored enrollment key counts this use.
+    pub key_use: KeyUse,
+}
+
+/// How an enrolment counts against its stored enrollment key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Not a stored key (a static token): nothing to count.
+    #[default]
+    None,
+    /// A key without `max_uses`: its `uses` is raised with the enrolment
+    /// (set-wise in a group commit).
+    Counted(String),
+    /// A key with `max_uses` (or an expiration): the enrolment commits only
+    /// if a conditional update takes one use in its transaction, so the
+    /// count is exact under concurrency and across instances; refused with
+    /// [`StoreError::KeyRefused`] otherwise.
+    Limited(String),
 }
 
 /// What the fleet protocol needs of an agent, beyond the management view.
@@ -720,23 +753,15 @@ pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'stat
         access_key: &ApiKeyRecord,
         replace: &[String],
     ) -> Result<Agent>;
-    /// [`Store::enroll_agent`] for many (group commit: a fleet enrolling at
+    /// [`Store::enroll_agent`] for many, each counted against its
+    /// enrollment key as its [`KeyUse`] says (`enroll_agent` counts nothing)
+    /// (group commit: a fleet enrolling at
     /// once is a few writes per batch, not one transaction each). Each
     /// one's outcome in the order given, with the error `enroll_agent` would
     /// give; one refused costs the others nothing. An `Err` means nothing
     /// was written for the enrolments the engine wrote together (the
     /// caller retries them one by one).
-    async fn enroll_agents(&self, items: &[Enrolment]) -> Result<Vec<Result<()>>> {
-        let mut out = Vec::with_capacity(items.len());
-        for e in items {
-            out.push(
-                self.enroll_agent(&e.agent, &e.access_key, &e.replace)
-                    .await
-                    .map(|_| ()),
-            );
-        }
-        Ok(out)
-    }
+    async fn enroll_agents(&self, items: &[Enrolment]) -> Result<Vec<Result<()>>>;
     /// Applies a batch of buffered check-ins in one transaction; inactive or
     /// missing agents are skipped.
     async fn record_checkins(&self, batch: &[CheckinRecord]) -> Result<()>;

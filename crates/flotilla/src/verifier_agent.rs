@@ -160,6 +160,8 @@ impl EmbeddedAgent {
                 .create_enrollment_key(CreateEnrollmentKey {
                     policy_id: self.home_policy_id.clone(),
                     name: Some(KEY_NAME.into()),
+                    expiration: None,
+                    max_uses: None,
                 })
                 .await?;
             // In the environment, never in argv (visible to every user).

@@ -60,6 +60,10 @@ fn kind_status(kind: FleetErrorKind) -> (StatusCode, &'static str) {
         NoAuthHeader => (StatusCode::UNAUTHORIZED, "ErrNoAuthHeader"),
         InvalidToken => (StatusCode::UNAUTHORIZED, "ErrInvalidToken"),
         Unauthorized => (StatusCode::UNAUTHORIZED, "ErrUnauthorized"),
+        // 401 as Elastic answers any refused enrollment key, with a token
+        // of their own so a client can tell why without reading messages.
+        EnrollmentKeyExpired => (StatusCode::UNAUTHORIZED, "ErrEnrollmentKeyExpired"),
+        EnrollmentKeySpent => (StatusCode::UNAUTHORIZED, "ErrEnrollmentKeySpent"),
         KeyNotEnabled => (StatusCode::UNAUTHORIZED, "Unauthorized"),
         AgentInactive => (StatusCode::UNAUTHORIZED, "ErrAgentInactive"),
         AgentIdentity => (StatusCode::FORBIDDEN, "ErrAgentIdentity"),

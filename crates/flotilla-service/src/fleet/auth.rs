@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use flotilla_store::KeyKind;
+use flotilla_store::{KeyKind, KeyUse};
 
 use super::*;
 use crate::keys::{KeyRejection, KeyService};
@@ -90,8 +90,14 @@ impl Fleet<'_> {
         credential: &str,
         peer: Option<IpAddr>,
     ) -> Result<EnrollGrant> {
-        let policy_id = match self.settings.static_tokens.lookup(credential, peer) {
-            StaticMatch::Allowed(token) => token.policy_id.clone(),
+        let grant = match self.settings.static_tokens.lookup(credential, peer) {
+            // Static tokens live in the configuration: no expiry or use
+            // limit (there is no shared row to count in), recorded by id.
+            StaticMatch::Allowed(token) => EnrollGrant {
+                policy_id: token.policy_id.clone(),
+                key_id: Some(token.id.clone()),
+                key_use: KeyUse::None,
+            },
             StaticMatch::AddressRefused(token) => {
                 tracing::warn!(token = %token.label, ?peer, "static enrollment token used from a refused address");
                 return Err(FleetError::new(
@@ -106,9 +112,23 @@ impl Fleet<'_> {
                     .await?
                     .filter(|k| k.active)
                     .ok_or_else(|| FleetError::new(FleetErrorKind::Unauthorized, "unauthorized"))?;
-                key.policy_id
+                // Checked here to refuse early; a limited key is checked
+                // again, exactly, where its use is taken.
+                if let Some(why) = key.refusal(self.now()) {
+                    return Err(FleetError::key_refused(why, key.refusal_message(why)));
+                }
+                let key_use = if key.max_uses.is_some() || key.expiration.is_some() {
+                    KeyUse::Limited(key.id.clone())
+                } else {
+                    KeyUse::Counted(key.id.clone())
+                };
+                EnrollGrant {
+                    policy_id: key.policy_id,
+                    key_id: Some(key.id),
+                    key_use,
+                }
             }
         };
-        Ok(EnrollGrant { policy_id })
+        Ok(grant)
     }
 }

@@ -1,7 +1,6 @@
 //! Enrolment: a new agent with its access key, in one transaction (shared
 //! with the enrolments queued at the same time: group commit).
 
-use chrono::Utc;
 use serde_json::{json, Value};
 
 use flotilla_domain::agent::validate_tags;
@@ -79,7 +78,11 @@ impl Fleet<'_> {
         user_agent: Option<&str>,
         body: EnrollRequest,
     ) -> Result<EnrollResponse> {
-        let EnrollGrant { policy_id } = grant;
+        let EnrollGrant {
+            policy_id,
+            key_id,
+            key_use,
+        } = grant;
         let mut e = validate(user_agent, body, &self.settings.server_version)?;
         let (agent_id, replace) = self.identity(&e, &policy_id).await?;
         if let Some(obj) = e
@@ -89,7 +92,7 @@ impl Fleet<'_> {
         {
             obj.insert("id".into(), Value::String(agent_id.clone()));
         }
-        let now = Utc::now();
+        let now = self.now();
         let access = self.keys().mint(
             &agent_id,
             KeyKind::Access,
@@ -111,11 +114,13 @@ impl Fleet<'_> {
                 .map(|t| replace_token_hash(&agent_id, t)),
             enroll_type: Some(e.enroll_type.clone()),
             agent_version: Some(e.version.clone()),
+            enrollment_api_key_id: key_id,
         };
         let enrolment = Enrolment {
             agent: new,
             access_key: access.record.clone(),
             replace: replace.into_iter().collect(),
+            key_use,
         };
         self.enrolments
             .run(&self.store, enrolment, now)

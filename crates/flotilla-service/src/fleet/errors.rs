@@ -13,6 +13,10 @@ pub enum FleetErrorKind {
     NoAuthHeader,
     InvalidToken,
     Unauthorized,
+    /// The enrollment key is past its expiration.
+    EnrollmentKeyExpired,
+    /// The enrollment key's uses are all used.
+    EnrollmentKeySpent,
     KeyNotEnabled,
     AgentInactive,
     AgentIdentity,
@@ -45,6 +49,18 @@ impl FleetError {
     pub(super) fn bad(message: impl Into<String>) -> Self {
         Self::new(FleetErrorKind::BadRequest, message)
     }
+    pub(super) fn key_refused(
+        why: flotilla_domain::enrollment::EnrollRefusal,
+        message: impl Into<String>,
+    ) -> Self {
+        use flotilla_domain::enrollment::EnrollRefusal;
+        let kind = match why {
+            EnrollRefusal::Revoked => FleetErrorKind::Unauthorized,
+            EnrollRefusal::Expired => FleetErrorKind::EnrollmentKeyExpired,
+            EnrollRefusal::Spent => FleetErrorKind::EnrollmentKeySpent,
+        };
+        Self::new(kind, message)
+    }
 }
 
 impl From<StoreError> for FleetError {
@@ -70,6 +86,7 @@ impl From<StoreError> for FleetError {
                 FleetError::new(FleetErrorKind::Internal, "internal error")
             }
             StoreError::Conflict(msg) => FleetError::bad(msg),
+            StoreError::KeyRefused { why, message } => FleetError::key_refused(why, message),
             StoreError::InUse(msg) => FleetError::new(FleetErrorKind::AgentNotReplaceable, msg),
             StoreError::Other(e) => {
                 tracing::error!(error = %e, "storage failure in the fleet API");

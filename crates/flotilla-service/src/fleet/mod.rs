@@ -58,6 +58,10 @@ impl std::ops::Deref for Fleet<'_> {
 /// The policy an enrollment credential may enrol into.
 pub struct EnrollGrant {
     pub policy_id: String,
+    /// Which credential it was (recorded on the agent) and how the
+    /// enrolment counts against it.
+    pub key_id: Option<String>,
+    pub key_use: flotilla_store::KeyUse,
 }
 
 /// What authenticating an agent's request yields.

@@ -17,11 +17,27 @@ use super::*;
 
 impl Management<'_> {
     pub async fn get_agent(&self, id: &str) -> Result<Agent> {
-        Ok(self.store().get_agent(id, Utc::now()).await?)
+        Ok(self.store().get_agent(id, self.services.now()).await?)
     }
 
+    /// Agents by filter; statuses (and a kuery's relative times, see
+    /// [`Management::parse_kuery`]) are judged at the services' clock.
     pub async fn list_agents(&self, filter: &AgentFilter, page: Page) -> Result<Paged<Agent>> {
-        Ok(self.store().list_agents(filter, page, Utc::now()).await?)
+        Ok(self
+            .store()
+            .list_agents(filter, page, self.services.now())
+            .await?)
+    }
+
+    /// A `kuery` (Kibana's KQL over agent fields) as a filter: `None` when
+    /// blank; a 400 naming the position and the field otherwise.
+    pub fn parse_kuery(&self, raw: &str) -> Result<Option<flotilla_domain::kuery::Expr>> {
+        flotilla_domain::kuery::parse(raw, self.services.now()).map_err(|e| {
+            ServiceError::Invalid(ValidationError::new(
+                "kuery",
+                format!("at position {}: {}", e.position, e.message),
+            ))
+        })
     }
 
     pub async fn update_agent(&self, id: &str, req: UpdateAgent) -> Result<Agent> {

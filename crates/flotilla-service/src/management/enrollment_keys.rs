@@ -1,7 +1,5 @@
 //! Enrollment keys for a policy.
 
-use chrono::Utc;
-
 use secrecy::SecretString;
 
 use flotilla_domain::enrollment::EnrollmentApiKey;
@@ -19,6 +17,8 @@ impl Management<'_> {
         &self,
         req: CreateEnrollmentKey,
     ) -> Result<(EnrollmentApiKey, SecretString)> {
+        let now = self.services.now();
+        flotilla_domain::enrollment::validate_limits(req.expiration, req.max_uses, now)?;
         let token = NewToken::generate();
         let name = match req.name.as_deref() {
             Some(n) => flotilla_domain::output::validate_name_field(n)?,
@@ -30,7 +30,10 @@ impl Management<'_> {
             policy_id: req.policy_id,
             active: true,
             hint: token.hint(),
-            created_at: Utc::now(),
+            created_at: now,
+            expiration: req.expiration,
+            max_uses: req.max_uses,
+            uses: 0,
         };
         let key = self
             .store()

@@ -21,7 +21,8 @@ macro_rules! agent_status_sql {
 }
 
 /// The agent query with its filters: `$1` policy, `$2` status, `$3` tag,
-/// `$4` include inactive, `$5` now, `$6` one agent's id.
+/// `$4` include inactive, `$5` now, `$6` one agent's id, `$7` the offline
+/// threshold, `$8` the enrollment key.
 macro_rules! agent_where_sql {
     () => {
         concat!(" FROM agents a LEFT JOIN agent_policies p ON p.id = a.policy_id \
@@ -30,6 +31,7 @@ macro_rules! agent_where_sql {
             AND ($2 IS NULL OR (", agent_status_sql!(), ") = $2) \
             AND ($3 IS NULL OR EXISTS (SELECT 1 FROM agent_tags t WHERE t.agent_id = a.id AND t.tag = $3)) \
             AND ($4 OR a.active OR $2 IS NOT NULL) \
+            AND ($8 IS NULL OR a.enrollment_api_key_id = $8) \
             AND ($6 IS NULL OR a.id = $6)")
     };
 }
@@ -45,7 +47,8 @@ macro_rules! agent_by_id_where_sql {
             AND ($1 IS NULL OR a.policy_id = $1) \
             AND ($2 IS NULL OR (", agent_status_sql!(), ") = $2) \
             AND ($3 IS NULL OR EXISTS (SELECT 1 FROM agent_tags t WHERE t.agent_id = a.id AND t.tag = $3)) \
-            AND ($4 OR a.active OR $2 IS NOT NULL)")
+            AND ($4 OR a.active OR $2 IS NOT NULL) \
+            AND ($8 IS NULL OR a.enrollment_api_key_id = $8)")
     };
 }
 
@@ -54,7 +57,8 @@ macro_rules! agent_select_sql {
         concat!("SELECT a.id, a.policy_id, a.policy_revision, a.active, COALESCE(m.local_metadata, '{}') AS local_metadata, \
                 a.last_checkin, a.last_checkin_status, a.last_checkin_message, a.enrolled_at, \
                 a.unenrollment_started_at, a.unenrolled_at, a.agent_version, m.components, \
-                a.reported_policy_id, a.reported_policy_revision, a.output_key_error, a.policy_change_failure, (",
+                a.reported_policy_id, a.reported_policy_revision, a.output_key_error, a.policy_change_failure, \
+                a.enrollment_api_key_id, (",
         agent_status_sql!(),
         ") AS status")
     };
@@ -67,7 +71,8 @@ pub(crate) const POLICY_COLS: &str =
 pub(crate) const PP_COLS: &str =
     "id, name, description, policy_id, package_name, package_version, namespace, vars, \
                                inputs, cloud_connector_id, secret_references, created_at, updated_at";
-pub(crate) const EK_COLS: &str = "id, name, policy_id, hint, active, created_at";
+pub(crate) const EK_COLS: &str =
+    "id, name, policy_id, hint, active, created_at, expires_at, max_uses, uses";
 pub(crate) const OK_COLS: &str = "id, name, hint, active, created_at";
 
 pub(crate) fn like_pattern(s: &str) -> String {
@@ -387,8 +392,9 @@ pub(crate) async fn insert_tags(conn: &mut Conn, agent_id: &str, tags: &[String]
 pub(crate) async fn insert_agent_row(conn: &mut Conn, agent: &NewAgent) -> Result<()> {
     sqlx::query(
         "INSERT INTO agents (id, policy_id, active, enrolled_at, updated_at, \
-                 access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
-                 VALUES ($1, $2, TRUE, $3, $3, $4, $5, $6, $7, $8)",
+                 access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version, \
+                 enrollment_api_key_id) \
+                 VALUES ($1, $2, TRUE, $3, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&agent.id)
     .bind(&agent.policy_id)
@@ -398,6 +404,7 @@ pub(crate) async fn insert_agent_row(conn: &mut Conn, agent: &NewAgent) -> Resul
     .bind(&agent.replace_token_hash)
     .bind(&agent.enroll_type)
     .bind(&agent.agent_version)
+    .bind(&agent.enrollment_api_key_id)
     .execute(&mut *conn)
     .await
     .or_conflict(|| format!("agent '{}' already exists", agent.id))?;
@@ -499,7 +506,14 @@ pub(crate) async fn agents_query(
     add(&mut args, filter.policy_id.clone())?;
     add(&mut args, filter.status.map(|s| s.as_str().to_owned()))?;
     add(&mut args, filter.tag.clone())?;
-    add(&mut args, filter.show_inactive || id.is_some())?;
+    let asks_status = filter
+        .kuery
+        .as_ref()
+        .is_some_and(|k| k.mentions(flotilla_domain::kuery::Field::Status));
+    add(
+        &mut args,
+        filter.show_inactive || id.is_some() || asks_status,
+    )?;
     add(&mut args, ms(now))?;
     add(&mut args, id.map(str::to_owned))?;
     add(
@@ -507,6 +521,7 @@ pub(crate) async fn agents_query(
         s.offline_after_ms
             .load(std::sync::atomic::Ordering::Relaxed),
     )?;
+    add(&mut args, filter.enrollment_api_key_id.clone())?;
     let (rows, total) = if id.is_some() {
         let rows: Vec<AgentRow> =
             sqlx::query_as_with(concat!(agent_select_sql!(), agent_by_id_where_sql!()), args)
@@ -516,14 +531,18 @@ pub(crate) async fn agents_query(
         let n = rows.len() as u64;
         (rows, n)
     } else {
+        let kuery = match &filter.kuery {
+            Some(k) => format!(" AND ({})", super::kuery::compile(k, &mut args, 9)?),
+            None => String::new(),
+        };
         page_of::<AgentRow>(
             &s.pool,
-            concat!(
+            &format!(
+                "{}{}{kuery} ORDER BY a.enrolled_at DESC, a.id",
                 agent_select_sql!(),
-                agent_where_sql!(),
-                " ORDER BY a.enrolled_at DESC, a.id"
+                agent_where_sql!()
             ),
-            concat!("SELECT COUNT(*)", agent_where_sql!()),
+            &format!("SELECT COUNT(*){}{kuery}", agent_where_sql!()),
             args,
             page,
         )

@@ -13,8 +13,8 @@ pub(super) async fn create_enrollment_key(
         return Err(StoreError::not_found(Entity::AgentPolicy, &key.policy_id));
     }
     sqlx::query(
-                    "INSERT INTO enrollment_api_keys (id, name, policy_id, token_hash, hint, active, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO enrollment_api_keys (id, name, policy_id, token_hash, hint, active, created_at, \
+                     expires_at, max_uses) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(&key.id)
                 .bind(&key.name)
@@ -23,6 +23,8 @@ pub(super) async fn create_enrollment_key(
                 .bind(&key.hint)
                 .bind(key.active)
                 .bind(ms(key.created_at))
+                .bind(key.expiration.map(ms))
+                .bind(key.max_uses.map(|m| i64::try_from(m).unwrap_or(i64::MAX)))
                 .execute(&mut *tx)
                 .await
                 .or_conflict(|| format!("enrollment key '{}' already exists", key.id))?;

@@ -36,11 +36,20 @@ pub(super) async fn enroll_agent(
     agent: &NewAgent,
     access_key: &ApiKeyRecord,
     replace: &[String],
+    key_use: &KeyUse,
 ) -> Result<Agent> {
     let now = ms(agent.enrolled_at);
     let mut tx = s.begin_write().await?;
     if !policy_exists(&mut tx, &agent.policy_id).await? {
         return Err(StoreError::not_found(Entity::AgentPolicy, &agent.policy_id));
+    }
+    // The key's row lock after the policy's (the set-wise path takes them
+    // in the same order), held to the end: the use is counted, or the
+    // enrolment refused, in the transaction that inserts the agent.
+    match key_use {
+        KeyUse::None => {}
+        KeyUse::Counted(key) => count_key_uses(&mut tx, key, 1).await?,
+        KeyUse::Limited(key) => take_key_use(&mut tx, key, now).await?,
     }
     for old in replace {
         remove_agent(&mut tx, old, now).await?;
@@ -103,6 +112,7 @@ pub(super) async fn enroll_agents(s: &Engine, items: &[Enrolment]) -> Result<Vec
             let e = &items[i];
             e.replace.is_empty()
                 && e.agent.enrollment_id.is_none()
+                && !matches!(e.key_use, KeyUse::Limited(_))
                 && seen.insert(e.agent.id.as_str())
         })
         .collect();
@@ -133,6 +143,17 @@ pub(super) async fn enroll_agents(s: &Engine, items: &[Enrolment]) -> Result<Vec
                 out[i] = Some(Ok(()));
             }
         }
+        // Unlimited enrollment keys' uses, one statement per key in id
+        // order (after the policies' locks, as `enroll_agent`).
+        let mut uses: std::collections::BTreeMap<&str, i64> = Default::default();
+        for e in &written {
+            if let KeyUse::Counted(key) = &e.key_use {
+                *uses.entry(key.as_str()).or_default() += 1;
+            }
+        }
+        for (key, n) in uses {
+            count_key_uses(&mut tx, key, n).await?;
+        }
         for chunk in written.chunks(ENROL_CHUNK) {
             let keys: Vec<&ApiKeyRecord> = chunk.iter().map(|e| &e.access_key).collect();
             insert_keys(&mut tx, &keys).await?;
@@ -143,7 +164,7 @@ pub(super) async fn enroll_agents(s: &Engine, items: &[Enrolment]) -> Result<Vec
     for (i, e) in items.iter().enumerate() {
         if out[i].is_none() {
             out[i] = Some(
-                enroll_agent(s, &e.agent, &e.access_key, &e.replace)
+                enroll_agent(s, &e.agent, &e.access_key, &e.replace, &e.key_use)
                     .await
                     .map(|_| ()),
             );
@@ -155,17 +176,67 @@ pub(super) async fn enroll_agents(s: &Engine, items: &[Enrolment]) -> Result<Vec
         .collect())
 }
 
-/// Enrolments per statement: 13 parameters a key, 8 an agent.
+/// Enrolments per statement: 13 parameters a key, 9 an agent.
 const ENROL_CHUNK: usize = 200;
+
+/// Raise an unlimited key's use count (a key revoked meanwhile still
+/// counts: the enrolment was granted before).
+async fn count_key_uses(tx: &mut Conn, key: &str, n: i64) -> Result<()> {
+    sqlx::query("UPDATE enrollment_api_keys SET uses = uses + $2 WHERE id = $1")
+        .bind(key)
+        .bind(n)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+    Ok(())
+}
+
+/// Take one of a limited key's uses, or refuse: the update applies only
+/// while the key is active, unexpired at `now` and has a use left, so two
+/// enrolments racing for the last use (on one instance or several) cannot
+/// both commit — under PostgreSQL the second waits on the row lock, then
+/// re-evaluates the condition against the committed count.
+async fn take_key_use(tx: &mut Conn, key: &str, now: i64) -> Result<()> {
+    let done = sqlx::query(
+        "UPDATE enrollment_api_keys SET uses = uses + 1 WHERE id = $1 AND active \
+         AND (max_uses IS NULL OR uses < max_uses) AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(key)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .db()?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let found: Option<EnrollmentKeyRow> = row_by(
+        &mut *tx,
+        sql!("SELECT {EK_COLS} FROM enrollment_api_keys WHERE id = $1"),
+        key.to_owned(),
+    )
+    .await?;
+    let Some(found) = found else {
+        return Err(StoreError::not_found(Entity::EnrollmentKey, key));
+    };
+    let found = EnrollmentApiKey::from(found);
+    let why = found
+        .refusal(from_ms(now))
+        .unwrap_or(flotilla_domain::enrollment::EnrollRefusal::Revoked);
+    Err(StoreError::KeyRefused {
+        why,
+        message: found.refusal_message(why),
+    })
+}
 
 /// [`insert_agent_row`] for many agents: a statement per table.
 async fn insert_agent_rows(tx: &mut Conn, chunk: &[&Enrolment]) -> Result<()> {
     let mut q = sqlx::query(sql!(
         "INSERT INTO agents (id, policy_id, active, enrolled_at, updated_at, \
-         access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version) \
+         access_api_key_id, enrollment_id, replace_token_hash, enroll_type, agent_version, \
+         enrollment_api_key_id) \
          SELECT v.column1, v.column2, TRUE, v.column3, v.column3, v.column4, v.column5, \
-         v.column6, v.column7, v.column8 FROM (VALUES {}) AS v",
-        value_rows(chunk.len(), 8)
+         v.column6, v.column7, v.column8, v.column9 FROM (VALUES {}) AS v",
+        value_rows(chunk.len(), 9)
     ));
     for e in chunk {
         let a = &e.agent;
@@ -177,7 +248,8 @@ async fn insert_agent_rows(tx: &mut Conn, chunk: &[&Enrolment]) -> Result<()> {
             .bind(&a.enrollment_id)
             .bind(&a.replace_token_hash)
             .bind(&a.enroll_type)
-            .bind(&a.agent_version);
+            .bind(&a.agent_version)
+            .bind(&a.enrollment_api_key_id);
     }
     q.execute(&mut *tx)
         .await

@@ -20,6 +20,7 @@ mod documents;
 mod enrollment_keys;
 mod fleet_agents;
 mod integrations;
+mod kuery;
 mod operator_keys;
 mod output_keys;
 mod outputs;
@@ -47,7 +48,7 @@ mod prelude {
     pub(crate) use flotilla_store::Entity;
     pub(crate) use flotilla_store::{
         ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, Enrolment,
-        FleetAgent, NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter, Page, Paged,
+        FleetAgent, KeyUse, NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter, Page, Paged,
         PolicyFilter, Result, Store, StoreError, StoreEvent,
     };
 }
@@ -368,7 +369,7 @@ impl Store for Engine {
         access_key: &ApiKeyRecord,
         replace: &[String],
     ) -> Result<Agent> {
-        fleet_agents::enroll_agent(self, agent, access_key, replace).await
+        fleet_agents::enroll_agent(self, agent, access_key, replace, &KeyUse::None).await
     }
 
     async fn enroll_agents(&self, items: &[Enrolment]) -> Result<Vec<Result<()>>> {

@@ -656,6 +656,7 @@ pub async fn enrolments_are_written_in_one_batch(s: S) {
             agent: a,
             access_key: access,
             replace: vec![],
+            key_use: Default::default(),
         }
     };
     let (a, access) = enrolling("b4", "p", "e9");
@@ -663,6 +664,7 @@ pub async fn enrolments_are_written_in_one_batch(s: S) {
         agent: a,
         access_key: access,
         replace: vec![],
+        key_use: Default::default(),
     };
     let mut replacing = plain("b5", "p", "acc-b5", &[]);
     replacing.replace = vec!["old".into()];

@@ -340,6 +340,9 @@ fn enrollment_key(id: &str, policy_id: &str) -> EnrollmentApiKey {
         active: true,
         hint: "abcd".into(),
         created_at: Utc::now(),
+        expiration: None,
+        max_uses: None,
+        uses: 0,
     }
 }
 

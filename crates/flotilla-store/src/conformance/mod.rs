@@ -73,7 +73,10 @@ macro_rules! conformance_suite {
             an_agent_and_a_key_read_together_as_apart,
             checkin_reads_give_the_policy_revision_and_pending_actions,
             console_sessions_expire_end_with_their_key_and_sign_out,
-            policy_rollout_counts_active_agents_on_the_revision
+            policy_rollout_counts_active_agents_on_the_revision,
+            enrollment_keys_count_their_uses_and_refuse_once_spent_or_expired,
+            concurrent_enrolments_never_exceed_max_uses,
+            agents_are_searched_by_kuery
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -92,6 +95,7 @@ mod connectors;
 mod documents;
 mod fleet;
 mod management;
+mod operations;
 mod packages;
 mod races;
 mod sessions;
@@ -101,6 +105,7 @@ pub use connectors::*;
 pub use documents::*;
 pub use fleet::*;
 pub use management::*;
+pub use operations::*;
 pub use packages::*;
 pub use races::*;
 pub use sessions::*;

@@ -828,6 +828,16 @@ async fn static_tokens_wait_for_their_policy_and_only_enrol() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["item"]["policy_id"], "k8s");
     let agent = r.body["item"]["id"].as_str().unwrap().to_owned();
+    // The agent records the static token by the start of its hash.
+    let (_, shown) = s.get(&format!("/api/fleet/agents/{agent}")).await;
+    let hash = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(STATIC_TOKEN.as_bytes()))
+    };
+    assert_eq!(
+        shown["item"]["enrollment_api_key_id"],
+        format!("static:{}", &hash[..12])
+    );
     // The raw token works too, for enrolment only.
     assert_eq!(
         s.fleet(

@@ -11,6 +11,7 @@ mod fleet;
 mod hostile;
 mod inputs;
 mod management;
+mod operations;
 mod overload;
 mod packages;
 mod server;

@@ -1,0 +1,318 @@
+//! Fleet operations (issue 20) against the real binary: enrollment tokens'
+//! expiry and use limits and which token enrolled which agent; agent
+//! search (`kuery`); bulk actions and their progress; status history.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::fleet::assert_fleet_error;
+use crate::support::{assert_error, Engine, Server};
+
+fn ok_json(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+fn one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected failure");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    err
+}
+
+const ENROLL: &str = "/api/fleet/agents/enroll";
+
+fn enroll_body() -> Value {
+    json!({"type": "PERMANENT", "metadata": {"local": {"host": {"hostname": "h"}}, "user_provided": {}}})
+}
+
+async fn policy(s: &Server, id: &str) {
+    let (st, body) = s
+        .post(
+            "/api/fleet/agent_policies",
+            json!({"id": id, "name": id, "namespace": "default"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_tokens_with_max_uses_are_spent_and_record_their_agents() {
+    let s = Server::sqlite();
+    policy(&s, "web").await;
+
+    // Bad limits are the caller's mistake, named.
+    assert_error(
+        &s.post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": "web", "max_uses": 0}),
+        )
+        .await,
+        400,
+        "max_uses",
+    );
+    assert_error(
+        &s.post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": "web", "expiration": "2001-01-01T00:00:00Z"}),
+        )
+        .await,
+        400,
+        "expiration",
+    );
+    assert_error(
+        &s.post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": "web", "expiration": "tomorrow"}),
+        )
+        .await,
+        400,
+        "",
+    );
+
+    let (st, created) = s
+        .post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": "web", "max_uses": 2, "expiration": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{created}");
+    let item = &created["item"];
+    assert_eq!(item["max_uses"], 2);
+    assert_eq!(item["uses"], 0);
+    assert_eq!(item["expiration"], "2099-01-01T00:00:00Z");
+    let key_id = item["id"].as_str().unwrap().to_owned();
+    let token = item["api_key"].as_str().unwrap().to_owned();
+
+    let first = s.enroll(&token).await;
+    s.enroll(&token).await;
+    let third = s
+        .fleet(Method::POST, ENROLL, Some(&token), Some(enroll_body()))
+        .await;
+    assert_fleet_error(&third, 401, "ErrEnrollmentKeySpent");
+    assert!(
+        third.body["message"].as_str().unwrap().contains("spent"),
+        "{}",
+        third.body
+    );
+
+    let (_, key) = s
+        .get(&format!("/api/fleet/enrollment_api_keys/{key_id}"))
+        .await;
+    assert_eq!(key["item"]["uses"], 2);
+    let (_, agent) = s.get(&format!("/api/fleet/agents/{}", first.0)).await;
+    assert_eq!(agent["item"]["enrollment_api_key_id"], key_id.as_str());
+    let (_, by_key) = s
+        .get(&format!("/api/fleet/agents?enrollment_api_key_id={key_id}"))
+        .await;
+    assert_eq!(by_key["total"], 2, "{by_key}");
+    let (_, none) = s
+        .get("/api/fleet/agents?enrollment_api_key_id=nobody")
+        .await;
+    assert_eq!(none["total"], 0);
+
+    // The CLI: create with limits, list them, list the token's agents.
+    let made = ok_json(&s.cli(&[
+        "token",
+        "create",
+        "--policy",
+        "web",
+        "--max-uses",
+        "1",
+        "--expires-in",
+        "24h",
+        "--json",
+    ]));
+    assert_eq!(made["max_uses"], 1);
+    let exp: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(made["expiration"].clone()).unwrap();
+    let left = exp - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::hours(23) && left <= chrono::Duration::hours(24),
+        "{left}"
+    );
+    let listed = ok_json(&s.cli(&["agents", "list", "--token", &key_id, "--json"]));
+    assert_eq!(listed["total"], 2);
+    let table = String::from_utf8_lossy(&s.cli(&["token", "list"]).stdout).into_owned();
+    assert!(table.contains("MAX USES"), "{table}");
+    let err =
+        one_line_error(&s.cli(&["token", "create", "--policy", "web", "--expires-in", "soon"]));
+    assert!(err.contains("expires-in"), "{err}");
+    let err = one_line_error(&s.cli(&["token", "create", "--policy", "web", "--max-uses", "0"]));
+    assert!(err.contains("max_uses"), "{err}");
+}
+
+/// Two instances sharing PostgreSQL, enrolments racing for a token's last
+/// uses through both: exactly `max_uses` succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_uses_is_exact_across_two_instances_on_postgres() {
+    let Some(cluster) = flotilla_testkit::postgres() else {
+        return;
+    };
+    let url = cluster.create_database();
+    let a = Server::builder()
+        .engine(Engine::Postgres)
+        .database_url(&url)
+        .start()
+        .unwrap();
+    let b = Server::builder()
+        .engine(Engine::Postgres)
+        .database_url(&url)
+        .start()
+        .unwrap();
+    policy(&a, "web").await;
+    let (_, created) = a
+        .post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": "web", "max_uses": 5}),
+        )
+        .await;
+    let token = created["item"]["api_key"].as_str().unwrap().to_owned();
+    let key_id = created["item"]["id"].as_str().unwrap().to_owned();
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        calls.push(s.fleet(Method::POST, ENROLL, Some(&token), Some(enroll_body())));
+    }
+    let results = futures_util::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.status == 200).count();
+    for r in results.iter().filter(|r| r.status != 200) {
+        assert_fleet_error(r, 401, "ErrEnrollmentKeySpent");
+    }
+    assert_eq!(ok, 5);
+    let (_, key) = b
+        .get(&format!("/api/fleet/enrollment_api_keys/{key_id}"))
+        .await;
+    assert_eq!(key["item"]["uses"], 5);
+    let (_, agents) = b
+        .get(&format!("/api/fleet/agents?enrollment_api_key_id={key_id}"))
+        .await;
+    assert_eq!(agents["total"], 5);
+}
+
+async fn enroll_as(s: &Server, token: &str, hostname: &str, tags: &[&str]) -> (String, String) {
+    let r = s
+        .fleet(
+            Method::POST,
+            ENROLL,
+            Some(token),
+            Some(json!({"type": "PERMANENT", "metadata": {"local": {"host": {"hostname": hostname}}, "user_provided": {}, "tags": tags}})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (
+        r.body["item"]["id"].as_str().unwrap().to_owned(),
+        r.body["item"]["access_api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+async fn token_for(s: &Server, policy_id: &str) -> String {
+    let (_, key) = s
+        .post(
+            "/api/fleet/enrollment_api_keys",
+            json!({"policy_id": policy_id}),
+        )
+        .await;
+    key["item"]["api_key"].as_str().unwrap().to_owned()
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = list["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {list}"))
+        .iter()
+        .map(|a| {
+            a["local_metadata"]["host"]["hostname"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn kuery_path(q: &str) -> String {
+    let mut u = reqwest::Url::parse("http://x/api/fleet/agents").unwrap();
+    u.query_pairs_mut().append_pair("kuery", q);
+    format!("{}?{}", u.path(), u.query().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_are_searched_with_kuery_over_http_and_the_cli() {
+    let s = crate::fleet::quick_polls(Server::builder())
+        .start()
+        .unwrap();
+    policy(&s, "web").await;
+    policy(&s, "db").await;
+    let web = token_for(&s, "web").await;
+    let db = token_for(&s, "db").await;
+    let w1 = enroll_as(&s, &web, "web-01", &["prod"]).await;
+    enroll_as(&s, &web, "web-02", &["dev"]).await;
+    enroll_as(&s, &db, "db-01", &["prod"]).await;
+    // One checks in: online; the others are still enrolling.
+    let r = s.checkin(&w1, json!({"status": "online"})).await;
+    assert_eq!(r.status, 200);
+
+    let (st, got) = s
+        .get(&kuery_path("status:online and policy_id:web and tags:prod"))
+        .await;
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(ids(&got), ["web-01"]);
+    let (_, got) = s
+        .get(&kuery_path("fleet-agents.tags:prod and not policy_id:web"))
+        .await;
+    assert_eq!(ids(&got), ["db-01"]);
+    let (_, got) = s
+        .get(&kuery_path(
+            "hostname:web-* and (status:enrolling or status:online)",
+        ))
+        .await;
+    assert_eq!(ids(&got), ["web-01", "web-02"]);
+    let (_, got) = s.get(&kuery_path("last_checkin >= now-5m")).await;
+    assert_eq!(ids(&got), ["web-01"]);
+    assert_eq!(got["total"], 1);
+
+    // Errors: 400 in the contract's shape, naming the position and field.
+    assert_error(
+        &s.get(&kuery_path("status:online and colour:red")).await,
+        400,
+        "at position 18: unknown field 'colour'",
+    );
+    assert_error(
+        &s.get(&kuery_path("(tags:prod")).await,
+        400,
+        "unclosed parenthesis",
+    );
+    assert_error(
+        &s.get(&kuery_path("status:sleepy")).await,
+        400,
+        "unknown status",
+    );
+    assert_error(
+        &s.get(&kuery_path(&"(".repeat(100))).await,
+        400,
+        "nested deeper",
+    );
+    assert_error(
+        &s.get(&kuery_path(&format!("tags:{}", "x".repeat(5000))))
+            .await,
+        400,
+        "longer than",
+    );
+
+    // The CLI.
+    let listed = ok_json(&s.cli(&["agents", "list", "--kuery", "tags:prod", "--json"]));
+    assert_eq!(ids(&listed), ["db-01", "web-01"]);
+    let err = one_line_error(&s.cli(&["agents", "list", "--kuery", "tags:prod or"]));
+    assert!(err.contains("kuery"), "{err}");
+}
