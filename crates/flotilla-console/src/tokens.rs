@@ -184,6 +184,10 @@ pub(crate) async fn create(
     let req = CreateEnrollmentKey {
         policy_id: form.policy_id.trim().to_owned(),
         name,
+        // The form does not offer expiry or a use limit yet (the API and
+        // the CLI do).
+        expiration: None,
+        max_uses: None,
     };
     let q = TokensQuery {
         policy: Some(req.policy_id.clone()),
