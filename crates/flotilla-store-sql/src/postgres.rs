@@ -185,6 +185,12 @@ pub(crate) const FOR_UPDATE: &str = " FOR UPDATE";
 #[path = "shared/mod.rs"]
 mod shared;
 
+/// The `n`th bound parameter of a statement whose parameters each appear
+/// once, in the order they are bound (`$n`; SQLite's is a plain `?`).
+pub(crate) fn seq_param(n: usize) -> String {
+    format!("${n}")
+}
+
 /// A JSON source's field at a path bound as `{a,b}` (`json_field_path`).
 pub(crate) fn json_field_sql(column: &str, param: usize) -> String {
     format!("(({column})::jsonb #>> ${param}::text[])")

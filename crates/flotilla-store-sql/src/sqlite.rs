@@ -278,6 +278,15 @@ pub(crate) const FOR_UPDATE: &str = "";
 #[path = "shared/mod.rs"]
 mod shared;
 
+/// The `n`th bound parameter of a statement whose parameters each appear
+/// once, in the order they are bound: a plain `?`. For a numbered one
+/// (`$n`) sqlx asks SQLite for each parameter's name, which SQLite finds
+/// by a linear scan (and its parser likewise), so a batch statement of P
+/// parameters cost O(P²) to prepare and to bind.
+pub(crate) fn seq_param(_n: usize) -> &'static str {
+    "?"
+}
+
 /// A JSON source's field at a path bound as `$.a.b` (`json_field_path`).
 pub(crate) fn json_field_sql(column: &str, param: usize) -> String {
     format!("CAST(json_extract({column}, ${param}) AS TEXT)")

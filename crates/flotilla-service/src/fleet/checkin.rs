@@ -60,7 +60,9 @@ impl Fleet<'_> {
             .waiters
             .register(&self.store, &agent.id, &agent.policy_id);
         loop {
-            if reread {
+            // Woken by a change to its policy alone, the agent's record is
+            // as read: only the policy's revision and the actions are read.
+            if reread || registration.take_agent_stale() {
                 agent = self.reload(&agent.id).await?;
                 if agent.policy_id != registration.policy_id {
                     // Reassigned: follow the new policy (registered before
@@ -70,7 +72,7 @@ impl Fleet<'_> {
                         .register(&self.store, &agent.id, &agent.policy_id);
                 }
             }
-            reread = true;
+            reread = false;
             if let Some(answer) = self
                 .owed(&agent, &ack_token, checkin.reports.as_ref())
                 .await?
@@ -81,8 +83,11 @@ impl Fleet<'_> {
             let wake = self
                 .wait(&registration, &agent, deadline, stop.as_mut())
                 .await;
-            if wake != Wake::Reread {
-                return Ok(empty_checkin(ack_token));
+            match wake {
+                Wake::Reread => {}
+                // A possibly lost notification: read everything again.
+                Wake::Recheck => reread = true,
+                Wake::Deadline | Wake::Stopped => return Ok(empty_checkin(ack_token)),
             }
         }
     }
@@ -109,7 +114,7 @@ impl Fleet<'_> {
                 // concern anyone).
                 _ = registration.notified() => return Wake::Reread,
                 // A notification may have been lost: read again anyway.
-                _ = &mut recheck => return Wake::Reread,
+                _ = &mut recheck => return Wake::Recheck,
                 _ = refresh.tick() => self.checkins.refresh(&agent.id, Utc::now()),
                 _ = tokio::time::sleep_until(deadline) => return Wake::Deadline,
                 _ = &mut stop => return Wake::Stopped,
@@ -257,8 +262,10 @@ fn empty_checkin(ack_token: String) -> CheckinResponse {
 /// What ended a wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wake {
-    /// Something may have changed: read the store again.
+    /// A change that concerns the agent: read what it touched again.
     Reread,
+    /// The recheck timer: a notification may have been lost, read all.
+    Recheck,
     Deadline,
     Stopped,
 }

@@ -12,8 +12,13 @@
 //! No wake-up is lost between a poll's read and its wait: a poll registers
 //! before it reads, and `Notify` keeps a wake-up that arrives while nobody
 //! waits.
+//!
+//! A wake-up also says whether the agent's own record may have changed: a
+//! change to its policy alone does not touch it, so the woken poll skips
+//! re-reading the agent (in a fan-out, one read fewer per agent).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast::error::RecvError;
@@ -25,13 +30,41 @@ use flotilla_store::{Store, StoreEvent};
 struct Inner {
     next: u64,
     /// Waiters by id: their agent, policy and wake-up.
-    all: HashMap<u64, (String, String, Arc<Notify>)>,
+    all: HashMap<u64, (String, String, Arc<Wakeup>)>,
     by_agent: HashMap<String, Vec<u64>>,
-    by_policy: HashMap<String, Vec<u64>>,
+    /// A set: a fan-out's thousands of waiters of one policy each leave it
+    /// in O(1).
+    by_policy: HashMap<String, HashSet<u64>>,
     /// The dispatcher is running (subscribed).
     started: bool,
     /// The store's events ended: polls rely on their recheck timer.
     closed: bool,
+}
+
+impl Inner {
+    fn insert(&mut self, agent_id: &str, policy_id: &str, hub: &Arc<Waiters>) -> Registration {
+        self.next += 1;
+        let id = self.next;
+        let wakeup = Arc::new(Wakeup::default());
+        self.all.insert(
+            id,
+            (agent_id.to_owned(), policy_id.to_owned(), wakeup.clone()),
+        );
+        self.by_agent
+            .entry(agent_id.to_owned())
+            .or_default()
+            .push(id);
+        self.by_policy
+            .entry(policy_id.to_owned())
+            .or_default()
+            .insert(id);
+        Registration {
+            hub: hub.clone(),
+            id,
+            policy_id: policy_id.to_owned(),
+            wakeup,
+        }
+    }
 }
 
 /// The registry of waiting polls (one per process, in `Services`).
@@ -40,34 +73,49 @@ pub struct Waiters {
     inner: Mutex<Inner>,
 }
 
+/// What wakes one waiting poll, and whether its agent's record may have
+/// changed since it was read.
+#[derive(Default)]
+struct Wakeup {
+    notify: Notify,
+    agent_stale: AtomicBool,
+}
+
+impl Wakeup {
+    fn wake(&self, agent_stale: bool) {
+        if agent_stale {
+            self.agent_stale.store(true, Ordering::Release);
+        }
+        self.notify.notify_one();
+    }
+}
+
 /// One waiting poll's place in the registry; leaves it on drop.
 pub struct Registration {
     hub: Arc<Waiters>,
     id: u64,
     pub(crate) policy_id: String,
-    notify: Arc<Notify>,
+    wakeup: Arc<Wakeup>,
 }
 
 impl Registration {
     /// Resolves when a change that may concern this poll arrived (also one
     /// that arrived since registering).
     pub async fn notified(&self) {
-        self.notify.notified().await
+        self.wakeup.notify.notified().await
+    }
+
+    /// Whether a change since the last call may have touched the agent's
+    /// own record (not only its policy), clearing the mark. A poll that
+    /// cannot know (woken by its recheck timer) re-reads anyway.
+    pub fn take_agent_stale(&self) -> bool {
+        self.wakeup.agent_stale.swap(false, Ordering::AcqRel)
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.remove(self.id);
-    }
-}
-
-fn remove_id(map: &mut HashMap<String, Vec<u64>>, key: &str, id: u64) {
-    if let Some(ids) = map.get_mut(key) {
-        ids.retain(|i| *i != id);
-        if ids.is_empty() {
-            map.remove(key);
-        }
     }
 }
 
@@ -91,36 +139,24 @@ impl Waiters {
             let hub = Arc::downgrade(self);
             tokio::spawn(dispatch(hub, events));
         }
-        inner.next += 1;
-        let id = inner.next;
-        let notify = Arc::new(Notify::new());
-        inner.all.insert(
-            id,
-            (agent_id.to_owned(), policy_id.to_owned(), notify.clone()),
-        );
-        inner
-            .by_agent
-            .entry(agent_id.to_owned())
-            .or_default()
-            .push(id);
-        inner
-            .by_policy
-            .entry(policy_id.to_owned())
-            .or_default()
-            .push(id);
-        Registration {
-            hub: self.clone(),
-            id,
-            policy_id: policy_id.to_owned(),
-            notify,
-        }
+        inner.insert(agent_id, policy_id, self)
     }
 
     fn remove(&self, id: u64) {
         let mut inner = self.lock();
         if let Some((agent, policy, _)) = inner.all.remove(&id) {
-            remove_id(&mut inner.by_agent, &agent, id);
-            remove_id(&mut inner.by_policy, &policy, id);
+            if let Some(ids) = inner.by_agent.get_mut(&agent) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    inner.by_agent.remove(&agent);
+                }
+            }
+            if let Some(ids) = inner.by_policy.get_mut(&policy) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    inner.by_policy.remove(&policy);
+                }
+            }
         }
     }
 
@@ -136,31 +172,35 @@ impl Waiters {
     /// Wake the polls `event` may concern; how many.
     pub fn dispatch(&self, event: &StoreEvent) -> usize {
         let inner = self.lock();
-        let wake = |ids: Option<&Vec<u64>>| -> usize {
+        let wake = |ids: &mut dyn Iterator<Item = &u64>, agent_stale: bool| -> usize {
             let mut n = 0;
-            for id in ids.into_iter().flatten() {
-                if let Some((_, _, notify)) = inner.all.get(id) {
-                    notify.notify_one();
+            for id in ids {
+                if let Some((_, _, wakeup)) = inner.all.get(id) {
+                    wakeup.wake(agent_stale);
                     n += 1;
                 }
             }
             n
         };
         match event {
-            StoreEvent::PolicyChanged { policy_id: Some(p) } => wake(inner.by_policy.get(p)),
+            // A policy's new revision leaves its agents' records as they were.
+            StoreEvent::PolicyChanged { policy_id: Some(p) } => {
+                wake(&mut inner.by_policy.get(p).into_iter().flatten(), false)
+            }
             StoreEvent::ActionsCreated {
                 agent_ids: Some(ids),
-            } => ids.iter().map(|a| wake(inner.by_agent.get(a))).sum(),
-            StoreEvent::AgentChanged { agent_id } => wake(inner.by_agent.get(agent_id)),
+            } => ids
+                .iter()
+                .map(|a| wake(&mut inner.by_agent.get(a).into_iter().flatten(), true))
+                .sum(),
+            StoreEvent::AgentChanged { agent_id } => wake(
+                &mut inner.by_agent.get(agent_id).into_iter().flatten(),
+                true,
+            ),
             StoreEvent::TasksDue => 0,
             StoreEvent::PolicyChanged { policy_id: None }
             | StoreEvent::ActionsCreated { agent_ids: None }
-            | StoreEvent::Resync => {
-                for (_, _, notify) in inner.all.values() {
-                    notify.notify_one();
-                }
-                inner.all.len()
-            }
+            | StoreEvent::Resync => wake(&mut inner.all.keys(), true),
         }
     }
 
@@ -201,21 +241,7 @@ mod tests {
     }
 
     fn register(hub: &Arc<Waiters>, agent: &str, policy: &str) -> Registration {
-        let mut inner = hub.lock();
-        inner.next += 1;
-        let id = inner.next;
-        let notify = Arc::new(Notify::new());
-        inner
-            .all
-            .insert(id, (agent.into(), policy.into(), notify.clone()));
-        inner.by_agent.entry(agent.into()).or_default().push(id);
-        inner.by_policy.entry(policy.into()).or_default().push(id);
-        Registration {
-            hub: hub.clone(),
-            id,
-            policy_id: policy.into(),
-            notify,
-        }
+        hub.lock().insert(agent, policy, hub)
     }
 
     #[tokio::test]
@@ -265,5 +291,29 @@ mod tests {
         drop(c);
         assert!(hub.is_empty());
         assert!(hub.lock().by_policy.is_empty() && hub.lock().by_agent.is_empty());
+    }
+
+    /// A policy's change wakes its polls without marking their agents'
+    /// records stale; a change to the agent (or to anything) marks it.
+    #[tokio::test]
+    async fn only_a_change_that_may_touch_the_agent_marks_it_stale() {
+        let hub = hub_without_dispatcher();
+        let a = register(&hub, "a", "p1");
+        let b = register(&hub, "b", "p1");
+        hub.dispatch(&StoreEvent::PolicyChanged {
+            policy_id: Some("p1".into()),
+        });
+        assert!(!a.take_agent_stale() && !b.take_agent_stale());
+        hub.dispatch(&StoreEvent::AgentChanged {
+            agent_id: "a".into(),
+        });
+        hub.dispatch(&StoreEvent::ActionsCreated {
+            agent_ids: Some(vec!["b".into()]),
+        });
+        assert!(a.take_agent_stale() && b.take_agent_stale());
+        // Taken: cleared until the next such change.
+        assert!(!a.take_agent_stale());
+        hub.dispatch(&StoreEvent::Resync);
+        assert!(a.take_agent_stale() && b.take_agent_stale());
     }
 }

@@ -340,18 +340,10 @@ pub(crate) async fn insert_keys(conn: &mut Conn, keys: &[&ApiKeyRecord]) -> Resu
     if keys.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..keys.len())
-        .map(|r| {
-            let p: Vec<String> = (r * 13 + 1..=r * 13 + 13)
-                .map(|p| format!("${p}"))
-                .collect();
-            format!("({})", p.join(", "))
-        })
-        .collect();
     let mut q = sqlx::query(sql!(
         "INSERT INTO api_keys (id, name, kind, agent_id, secret_hash, role_descriptors, metadata, created_at, \
          retire_pending, invalidated_at, owner, expires_at, remote_output) VALUES {}",
-        rows.join(", ")
+        seq_rows(keys.len(), 13)
     ));
     for key in keys {
         q = q
@@ -583,4 +575,22 @@ pub(crate) async fn agent_write_failed(s: &Engine, id: &str, now: DateTime<Utc>)
         Ok(_) => StoreError::Conflict(format!("agent '{id}' changed concurrently")),
         Err(e) => e,
     }
+}
+
+/// `n` parameters from the `from`th, comma-separated, for a statement
+/// whose parameters each appear once, in the order they are bound (plain
+/// `?` on SQLite: see `seq_param`). Batch statements use these.
+pub(crate) fn seq_params(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|p| seq_param(p).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `rows` rows of `cols` parameters, `(…), (…)`, as [`seq_params`].
+pub(crate) fn seq_rows(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", seq_params(r * cols + 1, cols)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

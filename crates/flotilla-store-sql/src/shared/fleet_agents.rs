@@ -236,7 +236,7 @@ async fn insert_agent_rows(tx: &mut Conn, chunk: &[&Enrolment]) -> Result<()> {
          enrollment_api_key_id) \
          SELECT v.column1, v.column2, TRUE, v.column3, v.column3, v.column4, v.column5, \
          v.column6, v.column7, v.column8, v.column9 FROM (VALUES {}) AS v",
-        value_rows(chunk.len(), 9)
+        seq_rows(chunk.len(), 9)
     ));
     for e in chunk {
         let a = &e.agent;
@@ -256,7 +256,7 @@ async fn insert_agent_rows(tx: &mut Conn, chunk: &[&Enrolment]) -> Result<()> {
         .or_conflict(|| "an enrolled agent already exists".to_owned())?;
     let mut q = sqlx::query(sql!(
         "INSERT INTO agent_reports (agent_id, local_metadata) VALUES {}",
-        value_rows(chunk.len(), 2)
+        seq_rows(chunk.len(), 2)
     ));
     for e in chunk {
         q = q.bind(&e.agent.id).bind(to_json(&e.agent.local_metadata));
@@ -274,7 +274,7 @@ async fn insert_agent_rows(tx: &mut Conn, chunk: &[&Enrolment]) -> Result<()> {
     for part in tags.chunks(ENROL_CHUNK * 4) {
         let mut q = sqlx::query(sql!(
             "INSERT INTO agent_tags (agent_id, tag) VALUES {} ON CONFLICT DO NOTHING",
-            value_rows(part.len(), 2)
+            seq_rows(part.len(), 2)
         ));
         for (agent, tag) in part {
             q = q.bind(*agent).bind(*tag);
@@ -326,10 +326,9 @@ async fn record_checkin_chunk(tx: &mut Conn, chunk: &[&CheckinRecord]) -> Result
     if !FOR_UPDATE.is_empty() {
         // Rows in one order on every instance, so two batches sharing
         // agents cannot deadlock on PostgreSQL.
-        let ids: Vec<String> = (1..=chunk.len()).map(|p| format!("${p}")).collect();
         let mut lock = sqlx::query(sql!(
             "SELECT id FROM agents WHERE id IN ({}) ORDER BY id{FOR_UPDATE}",
-            ids.join(", ")
+            seq_params(1, chunk.len())
         ));
         for c in chunk {
             lock = lock.bind(&c.agent_id);
@@ -348,7 +347,7 @@ async fn record_checkin_chunk(tx: &mut Conn, chunk: &[&CheckinRecord]) -> Result
          WHERE agents.id = v.column1 AND agents.active \
          AND (agents.last_checkin IS NULL OR agents.last_checkin <= v.column2) \
          RETURNING agents.id",
-        value_rows(chunk.len(), 7)
+        seq_rows(chunk.len(), 7)
     ));
     for c in chunk {
         q = q
@@ -377,7 +376,7 @@ async fn record_checkin_chunk(tx: &mut Conn, chunk: &[&CheckinRecord]) -> Result
         "UPDATE agent_reports SET local_metadata = COALESCE(v.column2, agent_reports.local_metadata), \
          components = COALESCE(v.column3, agent_reports.components) \
          FROM (VALUES {}) AS v WHERE agent_reports.agent_id = v.column1",
-        value_rows(reports.len(), 3)
+        seq_rows(reports.len(), 3)
     ));
     for c in reports {
         q = q
@@ -387,19 +386,6 @@ async fn record_checkin_chunk(tx: &mut Conn, chunk: &[&CheckinRecord]) -> Result
     }
     q.execute(&mut *tx).await.db()?;
     Ok(())
-}
-
-/// `($1, …, $cols), ($cols+1, …)`: `rows` rows of `cols` parameters.
-fn value_rows(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let p: Vec<String> = (r * cols + 1..=r * cols + cols)
-                .map(|p| format!("${p}"))
-                .collect();
-            format!("({})", p.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[tracing::instrument(skip_all)]

@@ -32,7 +32,7 @@ mod tasks;
 mod prelude {
     #![allow(unused_imports)]
     pub(crate) use super::super::{
-        json_field_path, json_field_sql, Db, Engine, ENGINE, FOR_UPDATE,
+        json_field_path, json_field_sql, seq_param, Db, Engine, ENGINE, FOR_UPDATE,
     };
     pub(crate) use super::common::*;
     pub(crate) use crate::rows::*;

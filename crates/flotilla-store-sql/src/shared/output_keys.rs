@@ -49,7 +49,7 @@ async fn install_output_keys(
     // never wait on each other in a cycle.
     let mut lock = sqlx::query_as(sql!(
         "SELECT id, output_api_key_id FROM agents WHERE active AND id IN ({}) ORDER BY id{FOR_UPDATE}",
-        params(1, ids.len())
+        seq_params(1, ids.len())
     ));
     for id in &ids {
         lock = lock.bind(*id);
@@ -69,15 +69,12 @@ async fn install_output_keys(
     if winners.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..winners.len())
-        .map(|r| format!("({})", params(r * 6 + 1, 6)))
-        .collect();
     let mut update = sqlx::query(sql!(
         "UPDATE agents SET output_key_error = NULL, output_api_key_id = v.column2, \
          output_api_key_sealed = v.column3, output_permissions_hash = v.column4, \
          output_key_policy_id = v.column5, output_key_revision = v.column6 \
          FROM (VALUES {}) AS v WHERE agents.id = v.column1",
-        rows.join(", ")
+        seq_rows(winners.len(), 6)
     ));
     for i in &winners {
         let (agent, c) = &changes[*i];
@@ -95,7 +92,7 @@ async fn install_output_keys(
     let mut mark = sqlx::query(sql!(
         "UPDATE api_keys SET retire_pending = TRUE \
          WHERE agent_id IN ({}) AND kind = 'output' AND invalidated_at IS NULL",
-        params(1, agents.len())
+        seq_params(1, agents.len())
     ));
     for a in &agents {
         mark = mark.bind(*a);
@@ -123,14 +120,6 @@ fn rounds<T>(items: &[T], agent: impl Fn(&T) -> &str) -> Vec<Vec<usize>> {
         *n += 1;
     }
     rounds
-}
-
-/// `$from, $from+1, …` (`n` of them).
-fn params(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|p| format!("${p}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[tracing::instrument(skip_all)]
@@ -207,7 +196,7 @@ async fn runs_policies(
     // Locked in id order (serialising with key rotation for these agents).
     let mut lock = sqlx::query_as::<_, FleetAgentRow>(sql!(
         "SELECT {FLEET_AGENT_COLS} FROM agents WHERE id IN ({}) ORDER BY id{FOR_UPDATE}",
-        params(1, ids.len())
+        seq_params(1, ids.len())
     ));
     for id in &ids {
         lock = lock.bind(*id);
@@ -227,7 +216,7 @@ async fn runs_policies(
     policy_ids.dedup();
     let mut q = sqlx::query_as(sql!(
         "SELECT id, revision FROM agent_policies WHERE id IN ({})",
-        params(1, policy_ids.len())
+        seq_params(1, policy_ids.len())
     ));
     for p in &policy_ids {
         q = q.bind(*p);
@@ -261,9 +250,11 @@ async fn runs_policies(
     }
     for (revision, agents) in newer {
         let mut q = sqlx::query(sql!(
-            "UPDATE agents SET policy_revision = $1, updated_at = $2, policy_change_failure = NULL \
+            "UPDATE agents SET policy_revision = {}, updated_at = {}, policy_change_failure = NULL \
              WHERE id IN ({})",
-            params(3, agents.len())
+            seq_param(1),
+            seq_param(2),
+            seq_params(3, agents.len())
         ))
         .bind(revision)
         .bind(ms(now));
@@ -276,9 +267,10 @@ async fn runs_policies(
         return Ok(());
     }
     let mut q = sqlx::query_as(sql!(
-        "UPDATE api_keys SET invalidated_at = $1 \
+        "UPDATE api_keys SET invalidated_at = {} \
          WHERE agent_id IN ({}) AND retire_pending AND invalidated_at IS NULL RETURNING agent_id, id",
-        params(2, retiring.len())
+        seq_param(1),
+        seq_params(2, retiring.len())
     ))
     .bind(ms(now));
     for (_, a) in &retiring {
