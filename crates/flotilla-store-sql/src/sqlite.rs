@@ -84,7 +84,13 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Pages read through a memory map instead of a read(2) each
+            // (a 10,000-agent fan-out spent ~5 % of the server's CPU
+            // copying pages in the kernel), and a larger page cache per
+            // connection (SQLite's default is 2 MiB).
+            .pragma("mmap_size", "268435456")
+            .pragma("cache_size", "-16384");
         let mut conn = SqliteConnection::connect_with(&options)
             .await
             .map_err(MigrationError::Connect)?;

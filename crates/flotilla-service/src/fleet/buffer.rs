@@ -56,10 +56,21 @@ impl CheckinBuffer {
             digest(&rec.components),
             rec.reported_policy.clone(),
         );
-        let changed = st.last.get(&rec.agent_id) != Some(&fingerprint);
-        st.last.insert(rec.agent_id.clone(), fingerprint);
+        let previous = st.last.insert(rec.agent_id.clone(), fingerprint.clone());
+        let changed = previous.as_ref() != Some(&fingerprint);
         if first || changed {
             st.pending.remove(&rec.agent_id);
+            let mut rec = rec;
+            // A change of status or revision alone leaves the metadata (a
+            // few KiB, sent on every check-in) as written: not rewritten.
+            if let Some((_, _, metadata, components, _)) = previous.filter(|_| !first) {
+                if metadata.is_some() && metadata == fingerprint.2 {
+                    rec.local_metadata = None;
+                }
+                if components.is_some() && components == fingerprint.3 {
+                    rec.components = None;
+                }
+            }
             Some(rec)
         } else {
             // What it reports is what was written: the heartbeat needs only
@@ -158,6 +169,22 @@ mod tests {
         assert!(b.offer(rec("online"), false).is_none());
         assert_eq!(b.drain().len(), 1, "coalesced to one write");
         assert!(b.offer(rec("error"), false).is_some(), "status change");
+        // A change that leaves the metadata as written does not resend it.
+        let with_meta = |status: &str| CheckinRecord {
+            local_metadata: Some(serde_json::json!({"host": {"hostname": "h"}})),
+            ..rec(status)
+        };
+        assert!(b
+            .offer(with_meta("error"), false)
+            .unwrap()
+            .local_metadata
+            .is_some());
+        let changed = b.offer(with_meta("online"), false).expect("status change");
+        assert_eq!(
+            changed.local_metadata, None,
+            "the same metadata, not rewritten"
+        );
+        assert!(b.offer(with_meta("error"), false).is_some());
         assert!(b.drain().is_empty());
 
         // A waiting poll refreshes the last-seen time, buffered.
