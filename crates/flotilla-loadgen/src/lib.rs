@@ -80,7 +80,7 @@ fn source_ips(s: &str) -> Result<SourceIps, String> {
     parse_source_ips(s).map(SourceIps)
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LoadgenArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,

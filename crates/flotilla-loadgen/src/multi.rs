@@ -15,7 +15,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::client::Operator;
 use crate::summary::{Figure, Summary};
-use crate::{stats, sys, LoadgenArgs, Scenario};
+use crate::{scenarios, stats, sys, LoadgenArgs, Scenario};
 
 /// Agent `share` of `total` for child `i` of `k`: the first ones get one
 /// more when it does not divide.
@@ -59,10 +59,10 @@ fn passed_through(args: &LoadgenArgs) -> Vec<String> {
 }
 
 pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Summary> {
-    if matches!(
-        args.scenario,
-        Scenario::Baseline | Scenario::Overload | Scenario::Storm
-    ) {
+    if args.scenario == Scenario::Baseline {
+        return Box::pin(baseline(args)).await;
+    }
+    if matches!(args.scenario, Scenario::Overload | Scenario::Storm) {
         bail!(
             "{} runs in one process (drop --processes)",
             args.scenario.name()
@@ -212,6 +212,67 @@ pub async fn run(args: &LoadgenArgs) -> anyhow::Result<Summary> {
         let _ = kid.child.wait().await;
     }
     Ok(aggregate(args, k, &summaries, rss_before, held, api_ms))
+}
+
+/// `baseline` over several processes: `hold` then `churn` against
+/// Flotilla (when `--server-pid` is given) and against the minimal server,
+/// each a multi-process run of its own. Unlike one process, whose churn
+/// reuses the held agents, each churn here enrols a fresh fleet (on
+/// Flotilla the first one is still enrolled, no longer polling).
+async fn baseline(args: &LoadgenArgs) -> anyhow::Result<Summary> {
+    let phase = |scenario: Scenario, url: &str, pid: u32, token: Option<&str>| {
+        let mut a = args.clone();
+        a.scenario = scenario;
+        a.url = url.to_owned();
+        a.server_pid = Some(pid);
+        if let Some(t) = token {
+            a.enrollment_token = Some(t.to_owned());
+            a.policy_id = None;
+        }
+        a
+    };
+    let side = |hold: &Summary, churn: &Summary| scenarios::Side {
+        rss_per_agent: match hold.get("rss_per_agent") {
+            Some(Figure::Bytes(b)) => Some(*b),
+            _ => None,
+        },
+        idle_cpu_pct: match hold.get("idle_cpu_pct") {
+            Some(Figure::Percent(p)) => Some(*p),
+            _ => None,
+        },
+        checkins_per_s: match churn.get("checkins_per_s") {
+            Some(Figure::Rate(r)) => *r,
+            _ => 0.0,
+        },
+        errors: [hold, churn]
+            .iter()
+            .map(|s| match s.get("errors") {
+                Some(Figure::Count(n)) => *n,
+                _ => 0,
+            })
+            .sum(),
+    };
+    let flotilla = match args.server_pid {
+        Some(pid) => {
+            let hold = Box::pin(run(&phase(Scenario::Hold, &args.url, pid, None))).await?;
+            let churn = Box::pin(run(&phase(Scenario::Churn, &args.url, pid, None))).await?;
+            Some(side(&hold, &churn))
+        }
+        None => {
+            eprintln!("note: without --server-pid only the baseline server is measured");
+            None
+        }
+    };
+    let mut server = scenarios::BaselineServer::start().await?;
+    let token = Some(scenarios::BASELINE_TOKEN);
+    let base = async {
+        let hold = Box::pin(run(&phase(Scenario::Hold, &server.url, server.pid, token))).await?;
+        let churn = Box::pin(run(&phase(Scenario::Churn, &server.url, server.pid, token))).await?;
+        anyhow::Ok(side(&hold, &churn))
+    }
+    .await;
+    server.stop().await;
+    Ok(scenarios::compare(args.agents, flotilla, base?))
 }
 
 fn sum(summaries: &[Value], key: &str) -> u64 {

@@ -432,68 +432,114 @@ async fn baseline(args: &LoadgenArgs) -> anyhow::Result<Summary> {
             None
         }
     };
-    let exe =
-        std::env::current_exe().context("cannot find this program to start the baseline server")?;
-    let mut child = tokio::process::Command::new(exe)
-        .args([
-            "loadgen",
-            "baseline-server",
-            "--listen",
-            "127.0.0.1:0",
-            "--poll-timeout",
-            "1s",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the baseline server")?;
-    let pid = child.id().context("the baseline server has no pid")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("no stdout")?)
-        .read_line(&mut line)
-        .await?;
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("the baseline server said {line:?}"))?;
-    let url = format!("http://{addr}");
-    let base = hold_and_churn(args, &url, pid, "baseline[hyper]", Some("baseline-token")).await;
-    let _ = child.kill().await;
+    let mut server = BaselineServer::start().await?;
+    let base = hold_and_churn(
+        args,
+        &server.url,
+        server.pid,
+        "baseline[hyper]",
+        Some(BASELINE_TOKEN),
+    )
+    .await;
+    server.stop().await;
     let base = base?;
+    let side = |c: &Compared| Side {
+        rss_per_agent: c.held.per_agent(),
+        idle_cpu_pct: c.held.cpu_percent(args.duration),
+        checkins_per_s: c.checkins_per_s,
+        errors: c.errors,
+    };
+    Ok(compare(args.agents, flotilla.as_ref().map(side), side(&base)))
+}
+
+/// The token the baseline server accepts.
+pub(crate) const BASELINE_TOKEN: &str = "baseline-token";
+
+/// The minimal hyper long-poll server, as a child process (so its memory
+/// is its own).
+pub(crate) struct BaselineServer {
+    child: tokio::process::Child,
+    pub pid: u32,
+    pub url: String,
+}
+
+impl BaselineServer {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()
+            .context("cannot find this program to start the baseline server")?;
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "loadgen",
+                "baseline-server",
+                "--listen",
+                "127.0.0.1:0",
+                "--poll-timeout",
+                "1s",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the baseline server")?;
+        let pid = child.id().context("the baseline server has no pid")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("no stdout")?)
+            .read_line(&mut line)
+            .await?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("the baseline server said {line:?}"))?;
+        let url = format!("http://{addr}");
+        Ok(BaselineServer { child, pid, url })
+    }
+
+    pub(crate) async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// One server's figures in a baseline run.
+pub(crate) struct Side {
+    pub rss_per_agent: Option<u64>,
+    pub idle_cpu_pct: Option<f64>,
+    pub checkins_per_s: f64,
+    pub errors: u64,
+}
+
+/// The baseline summary: Flotilla's figures (when measured), the minimal
+/// server's, and their ratios.
+pub(crate) fn compare(agents: usize, flotilla: Option<Side>, base: Side) -> Summary {
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Figure::Ratio(a / b),
         _ => Figure::Missing,
     };
-    let f_rss = flotilla.as_ref().and_then(|f| f.held.per_agent());
-    let b_rss = base.held.per_agent();
+    let f_rss = flotilla.as_ref().and_then(|f| f.rss_per_agent);
     let f_rate = flotilla.as_ref().map(|f| f.checkins_per_s);
     let mut s = Summary::new("baseline");
-    s.push("agents", Figure::Count(args.agents as u64))
+    s.push("agents", Figure::Count(agents as u64))
         .push(
             "flotilla_rss_per_agent",
             f_rss.map_or(Figure::Missing, Figure::Bytes),
         )
         .push(
             "baseline_rss_per_agent",
-            b_rss.map_or(Figure::Missing, Figure::Bytes),
+            base.rss_per_agent.map_or(Figure::Missing, Figure::Bytes),
         )
         .push(
             "rss_ratio",
-            ratio(f_rss.map(|x| x as f64), b_rss.map(|x| x as f64)),
+            ratio(f_rss.map(|x| x as f64), base.rss_per_agent.map(|x| x as f64)),
         )
         .push(
             "flotilla_idle_cpu_pct",
             flotilla
                 .as_ref()
-                .and_then(|f| f.held.cpu_percent(args.duration))
+                .and_then(|f| f.idle_cpu_pct)
                 .map_or(Figure::Missing, Figure::Percent),
         )
         .push(
             "baseline_idle_cpu_pct",
-            base.held
-                .cpu_percent(args.duration)
-                .map_or(Figure::Missing, Figure::Percent),
+            base.idle_cpu_pct.map_or(Figure::Missing, Figure::Percent),
         )
         .push(
             "flotilla_checkins_per_s",
@@ -505,7 +551,7 @@ async fn baseline(args: &LoadgenArgs) -> anyhow::Result<Summary> {
             "errors",
             Figure::Count(base.errors + flotilla.as_ref().map_or(0, |f| f.errors)),
         );
-    Ok(s)
+    s
 }
 
 #[cfg(test)]

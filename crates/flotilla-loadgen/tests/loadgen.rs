@@ -172,6 +172,46 @@ fn enroll_and_fanout_reach_every_agent() {
     }
 }
 
+/// `baseline` spread over two processes: hold then churn against the
+/// server and against the minimal one, with figures for both and ratios.
+#[test]
+fn baseline_runs_over_several_processes() {
+    let server = start_server_with(&[
+        ("FLOTILLA_FLEET__POLL_TIMEOUT", "1s"),
+        ("FLOTILLA_FLEET__POLL_JITTER", "0s"),
+    ]);
+    let pid = server.child.id().to_string();
+    let s = loadgen(
+        &server,
+        &[
+            "baseline",
+            "--agents",
+            "60",
+            "--processes",
+            "2",
+            "--duration",
+            "2s",
+            "--metadata-bytes",
+            "512",
+            "--server-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(s["scenario"], "baseline", "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    for k in [
+        "flotilla_rss_per_agent",
+        "baseline_rss_per_agent",
+        "rss_ratio",
+        "checkin_ratio",
+    ] {
+        assert!(s[k].is_number(), "{k}: {s}");
+    }
+    for k in ["flotilla_checkins_per_s", "baseline_checkins_per_s"] {
+        assert!(s[k].as_f64().unwrap() > 0.0, "{k}: {s}");
+    }
+}
+
 /// Two instances on one PostgreSQL database, the agents spread over them
 /// (two processes, one per instance): a change made through the first
 /// reaches the agents held by the second.
