@@ -449,7 +449,11 @@ async fn baseline(args: &LoadgenArgs) -> anyhow::Result<Summary> {
         checkins_per_s: c.checkins_per_s,
         errors: c.errors,
     };
-    Ok(compare(args.agents, flotilla.as_ref().map(side), side(&base)))
+    Ok(compare(
+        args.agents,
+        flotilla.as_ref().map(side),
+        side(&base),
+    ))
 }
 
 /// The token the baseline server accepts.
@@ -528,7 +532,10 @@ pub(crate) fn compare(agents: usize, flotilla: Option<Side>, base: Side) -> Summ
         )
         .push(
             "rss_ratio",
-            ratio(f_rss.map(|x| x as f64), base.rss_per_agent.map(|x| x as f64)),
+            ratio(
+                f_rss.map(|x| x as f64),
+                base.rss_per_agent.map(|x| x as f64),
+            ),
         )
         .push(
             "flotilla_idle_cpu_pct",

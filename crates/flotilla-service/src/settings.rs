@@ -150,7 +150,7 @@ impl Default for FleetSettings {
             poll_timeout: Duration::from_secs(300),
             poll_jitter: Duration::from_secs(30),
             checkin_flush_interval: Duration::from_secs(10),
-            recheck_interval: Duration::from_secs(30),
+            recheck_interval: Duration::from_secs(120),
             max_long_polls: 20_000,
             server_version: "9.6.0".into(),
         }

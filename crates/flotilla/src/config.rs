@@ -560,7 +560,7 @@ impl Default for Config {
                 poll_timeout: Duration::from_secs(300),
                 poll_jitter: Duration::from_secs(30),
                 checkin_flush_interval: Duration::from_secs(10),
-                recheck_interval: Duration::from_secs(30),
+                recheck_interval: Duration::from_secs(120),
                 offline_after: Duration::from_secs(300),
                 max_long_polls: 20_000,
                 max_concurrent_requests: 20_000,

@@ -59,30 +59,56 @@ impl Fleet<'_> {
         let mut registration = self
             .waiters
             .register(&self.store, &agent.id, &agent.policy_id);
+        let mut waited = false;
         loop {
-            // Woken by a change to its policy alone, the agent's record is
-            // as read: only the policy's revision and the actions are read.
-            if reread || registration.take_agent_stale() {
-                agent = self.reload(&agent.id).await?;
-                if agent.policy_id != registration.policy_id {
-                    // Reassigned: follow the new policy (registered before
-                    // the read below).
-                    registration = self
-                        .waiters
-                        .register(&self.store, &agent.id, &agent.policy_id);
+            let step = async {
+                // Woken by a change to its policy alone, the agent's record
+                // is as read: only the policy's revision and the actions are
+                // read again.
+                if reread || registration.take_agent_stale() {
+                    agent = self.reload(&agent.id).await?;
+                    if agent.policy_id != registration.policy_id {
+                        // Reassigned: follow the new policy (registered
+                        // before the read below).
+                        registration =
+                            self.waiters
+                                .register(&self.store, &agent.id, &agent.policy_id);
+                    }
                 }
+                self.owed(&agent, &ack_token, checkin.reports.as_ref())
+                    .await
             }
+            .await;
             reread = false;
-            if let Some(answer) = self
-                .owed(&agent, &ack_token, checkin.reports.as_ref())
-                .await?
-            {
-                return Ok(answer);
+            match step {
+                Ok(Some(answer)) => return Ok(answer),
+                Ok(None) => {}
+                // Storage busy after the poll has waited (a wake-up or a
+                // recheck met an exhausted pool): the poll is kept and
+                // reads again after a pause, instead of answering 503 and
+                // bringing the agent back through authentication and the
+                // check-in's writes — which, fleet-wide, kept the pool
+                // exhausted.
+                Err(e) if waited && e.kind == FleetErrorKind::Unavailable => {
+                    metrics::counter!("flotilla_checkin_busy_retries_total").increment(1);
+                    reread = true;
+                    let pause = tokio::time::Instant::now() + busy_pause();
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(pause.min(deadline)) => {}
+                        _ = &mut stop => return Ok(empty_checkin(ack_token)),
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Ok(empty_checkin(ack_token));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             // Nothing yet: wait, refreshing the agent's last-seen time.
             let wake = self
                 .wait(&registration, &agent, deadline, stop.as_mut())
                 .await;
+            waited = true;
             match wake {
                 Wake::Reread => {}
                 // A possibly lost notification: read everything again.
@@ -250,6 +276,12 @@ impl Fleet<'_> {
         };
         every.saturating_sub(Duration::from_millis(off))
     }
+}
+
+/// How long a waiting poll pauses before reading again when storage was
+/// busy: 1–3 s, at random, so the polls that met it do not return at once.
+fn busy_pause() -> Duration {
+    Duration::from_millis(rand::thread_rng().gen_range(1000..3000))
 }
 
 fn empty_checkin(ack_token: String) -> CheckinResponse {
