@@ -76,7 +76,10 @@ macro_rules! conformance_suite {
             policy_rollout_counts_active_agents_on_the_revision,
             enrollment_keys_count_their_uses_and_refuse_once_spent_or_expired,
             concurrent_enrolments_never_exceed_max_uses,
-            agents_are_searched_by_kuery
+            agents_are_searched_by_kuery,
+            bulk_reassign_tracks_each_agent_from_delivery_to_ack,
+            bulk_tags_settings_and_unenrolment_apply_per_agent,
+            bulk_targets_by_kuery_are_read_a_chunk_at_a_time
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -91,6 +94,7 @@ macro_rules! conformance_suite {
     };
 }
 
+mod bulk;
 mod connectors;
 mod documents;
 mod fleet;
@@ -101,6 +105,7 @@ mod races;
 mod sessions;
 mod tasks;
 
+pub use bulk::*;
 pub use connectors::*;
 pub use documents::*;
 pub use fleet::*;
