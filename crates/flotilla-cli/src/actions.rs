@@ -62,7 +62,7 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: ActionsCmd) -> Result<View> {
                 .await?;
             if opts.json {
                 view(
-                    serde_json::json!({"item": progress["item"], "agents": agents}),
+                    serde_json::json!({"action": progress["item"], "agents": agents}),
                     &[],
                 )
             } else {
