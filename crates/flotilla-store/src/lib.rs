@@ -946,6 +946,28 @@ pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'stat
         action_id: &str,
         now: DateTime<Utc>,
     ) -> Result<flotilla_domain::action::ActionProgress>;
+    /// How many agents (unenrolled ones too) are in each derived status
+    /// at `now`, in one read.
+    async fn agent_status_counts(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(flotilla_domain::agent::AgentStatus, u64)>>;
+    /// Record a status sample unless one for its interval (`at`) exists:
+    /// whether this call wrote it.
+    async fn record_status_sample(
+        &self,
+        sample: &flotilla_domain::status_history::StatusSample,
+    ) -> Result<bool>;
+    /// Samples from `from` to `to` (inclusive), oldest first, at most
+    /// `limit` (the newest ones when there are more).
+    async fn status_history(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<flotilla_domain::status_history::StatusSample>>;
+    /// Delete samples older than `before`; how many went.
+    async fn prune_status_history(&self, before: DateTime<Utc>) -> Result<u64>;
     /// One action's agents and their outcomes, in agent id order.
     async fn action_targets(
         &self,

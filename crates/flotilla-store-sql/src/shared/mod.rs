@@ -15,6 +15,7 @@ mod actions;
 mod agents;
 mod api_keys;
 mod bulk;
+mod status_history;
 mod connectors;
 mod console_sessions;
 mod documents;
@@ -508,6 +509,33 @@ impl Store for Engine {
         now: DateTime<Utc>,
     ) -> Result<flotilla_domain::action::ActionProgress> {
         bulk::get_action_progress(self, action_id, now).await
+    }
+
+    async fn agent_status_counts(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(flotilla_domain::agent::AgentStatus, u64)>> {
+        status_history::agent_status_counts(self, now).await
+    }
+
+    async fn record_status_sample(
+        &self,
+        sample: &flotilla_domain::status_history::StatusSample,
+    ) -> Result<bool> {
+        status_history::record_status_sample(self, sample).await
+    }
+
+    async fn status_history(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<flotilla_domain::status_history::StatusSample>> {
+        status_history::status_history(self, from, to, limit).await
+    }
+
+    async fn prune_status_history(&self, before: DateTime<Utc>) -> Result<u64> {
+        status_history::prune_status_history(self, before).await
     }
 
     async fn action_targets(

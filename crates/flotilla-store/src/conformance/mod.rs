@@ -79,7 +79,9 @@ macro_rules! conformance_suite {
             agents_are_searched_by_kuery,
             bulk_reassign_tracks_each_agent_from_delivery_to_ack,
             bulk_tags_settings_and_unenrolment_apply_per_agent,
-            bulk_targets_by_kuery_are_read_a_chunk_at_a_time
+            bulk_targets_by_kuery_are_read_a_chunk_at_a_time,
+            agent_status_counts_and_history_samples,
+            concurrent_status_samples_write_one_row
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -103,6 +105,7 @@ mod operations;
 mod packages;
 mod races;
 mod sessions;
+mod status_history;
 mod tasks;
 
 pub use bulk::*;
@@ -114,6 +117,7 @@ pub use operations::*;
 pub use packages::*;
 pub use races::*;
 pub use sessions::*;
+pub use status_history::*;
 pub use tasks::*;
 
 type S = Arc<dyn Store>;
