@@ -168,6 +168,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_action_status))
         .routes(routes!(get_action_status))
         .routes(routes!(list_action_agents))
+        .routes(routes!(agent_status_history))
         .routes(routes!(list_api_keys, create_api_key))
         .routes(routes!(revoke_api_key))
 }
@@ -972,6 +973,32 @@ async fn list_action_agents(
 ) -> ApiResult<Json<List<ActionTarget>>> {
     let p = page(q.page, q.per_page)?;
     Ok(list(s.services.management().action_agents(&id, p).await?, p))
+}
+
+// --- agent status history ---------------------------------------------------
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// RFC 3339; default a day before `to`.
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// RFC 3339; default now.
+    to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Agents by status over time: one sample per interval (see
+/// `task_manager.status_sample_interval`), oldest first, at most 1440.
+/// Kibana has no such route, hence the `/api/flotilla/` namespace.
+#[utoipa::path(get, path = "/api/flotilla/agent_status_history", tag = "agents", params(HistoryQuery),
+    responses((status = 200, body = Items<flotilla_domain::status_history::StatusSample>), (status = 400, body = ErrorBody)))]
+async fn agent_status_history(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<Items<flotilla_domain::status_history::StatusSample>>> {
+    let items = s.services.agent_status_history(q.from, q.to).await?;
+    Ok(Json(Items { items }))
 }
 
 // --- operator API keys -----------------------------------------------------------

@@ -472,3 +472,59 @@ async fn bulk_actions_by_kuery_are_followed_until_the_agents_ack() {
     let err = one_line_error(&s.cli(&["actions", "show", "nope"]));
     assert!(err.contains("not found"), "{err}");
 }
+
+/// The status history: the sampler task records agents by status every
+/// interval; the API returns the samples, and the OpenAPI document names
+/// the new routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_status_history_is_sampled_by_a_task() {
+    let s = Server::builder()
+        .env("FLOTILLA_TASK_MANAGER__STATUS_SAMPLE_INTERVAL", "1s")
+        .start()
+        .unwrap();
+    policy(&s, "web").await;
+    let web = token_for(&s, "web").await;
+    enroll_as(&s, &web, "h-01", &[]).await;
+    // Wait (bounded) for a sample that counts the agent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let sample = loop {
+        let (st, got) = s.get("/api/flotilla/agent_status_history").await;
+        assert_eq!(st, 200, "{got}");
+        if let Some(x) = got["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["updating"] == 1)
+        {
+            break x.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no sample: {got}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    for k in ["online", "offline", "unhealthy", "inactive"] {
+        assert!(sample[k].is_u64(), "{sample}");
+    }
+    assert_error(
+        &s.get("/api/flotilla/agent_status_history?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z")
+            .await,
+        400,
+        "from",
+    );
+    assert_error(
+        &s.get("/api/flotilla/agent_status_history?from=yesterday").await,
+        400,
+        "",
+    );
+    let (_, doc) = s.get("/api/fleet/openapi.json").await;
+    for path in [
+        "/api/fleet/agents/bulk_reassign",
+        "/api/fleet/agents/bulk_unenroll",
+        "/api/fleet/agents/bulk_update_agent_tags",
+        "/api/fleet/agents/bulk_settings",
+        "/api/fleet/agents/action_status",
+        "/api/fleet/agents/action_status/{id}/agents",
+        "/api/flotilla/agent_status_history",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+}
