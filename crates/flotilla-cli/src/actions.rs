@@ -51,7 +51,9 @@ const TARGET_COLS: Columns = &[
 pub(crate) async fn run(opts: &ClientOpts, cmd: ActionsCmd) -> Result<View> {
     let c = client(opts)?;
     Ok(match cmd {
-        ActionsCmd::List { page } => view(c.get(ACTION_STATUS, &page.query()).await?, PROGRESS_COLS),
+        ActionsCmd::List { page } => {
+            view(c.get(ACTION_STATUS, &page.query()).await?, PROGRESS_COLS)
+        }
         ActionsCmd::Show { id, page, wait } => {
             if wait {
                 follow(&c, &id).await?;

@@ -175,13 +175,9 @@ impl Selection {
     fn agents(&self) -> AgentSelection {
         match &self.kuery {
             Some(k) => AgentSelection::Kuery(k.clone()),
-            None => AgentSelection::Ids(
-                self.ids
-                    .iter()
-                    .filter(|i| !i.is_empty())
-                    .cloned()
-                    .collect(),
-            ),
+            None => {
+                AgentSelection::Ids(self.ids.iter().filter(|i| !i.is_empty()).cloned().collect())
+            }
         }
     }
 }

@@ -66,9 +66,7 @@ impl BulkForm {
             return Ok(AgentSelection::Kuery(self.kuery.clone()));
         }
         if self.ids.is_empty() {
-            return Err(ConsoleError::Invalid(
-                "Select at least one agent.".into(),
-            ));
+            return Err(ConsoleError::Invalid("Select at least one agent.".into()));
         }
         Ok(AgentSelection::Ids(self.ids.clone()))
     }

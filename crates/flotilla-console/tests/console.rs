@@ -603,7 +603,12 @@ async fn bulk_actions_from_the_agents_page_need_csrf_and_show_their_progress() {
     let token = csrf_of(&agents);
 
     // Without the token, or from elsewhere: refused, nothing done.
-    let form = [("ids", "a1"), ("ids", "a2"), ("op", "add_tags"), ("tags", "blue")];
+    let form = [
+        ("ids", "a1"),
+        ("ids", "a2"),
+        ("op", "add_tags"),
+        ("tags", "blue"),
+    ];
     let res = send(&f.app, post("/app/agents/bulk", Some(&id), &form)).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     let mut with = form.to_vec();
@@ -639,7 +644,10 @@ async fn bulk_actions_from_the_agents_page_need_csrf_and_show_their_progress() {
     assert!(page.contains("2 of 2 agents answered"), "{page}");
     assert!(page.contains(r#"href="/app/agents/a1""#) && page.contains("acknowledged"));
     let list = text(send(&f.app, get("/app/actions", Some(&id))).await).await;
-    assert!(list.contains("UPDATE_TAGS") && list.contains(&location), "{list}");
+    assert!(
+        list.contains("UPDATE_TAGS") && list.contains(&location),
+        "{list}"
+    );
 
     // Reassign every agent the filter matches (a kuery from the filter),
     // and a refused agent shows why.
@@ -662,11 +670,21 @@ async fn bulk_actions_from_the_agents_page_need_csrf_and_show_their_progress() {
     .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(
-        f.services.management().get_agent("a1").await.unwrap().policy_id,
+        f.services
+            .management()
+            .get_agent("a1")
+            .await
+            .unwrap()
+            .policy_id,
         "db"
     );
     assert_eq!(
-        f.services.management().get_agent("a3").await.unwrap().policy_id,
+        f.services
+            .management()
+            .get_agent("a3")
+            .await
+            .unwrap()
+            .policy_id,
         "web"
     );
     let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
@@ -677,9 +695,19 @@ async fn bulk_actions_from_the_agents_page_need_csrf_and_show_their_progress() {
     // Bad input: a 400 page, not an action.
     for bad in [
         vec![("csrf", token.as_str()), ("op", "add_tags"), ("tags", "x")],
-        vec![("csrf", token.as_str()), ("ids", "a1"), ("op", "reassign"), ("policy_id", "nope")],
+        vec![
+            ("csrf", token.as_str()),
+            ("ids", "a1"),
+            ("op", "reassign"),
+            ("policy_id", "nope"),
+        ],
         vec![("csrf", token.as_str()), ("ids", "a1"), ("op", "")],
-        vec![("csrf", token.as_str()), ("scope", "filter"), ("kuery", ""), ("op", "unenroll")],
+        vec![
+            ("csrf", token.as_str()),
+            ("scope", "filter"),
+            ("kuery", ""),
+            ("op", "unenroll"),
+        ],
     ] {
         let res = send(&f.app, post("/app/agents/bulk", Some(&id), &bad)).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad:?}");
@@ -714,11 +742,17 @@ async fn the_overview_charts_agents_by_status_over_time() {
             .unwrap();
     }
     let page = text(send(&f.app, get("/app", Some(&id))).await).await;
-    assert!(page.contains(r#"aria-labelledby="history-title""#), "{page}");
+    assert!(
+        page.contains(r#"aria-labelledby="history-title""#),
+        "{page}"
+    );
     assert!(page.contains("<polyline"), "{page}");
     assert!(page.contains("group-unhealthy"));
     // The text alternative: a table with a row per (shown) sample.
     assert!(page.contains("As a table"));
-    assert!(page.contains("<td>39</td>"), "the newest sample is in the table");
+    assert!(
+        page.contains("<td>39</td>"),
+        "the newest sample is in the table"
+    );
     assert!(!page.contains("<script>"), "no inline script");
 }

@@ -205,8 +205,14 @@ mod progress_tests {
 
     #[test]
     fn outcomes() {
-        assert_eq!(TargetOutcome::of(false, false, false), TargetOutcome::Pending);
-        assert_eq!(TargetOutcome::of(true, false, false), TargetOutcome::Delivered);
+        assert_eq!(
+            TargetOutcome::of(false, false, false),
+            TargetOutcome::Pending
+        );
+        assert_eq!(
+            TargetOutcome::of(true, false, false),
+            TargetOutcome::Delivered
+        );
         assert_eq!(TargetOutcome::of(true, true, false), TargetOutcome::Acked);
         assert_eq!(TargetOutcome::of(true, true, true), TargetOutcome::Failed);
     }

@@ -972,7 +972,10 @@ async fn list_action_agents(
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<List<ActionTarget>>> {
     let p = page(q.page, q.per_page)?;
-    Ok(list(s.services.management().action_agents(&id, p).await?, p))
+    Ok(list(
+        s.services.management().action_agents(&id, p).await?,
+        p,
+    ))
 }
 
 // --- agent status history ---------------------------------------------------

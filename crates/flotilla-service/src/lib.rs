@@ -16,9 +16,9 @@ pub mod keys;
 pub mod management;
 pub mod packages;
 pub mod retention;
-pub mod status_history;
 pub mod secrets;
 pub mod settings;
+pub mod status_history;
 pub mod tasks;
 pub mod verifier;
 

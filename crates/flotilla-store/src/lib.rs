@@ -307,7 +307,10 @@ pub enum BulkOperation {
     /// `revoke` unenrol at once.
     Unenroll { revoke: bool },
     /// Add and remove tags (validated), applied by the server.
-    UpdateTags { add: Vec<String>, remove: Vec<String> },
+    UpdateTags {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
     /// Deliver a `SETTINGS` action.
     Settings,
 }

@@ -120,7 +120,13 @@ impl Management<'_> {
                 }
             }
         }
-        tracing::info!(action_id = action.id, action_type = action_type.as_str(), total, applied, "bulk action created");
+        tracing::info!(
+            action_id = action.id,
+            action_type = action_type.as_str(),
+            total,
+            applied,
+            "bulk action created"
+        );
         Ok(action.id)
     }
 
@@ -148,9 +154,7 @@ impl Management<'_> {
             targets,
             ActionType::Unenroll,
             serde_json::Value::Null,
-            BulkOperation::Unenroll {
-                revoke: req.revoke,
-            },
+            BulkOperation::Unenroll { revoke: req.revoke },
         )
         .await
     }

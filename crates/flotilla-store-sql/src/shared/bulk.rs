@@ -104,7 +104,9 @@ pub(super) async fn apply_bulk_action(
                 BulkOperation::Reassign { policy_id } => policy_id.clone(),
                 _ => String::new(),
             };
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(stmt)).bind(first).bind(now_ms);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(stmt))
+                .bind(first)
+                .bind(now_ms);
             for id in &ok {
                 q = q.bind(*id);
             }
@@ -179,11 +181,7 @@ pub(super) async fn apply_bulk_action(
             // Applied by the server: delivered and acknowledged at once.
             let settled = refusal.is_none() && settled_by_server;
             let acked = (refusal.is_some() || settled).then_some(now_ms);
-            q = q
-                .bind(*id)
-                .bind(settled)
-                .bind(acked)
-                .bind(refusal.clone());
+            q = q.bind(*id).bind(settled).bind(acked).bind(refusal.clone());
         }
         q.execute(&mut *tx).await.db()?;
     }
@@ -197,10 +195,13 @@ pub(super) async fn apply_bulk_action(
             })
             .await;
         }
-        s.publish(StoreEvent::ActionsCreated { agent_ids: Some(ok) })
-            .await;
+        s.publish(StoreEvent::ActionsCreated {
+            agent_ids: Some(ok),
+        })
+        .await;
     } else {
-        s.publish(StoreEvent::ActionsCreated { agent_ids: None }).await;
+        s.publish(StoreEvent::ActionsCreated { agent_ids: None })
+            .await;
     }
     Ok(applied)
 }
@@ -241,8 +242,19 @@ macro_rules! progress_select {
 const GROUP: &str = " GROUP BY a.id, a.action_type, a.data, a.created_at, a.expiration";
 
 fn progress(r: ProgressRow, now: DateTime<Utc>) -> Result<ActionProgress> {
-    let (id, action_type, data, created_at, expiration, created, delivered, acked, failed, pending, last) =
-        r;
+    let (
+        id,
+        action_type,
+        data,
+        created_at,
+        expiration,
+        created,
+        delivered,
+        acked,
+        failed,
+        pending,
+        last,
+    ) = r;
     let row = ActionRow {
         id,
         action_type,

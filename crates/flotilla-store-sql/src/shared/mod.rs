@@ -15,7 +15,6 @@ mod actions;
 mod agents;
 mod api_keys;
 mod bulk;
-mod status_history;
 mod connectors;
 mod console_sessions;
 mod documents;
@@ -28,6 +27,7 @@ mod output_keys;
 mod outputs;
 mod packages;
 mod policies;
+mod status_history;
 mod tasks;
 
 /// What every resource module uses.
@@ -49,9 +49,9 @@ mod prelude {
     pub(crate) use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
     pub(crate) use flotilla_store::Entity;
     pub(crate) use flotilla_store::{
-        ActionAck, AgentFilter, ApiKeyRecord, BulkOperation, CheckinRecord, BULK_CHUNK, EnrollmentKeyFilter, Enrolment,
-        FleetAgent, KeyUse, NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter, Page, Paged,
-        PolicyFilter, Result, Store, StoreError, StoreEvent,
+        ActionAck, AgentFilter, ApiKeyRecord, BulkOperation, CheckinRecord, EnrollmentKeyFilter,
+        Enrolment, FleetAgent, KeyUse, NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter,
+        Page, Paged, PolicyFilter, Result, Store, StoreError, StoreEvent, BULK_CHUNK,
     };
 }
 

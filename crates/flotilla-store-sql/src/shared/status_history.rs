@@ -19,7 +19,10 @@ pub(super) async fn agent_status_counts(
          LEFT JOIN agent_policies p ON p.id = a.policy_id) x GROUP BY x.status"
     ))
     .bind(ms(now))
-    .bind(s.offline_after_ms.load(std::sync::atomic::Ordering::Relaxed))
+    .bind(
+        s.offline_after_ms
+            .load(std::sync::atomic::Ordering::Relaxed),
+    )
     .fetch_all(&s.pool)
     .await
     .db()?;
@@ -75,14 +78,16 @@ pub(super) async fn status_history(
     Ok(rows
         .into_iter()
         .rev()
-        .map(|(at, online, offline, unhealthy, updating, inactive)| StatusSample {
-            at: from_ms(at),
-            online: n(online),
-            offline: n(offline),
-            unhealthy: n(unhealthy),
-            updating: n(updating),
-            inactive: n(inactive),
-        })
+        .map(
+            |(at, online, offline, unhealthy, updating, inactive)| StatusSample {
+                at: from_ms(at),
+                online: n(online),
+                offline: n(offline),
+                unhealthy: n(unhealthy),
+                updating: n(updating),
+                inactive: n(inactive),
+            },
+        )
         .collect())
 }
 

@@ -37,7 +37,12 @@ pub async fn bulk_reassign_tracks_each_agent_from_delivery_to_ack(s: S) {
     };
     // Duplicates count once; refused agents are failed with why.
     let applied = s
-        .apply_bulk_action("b1", &op, &ids(&["a1", "a2", "a2", "a3", "gone", "nobody"]), now)
+        .apply_bulk_action(
+            "b1",
+            &op,
+            &ids(&["a1", "a2", "a2", "a3", "gone", "nobody"]),
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(applied, 2);
@@ -61,7 +66,9 @@ pub async fn bulk_reassign_tracks_each_agent_from_delivery_to_ack(s: S) {
     // The check-in hands it out: delivered.
     let pending = s.pending_actions("a1", now, 10).await.unwrap();
     assert!(pending.iter().any(|a| a.id == "b1"), "{pending:?}");
-    s.mark_delivered("a1", &ids(&["b1"]), "tok-1").await.unwrap();
+    s.mark_delivered("a1", &ids(&["b1"]), "tok-1")
+        .await
+        .unwrap();
     let p = s.get_action_progress("b1", now).await.unwrap();
     assert_eq!((p.nb_agents_delivered, p.nb_agents_pending), (1, 1));
 
@@ -111,8 +118,14 @@ pub async fn bulk_reassign_tracks_each_agent_from_delivery_to_ack(s: S) {
         .map(|t| (t.agent_id, t.error))
         .collect();
     assert_eq!(why.len(), 2);
-    assert!(why[0].1.as_deref().unwrap().contains("unenrolled"), "{why:?}");
-    assert!(why[1].1.as_deref().unwrap().contains("not found"), "{why:?}");
+    assert!(
+        why[0].1.as_deref().unwrap().contains("unenrolled"),
+        "{why:?}"
+    );
+    assert!(
+        why[1].1.as_deref().unwrap().contains("not found"),
+        "{why:?}"
+    );
 
     // Unknown actions and policies.
     assert!(matches!(
@@ -130,7 +143,8 @@ pub async fn bulk_reassign_tracks_each_agent_from_delivery_to_ack(s: S) {
         policy_id: "missing".into(),
     };
     assert!(matches!(
-        s.apply_bulk_action("b2", &missing, &ids(&["a1"]), now).await,
+        s.apply_bulk_action("b2", &missing, &ids(&["a1"]), now)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(s.get_agent("a1", now).await.unwrap().policy_id, "q");
@@ -222,7 +236,10 @@ pub async fn bulk_tags_settings_and_unenrolment_apply_per_agent(s: S) {
     .unwrap();
     assert!(!s.get_agent("t2", now).await.unwrap().active);
     let key = s.get_api_key("acc-t2").await.unwrap().unwrap();
-    assert!(key.invalidated_at.is_some(), "a revoking unenrolment invalidates the keys");
+    assert!(
+        key.invalidated_at.is_some(),
+        "a revoking unenrolment invalidates the keys"
+    );
     let p = s.get_action_progress("now", now).await.unwrap();
     assert_eq!((p.nb_agents_ack, p.status.as_str()), (1, "COMPLETE"));
 
@@ -230,7 +247,14 @@ pub async fn bulk_tags_settings_and_unenrolment_apply_per_agent(s: S) {
     let all = s.action_progress(page(1, 50), now).await.unwrap();
     assert_eq!(all.total, 5);
     assert!(all.items.iter().any(|a| a.action_id == "set"));
-    assert_eq!(s.action_progress(page(2, 3), now).await.unwrap().items.len(), 2);
+    assert_eq!(
+        s.action_progress(page(2, 3), now)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
 }
 
 pub async fn bulk_targets_by_kuery_are_read_a_chunk_at_a_time(s: S) {
@@ -254,5 +278,9 @@ pub async fn bulk_targets_by_kuery_are_read_a_chunk_at_a_time(s: S) {
     assert_eq!(next, ["k3", "k4"]);
     let last = s.agent_ids(&filter, Some("k4"), 2, now).await.unwrap();
     assert_eq!(last, ["k5"], "unenrolled agents are not selected");
-    assert!(s.agent_ids(&filter, Some("k5"), 2, now).await.unwrap().is_empty());
+    assert!(s
+        .agent_ids(&filter, Some("k5"), 2, now)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -34,12 +34,9 @@ pub async fn agent_status_counts_and_history_samples(s: S) {
     for id in ["on", "sick", "new", "gone"] {
         enrolled(&s, id, "p").await;
     }
-    s.record_checkins(&[
-        checkin("on", now, "online"),
-        checkin("sick", now, "error"),
-    ])
-    .await
-    .unwrap();
+    s.record_checkins(&[checkin("on", now, "online"), checkin("sick", now, "error")])
+        .await
+        .unwrap();
     s.unenroll_now("gone", now).await.unwrap();
     let counts = s.agent_status_counts(now).await.unwrap();
     let of = |st: AgentStatus| counts.iter().find(|(s, _)| *s == st).unwrap().1;
@@ -77,7 +74,10 @@ pub async fn agent_status_counts_and_history_samples(s: S) {
     assert!(!s.record_status_sample(&sample(t0, 99)).await.unwrap());
     for i in 1..5 {
         let at = t0 + Duration::minutes(i);
-        assert!(s.record_status_sample(&sample(at, 5 + i as u64)).await.unwrap());
+        assert!(s
+            .record_status_sample(&sample(at, 5 + i as u64))
+            .await
+            .unwrap());
     }
     let all = s
         .status_history(t0, t0 + Duration::hours(1), 100)
@@ -91,17 +91,16 @@ pub async fn agent_status_counts_and_history_samples(s: S) {
         .status_history(t0, t0 + Duration::hours(1), 2)
         .await
         .unwrap();
-    assert_eq!(
-        last.iter().map(|x| x.online).collect::<Vec<_>>(),
-        [8, 9]
-    );
+    assert_eq!(last.iter().map(|x| x.online).collect::<Vec<_>>(), [8, 9]);
     let some = s
         .status_history(t0 + Duration::minutes(1), t0 + Duration::minutes(2), 100)
         .await
         .unwrap();
     assert_eq!(some.len(), 2);
     assert_eq!(
-        s.prune_status_history(t0 + Duration::minutes(3)).await.unwrap(),
+        s.prune_status_history(t0 + Duration::minutes(3))
+            .await
+            .unwrap(),
         3
     );
     let left = s

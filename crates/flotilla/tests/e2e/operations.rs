@@ -363,12 +363,42 @@ async fn bulk_actions_by_kuery_are_followed_until_the_agents_ack() {
 
     // Bad input: the contract's errors.
     for (route, body, status, msg) in [
-        ("bulk_settings", json!({"agents": [], "log_level": "debug"}), 400, "agents"),
-        ("bulk_settings", json!({"agents": "tags:(", "log_level": "debug"}), 400, "kuery"),
-        ("bulk_settings", json!({"agents": "tags:prod", "log_level": "loud"}), 400, "log_level"),
-        ("bulk_reassign", json!({"agents": "tags:prod", "policy_id": "nope"}), 400, "policy_id"),
-        ("bulk_update_agent_tags", json!({"agents": [w1.0.clone()]}), 400, "tagsToAdd"),
-        ("bulk_unenroll", json!({"agents": vec!["x"; 10_001]}), 400, "at most"),
+        (
+            "bulk_settings",
+            json!({"agents": [], "log_level": "debug"}),
+            400,
+            "agents",
+        ),
+        (
+            "bulk_settings",
+            json!({"agents": "tags:(", "log_level": "debug"}),
+            400,
+            "kuery",
+        ),
+        (
+            "bulk_settings",
+            json!({"agents": "tags:prod", "log_level": "loud"}),
+            400,
+            "log_level",
+        ),
+        (
+            "bulk_reassign",
+            json!({"agents": "tags:prod", "policy_id": "nope"}),
+            400,
+            "policy_id",
+        ),
+        (
+            "bulk_update_agent_tags",
+            json!({"agents": [w1.0.clone()]}),
+            400,
+            "tagsToAdd",
+        ),
+        (
+            "bulk_unenroll",
+            json!({"agents": vec!["x"; 10_001]}),
+            400,
+            "at most",
+        ),
     ] {
         assert_error(
             &s.post(&format!("/api/fleet/agents/{route}"), body).await,
@@ -434,7 +464,10 @@ async fn bulk_actions_by_kuery_are_followed_until_the_agents_ack() {
     let listed = ok_json(&s.cli(&["actions", "list", "--json"]));
     assert!(listed["total"].as_u64().unwrap() >= 2, "{listed}");
     let table = String::from_utf8_lossy(&s.cli(&["actions", "list"]).stdout).into_owned();
-    assert!(table.contains("DELIVERED") && table.contains(&tags_id), "{table}");
+    assert!(
+        table.contains("DELIVERED") && table.contains(&tags_id),
+        "{table}"
+    );
 
     // Reassign by ids, waiting on the agent's ack with --wait.
     let made = ok_json(&s.cli(&[
@@ -505,13 +538,16 @@ async fn agent_status_history_is_sampled_by_a_task() {
         assert!(sample[k].is_u64(), "{sample}");
     }
     assert_error(
-        &s.get("/api/flotilla/agent_status_history?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z")
-            .await,
+        &s.get(
+            "/api/flotilla/agent_status_history?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z",
+        )
+        .await,
         400,
         "from",
     );
     assert_error(
-        &s.get("/api/flotilla/agent_status_history?from=yesterday").await,
+        &s.get("/api/flotilla/agent_status_history?from=yesterday")
+            .await,
         400,
         "",
     );
