@@ -322,3 +322,58 @@ pub struct OperatorKeyWithSecret {
     /// Use as `Authorization: ApiKey <api_key>`. Shown once, never stored.
     pub api_key: String,
 }
+
+/// Which agents a bulk action takes: a list of ids, or a `kuery` string
+/// (as Kibana's bulk routes take `agents`).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AgentSelection {
+    Ids(Vec<String>),
+    Kuery(String),
+}
+
+/// `POST /api/fleet/agents/bulk_reassign`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReassign {
+    pub agents: AgentSelection,
+    pub policy_id: String,
+}
+
+/// `POST /api/fleet/agents/bulk_unenroll`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkUnenroll {
+    pub agents: AgentSelection,
+    /// Unenrol at once instead of asking the agents.
+    #[serde(default)]
+    pub revoke: bool,
+}
+
+/// `POST /api/fleet/agents/bulk_update_agent_tags`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkUpdateTags {
+    pub agents: AgentSelection,
+    #[serde(default, rename = "tagsToAdd")]
+    pub tags_to_add: Vec<String>,
+    #[serde(default, rename = "tagsToRemove")]
+    pub tags_to_remove: Vec<String>,
+}
+
+/// `POST /api/fleet/agents/bulk_settings`: a `SETTINGS` action (log level)
+/// for many agents.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkSettings {
+    pub agents: AgentSelection,
+    pub log_level: String,
+}
+
+/// What a bulk action answers: follow it at
+/// `/api/fleet/agents/action_status/{actionId}`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct BulkActionCreated {
+    #[serde(rename = "actionId")]
+    pub action_id: String,
+}

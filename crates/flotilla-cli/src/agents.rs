@@ -1,11 +1,12 @@
 //! `flotilla agents`: enrolled agents and the actions sent to them.
 
 use anyhow::Result;
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use flotilla_api::management::{
-    ActionRequest, CreateAction, ReassignAgent, UnenrollAgent, UpdateAgent,
+    ActionRequest, AgentSelection, BulkReassign, BulkSettings, BulkUnenroll, BulkUpdateTags,
+    CreateAction, ReassignAgent, UnenrollAgent, UpdateAgent,
 };
 use flotilla_domain::action::ActionType;
 use flotilla_domain::agent::AgentStatus;
@@ -119,7 +120,69 @@ pub enum AgentsCmd {
         #[arg(long, value_delimiter = ',')]
         tags: Vec<String>,
     },
+    /// Move many agents to a policy; prints the action id (follow it with
+    /// `flotilla actions show`).
+    BulkReassign {
+        #[command(flatten)]
+        select: Selection,
+        #[arg(long)]
+        policy: String,
+    },
+    /// Unenrol many agents.
+    BulkUnenroll {
+        #[command(flatten)]
+        select: Selection,
+        /// At once, without waiting for the agents.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Add and remove tags on many agents.
+    BulkTags {
+        #[command(flatten)]
+        select: Selection,
+        /// Tags to add, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<String>,
+        /// Tags to remove, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<String>,
+    },
+    /// Change many agents' log level (SETTINGS actions).
+    BulkSettings {
+        #[command(flatten)]
+        select: Selection,
+        #[arg(long, value_enum)]
+        log_level: LogLevel,
+    },
 }
+
+/// Which agents a bulk command takes: `--ids` or `--kuery`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Selection {
+    /// Agent ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    ids: Vec<String>,
+    /// A KQL query selecting the agents: `policy_id:web and tags:prod`.
+    #[arg(long)]
+    kuery: Option<String>,
+    /// Follow the action's progress on stderr until every agent answered.
+    #[arg(long, global = false)]
+    wait: bool,
+}
+
+impl Selection {
+    fn agents(&self) -> AgentSelection {
+        match &self.kuery {
+            Some(k) => AgentSelection::Kuery(k.clone()),
+            None => {
+                AgentSelection::Ids(self.ids.iter().filter(|i| !i.is_empty()).cloned().collect())
+            }
+        }
+    }
+}
+
+const BULK_COLS: Columns = &[("ACTION", "actionId")];
 
 const AGENT_COLS: Columns = &[
     ("ID", "id"),
@@ -252,6 +315,39 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
                 ACTION_COLS,
             )
         }
+        AgentsCmd::BulkReassign { select, policy } => {
+            let body = BulkReassign {
+                agents: select.agents(),
+                policy_id: policy,
+            };
+            bulk(&c, "bulk_reassign", &body, select.wait).await?
+        }
+        AgentsCmd::BulkUnenroll { select, revoke } => {
+            let body = BulkUnenroll {
+                agents: select.agents(),
+                revoke,
+            };
+            bulk(&c, "bulk_unenroll", &body, select.wait).await?
+        }
+        AgentsCmd::BulkTags {
+            select,
+            add,
+            remove,
+        } => {
+            let body = BulkUpdateTags {
+                agents: select.agents(),
+                tags_to_add: add.into_iter().filter(|t| !t.is_empty()).collect(),
+                tags_to_remove: remove.into_iter().filter(|t| !t.is_empty()).collect(),
+            };
+            bulk(&c, "bulk_update_agent_tags", &body, select.wait).await?
+        }
+        AgentsCmd::BulkSettings { select, log_level } => {
+            let body = BulkSettings {
+                agents: select.agents(),
+                log_level: log_level.as_str().to_owned(),
+            };
+            bulk(&c, "bulk_settings", &body, select.wait).await?
+        }
         AgentsCmd::Tag { id, tags } => {
             let tags: Vec<String> = tags.into_iter().filter(|t| !t.is_empty()).collect();
             view(
@@ -260,4 +356,20 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             )
         }
     })
+}
+
+/// Post a bulk action; with `wait`, follow its progress on stderr.
+async fn bulk<B: serde::Serialize>(
+    c: &crate::Client,
+    route: &str,
+    body: &B,
+    wait: bool,
+) -> Result<View> {
+    let created = c.post(&format!("{AGENTS}/{route}"), body).await?;
+    if wait {
+        if let Some(id) = created.get("actionId").and_then(Value::as_str) {
+            crate::actions::follow(c, id).await?;
+        }
+    }
+    Ok(view(created, BULK_COLS))
 }

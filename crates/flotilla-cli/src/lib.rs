@@ -4,6 +4,7 @@
 
 #![warn(unreachable_pub)]
 
+mod actions;
 mod agents;
 mod apikey;
 mod client;
@@ -20,6 +21,7 @@ mod token;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+pub use actions::ActionsCmd;
 pub use agents::AgentsCmd;
 pub use apikey::ApikeyCmd;
 pub use client::Client;
@@ -82,6 +84,8 @@ pub enum Command {
     Token(Noun<TokenCmd>),
     /// Enrolled agents.
     Agents(Noun<AgentsCmd>),
+    /// Actions sent to agents (bulk ones too) and their progress.
+    Actions(Noun<ActionsCmd>),
     /// Outputs: where agents send data.
     Output(Noun<OutputCmd>),
     /// Cloud connectors: cloud accounts' credentials and their permission checks.
@@ -109,6 +113,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Data(n) => (n.opts.clone(), data::run(&n.opts, n.verb).await?),
         Command::Token(n) => (n.opts.clone(), token::run(&n.opts, n.verb).await?),
         Command::Agents(n) => (n.opts.clone(), agents::run(&n.opts, n.verb).await?),
+        Command::Actions(n) => (n.opts.clone(), actions::run(&n.opts, n.verb).await?),
         Command::Output(n) => (n.opts.clone(), output::run(&n.opts, n.verb).await?),
         Command::Connector(n) => (n.opts.clone(), connector::run(&n.opts, n.verb).await?),
         Command::Apikey(n) => (n.opts.clone(), apikey::run(&n.opts, n.verb).await?),
@@ -140,6 +145,7 @@ const POLICIES: &str = "/api/fleet/agent_policies";
 const PACKAGE_POLICIES: &str = "/api/fleet/package_policies";
 const TOKENS: &str = "/api/fleet/enrollment_api_keys";
 const AGENTS: &str = "/api/fleet/agents";
+const ACTION_STATUS: &str = "/api/fleet/agents/action_status";
 const OUTPUTS: &str = "/api/fleet/outputs";
 const CONNECTORS: &str = "/api/fleet/cloud_connectors";
 const APIKEYS: &str = "/api/flotilla/api_keys";

@@ -100,6 +100,11 @@ pub(crate) async fn list(
         .iter()
         .map(|p| (p.id.as_str(), (p.name.as_str(), p.revision)))
         .collect();
+    let policy_choices: Vec<(String, String)> = policies
+        .items
+        .iter()
+        .map(|p| (p.id.clone(), p.name.clone()))
+        .collect();
     let filters = [
         ("status", status.as_deref().unwrap_or("")),
         ("policy", policy.as_deref().unwrap_or("")),
@@ -140,10 +145,12 @@ pub(crate) async fn list(
         @if agents.items.is_empty() {
             p .empty { "No agents match." }
         } @else {
+            form method="post" action={(BASE) "/agents/bulk"} aria-label="Bulk action on agents" {
             div .table-wrap {
                 table {
                     caption .visually-hidden { "Agents" }
                     thead { tr {
+                        th scope="col" { span .visually-hidden { "Select" } }
                         th scope="col" { "Host" }
                         th scope="col" { "Status" }
                         th scope="col" { "Policy" }
@@ -154,7 +161,9 @@ pub(crate) async fn list(
                     } }
                     tbody {
                         @for a in &agents.items {
+                            @let label = if hostname(a).is_empty() { a.id.as_str() } else { hostname(a) };
                             tr {
+                                td { input type="checkbox" name="ids" value=(a.id) aria-label={"Select " (label)}; }
                                 td { a href={(BASE) "/agents/" (a.id)} { @if hostname(a).is_empty() { (a.id) } @else { (hostname(a)) } } }
                                 td { (status_badge(a.status.as_str())) }
                                 @let policy = known.get(a.policy_id.as_str());
@@ -168,10 +177,32 @@ pub(crate) async fn list(
                     }
                 }
             }
+            (crate::actions::bulk_controls(&session, &policy_choices, &filter_kuery(&filters)))
+            }
         }
+        p { a href={(BASE) "/actions"} { "Actions and their progress" } }
         (pager("/agents", &filters, at, &agents))
     };
     Ok(page(&session, Nav::Agents, "Agents", body))
+}
+
+/// The table's filter as a kuery (for a bulk action over every agent it
+/// matches); empty when nothing is filtered.
+fn filter_kuery(filters: &[(&str, &str)]) -> String {
+    let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    filters
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| {
+            let field = match *k {
+                "policy" => "policy_id",
+                "tag" => "tags",
+                other => other,
+            };
+            format!("{field}:{}", quote(v))
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 /// The revision an agent runs against its policy's current one.
@@ -287,4 +318,19 @@ pub(crate) async fn detail(
         }
     };
     Ok(page(&session, Nav::Agents, &title, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_becomes_a_kuery_the_parser_takes() {
+        let k = filter_kuery(&[("status", "online"), ("policy", "we\"b"), ("tag", "")]);
+        assert_eq!(k, r#"status:"online" and policy_id:"we\"b""#);
+        assert!(flotilla_domain::kuery::parse(&k, chrono::Utc::now())
+            .unwrap()
+            .is_some());
+        assert_eq!(filter_kuery(&[("tag", "")]), "");
+    }
 }

@@ -10,6 +10,7 @@
 
 #![warn(unreachable_pub)]
 
+mod actions;
 mod agents;
 mod assets;
 mod auth;
@@ -94,7 +95,10 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/sign-in", get(auth::sign_in_page).post(auth::sign_in))
         .route("/sign-out", post(auth::sign_out))
         .route("/agents", get(agents::list))
+        .route("/agents/bulk", post(actions::bulk))
         .route("/agents/{id}", get(agents::detail))
+        .route("/actions", get(actions::list))
+        .route("/actions/{id}", get(actions::detail))
         .route("/policies", get(policies::list).post(policies::create))
         .route("/policies/new", get(policies::new_form))
         .route(

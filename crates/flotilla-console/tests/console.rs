@@ -155,6 +155,8 @@ const PAGES: &[&str] = &[
     "/app/integrations",
     "/app/data",
     "/app/settings",
+    "/app/actions",
+    "/app/actions/some-action",
 ];
 
 const POSTS: &[&str] = &[
@@ -163,6 +165,7 @@ const POSTS: &[&str] = &[
     "/app/policies/some-policy",
     "/app/tokens",
     "/app/tokens/some-token/revoke",
+    "/app/agents/bulk",
 ];
 
 #[tokio::test]
@@ -546,4 +549,210 @@ async fn editing_a_policy_makes_a_revision_only_when_something_changed() {
     let page = text(send(&f.app, get(&location, Some(&id))).await).await;
     assert!(page.contains("now described") && page.contains("Rollout of revision"));
     assert!(page.contains("no agents"));
+}
+
+async fn seed_agents(f: &Fixture) {
+    let now = Utc::now();
+    for p in ["web", "db"] {
+        f.services
+            .store
+            .create_policy(
+                &flotilla_domain::policy::NewAgentPolicy {
+                    id: p.into(),
+                    name: p.into(),
+                    namespace: "default".into(),
+                    description: None,
+                    output_id: None,
+                    inactivity_timeout: 3600,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    for (id, tags) in [("a1", vec!["prod"]), ("a2", vec!["prod"]), ("a3", vec![])] {
+        f.services
+            .store
+            .insert_agent(&flotilla_store::NewAgent {
+                id: id.into(),
+                policy_id: "web".into(),
+                tags: tags.into_iter().map(str::to_owned).collect(),
+                local_metadata: serde_json::json!({"host": {"hostname": format!("host-{id}")}}),
+                enrolled_at: now,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bulk_actions_from_the_agents_page_need_csrf_and_show_their_progress() {
+    let f = fixture().await;
+    seed_agents(&f).await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let res = send(&f.app, get("/app/agents", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let agents = text(res).await;
+    assert!(
+        agents.contains(r#"type="checkbox" name="ids" value="a1" aria-label="Select host-a1""#),
+        "{agents}"
+    );
+    assert!(agents.contains(r#"action="/app/agents/bulk""#));
+    assert!(agents.contains(r#"<label for="b-op">"#));
+    let token = csrf_of(&agents);
+
+    // Without the token, or from elsewhere: refused, nothing done.
+    let form = [
+        ("ids", "a1"),
+        ("ids", "a2"),
+        ("op", "add_tags"),
+        ("tags", "blue"),
+    ];
+    let res = send(&f.app, post("/app/agents/bulk", Some(&id), &form)).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let mut with = form.to_vec();
+    with.push(("csrf", &token));
+    let res = send(
+        &f.app,
+        post_from(
+            "/app/agents/bulk",
+            Some(&id),
+            &with,
+            &[("origin", "http://evil.example")],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(f
+        .services
+        .management()
+        .action_status(Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+
+    // With it: the action runs and the progress page shows each agent.
+    let res = send(&f.app, post("/app/agents/bulk", Some(&id), &with)).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/app/actions/"), "{location}");
+    let tags = f.services.management().get_agent("a2").await.unwrap().tags;
+    assert!(tags.contains(&"blue".to_owned()), "{tags:?}");
+    let page = text(send(&f.app, get(&location, Some(&id))).await).await;
+    assert!(page.contains("2 of 2 agents answered"), "{page}");
+    assert!(page.contains(r#"href="/app/agents/a1""#) && page.contains("acknowledged"));
+    let list = text(send(&f.app, get("/app/actions", Some(&id))).await).await;
+    assert!(
+        list.contains("UPDATE_TAGS") && list.contains(&location),
+        "{list}"
+    );
+
+    // Reassign every agent the filter matches (a kuery from the filter),
+    // and a refused agent shows why.
+    let filtered = text(send(&f.app, get("/app/agents?tag=prod", Some(&id))).await).await;
+    assert!(filtered.contains(r#"value="filter""#), "{filtered}");
+    let res = send(
+        &f.app,
+        post(
+            "/app/agents/bulk",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("scope", "filter"),
+                ("kuery", r#"tags:"prod""#),
+                ("op", "reassign"),
+                ("policy_id", "db"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        f.services
+            .management()
+            .get_agent("a1")
+            .await
+            .unwrap()
+            .policy_id,
+        "db"
+    );
+    assert_eq!(
+        f.services
+            .management()
+            .get_agent("a3")
+            .await
+            .unwrap()
+            .policy_id,
+        "web"
+    );
+    let location = res.headers()[header::LOCATION].to_str().unwrap().to_owned();
+    let page = text(send(&f.app, get(&location, Some(&id))).await).await;
+    assert!(page.contains("0 of 2 agents answered"), "{page}");
+    assert!(page.contains("pending"));
+
+    // Bad input: a 400 page, not an action.
+    for bad in [
+        vec![("csrf", token.as_str()), ("op", "add_tags"), ("tags", "x")],
+        vec![
+            ("csrf", token.as_str()),
+            ("ids", "a1"),
+            ("op", "reassign"),
+            ("policy_id", "nope"),
+        ],
+        vec![("csrf", token.as_str()), ("ids", "a1"), ("op", "")],
+        vec![
+            ("csrf", token.as_str()),
+            ("scope", "filter"),
+            ("kuery", ""),
+            ("op", "unenroll"),
+        ],
+    ] {
+        let res = send(&f.app, post("/app/agents/bulk", Some(&id), &bad)).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    let res = send(&f.app, get("/app/actions/nope", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_overview_charts_agents_by_status_over_time() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let empty = text(send(&f.app, get("/app", Some(&id))).await).await;
+    assert!(empty.contains("No samples yet"), "{empty}");
+    let now = Utc::now();
+    for i in 0..30i64 {
+        let at = flotilla_domain::status_history::sample_bucket(
+            now - chrono::Duration::minutes(30 - i),
+            Duration::from_secs(60),
+        );
+        f.services
+            .store
+            .record_status_sample(&flotilla_domain::status_history::StatusSample {
+                at,
+                online: 10 + i as u64,
+                offline: 2,
+                unhealthy: 1,
+                updating: 0,
+                inactive: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let page = text(send(&f.app, get("/app", Some(&id))).await).await;
+    assert!(
+        page.contains(r#"aria-labelledby="history-title""#),
+        "{page}"
+    );
+    assert!(page.contains("<polyline"), "{page}");
+    assert!(page.contains("group-unhealthy"));
+    // The text alternative: a table with a row per (shown) sample.
+    assert!(page.contains("As a table"));
+    assert!(
+        page.contains("<td>39</td>"),
+        "the newest sample is in the table"
+    );
+    assert!(!page.contains("<script>"), "no inline script");
 }

@@ -21,6 +21,7 @@ pub mod output;
 pub mod package_policy;
 pub mod permissions;
 pub mod policy;
+pub mod status_history;
 pub mod task;
 
 pub use error::ValidationError;

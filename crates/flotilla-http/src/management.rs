@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use flotilla_api::management::*;
-use flotilla_domain::action::{Action, AgentActionStatus};
+use flotilla_domain::action::{Action, ActionProgress, ActionTarget, AgentActionStatus};
 use flotilla_domain::agent::{Agent, AgentStatus};
 use flotilla_domain::apikey::OperatorApiKey;
 use flotilla_domain::enrollment::EnrollmentApiKey;
@@ -161,6 +161,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(unenroll_agent))
         .routes(routes!(reassign_agent))
         .routes(routes!(list_agent_actions, create_agent_action))
+        .routes(routes!(bulk_reassign))
+        .routes(routes!(bulk_unenroll))
+        .routes(routes!(bulk_update_agent_tags))
+        .routes(routes!(bulk_settings))
+        .routes(routes!(list_action_status))
+        .routes(routes!(get_action_status))
+        .routes(routes!(list_action_agents))
+        .routes(routes!(agent_status_history))
         .routes(routes!(list_api_keys, create_api_key))
         .routes(routes!(revoke_api_key))
 }
@@ -873,6 +881,127 @@ async fn create_agent_action(
     ApiJson(req): ApiJson<CreateAction>,
 ) -> ApiResult<Json<Item<Action>>> {
     Ok(item(s.services.management().create_action(&id, req).await?))
+}
+
+// --- bulk actions ---------------------------------------------------------------
+
+/// Move agents (a list of ids, or a `kuery` string) to a policy: each gets a
+/// `POLICY_REASSIGN` action; follow it at `/api/fleet/agents/action_status`.
+#[utoipa::path(post, path = "/api/fleet/agents/bulk_reassign", tag = "agents", request_body = BulkReassign,
+    responses((status = 200, body = BulkActionCreated), (status = 400, body = ErrorBody)))]
+async fn bulk_reassign(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<BulkReassign>,
+) -> ApiResult<Json<BulkActionCreated>> {
+    let action_id = s.services.management().bulk_reassign(req).await?;
+    Ok(Json(BulkActionCreated { action_id }))
+}
+
+/// Unenrol agents: ask them (an `UNENROLL` action each), or with `revoke`
+/// at once.
+#[utoipa::path(post, path = "/api/fleet/agents/bulk_unenroll", tag = "agents", request_body = BulkUnenroll,
+    responses((status = 200, body = BulkActionCreated), (status = 400, body = ErrorBody)))]
+async fn bulk_unenroll(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<BulkUnenroll>,
+) -> ApiResult<Json<BulkActionCreated>> {
+    let action_id = s.services.management().bulk_unenroll(req).await?;
+    Ok(Json(BulkActionCreated { action_id }))
+}
+
+/// Add and remove tags on agents (applied by the server; the action
+/// records which agents it changed).
+#[utoipa::path(post, path = "/api/fleet/agents/bulk_update_agent_tags", tag = "agents", request_body = BulkUpdateTags,
+    responses((status = 200, body = BulkActionCreated), (status = 400, body = ErrorBody)))]
+async fn bulk_update_agent_tags(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<BulkUpdateTags>,
+) -> ApiResult<Json<BulkActionCreated>> {
+    let action_id = s.services.management().bulk_update_tags(req).await?;
+    Ok(Json(BulkActionCreated { action_id }))
+}
+
+/// Send agents a `SETTINGS` action (log level). Kibana has no bulk route
+/// for it; this one takes the same `agents` selection as the others.
+#[utoipa::path(post, path = "/api/fleet/agents/bulk_settings", tag = "agents", request_body = BulkSettings,
+    responses((status = 200, body = BulkActionCreated), (status = 400, body = ErrorBody)))]
+async fn bulk_settings(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<BulkSettings>,
+) -> ApiResult<Json<BulkActionCreated>> {
+    let action_id = s.services.management().bulk_settings(req).await?;
+    Ok(Json(BulkActionCreated { action_id }))
+}
+
+/// Actions, newest first, with how many of their agents have had them
+/// delivered, acknowledged, failed or are pending (Kibana's route).
+#[utoipa::path(get, path = "/api/fleet/agents/action_status", tag = "agents", params(PageQuery),
+    responses((status = 200, body = List<ActionProgress>), (status = 400, body = ErrorBody)))]
+async fn list_action_status(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<List<ActionProgress>>> {
+    let p = page(q.page, q.per_page)?;
+    Ok(list(s.services.management().action_status(p).await?, p))
+}
+
+/// One action's progress.
+#[utoipa::path(get, path = "/api/fleet/agents/action_status/{id}", tag = "agents", params(("id" = String, Path, description = "The action id")),
+    responses((status = 200, body = Item<ActionProgress>), (status = 404, body = ErrorBody)))]
+async fn get_action_status(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Item<ActionProgress>>> {
+    Ok(item(s.services.management().get_action_status(&id).await?))
+}
+
+/// One action's agents, in id order, each with its outcome (a failed one
+/// with the agent's error, or why the server refused it).
+#[utoipa::path(get, path = "/api/fleet/agents/action_status/{id}/agents", tag = "agents", params(("id" = String, Path, description = "The action id"), PageQuery),
+    responses((status = 200, body = List<ActionTarget>), (status = 404, body = ErrorBody)))]
+async fn list_action_agents(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> ApiResult<Json<List<ActionTarget>>> {
+    let p = page(q.page, q.per_page)?;
+    Ok(list(
+        s.services.management().action_agents(&id, p).await?,
+        p,
+    ))
+}
+
+// --- agent status history ---------------------------------------------------
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// RFC 3339; default a day before `to`.
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// RFC 3339; default now.
+    to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Agents by status over time: one sample per interval (see
+/// `task_manager.status_sample_interval`), oldest first, at most 1440.
+/// Kibana has no such route, hence the `/api/flotilla/` namespace.
+#[utoipa::path(get, path = "/api/flotilla/agent_status_history", tag = "agents", params(HistoryQuery),
+    responses((status = 200, body = Items<flotilla_domain::status_history::StatusSample>), (status = 400, body = ErrorBody)))]
+async fn agent_status_history(
+    _: Operator,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<Items<flotilla_domain::status_history::StatusSample>>> {
+    let items = s.services.agent_status_history(q.from, q.to).await?;
+    Ok(Json(Items { items }))
 }
 
 // --- operator API keys -----------------------------------------------------------

@@ -18,6 +18,7 @@ pub mod packages;
 pub mod retention;
 pub mod secrets;
 pub mod settings;
+pub mod status_history;
 pub mod tasks;
 pub mod verifier;
 

@@ -50,6 +50,7 @@ pub enum Entity {
     DataStream,
     Task,
     CloudConnector,
+    Action,
 }
 
 impl std::fmt::Display for Entity {
@@ -65,6 +66,7 @@ impl std::fmt::Display for Entity {
             Entity::DataStream => "data stream",
             Entity::Task => "task",
             Entity::CloudConnector => "cloud connector",
+            Entity::Action => "action",
         })
     }
 }
@@ -291,6 +293,26 @@ pub struct Enrolment {
     pub replace: Vec<String>,
     /// Whether and how the stored enrollment key counts this use.
     pub key_use: KeyUse,
+}
+
+/// The most agents [`Store::apply_bulk_action`] takes at once.
+pub const BULK_CHUNK: usize = 500;
+
+/// What a bulk action does to each of its agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BulkOperation {
+    /// Move to the policy (a `POLICY_REASSIGN` the agent acknowledges).
+    Reassign { policy_id: String },
+    /// Ask to unenrol (an `UNENROLL` the agent acknowledges), or with
+    /// `revoke` unenrol at once.
+    Unenroll { revoke: bool },
+    /// Add and remove tags (validated), applied by the server.
+    UpdateTags {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+    /// Deliver a `SETTINGS` action.
+    Settings,
 }
 
 /// How an enrolment counts against its stored enrollment key.
@@ -891,6 +913,70 @@ pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'stat
     async fn confirm_delivery(&self, agent_id: &str, token: &str) -> Result<()>;
     /// The agent's actions, newest first, with their delivery and ack state.
     async fn agent_actions(&self, agent_id: &str, page: Page) -> Result<Paged<AgentActionStatus>>;
+    /// Apply a bulk action to one chunk of agents (at most
+    /// [`BULK_CHUNK`]) in one transaction: each gets a target row of the
+    /// action (created before, with no agents), and the operation where it
+    /// applies. An agent it cannot apply to (missing, unenrolled, already
+    /// on the policy) gets a failed target with the reason; one applied by
+    /// the server itself (tags, a revoking unenrolment) an acked target;
+    /// the rest wait for the agent. How many it applied to.
+    async fn apply_bulk_action(
+        &self,
+        action_id: &str,
+        op: &BulkOperation,
+        agent_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// The ids of the agents the filter selects, in id order after
+    /// `after`, at most `limit` (keyset paging: a bulk action by query
+    /// reads the fleet a chunk at a time).
+    async fn agent_ids(
+        &self,
+        filter: &AgentFilter,
+        after: Option<&str>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>>;
+    /// Actions newest first with their agents' progress.
+    async fn action_progress(
+        &self,
+        page: Page,
+        now: DateTime<Utc>,
+    ) -> Result<Paged<flotilla_domain::action::ActionProgress>>;
+    /// One action's progress.
+    async fn get_action_progress(
+        &self,
+        action_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<flotilla_domain::action::ActionProgress>;
+    /// How many agents (unenrolled ones too) are in each derived status
+    /// at `now`, in one read.
+    async fn agent_status_counts(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(flotilla_domain::agent::AgentStatus, u64)>>;
+    /// Record a status sample unless one for its interval (`at`) exists:
+    /// whether this call wrote it.
+    async fn record_status_sample(
+        &self,
+        sample: &flotilla_domain::status_history::StatusSample,
+    ) -> Result<bool>;
+    /// Samples from `from` to `to` (inclusive), oldest first, at most
+    /// `limit` (the newest ones when there are more).
+    async fn status_history(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<flotilla_domain::status_history::StatusSample>>;
+    /// Delete samples older than `before`; how many went.
+    async fn prune_status_history(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// One action's agents and their outcomes, in agent id order.
+    async fn action_targets(
+        &self,
+        action_id: &str,
+        page: Page,
+    ) -> Result<Paged<flotilla_domain::action::ActionTarget>>;
     /// Records the agent's acknowledgement (idempotent).
     async fn ack_action(
         &self,

@@ -244,6 +244,14 @@ pub struct TaskManagerConfig {
     /// past their expiration).
     #[serde(with = "humantime_serde")]
     pub actions_kept: Duration,
+    /// How often agents are counted by status for the status history (the
+    /// overview's chart); one sample per interval whatever the number of
+    /// servers.
+    #[serde(with = "humantime_serde")]
+    pub status_sample_interval: Duration,
+    /// How long status samples are kept.
+    #[serde(with = "humantime_serde")]
+    pub status_history_kept: Duration,
     /// Also grant each user-scoped task a key from the secondary provider.
     pub grant_secondary_api_keys: bool,
     /// Which key a run uses: `primary` or `secondary` (falling back to the
@@ -593,6 +601,8 @@ impl Default for Config {
                 unenroll_inactive_interval: Duration::from_secs(600),
                 runs_kept: Duration::from_secs(7 * 24 * 3600),
                 actions_kept: Duration::from_secs(30 * 24 * 3600),
+                status_sample_interval: Duration::from_secs(60),
+                status_history_kept: Duration::from_secs(14 * 24 * 3600),
                 grant_secondary_api_keys: false,
                 api_key_type: ApiKeyType::Primary,
                 secondary: SecondaryProviderConfig::default(),

@@ -239,6 +239,8 @@ async fn task_manager(
             .then_some(tm.unenroll_inactive_interval),
         runs_kept: tm.runs_kept,
         actions_kept: tm.actions_kept,
+        status_sample_interval: tm.status_sample_interval,
+        status_history_kept: tm.status_history_kept,
         test_types: tm.test_task_types,
         verifier: config
             .verifier

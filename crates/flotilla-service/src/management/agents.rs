@@ -152,6 +152,12 @@ impl Management<'_> {
                 self.create_stored_action(agent_id, action_type, data, req.action.expiration)
                     .await
             }
+            // validate_data refuses it.
+            ActionType::UpdateTags => Err(ValidationError::new(
+                "action.type",
+                "UPDATE_TAGS is made by bulk_update_agent_tags",
+            )
+            .into()),
         }
     }
 

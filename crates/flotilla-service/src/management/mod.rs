@@ -3,6 +3,8 @@
 
 mod agents;
 mod bootstrap;
+mod bulk;
+pub use bulk::MAX_BULK_IDS;
 mod connectors;
 mod console_sessions;
 pub use console_sessions::SignedIn;

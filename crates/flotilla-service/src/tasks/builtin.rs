@@ -37,6 +37,10 @@ pub struct Maintenance {
     /// Actions (and agents' results) are kept this long, expired ones a
     /// day past their expiration.
     pub actions_kept: Duration,
+    /// How often agents are counted by status (the status history).
+    pub status_sample_interval: Duration,
+    /// How long status samples are kept.
+    pub status_history_kept: Duration,
     /// Register the `test:*` types (for the test suite and benchmarks).
     pub test_types: bool,
     /// The permission verifier's tasks (`None`: switched off).
@@ -53,6 +57,8 @@ impl Default for Maintenance {
             unenroll_inactive_interval: Some(Duration::from_secs(600)),
             runs_kept: Duration::from_secs(7 * 86400),
             actions_kept: Duration::from_secs(30 * 86400),
+            status_sample_interval: Duration::from_secs(60),
+            status_history_kept: Duration::from_secs(14 * 86400),
             test_types: false,
             verifier: None,
         }
@@ -65,6 +71,7 @@ pub const RETENTION: &str = "data:retention";
 pub const UNENROLL_INACTIVE: &str = "fleet:unenroll_inactive_agents";
 pub const PRUNE_RUNS: &str = "task_manager:prune_runs";
 pub const EXPIRE_ACTIONS: &str = "fleet:expire_actions";
+pub const SAMPLE_AGENT_STATUS: &str = "fleet:sample_agent_status";
 
 /// The registry of built-in types.
 pub fn registry(m: &Maintenance, strategy: Arc<dyn ApiKeyStrategy>) -> Registry {
@@ -121,6 +128,17 @@ pub fn registry(m: &Maintenance, strategy: Arc<dyn ApiKeyStrategy>) -> Registry 
     def.cost = Cost::Tiny;
     def.max_concurrency = Some(1);
     r.register(def);
+    let mut def = TaskDefinition::new(
+        SAMPLE_AGENT_STATUS,
+        "Count agents by status for the status history",
+        Arc::new(SampleAgentStatus(crate::status_history::Sampling {
+            every: m.status_sample_interval,
+            keep: m.status_history_kept,
+        })),
+    );
+    def.cost = Cost::Tiny;
+    def.max_concurrency = Some(1);
+    r.register(def);
     if let Some(v) = &m.verifier {
         use crate::verifier::{VerifierStatus, VerifyPermissions, STATUS_TASK, VERIFY_TASK};
         let mut def = TaskDefinition::new(
@@ -157,6 +175,7 @@ pub async fn ensure_scheduled(
         (RETENTION, m.retention_interval),
         (PRUNE_RUNS, Duration::from_secs(3600)),
         (EXPIRE_ACTIONS, Duration::from_secs(3600)),
+        (SAMPLE_AGENT_STATUS, m.status_sample_interval),
     ];
     if let Some(i) = m.unenroll_inactive_interval {
         wanted.push((UNENROLL_INACTIVE, i));
@@ -267,6 +286,16 @@ impl TaskRunner for EnforceRetention {
     async fn run(&self, ctx: RunContext) -> Result<RunResult, TaskError> {
         let n = ctx.services.enforce_retention(&self.0, ctx.now).await?;
         Ok(RunResult::with_state(json!({"deleted": n})))
+    }
+}
+
+struct SampleAgentStatus(crate::status_history::Sampling);
+
+#[async_trait]
+impl TaskRunner for SampleAgentStatus {
+    async fn run(&self, ctx: RunContext) -> Result<RunResult, TaskError> {
+        let written = ctx.services.sample_agent_status(&self.0, ctx.now).await?;
+        Ok(RunResult::with_state(json!({"written": written})))
     }
 }
 

@@ -565,6 +565,49 @@ pub(crate) async fn agents_query(
     Ok(Paged { items, total })
 }
 
+/// The ids of the agents `filter` selects after `after`, in id order.
+pub(crate) async fn agent_ids(
+    s: &Engine,
+    filter: &AgentFilter,
+    after: Option<&str>,
+    limit: u32,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
+    let mut args = Args::default();
+    add(&mut args, filter.policy_id.clone())?;
+    add(&mut args, filter.status.map(|s| s.as_str().to_owned()))?;
+    add(&mut args, filter.tag.clone())?;
+    let asks_status = filter
+        .kuery
+        .as_ref()
+        .is_some_and(|k| k.mentions(flotilla_domain::kuery::Field::Status));
+    add(&mut args, filter.show_inactive || asks_status)?;
+    add(&mut args, ms(now))?;
+    add(&mut args, None::<String>)?;
+    add(
+        &mut args,
+        s.offline_after_ms
+            .load(std::sync::atomic::Ordering::Relaxed),
+    )?;
+    add(&mut args, filter.enrollment_api_key_id.clone())?;
+    add(&mut args, after.map(str::to_owned))?;
+    add(&mut args, i64::from(limit))?;
+    let kuery = match &filter.kuery {
+        Some(k) => format!(" AND ({})", super::kuery::compile(k, &mut args, 11)?),
+        None => String::new(),
+    };
+    sqlx::query_scalar_with(
+        sql!(
+            "SELECT a.id{}{kuery} AND ($9 IS NULL OR a.id > $9) ORDER BY a.id LIMIT $10",
+            agent_where_sql!()
+        ),
+        args,
+    )
+    .fetch_all(&s.pool)
+    .await
+    .db()
+}
+
 pub(crate) async fn agent_after_write(s: &Engine, id: &str, now: DateTime<Utc>) -> Result<Agent> {
     s.get_agent(id, now).await
 }

@@ -14,6 +14,7 @@ mod common;
 mod actions;
 mod agents;
 mod api_keys;
+mod bulk;
 mod connectors;
 mod console_sessions;
 mod documents;
@@ -26,6 +27,7 @@ mod output_keys;
 mod outputs;
 mod packages;
 mod policies;
+mod status_history;
 mod tasks;
 
 /// What every resource module uses.
@@ -47,9 +49,9 @@ mod prelude {
     pub(crate) use flotilla_domain::policy::{AgentPolicy, AgentPolicyUpdate, NewAgentPolicy};
     pub(crate) use flotilla_store::Entity;
     pub(crate) use flotilla_store::{
-        ActionAck, AgentFilter, ApiKeyRecord, CheckinRecord, EnrollmentKeyFilter, Enrolment,
-        FleetAgent, KeyUse, NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter, Page, Paged,
-        PolicyFilter, Result, Store, StoreError, StoreEvent,
+        ActionAck, AgentFilter, ApiKeyRecord, BulkOperation, CheckinRecord, EnrollmentKeyFilter,
+        Enrolment, FleetAgent, KeyUse, NewAction, NewAgent, OutputKeyChange, PackagePolicyFilter,
+        Page, Paged, PolicyFilter, Result, Store, StoreError, StoreEvent, BULK_CHUNK,
     };
 }
 
@@ -471,6 +473,77 @@ impl Store for Engine {
 
     async fn confirm_delivery(&self, agent_id: &str, token: &str) -> Result<()> {
         actions::confirm_delivery(self, agent_id, token).await
+    }
+
+    async fn apply_bulk_action(
+        &self,
+        action_id: &str,
+        op: &BulkOperation,
+        agent_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        bulk::apply_bulk_action(self, action_id, op, agent_ids, now).await
+    }
+
+    async fn agent_ids(
+        &self,
+        filter: &AgentFilter,
+        after: Option<&str>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>> {
+        agent_ids(self, filter, after, limit, now).await
+    }
+
+    async fn action_progress(
+        &self,
+        page: Page,
+        now: DateTime<Utc>,
+    ) -> Result<Paged<flotilla_domain::action::ActionProgress>> {
+        bulk::action_progress(self, page, now).await
+    }
+
+    async fn get_action_progress(
+        &self,
+        action_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<flotilla_domain::action::ActionProgress> {
+        bulk::get_action_progress(self, action_id, now).await
+    }
+
+    async fn agent_status_counts(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(flotilla_domain::agent::AgentStatus, u64)>> {
+        status_history::agent_status_counts(self, now).await
+    }
+
+    async fn record_status_sample(
+        &self,
+        sample: &flotilla_domain::status_history::StatusSample,
+    ) -> Result<bool> {
+        status_history::record_status_sample(self, sample).await
+    }
+
+    async fn status_history(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<flotilla_domain::status_history::StatusSample>> {
+        status_history::status_history(self, from, to, limit).await
+    }
+
+    async fn prune_status_history(&self, before: DateTime<Utc>) -> Result<u64> {
+        status_history::prune_status_history(self, before).await
+    }
+
+    async fn action_targets(
+        &self,
+        action_id: &str,
+        page: Page,
+    ) -> Result<Paged<flotilla_domain::action::ActionTarget>> {
+        bulk::action_targets(self, action_id, page).await
     }
 
     async fn agent_actions(&self, agent_id: &str, page: Page) -> Result<Paged<AgentActionStatus>> {

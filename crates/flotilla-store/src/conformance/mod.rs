@@ -76,7 +76,12 @@ macro_rules! conformance_suite {
             policy_rollout_counts_active_agents_on_the_revision,
             enrollment_keys_count_their_uses_and_refuse_once_spent_or_expired,
             concurrent_enrolments_never_exceed_max_uses,
-            agents_are_searched_by_kuery
+            agents_are_searched_by_kuery,
+            bulk_reassign_tracks_each_agent_from_delivery_to_ack,
+            bulk_tags_settings_and_unenrolment_apply_per_agent,
+            bulk_targets_by_kuery_are_read_a_chunk_at_a_time,
+            agent_status_counts_and_history_samples,
+            concurrent_status_samples_write_one_row
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -91,6 +96,7 @@ macro_rules! conformance_suite {
     };
 }
 
+mod bulk;
 mod connectors;
 mod documents;
 mod fleet;
@@ -99,8 +105,10 @@ mod operations;
 mod packages;
 mod races;
 mod sessions;
+mod status_history;
 mod tasks;
 
+pub use bulk::*;
 pub use connectors::*;
 pub use documents::*;
 pub use fleet::*;
@@ -109,6 +117,7 @@ pub use operations::*;
 pub use packages::*;
 pub use races::*;
 pub use sessions::*;
+pub use status_history::*;
 pub use tasks::*;
 
 type S = Arc<dyn Store>;

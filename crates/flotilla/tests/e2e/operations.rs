@@ -316,3 +316,251 @@ async fn agents_are_searched_with_kuery_over_http_and_the_cli() {
     let err = one_line_error(&s.cli(&["agents", "list", "--kuery", "tags:prod or"]));
     assert!(err.contains("kuery"), "{err}");
 }
+
+async fn ack_with(s: &Server, agent: &(String, String), action_id: &str, error: Option<&str>) {
+    let mut ev = json!({"type": "ACTION_RESULT", "subtype": "ACKNOWLEDGED", "agent_id": agent.0,
+        "action_id": action_id, "message": "done", "timestamp": "2026-01-01T00:00:00Z"});
+    if let Some(e) = error {
+        ev["error"] = json!(e);
+    }
+    let r = s
+        .fleet(
+            Method::POST,
+            &format!("/api/fleet/agents/{}/acks", agent.0),
+            Some(&agent.1),
+            Some(json!({"events": [ev]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// A check-in that hands out the action: its ids.
+async fn checkin_for(s: &Server, agent: &(String, String), action_id: &str) {
+    let r = s.checkin(agent, json!({"status": "online"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ids: Vec<&str> = r.body["actions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(ids.contains(&action_id), "{ids:?} {}", r.body);
+}
+
+fn progress(s: &Server, id: &str) -> Value {
+    ok_json(&s.cli(&["actions", "show", id, "--json"]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_actions_by_kuery_are_followed_until_the_agents_ack() {
+    let s = crate::fleet::quick_polls(Server::builder())
+        .start()
+        .unwrap();
+    policy(&s, "web").await;
+    policy(&s, "db").await;
+    let web = token_for(&s, "web").await;
+    let w1 = enroll_as(&s, &web, "web-01", &["prod"]).await;
+    let w2 = enroll_as(&s, &web, "web-02", &["prod"]).await;
+    let w3 = enroll_as(&s, &web, "web-03", &["dev"]).await;
+
+    // Bad input: the contract's errors.
+    for (route, body, status, msg) in [
+        (
+            "bulk_settings",
+            json!({"agents": [], "log_level": "debug"}),
+            400,
+            "agents",
+        ),
+        (
+            "bulk_settings",
+            json!({"agents": "tags:(", "log_level": "debug"}),
+            400,
+            "kuery",
+        ),
+        (
+            "bulk_settings",
+            json!({"agents": "tags:prod", "log_level": "loud"}),
+            400,
+            "log_level",
+        ),
+        (
+            "bulk_reassign",
+            json!({"agents": "tags:prod", "policy_id": "nope"}),
+            400,
+            "policy_id",
+        ),
+        (
+            "bulk_update_agent_tags",
+            json!({"agents": [w1.0.clone()]}),
+            400,
+            "tagsToAdd",
+        ),
+        (
+            "bulk_unenroll",
+            json!({"agents": vec!["x"; 10_001]}),
+            400,
+            "at most",
+        ),
+    ] {
+        assert_error(
+            &s.post(&format!("/api/fleet/agents/{route}"), body).await,
+            status,
+            msg,
+        );
+    }
+    assert_error(
+        &s.get("/api/fleet/agents/action_status/nope").await,
+        404,
+        "",
+    );
+
+    // Settings for the prod agents, by kuery, from the CLI.
+    let made = ok_json(&s.cli(&[
+        "agents",
+        "bulk-settings",
+        "--kuery",
+        "tags:prod",
+        "--log-level",
+        "debug",
+        "--json",
+    ]));
+    let id = made["actionId"].as_str().unwrap().to_owned();
+    let p = progress(&s, &id);
+    assert_eq!(p["action"]["nbAgentsActionCreated"], 2, "{p}");
+    assert_eq!(p["action"]["nbAgentsPending"], 2, "{p}");
+    assert_eq!(p["action"]["status"], "IN_PROGRESS");
+
+    // The agents' check-ins hand it out; their acks settle it.
+    checkin_for(&s, &w1, &id).await;
+    let p = progress(&s, &id);
+    assert_eq!(p["action"]["nbAgentsDelivered"], 1, "{p}");
+    ack_with(&s, &w1, &id, None).await;
+    checkin_for(&s, &w2, &id).await;
+    ack_with(&s, &w2, &id, Some("log level not supported")).await;
+    let p = progress(&s, &id);
+    assert_eq!(p["action"]["status"], "FAILED", "{p}");
+    assert_eq!(p["action"]["nbAgentsAck"], 1);
+    assert_eq!(p["action"]["nbAgentsFailed"], 1);
+    let agents = p["agents"]["items"].as_array().unwrap();
+    let failed: Vec<&Value> = agents.iter().filter(|a| a["outcome"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{p}");
+    assert_eq!(failed[0]["agent_id"], w2.0.as_str());
+    assert_eq!(failed[0]["error"], "log level not supported");
+    // The third agent was never selected.
+    assert!(agents.iter().all(|a| a["agent_id"] != w3.0.as_str()));
+
+    // Tags by kuery: applied by the server, complete at once; the table
+    // and the list.
+    let (st, made) = s
+        .post(
+            "/api/fleet/agents/bulk_update_agent_tags",
+            json!({"agents": "tags:prod", "tagsToAdd": ["blue"], "tagsToRemove": ["prod"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{made}");
+    let tags_id = made["actionId"].as_str().unwrap().to_owned();
+    let p = progress(&s, &tags_id);
+    assert_eq!(p["action"]["status"], "COMPLETE", "{p}");
+    let (_, blue) = s.get(&kuery_path("tags:blue")).await;
+    assert_eq!(ids(&blue), ["web-01", "web-02"]);
+    let listed = ok_json(&s.cli(&["actions", "list", "--json"]));
+    assert!(listed["total"].as_u64().unwrap() >= 2, "{listed}");
+    let table = String::from_utf8_lossy(&s.cli(&["actions", "list"]).stdout).into_owned();
+    assert!(
+        table.contains("DELIVERED") && table.contains(&tags_id),
+        "{table}"
+    );
+
+    // Reassign by ids, waiting on the agent's ack with --wait.
+    let made = ok_json(&s.cli(&[
+        "agents",
+        "bulk-reassign",
+        "--ids",
+        &w3.0,
+        "--policy",
+        "db",
+        "--json",
+    ]));
+    let re_id = made["actionId"].as_str().unwrap().to_owned();
+    let (_, a3) = s.get(&format!("/api/fleet/agents/{}", w3.0)).await;
+    assert_eq!(a3["item"]["policy_id"], "db");
+    checkin_for(&s, &w3, &re_id).await;
+    ack_with(&s, &w3, &re_id, None).await;
+    let out = s.cli(&["actions", "show", &re_id, "--wait"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("COMPLETE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The CLI's errors: one line, non-zero.
+    let err = one_line_error(&s.cli(&[
+        "agents",
+        "bulk-reassign",
+        "--kuery",
+        "tags:(",
+        "--policy",
+        "db",
+    ]));
+    assert!(err.contains("kuery"), "{err}");
+    let err = one_line_error(&s.cli(&["actions", "show", "nope"]));
+    assert!(err.contains("not found"), "{err}");
+}
+
+/// The status history: the sampler task records agents by status every
+/// interval; the API returns the samples, and the OpenAPI document names
+/// the new routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_status_history_is_sampled_by_a_task() {
+    let s = Server::builder()
+        .env("FLOTILLA_TASK_MANAGER__STATUS_SAMPLE_INTERVAL", "1s")
+        .start()
+        .unwrap();
+    policy(&s, "web").await;
+    let web = token_for(&s, "web").await;
+    enroll_as(&s, &web, "h-01", &[]).await;
+    // Wait (bounded) for a sample that counts the agent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let sample = loop {
+        let (st, got) = s.get("/api/flotilla/agent_status_history").await;
+        assert_eq!(st, 200, "{got}");
+        if let Some(x) = got["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["updating"] == 1)
+        {
+            break x.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no sample: {got}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    for k in ["online", "offline", "unhealthy", "inactive"] {
+        assert!(sample[k].is_u64(), "{sample}");
+    }
+    assert_error(
+        &s.get(
+            "/api/flotilla/agent_status_history?from=2030-01-01T00:00:00Z&to=2020-01-01T00:00:00Z",
+        )
+        .await,
+        400,
+        "from",
+    );
+    assert_error(
+        &s.get("/api/flotilla/agent_status_history?from=yesterday")
+            .await,
+        400,
+        "",
+    );
+    let (_, doc) = s.get("/api/fleet/openapi.json").await;
+    for path in [
+        "/api/fleet/agents/bulk_reassign",
+        "/api/fleet/agents/bulk_unenroll",
+        "/api/fleet/agents/bulk_update_agent_tags",
+        "/api/fleet/agents/bulk_settings",
+        "/api/fleet/agents/action_status",
+        "/api/fleet/agents/action_status/{id}/agents",
+        "/api/flotilla/agent_status_history",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+}
