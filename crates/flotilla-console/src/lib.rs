@@ -16,10 +16,12 @@ mod auth;
 mod error;
 mod integrations;
 mod layout;
+mod multipart;
 mod overview;
 mod policies;
 mod settings;
 mod tokens;
+mod varform;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +107,17 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}/revoke", post(tokens::revoke))
         .route("/integrations", get(integrations::list))
+        .route(
+            "/integrations/upload",
+            post(integrations::upload).layer(axum::extract::DefaultBodyLimit::max(
+                integrations::MAX_UPLOAD_BYTES + (64 << 10),
+            )),
+        )
+        .route("/integrations/{name}", get(integrations::detail))
+        .route(
+            "/integrations/{name}/add",
+            get(integrations::add_form).post(integrations::add),
+        )
         .route("/data", get(settings::data))
         .route("/settings", get(settings::settings))
         .route("/assets/{name}", get(assets::serve))

@@ -153,6 +153,8 @@ const PAGES: &[&str] = &[
     "/app/policies/some-policy/edit",
     "/app/tokens",
     "/app/integrations",
+    "/app/integrations/nginx",
+    "/app/integrations/nginx/add",
     "/app/data",
     "/app/settings",
 ];
@@ -163,6 +165,8 @@ const POSTS: &[&str] = &[
     "/app/policies/some-policy",
     "/app/tokens",
     "/app/tokens/some-token/revoke",
+    "/app/integrations/upload",
+    "/app/integrations/nginx/add",
 ];
 
 #[tokio::test]
@@ -546,4 +550,244 @@ async fn editing_a_policy_makes_a_revision_only_when_something_changed() {
     let page = text(send(&f.app, get(&location, Some(&id))).await).await;
     assert!(page.contains("now described") && page.contains("Rollout of revision"));
     assert!(page.contains("no agents"));
+}
+
+/// A multipart upload as the package form sends it.
+fn upload(cookie: &str, csrf: Option<&str>, file: &[u8]) -> Request<Body> {
+    let mut body = Vec::new();
+    if let Some(t) = csrf {
+        body.extend_from_slice(
+            format!("--BOUNDARY\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{t}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        b"--BOUNDARY\r\nContent-Disposition: form-data; name=\"package\"; filename=\"p.zip\"\r\n\
+Content-Type: application/zip\r\n\r\n",
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(b"\r\n--BOUNDARY--\r\n");
+    Request::post("/app/integrations/upload")
+        .header(header::HOST, HOST)
+        .header("origin", ORIGIN)
+        .header("sec-fetch-site", "same-origin")
+        .header(
+            header::CONTENT_TYPE,
+            "multipart/form-data; boundary=BOUNDARY",
+        )
+        .header(header::COOKIE, format!("{SESSION_COOKIE}={cookie}"))
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// The built-in nginx package as another version, zipped.
+fn nginx_zip(version: &str) -> Vec<u8> {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../flotilla-packages/builtin/nginx-1.20.0");
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join(format!("nginx-{version}"));
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&src, &dst);
+    let manifest = dst.join("manifest.yml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("version: 1.20.0", &format!("version: {version}"));
+    std::fs::write(&manifest, text).unwrap();
+    flotilla_packages::archive::zip_dir(&dst).unwrap()
+}
+
+#[tokio::test]
+async fn packages_are_installed_by_upload_and_bad_archives_are_refused() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let page = text(send(&f.app, get("/app/integrations", Some(&id))).await).await;
+    assert!(page.contains(r#"enctype="multipart/form-data""#) && page.contains(r#"type="file""#));
+
+    // Without the token nothing is read into the store.
+    let res = send(&f.app, upload(&id, None, &nginx_zip("1.20.1"))).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = send(&f.app, upload(&id, Some("guess"), &nginx_zip("1.20.1"))).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // Not a package: a clear message on the page.
+    let res = send(&f.app, upload(&id, Some(&token), b"this is not a zip")).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let page = text(res).await;
+    assert!(
+        page.contains("That is not an installable package"),
+        "{page}"
+    );
+    assert!(page.contains(r#"role="alert""#));
+    // No file chosen.
+    let res = send(&f.app, upload(&id, Some(&token), b"")).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(text(res).await.contains("Choose a package archive"));
+    // Not a form at all.
+    let mut req = upload(&id, Some(&token), b"x");
+    req.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/zip".parse().unwrap());
+    assert_eq!(send(&f.app, req).await.status(), StatusCode::BAD_REQUEST);
+
+    // A good one is installed and linked.
+    let res = send(&f.app, upload(&id, Some(&token), &nginx_zip("1.20.1"))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(
+        page.contains("Installed") && page.contains("/app/integrations/nginx?version=1.20.1"),
+        "{page}"
+    );
+    let listed = f.services.management().list_packages().await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|p| p.name == "nginx" && p.version == "1.20.1"));
+    // The same version with other content is a conflict, said so.
+    let mut other = nginx_zip("1.20.1");
+    other.truncate(10);
+    let res = send(&f.app, upload(&id, Some(&token), &other)).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // Its page shows the templates and inputs.
+    let res = send(
+        &f.app,
+        get("/app/integrations/nginx?version=1.20.1", Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(
+        page.contains("logfile")
+            && page.contains("nginx.access")
+            && page.contains("Add to a policy")
+    );
+    let res = send(&f.app, get("/app/integrations/no-such-package", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn an_integration_is_added_through_the_form_generated_from_its_variables() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[("csrf", &token), ("name", "web")],
+        ),
+    )
+    .await;
+    let policy = res.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let res = send(
+        &f.app,
+        get(
+            &format!("/app/integrations/nginx/add?policy={policy}"),
+            Some(&id),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    // The access stream's paths: a multi var, so a textarea with its
+    // defaults one a line, marked required; tags under advanced options.
+    assert!(page.contains(r#"name="s:0:0:paths""#), "{page}");
+    assert!(page.contains("/var/log/nginx/access.log"));
+    assert!(page.contains("(required)") && page.contains("Advanced options"));
+    assert!(page.contains(r#"name="se:0:0""#) && page.contains(r#"name="ie:0""#));
+    let action = "/app/integrations/nginx/add?version=1.20.0";
+
+    // Without the token: refused, nothing made.
+    let res = send(
+        &f.app,
+        post(action, Some(&id), &[("name", "x"), ("policy_id", &policy)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // A required field left empty: refused, the error beside the field.
+    let base = vec![
+        ("csrf", token.as_str()),
+        ("name", "nginx-web"),
+        ("policy_id", policy.as_str()),
+        ("ie:0", "on"),
+        ("se:0:0", "on"),
+        ("se:0:1", "on"),
+        ("s:0:1:paths", "/var/log/nginx/error.log"),
+    ];
+    let mut empty = base.clone();
+    empty.push(("s:0:0:paths", "  "));
+    let res = send(&f.app, post(action, Some(&id), &empty)).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let page = text(res).await;
+    assert!(page.contains("1 field needs attention"), "{page}");
+    assert!(page.contains(r#"class="field-error""#) && page.contains("is required"));
+    assert!(page.contains(r#"aria-invalid="true""#));
+    // The submitted values are kept.
+    assert!(page.contains("/var/log/nginx/error.log"));
+
+    // With the stream off, its required field is not asked for.
+    let mut off = base.clone();
+    off.retain(|(k, _)| *k != "se:0:0");
+    off.push(("s:0:0:paths", ""));
+    let res = send(&f.app, post(action, Some(&id), &off)).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "{}", text(res).await);
+
+    // Filled in: made through the service, then the policy is shown.
+    let mut good = base.clone();
+    good[1] = ("name", "nginx-web-2");
+    good.push(("s:0:0:paths", "/srv/a.log\n/srv/b.log\n"));
+    let res = send(&f.app, post(action, Some(&id), &good)).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        res.headers()[header::LOCATION],
+        format!("/app/policies/{policy}")
+    );
+    let made = f
+        .services
+        .management()
+        .list_package_policies(
+            &flotilla_store::PackagePolicyFilter {
+                policy_id: Some(policy.clone()),
+                package_name: None,
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.total, 2);
+    let pp = made.items.iter().find(|p| p.name == "nginx-web-2").unwrap();
+    let access = &pp.inputs[0].streams[0];
+    assert!(access.enabled);
+    assert_eq!(
+        access.vars["paths"].value,
+        Some(serde_json::json!(["/srv/a.log", "/srv/b.log"]))
+    );
+    let off = made.items.iter().find(|p| p.name == "nginx-web").unwrap();
+    assert!(!off.inputs[0].streams[0].enabled);
+    let page = text(send(&f.app, get(&format!("/app/policies/{policy}"), Some(&id))).await).await;
+    assert!(page.contains("nginx-web-2"));
+
+    // A name taken is said so on the form, not as a bare error page.
+    let res = send(&f.app, post(action, Some(&id), &good)).await;
+    assert!(res.status().is_client_error());
+    assert!(text(res).await.contains("Not added"));
 }
