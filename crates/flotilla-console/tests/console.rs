@@ -791,3 +791,72 @@ async fn an_integration_is_added_through_the_form_generated_from_its_variables()
     assert!(res.status().is_client_error());
     assert!(text(res).await.contains("Not added"));
 }
+
+#[tokio::test]
+async fn a_token_may_expire_and_run_out_and_the_list_shows_its_uses() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[("csrf", &token), ("name", "limited")],
+        ),
+    )
+    .await;
+    let policy = res.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    for (expires, uses, message) in [("7w", "", "Expires in"), ("", "0", "Agents it may enrol")] {
+        let res = send(
+            &f.app,
+            post(
+                "/app/tokens",
+                Some(&id),
+                &[
+                    ("csrf", &token),
+                    ("policy_id", &policy),
+                    ("expires_in", expires),
+                    ("max_uses", uses),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert!(text(res).await.contains(message));
+    }
+    let res = send(
+        &f.app,
+        post(
+            "/app/tokens",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("policy_id", &policy),
+                ("name", "ten"),
+                ("expires_in", "2d"),
+                ("max_uses", "10"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(page.contains("0 of 10"), "{page}");
+    let keys = f
+        .services
+        .management()
+        .list_enrollment_keys(&Default::default(), Default::default())
+        .await
+        .unwrap();
+    let key = keys.items.iter().find(|k| k.name == "ten").unwrap();
+    assert_eq!(key.max_uses, Some(10));
+    let left = key.expiration.unwrap() - Utc::now();
+    assert!(left > chrono::Duration::hours(47) && left <= chrono::Duration::hours(48));
+}
