@@ -5,7 +5,8 @@
 //! database, known by the SHA-256 of their id), puts no secret in a URL
 //! and runs no inline script (its one script is an embedded file served
 //! under a `script-src 'self'` policy). Pages are plain HTML forms; the
-//! script only adds conveniences (a copy button), so every page works
+//! script only adds conveniences (copy buttons, the event browser's live
+//! tail), so every page works
 //! without it. Every table is paged on the server.
 
 #![warn(unreachable_pub)]
@@ -14,6 +15,7 @@ mod agents;
 mod assets;
 mod auth;
 mod error;
+mod events;
 mod integrations;
 mod layout;
 mod multipart;
@@ -119,6 +121,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
             get(integrations::add_form).post(integrations::add),
         )
         .route("/data", get(settings::data))
+        .route("/data/{name}", get(events::browse))
+        .route("/data/{name}/tail", get(events::tail))
         .route("/settings", get(settings::settings))
         .route("/assets/{name}", get(assets::serve))
         .fallback(error::not_found)

@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use flotilla_api::management::CreateOperatorKey;
 use flotilla_console::{ConsoleSettings, ConsoleState, SESSION_COOKIE};
 use flotilla_service::crypto::Sealer;
-use flotilla_service::tasks::ManualClock;
+use flotilla_service::tasks::{Clock, ManualClock};
 use flotilla_service::{FleetSettings, Services};
 
 const ADMIN_KEY: &str = "console-test-admin-key-0123456789abcdef";
@@ -27,6 +27,8 @@ const ORIGIN: &str = "http://console.test:8220";
 struct Fixture {
     app: Router,
     services: Services,
+    /// Only to put documents in, as `_bulk` would.
+    store: Arc<dyn flotilla_store::Store>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
@@ -37,7 +39,7 @@ async fn fixture_with(settings: ConsoleSettings) -> Fixture {
         .await
         .unwrap();
     let services = Services::new(
-        store,
+        store.clone(),
         FleetSettings::default(),
         Sealer::from_secret(b"test key for the console tests"),
     );
@@ -57,6 +59,7 @@ async fn fixture_with(settings: ConsoleSettings) -> Fixture {
     Fixture {
         app,
         services,
+        store,
         clock,
         _dir: dir,
     }
@@ -156,6 +159,8 @@ const PAGES: &[&str] = &[
     "/app/integrations/nginx",
     "/app/integrations/nginx/add",
     "/app/data",
+    "/app/data/logs-x-default",
+    "/app/data/logs-x-default/tail",
     "/app/settings",
 ];
 
@@ -859,4 +864,115 @@ async fn a_token_may_expire_and_run_out_and_the_list_shows_its_uses() {
     assert_eq!(key.max_uses, Some(10));
     let left = key.expiration.unwrap() - Utc::now();
     assert!(left > chrono::Duration::hours(47) && left <= chrono::Duration::hours(48));
+}
+
+#[tokio::test]
+async fn the_event_browser_pages_searches_and_tails_a_data_stream() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let now = f.clock.now();
+    let stream = "logs-web.access-default";
+    let docs: Vec<flotilla_store::NewDocument> = (0..30)
+        .map(|i| {
+            let t = now - chrono::Duration::minutes(i64::from(i) * 10);
+            flotilla_store::NewDocument {
+                id: format!("d{i}"),
+                data_stream: stream.into(),
+                timestamp: t,
+                source: serde_json::json!({
+                    "@timestamp": t.to_rfc3339(),
+                    "message": format!("GET /page/{i} <b>bold</b>"),
+                })
+                .to_string(),
+            }
+        })
+        .collect();
+    f.store.insert_documents(&docs, now).await.unwrap();
+
+    let data = text(send(&f.app, get("/app/data", Some(&id))).await).await;
+    assert!(data.contains(&format!("/app/data/{stream}")));
+
+    // The last hour: 7 events (0..60 minutes ago, the start inclusive), newest first, escaped.
+    let res = send(
+        &f.app,
+        get(&format!("/app/data/{stream}?range=1h"), Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(page.contains("7 in all"), "{page}");
+    assert!(page.find("/page/0 ").unwrap() < page.find("/page/5 ").unwrap());
+    assert!(!page.contains("/page/7 "));
+    assert!(page.contains("&lt;b&gt;bold") && !page.contains("<b>bold"));
+    assert!(page.contains(r#"data-tail="/app/data/logs-web.access-default/tail?after="#));
+    assert!(page.contains(r#"id="e-refresh""#));
+    // All time, paged 25 a page on the server.
+    let page = text(
+        send(
+            &f.app,
+            get(&format!("/app/data/{stream}?range=all&page=2"), Some(&id)),
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        page.contains("Page 2 of 2") && page.contains("/page/29 ") && !page.contains("/page/4 ")
+    );
+    // Text search.
+    let page = text(
+        send(
+            &f.app,
+            get(
+                &format!("/app/data/{stream}?range=all&q=%2Fpage%2F17+"),
+                Some(&id),
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert!(page.contains("1 in all"), "{page}");
+    // Bad input: a clear page, no panic.
+    let long = "x".repeat(300);
+    let res = send(
+        &f.app,
+        get(&format!("/app/data/{stream}?q={long}"), Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = send(&f.app, get("/app/data/logs-none-default", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // The tail: what came after the cursor, oldest first, and the next cursor.
+    let after = (now - chrono::Duration::minutes(25)).timestamp_millis();
+    let res = send(
+        &f.app,
+        get(&format!("/app/data/{stream}/tail?after={after}"), Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    let body: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    assert!(events[0]["summary"].as_str().unwrap().contains("/page/2 "));
+    assert_eq!(body["after"], now.timestamp_millis().to_string());
+    let res = send(
+        &f.app,
+        get(
+            &format!(
+                "/app/data/{stream}/tail?after={}",
+                body["after"].as_str().unwrap()
+            ),
+            Some(&id),
+        ),
+    )
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    assert!(body["events"].as_array().unwrap().is_empty());
+    let res = send(
+        &f.app,
+        get(&format!("/app/data/{stream}/tail?after=soon"), Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
 }
