@@ -17,16 +17,18 @@ pub(crate) enum Nav {
     Integrations,
     Tokens,
     Data,
+    Tasks,
     Settings,
 }
 
-const SECTIONS: [(Nav, &str, &str); 7] = [
+const SECTIONS: [(Nav, &str, &str); 8] = [
     (Nav::Overview, "", "Overview"),
     (Nav::Agents, "/agents", "Agents"),
     (Nav::Policies, "/policies", "Policies"),
     (Nav::Integrations, "/integrations", "Integrations"),
     (Nav::Tokens, "/tokens", "Enrollment tokens"),
     (Nav::Data, "/data", "Data"),
+    (Nav::Tasks, "/tasks", "Tasks"),
     (Nav::Settings, "/settings", "Settings"),
 ];
 

@@ -22,6 +22,7 @@ mod multipart;
 mod overview;
 mod policies;
 mod settings;
+mod tasks;
 mod tokens;
 mod varform;
 
@@ -73,6 +74,9 @@ pub struct ConsoleState {
     pub settings: Arc<ConsoleSettings>,
     /// Session expiry is checked against this clock (tests move it).
     pub clock: Arc<dyn Clock>,
+    /// This instance's task manager, for the Tasks page (`None`: it does
+    /// not run here, and the page says so).
+    pub tasks: Option<Arc<flotilla_service::tasks::TaskManager>>,
 }
 
 impl ConsoleState {
@@ -81,7 +85,13 @@ impl ConsoleState {
             services,
             settings: Arc::new(settings),
             clock: Arc::new(flotilla_service::tasks::SystemClock),
+            tasks: None,
         }
+    }
+
+    pub fn with_tasks(mut self, tasks: Option<Arc<flotilla_service::tasks::TaskManager>>) -> Self {
+        self.tasks = tasks;
+        self
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -124,6 +134,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/data/{name}", get(events::browse))
         .route("/data/{name}/tail", get(events::tail))
         .route("/settings", get(settings::settings))
+        .route("/tasks", get(tasks::list))
+        .route("/tasks/{id}/{verb}", post(tasks::act))
         .route("/assets/{name}", get(assets::serve))
         .fallback(error::not_found)
         .layer(middleware::from_fn(auth::same_origin_posts))

@@ -162,6 +162,7 @@ const PAGES: &[&str] = &[
     "/app/data/logs-x-default",
     "/app/data/logs-x-default/tail",
     "/app/settings",
+    "/app/tasks",
 ];
 
 const POSTS: &[&str] = &[
@@ -172,6 +173,8 @@ const POSTS: &[&str] = &[
     "/app/tokens/some-token/revoke",
     "/app/integrations/upload",
     "/app/integrations/nginx/add",
+    "/app/tasks/some-task/run",
+    "/app/tasks/some-task/disable",
 ];
 
 #[tokio::test]
@@ -975,4 +978,26 @@ async fn the_event_browser_pages_searches_and_tails_a_data_stream() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_tasks_page_says_when_no_task_manager_runs_here() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(&f.app, get("/app/tasks", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(text(res).await.contains("does not run on this instance"));
+    let res = send(
+        &f.app,
+        post("/app/tasks/t/run", Some(&id), &[("back", "/app/tasks")]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let res = send(
+        &f.app,
+        post("/app/tasks/t/run", Some(&id), &[("csrf", &token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
