@@ -18,10 +18,11 @@ pub(crate) enum Nav {
     Tokens,
     Data,
     Tasks,
+    Connectors,
     Settings,
 }
 
-const SECTIONS: [(Nav, &str, &str); 8] = [
+const SECTIONS: [(Nav, &str, &str); 9] = [
     (Nav::Overview, "", "Overview"),
     (Nav::Agents, "/agents", "Agents"),
     (Nav::Policies, "/policies", "Policies"),
@@ -29,6 +30,7 @@ const SECTIONS: [(Nav, &str, &str); 8] = [
     (Nav::Tokens, "/tokens", "Enrollment tokens"),
     (Nav::Data, "/data", "Data"),
     (Nav::Tasks, "/tasks", "Tasks"),
+    (Nav::Connectors, "/connectors", "Cloud connectors"),
     (Nav::Settings, "/settings", "Settings"),
 ];
 

@@ -14,6 +14,7 @@
 mod agents;
 mod assets;
 mod auth;
+mod connectors;
 mod error;
 mod events;
 mod integrations;
@@ -135,6 +136,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/data/{name}/tail", get(events::tail))
         .route("/settings", get(settings::settings))
         .route("/tasks", get(tasks::list))
+        .route("/connectors", get(connectors::list))
+        .route("/connectors/{id}/verify", post(connectors::verify))
         .route("/tasks/{id}/{verb}", post(tasks::act))
         .route("/assets/{name}", get(assets::serve))
         .fallback(error::not_found)

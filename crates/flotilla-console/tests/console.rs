@@ -163,6 +163,7 @@ const PAGES: &[&str] = &[
     "/app/data/logs-x-default/tail",
     "/app/settings",
     "/app/tasks",
+    "/app/connectors",
 ];
 
 const POSTS: &[&str] = &[
@@ -175,6 +176,7 @@ const POSTS: &[&str] = &[
     "/app/integrations/nginx/add",
     "/app/tasks/some-task/run",
     "/app/tasks/some-task/disable",
+    "/app/connectors/some-connector/verify",
 ];
 
 #[tokio::test]
@@ -1000,4 +1002,46 @@ async fn the_tasks_page_says_when_no_task_manager_runs_here() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_connectors_page_shows_verification_and_never_a_secret() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let vars: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({
+            "role_arn": "arn:aws:iam::123456789012:role/flotilla",
+            "external_id": "very-secret-external-id",
+        }))
+        .unwrap();
+    let c = f
+        .services
+        .management()
+        .create_connector(flotilla_api::connectors::CreateCloudConnector {
+            id: None,
+            name: "prod account".into(),
+            cloud_provider: flotilla_domain::connector::CloudProvider::Aws,
+            account_type: None,
+            vars,
+        })
+        .await
+        .unwrap();
+    let res = send(&f.app, get("/app/connectors", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(
+        page.contains("prod account") && page.contains("not verified"),
+        "{page}"
+    );
+    assert!(!page.contains("very-secret-external-id"));
+    let verify = format!("/app/connectors/{}/verify", c.id);
+    assert!(page.contains(&verify));
+    // Without the token: refused. With it: unused, so nothing to verify,
+    // said so.
+    let res = send(&f.app, post(&verify, Some(&id), &[])).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = send(&f.app, post(&verify, Some(&id), &[("csrf", &token)])).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(text(res).await.contains("not used by any integration"));
 }

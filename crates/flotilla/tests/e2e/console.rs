@@ -261,6 +261,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
         "/data/logs-nginx.access-prod",
         "/settings",
         "/tasks",
+        "/connectors",
     ] {
         c.goto(&format!("{app}{page}")).await.unwrap();
         assert_eq!(path_of(&c).await, "/app/sign-in", "{page}");
@@ -507,6 +508,9 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .unwrap()
         .is_empty());
     shots.take(&c, "tasks").await;
+    c.goto(&format!("{app}/connectors")).await.unwrap();
+    heading(&c, "Cloud connectors").await;
+    shots.take(&c, "connectors").await;
     click(
         &c,
         "#tasks tbody tr:first-child form[action$='/run'] button",
