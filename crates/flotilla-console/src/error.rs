@@ -18,6 +18,7 @@ pub(crate) enum ConsoleError {
     NotFound(String),
     Invalid(String),
     Conflict(String),
+    TooLarge(String),
     Unavailable(String),
     Internal,
 }
@@ -46,6 +47,7 @@ impl IntoResponse for ConsoleError {
             ConsoleError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ConsoleError::Invalid(m) => (StatusCode::BAD_REQUEST, m),
             ConsoleError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ConsoleError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ConsoleError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ConsoleError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,

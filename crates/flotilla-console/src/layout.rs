@@ -17,16 +17,20 @@ pub(crate) enum Nav {
     Integrations,
     Tokens,
     Data,
+    Tasks,
+    Connectors,
     Settings,
 }
 
-const SECTIONS: [(Nav, &str, &str); 7] = [
+const SECTIONS: [(Nav, &str, &str); 9] = [
     (Nav::Overview, "", "Overview"),
     (Nav::Agents, "/agents", "Agents"),
     (Nav::Policies, "/policies", "Policies"),
     (Nav::Integrations, "/integrations", "Integrations"),
     (Nav::Tokens, "/tokens", "Enrollment tokens"),
     (Nav::Data, "/data", "Data"),
+    (Nav::Tasks, "/tasks", "Tasks"),
+    (Nav::Connectors, "/connectors", "Cloud connectors"),
     (Nav::Settings, "/settings", "Settings"),
 ];
 

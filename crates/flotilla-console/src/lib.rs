@@ -5,7 +5,8 @@
 //! database, known by the SHA-256 of their id), puts no secret in a URL
 //! and runs no inline script (its one script is an embedded file served
 //! under a `script-src 'self'` policy). Pages are plain HTML forms; the
-//! script only adds conveniences (a copy button), so every page works
+//! script only adds conveniences (copy buttons, the event browser's live
+//! tail), so every page works
 //! without it. Every table is paged on the server.
 
 #![warn(unreachable_pub)]
@@ -14,13 +15,18 @@ mod actions;
 mod agents;
 mod assets;
 mod auth;
+mod connectors;
 mod error;
+mod events;
 mod integrations;
 mod layout;
+mod multipart;
 mod overview;
 mod policies;
 mod settings;
+mod tasks;
 mod tokens;
+mod varform;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +76,9 @@ pub struct ConsoleState {
     pub settings: Arc<ConsoleSettings>,
     /// Session expiry is checked against this clock (tests move it).
     pub clock: Arc<dyn Clock>,
+    /// This instance's task manager, for the Tasks page (`None`: it does
+    /// not run here, and the page says so).
+    pub tasks: Option<Arc<flotilla_service::tasks::TaskManager>>,
 }
 
 impl ConsoleState {
@@ -78,7 +87,13 @@ impl ConsoleState {
             services,
             settings: Arc::new(settings),
             clock: Arc::new(flotilla_service::tasks::SystemClock),
+            tasks: None,
         }
+    }
+
+    pub fn with_tasks(mut self, tasks: Option<Arc<flotilla_service::tasks::TaskManager>>) -> Self {
+        self.tasks = tasks;
+        self
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -109,8 +124,25 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/{id}/revoke", post(tokens::revoke))
         .route("/integrations", get(integrations::list))
+        .route(
+            "/integrations/upload",
+            post(integrations::upload).layer(axum::extract::DefaultBodyLimit::max(
+                integrations::MAX_UPLOAD_BYTES + (64 << 10),
+            )),
+        )
+        .route("/integrations/{name}", get(integrations::detail))
+        .route(
+            "/integrations/{name}/add",
+            get(integrations::add_form).post(integrations::add),
+        )
         .route("/data", get(settings::data))
+        .route("/data/{name}", get(events::browse))
+        .route("/data/{name}/tail", get(events::tail))
         .route("/settings", get(settings::settings))
+        .route("/tasks", get(tasks::list))
+        .route("/connectors", get(connectors::list))
+        .route("/connectors/{id}/verify", post(connectors::verify))
+        .route("/tasks/{id}/{verb}", post(tasks::act))
         .route("/assets/{name}", get(assets::serve))
         .fallback(error::not_found)
         .layer(middleware::from_fn(auth::same_origin_posts))

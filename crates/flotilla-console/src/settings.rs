@@ -92,7 +92,7 @@ pub(crate) async fn data(
         items: all[start..end].to_vec(),
     };
     let body = html! {
-        p .muted { "Data streams of the embedded output. The event browser comes with a later change." }
+        p .muted { "Data streams of the embedded output; open one to browse its events." }
         @if shown.items.is_empty() {
             p .empty { "No data yet: agents write here once a policy's integrations collect something." }
         } @else {
@@ -104,7 +104,7 @@ pub(crate) async fn data(
                 } }
                 tbody { @for d in &shown.items {
                     tr {
-                        td { code { (d.name) } } td { (d.documents) } td { (d.size_bytes / 1024) " KiB" }
+                        td { a href={(crate::BASE) "/data/" (d.name)} { code { (d.name) } } } td { (d.documents) } td { (d.size_bytes / 1024) " KiB" }
                         td { (when_opt(d.last_event)) } td { (when(d.created_at)) }
                     }
                 } }

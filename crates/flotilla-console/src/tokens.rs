@@ -35,6 +35,46 @@ pub(crate) struct CreateForm {
     policy_id: String,
     #[serde(default)]
     name: String,
+    #[serde(default)]
+    expires_in: String,
+    #[serde(default)]
+    max_uses: String,
+}
+
+/// A lifetime as the form takes it: a whole number and a unit (`30m`,
+/// `12h`, `7d`); empty: none.
+fn parse_expires_in(raw: &str) -> Result<Option<chrono::Duration>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("“{raw}” is not a lifetime: write a number and m, h or d (30m, 12h, 7d)");
+    let (n, unit) = raw.split_at(raw.len() - raw.chars().last().map_or(0, char::len_utf8));
+    let n: i64 = n.trim().parse().map_err(|_| bad())?;
+    if !(1..=36_500 * 24 * 60).contains(&n) {
+        return Err(bad());
+    }
+    match unit {
+        "m" => Ok(Some(chrono::Duration::minutes(n))),
+        "h" => Ok(Some(chrono::Duration::hours(n))),
+        "d" => Ok(Some(chrono::Duration::days(n))),
+        _ => Err(bad()),
+    }
+    .and_then(|d| match d {
+        Some(d) if d > chrono::Duration::days(36_500) => Err(bad()),
+        d => Ok(d),
+    })
+}
+
+fn parse_max_uses(raw: &str) -> Result<Option<u64>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    match raw.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => Err(format!("“{raw}” is not a number of agents (1 or more)")),
+    }
 }
 
 /// A token just made: shown on this one response, never again.
@@ -108,6 +148,16 @@ async fn view(
                         label for="t-name" { "Name (optional)" }
                         input #t-name type="text" name="name" maxlength="256";
                     }
+                    div .field {
+                        label for="t-expires" { "Expires in (optional)" }
+                        input #t-expires type="text" name="expires_in" maxlength="16" placeholder="7d" aria-describedby="t-expires-hint";
+                        span .hint #t-expires-hint { "30m, 12h, 7d; empty: never" }
+                    }
+                    div .field {
+                        label for="t-uses" { "Agents it may enrol (optional)" }
+                        input #t-uses type="number" min="1" step="1" name="max_uses" aria-describedby="t-uses-hint";
+                        span .hint #t-uses-hint { "empty: any number" }
+                    }
                     div .field .actions { button type="submit" { "Create token" } }
                 }
             }
@@ -120,7 +170,8 @@ async fn view(
                 div .table-wrap { table {
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Policy" } th scope="col" { "Starts with" }
-                        th scope="col" { "Created" } th scope="col" { "State" } th scope="col" { span .visually-hidden { "Actions" } }
+                        th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Uses" }
+                        th scope="col" { "State" } th scope="col" { span .visually-hidden { "Actions" } }
                     } }
                     tbody { @for t in &tokens.items {
                         tr {
@@ -128,6 +179,8 @@ async fn view(
                             td { a href={(BASE) "/policies/" (t.policy_id)} { (policies.items.iter().find(|p| p.id == t.policy_id).map(|p| p.name.as_str()).unwrap_or(&t.policy_id)) } }
                             td { code { (t.hint) "…" } }
                             td { (when(t.created_at)) }
+                            td { @if let Some(e) = t.expiration { (when(e)) } @else { span .muted { "never" } } }
+                            td { (t.uses) @if let Some(m) = t.max_uses { " of " (m) } }
                             td { @if t.active { "active" } @else { span .muted { "revoked" } } }
                             td {
                                 @if t.active {
@@ -181,17 +234,30 @@ pub(crate) async fn create(
 ) -> Result<Response, ConsoleError> {
     session.check_csrf(&form.csrf)?;
     let name = Some(form.name.trim().to_owned()).filter(|n| !n.is_empty());
+    let q = TokensQuery {
+        policy: Some(form.policy_id.trim().to_owned()),
+        page: None,
+    };
+    let limits = parse_expires_in(&form.expires_in)
+        .map_err(|e| format!("Expires in: {e}"))
+        .and_then(|e| {
+            parse_max_uses(&form.max_uses)
+                .map(|m| (e, m))
+                .map_err(|e| format!("Agents it may enrol: {e}"))
+        });
+    let (expires_in, max_uses) = match limits {
+        Ok(l) => l,
+        Err(e) => {
+            let page = view(&state, &session, &q, None, Some(&e)).await?;
+            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+        }
+    };
     let req = CreateEnrollmentKey {
         policy_id: form.policy_id.trim().to_owned(),
         name,
-        // The form does not offer expiry or a use limit yet (the API and
-        // the CLI do).
-        expiration: None,
-        max_uses: None,
-    };
-    let q = TokensQuery {
-        policy: Some(req.policy_id.clone()),
-        page: None,
+        // The service checks the expiry against its own clock.
+        expiration: expires_in.map(|d| chrono::Utc::now() + d),
+        max_uses,
     };
     match state.services.management().create_enrollment_key(req).await {
         Ok((key, token)) => {
@@ -233,4 +299,30 @@ pub(crate) async fn revoke(
         .revoke_enrollment_key(&id)
         .await?;
     Ok(Redirect::to(&format!("{BASE}/tokens?policy={}", key.policy_id)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_and_use_limits_are_read_strictly() {
+        assert_eq!(parse_expires_in(" ").unwrap(), None);
+        assert_eq!(
+            parse_expires_in("30m").unwrap(),
+            Some(chrono::Duration::minutes(30))
+        );
+        assert_eq!(
+            parse_expires_in("7d").unwrap(),
+            Some(chrono::Duration::days(7))
+        );
+        for bad in ["d", "7", "7w", "-1h", "0h", "1é", "99999999999d"] {
+            assert!(parse_expires_in(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_max_uses("").unwrap(), None);
+        assert_eq!(parse_max_uses("3").unwrap(), Some(3));
+        for bad in ["0", "-1", "x", "1.5"] {
+            assert!(parse_max_uses(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use flotilla_api::management::CreateOperatorKey;
 use flotilla_console::{ConsoleSettings, ConsoleState, SESSION_COOKIE};
 use flotilla_service::crypto::Sealer;
-use flotilla_service::tasks::ManualClock;
+use flotilla_service::tasks::{Clock, ManualClock};
 use flotilla_service::{FleetSettings, Services};
 
 const ADMIN_KEY: &str = "console-test-admin-key-0123456789abcdef";
@@ -27,6 +27,8 @@ const ORIGIN: &str = "http://console.test:8220";
 struct Fixture {
     app: Router,
     services: Services,
+    /// Only to put documents in, as `_bulk` would.
+    store: Arc<dyn flotilla_store::Store>,
     clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
@@ -37,7 +39,7 @@ async fn fixture_with(settings: ConsoleSettings) -> Fixture {
         .await
         .unwrap();
     let services = Services::new(
-        store,
+        store.clone(),
         FleetSettings::default(),
         Sealer::from_secret(b"test key for the console tests"),
     );
@@ -57,6 +59,7 @@ async fn fixture_with(settings: ConsoleSettings) -> Fixture {
     Fixture {
         app,
         services,
+        store,
         clock,
         _dir: dir,
     }
@@ -153,10 +156,16 @@ const PAGES: &[&str] = &[
     "/app/policies/some-policy/edit",
     "/app/tokens",
     "/app/integrations",
+    "/app/integrations/nginx",
+    "/app/integrations/nginx/add",
     "/app/data",
+    "/app/data/logs-x-default",
+    "/app/data/logs-x-default/tail",
     "/app/settings",
     "/app/actions",
     "/app/actions/some-action",
+    "/app/tasks",
+    "/app/connectors",
 ];
 
 const POSTS: &[&str] = &[
@@ -166,6 +175,11 @@ const POSTS: &[&str] = &[
     "/app/tokens",
     "/app/tokens/some-token/revoke",
     "/app/agents/bulk",
+    "/app/integrations/upload",
+    "/app/integrations/nginx/add",
+    "/app/tasks/some-task/run",
+    "/app/tasks/some-task/disable",
+    "/app/connectors/some-connector/verify",
 ];
 
 #[tokio::test]
@@ -716,6 +730,129 @@ async fn bulk_actions_from_the_agents_page_need_csrf_and_show_their_progress() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
 
+/// A multipart upload as the package form sends it.
+fn upload(cookie: &str, csrf: Option<&str>, file: &[u8]) -> Request<Body> {
+    let mut body = Vec::new();
+    if let Some(t) = csrf {
+        body.extend_from_slice(
+            format!("--BOUNDARY\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{t}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        b"--BOUNDARY\r\nContent-Disposition: form-data; name=\"package\"; filename=\"p.zip\"\r\n\
+Content-Type: application/zip\r\n\r\n",
+    );
+    body.extend_from_slice(file);
+    body.extend_from_slice(b"\r\n--BOUNDARY--\r\n");
+    Request::post("/app/integrations/upload")
+        .header(header::HOST, HOST)
+        .header("origin", ORIGIN)
+        .header("sec-fetch-site", "same-origin")
+        .header(
+            header::CONTENT_TYPE,
+            "multipart/form-data; boundary=BOUNDARY",
+        )
+        .header(header::COOKIE, format!("{SESSION_COOKIE}={cookie}"))
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// The built-in nginx package as another version, zipped.
+fn nginx_zip(version: &str) -> Vec<u8> {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../flotilla-packages/builtin/nginx-1.20.0");
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join(format!("nginx-{version}"));
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+    copy(&src, &dst);
+    let manifest = dst.join("manifest.yml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("version: 1.20.0", &format!("version: {version}"));
+    std::fs::write(&manifest, text).unwrap();
+    flotilla_packages::archive::zip_dir(&dst).unwrap()
+}
+
+#[tokio::test]
+async fn packages_are_installed_by_upload_and_bad_archives_are_refused() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let page = text(send(&f.app, get("/app/integrations", Some(&id))).await).await;
+    assert!(page.contains(r#"enctype="multipart/form-data""#) && page.contains(r#"type="file""#));
+
+    // Without the token nothing is read into the store.
+    let res = send(&f.app, upload(&id, None, &nginx_zip("1.20.1"))).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = send(&f.app, upload(&id, Some("guess"), &nginx_zip("1.20.1"))).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // Not a package: a clear message on the page.
+    let res = send(&f.app, upload(&id, Some(&token), b"this is not a zip")).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let page = text(res).await;
+    assert!(
+        page.contains("That is not an installable package"),
+        "{page}"
+    );
+    assert!(page.contains(r#"role="alert""#));
+    // No file chosen.
+    let res = send(&f.app, upload(&id, Some(&token), b"")).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(text(res).await.contains("Choose a package archive"));
+    // Not a form at all.
+    let mut req = upload(&id, Some(&token), b"x");
+    req.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/zip".parse().unwrap());
+    assert_eq!(send(&f.app, req).await.status(), StatusCode::BAD_REQUEST);
+
+    // A good one is installed and linked.
+    let res = send(&f.app, upload(&id, Some(&token), &nginx_zip("1.20.1"))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(
+        page.contains("Installed") && page.contains("/app/integrations/nginx?version=1.20.1"),
+        "{page}"
+    );
+    let listed = f.services.management().list_packages().await.unwrap();
+    assert!(listed
+        .iter()
+        .any(|p| p.name == "nginx" && p.version == "1.20.1"));
+    // The same version with other content is a conflict, said so.
+    let mut other = nginx_zip("1.20.1");
+    other.truncate(10);
+    let res = send(&f.app, upload(&id, Some(&token), &other)).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // Its page shows the templates and inputs.
+    let res = send(
+        &f.app,
+        get("/app/integrations/nginx?version=1.20.1", Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(
+        page.contains("logfile")
+            && page.contains("nginx.access")
+            && page.contains("Add to a policy")
+    );
+    let res = send(&f.app, get("/app/integrations/no-such-package", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn the_overview_charts_agents_by_status_over_time() {
     let f = fixture().await;
@@ -755,4 +892,365 @@ async fn the_overview_charts_agents_by_status_over_time() {
         "the newest sample is in the table"
     );
     assert!(!page.contains("<script>"), "no inline script");
+}
+
+#[tokio::test]
+async fn an_integration_is_added_through_the_form_generated_from_its_variables() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[("csrf", &token), ("name", "web")],
+        ),
+    )
+    .await;
+    let policy = res.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let res = send(
+        &f.app,
+        get(
+            &format!("/app/integrations/nginx/add?policy={policy}"),
+            Some(&id),
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    // The access stream's paths: a multi var, so a textarea with its
+    // defaults one a line, marked required; tags under advanced options.
+    assert!(page.contains(r#"name="s:0:0:paths""#), "{page}");
+    assert!(page.contains("/var/log/nginx/access.log"));
+    assert!(page.contains("(required)") && page.contains("Advanced options"));
+    assert!(page.contains(r#"name="se:0:0""#) && page.contains(r#"name="ie:0""#));
+    let action = "/app/integrations/nginx/add?version=1.20.0";
+
+    // Without the token: refused, nothing made.
+    let res = send(
+        &f.app,
+        post(action, Some(&id), &[("name", "x"), ("policy_id", &policy)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // A required field left empty: refused, the error beside the field.
+    let base = vec![
+        ("csrf", token.as_str()),
+        ("name", "nginx-web"),
+        ("policy_id", policy.as_str()),
+        ("ie:0", "on"),
+        ("se:0:0", "on"),
+        ("se:0:1", "on"),
+        ("s:0:1:paths", "/var/log/nginx/error.log"),
+    ];
+    let mut empty = base.clone();
+    empty.push(("s:0:0:paths", "  "));
+    let res = send(&f.app, post(action, Some(&id), &empty)).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let page = text(res).await;
+    assert!(page.contains("1 field needs attention"), "{page}");
+    assert!(page.contains(r#"class="field-error""#) && page.contains("is required"));
+    assert!(page.contains(r#"aria-invalid="true""#));
+    // The submitted values are kept.
+    assert!(page.contains("/var/log/nginx/error.log"));
+
+    // With the stream off, its required field is not asked for.
+    let mut off = base.clone();
+    off.retain(|(k, _)| *k != "se:0:0");
+    off.push(("s:0:0:paths", ""));
+    let res = send(&f.app, post(action, Some(&id), &off)).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "{}", text(res).await);
+
+    // Filled in: made through the service, then the policy is shown.
+    let mut good = base.clone();
+    good[1] = ("name", "nginx-web-2");
+    good.push(("s:0:0:paths", "/srv/a.log\n/srv/b.log\n"));
+    let res = send(&f.app, post(action, Some(&id), &good)).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        res.headers()[header::LOCATION],
+        format!("/app/policies/{policy}")
+    );
+    let made = f
+        .services
+        .management()
+        .list_package_policies(
+            &flotilla_store::PackagePolicyFilter {
+                policy_id: Some(policy.clone()),
+                package_name: None,
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(made.total, 2);
+    let pp = made.items.iter().find(|p| p.name == "nginx-web-2").unwrap();
+    let access = &pp.inputs[0].streams[0];
+    assert!(access.enabled);
+    assert_eq!(
+        access.vars["paths"].value,
+        Some(serde_json::json!(["/srv/a.log", "/srv/b.log"]))
+    );
+    let off = made.items.iter().find(|p| p.name == "nginx-web").unwrap();
+    assert!(!off.inputs[0].streams[0].enabled);
+    let page = text(send(&f.app, get(&format!("/app/policies/{policy}"), Some(&id))).await).await;
+    assert!(page.contains("nginx-web-2"));
+
+    // A name taken is said so on the form, not as a bare error page.
+    let res = send(&f.app, post(action, Some(&id), &good)).await;
+    assert!(res.status().is_client_error());
+    assert!(text(res).await.contains("Not added"));
+}
+
+#[tokio::test]
+async fn a_token_may_expire_and_run_out_and_the_list_shows_its_uses() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(
+        &f.app,
+        post(
+            "/app/policies",
+            Some(&id),
+            &[("csrf", &token), ("name", "limited")],
+        ),
+    )
+    .await;
+    let policy = res.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    for (expires, uses, message) in [("7w", "", "Expires in"), ("", "0", "Agents it may enrol")] {
+        let res = send(
+            &f.app,
+            post(
+                "/app/tokens",
+                Some(&id),
+                &[
+                    ("csrf", &token),
+                    ("policy_id", &policy),
+                    ("expires_in", expires),
+                    ("max_uses", uses),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert!(text(res).await.contains(message));
+    }
+    let res = send(
+        &f.app,
+        post(
+            "/app/tokens",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("policy_id", &policy),
+                ("name", "ten"),
+                ("expires_in", "2d"),
+                ("max_uses", "10"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(page.contains("0 of 10"), "{page}");
+    let keys = f
+        .services
+        .management()
+        .list_enrollment_keys(&Default::default(), Default::default())
+        .await
+        .unwrap();
+    let key = keys.items.iter().find(|k| k.name == "ten").unwrap();
+    assert_eq!(key.max_uses, Some(10));
+    let left = key.expiration.unwrap() - Utc::now();
+    assert!(left > chrono::Duration::hours(47) && left <= chrono::Duration::hours(48));
+}
+
+#[tokio::test]
+async fn the_event_browser_pages_searches_and_tails_a_data_stream() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let now = f.clock.now();
+    let stream = "logs-web.access-default";
+    let docs: Vec<flotilla_store::NewDocument> = (0..30)
+        .map(|i| {
+            let t = now - chrono::Duration::minutes(i64::from(i) * 10);
+            flotilla_store::NewDocument {
+                id: format!("d{i}"),
+                data_stream: stream.into(),
+                timestamp: t,
+                source: serde_json::json!({
+                    "@timestamp": t.to_rfc3339(),
+                    "message": format!("GET /page/{i} <b>bold</b>"),
+                })
+                .to_string(),
+            }
+        })
+        .collect();
+    f.store.insert_documents(&docs, now).await.unwrap();
+
+    let data = text(send(&f.app, get("/app/data", Some(&id))).await).await;
+    assert!(data.contains(&format!("/app/data/{stream}")));
+
+    // The last hour: 7 events (0..60 minutes ago, the start inclusive), newest first, escaped.
+    let res = send(
+        &f.app,
+        get(&format!("/app/data/{stream}?range=1h"), Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(page.contains("7 in all"), "{page}");
+    assert!(page.find("/page/0 ").unwrap() < page.find("/page/5 ").unwrap());
+    assert!(!page.contains("/page/7 "));
+    assert!(page.contains("&lt;b&gt;bold") && !page.contains("<b>bold"));
+    assert!(page.contains(r#"data-tail="/app/data/logs-web.access-default/tail?after="#));
+    assert!(page.contains(r#"id="e-refresh""#));
+    // All time, paged 25 a page on the server.
+    let page = text(
+        send(
+            &f.app,
+            get(&format!("/app/data/{stream}?range=all&page=2"), Some(&id)),
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        page.contains("Page 2 of 2") && page.contains("/page/29 ") && !page.contains("/page/4 ")
+    );
+    // Text search.
+    let page = text(
+        send(
+            &f.app,
+            get(
+                &format!("/app/data/{stream}?range=all&q=%2Fpage%2F17+"),
+                Some(&id),
+            ),
+        )
+        .await,
+    )
+    .await;
+    assert!(page.contains("1 in all"), "{page}");
+    // Bad input: a clear page, no panic.
+    let long = "x".repeat(300);
+    let res = send(
+        &f.app,
+        get(&format!("/app/data/{stream}?q={long}"), Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = send(&f.app, get("/app/data/logs-none-default", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // The tail: what came after the cursor, oldest first, and the next cursor.
+    let after = (now - chrono::Duration::minutes(25)).timestamp_millis();
+    let res = send(
+        &f.app,
+        get(&format!("/app/data/{stream}/tail?after={after}"), Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+    let body: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    assert!(events[0]["summary"].as_str().unwrap().contains("/page/2 "));
+    assert_eq!(body["after"], now.timestamp_millis().to_string());
+    let res = send(
+        &f.app,
+        get(
+            &format!(
+                "/app/data/{stream}/tail?after={}",
+                body["after"].as_str().unwrap()
+            ),
+            Some(&id),
+        ),
+    )
+    .await;
+    let body: serde_json::Value = serde_json::from_str(&text(res).await).unwrap();
+    assert!(body["events"].as_array().unwrap().is_empty());
+    let res = send(
+        &f.app,
+        get(&format!("/app/data/{stream}/tail?after=soon"), Some(&id)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_tasks_page_says_when_no_task_manager_runs_here() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let res = send(&f.app, get("/app/tasks", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(text(res).await.contains("does not run on this instance"));
+    let res = send(
+        &f.app,
+        post("/app/tasks/t/run", Some(&id), &[("back", "/app/tasks")]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let res = send(
+        &f.app,
+        post("/app/tasks/t/run", Some(&id), &[("csrf", &token)]),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_connectors_page_shows_verification_and_never_a_secret() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let vars: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({
+            "role_arn": "arn:aws:iam::123456789012:role/flotilla",
+            "external_id": "very-secret-external-id",
+        }))
+        .unwrap();
+    let c = f
+        .services
+        .management()
+        .create_connector(flotilla_api::connectors::CreateCloudConnector {
+            id: None,
+            name: "prod account".into(),
+            cloud_provider: flotilla_domain::connector::CloudProvider::Aws,
+            account_type: None,
+            vars,
+        })
+        .await
+        .unwrap();
+    let res = send(&f.app, get("/app/connectors", Some(&id))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page = text(res).await;
+    assert!(
+        page.contains("prod account") && page.contains("not verified"),
+        "{page}"
+    );
+    assert!(!page.contains("very-secret-external-id"));
+    let verify = format!("/app/connectors/{}/verify", c.id);
+    assert!(page.contains(&verify));
+    // Without the token: refused. With it: unused, so nothing to verify,
+    // said so.
+    let res = send(&f.app, post(&verify, Some(&id), &[])).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = send(&f.app, post(&verify, Some(&id), &[("csrf", &token)])).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(text(res).await.contains("not used by any integration"));
 }

@@ -177,10 +177,10 @@ pub fn app_with_clock(
     let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_requests));
     // The operator console: its pages call the same services, inside the
     // same bounds as operators' API requests (not the fleet routes').
-    let console = flotilla_console::router(flotilla_console::ConsoleState::new(
-        state.services.clone(),
-        state.console.clone(),
-    ));
+    let console = flotilla_console::router(
+        flotilla_console::ConsoleState::new(state.services.clone(), state.console.clone())
+            .with_tasks(state.tasks.clone()),
+    );
     let bounded = Router::new()
         .merge(api)
         .nest(flotilla_console::BASE, console)

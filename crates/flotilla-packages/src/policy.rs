@@ -195,6 +195,13 @@ impl Package {
         out
     }
 
+    /// What an input of [`Package::default_inputs`] declares: its own
+    /// variables and each of its streams' (in the input's stream order),
+    /// as the resolver checks them — for a form that offers them.
+    pub fn input_declarations(&self, input: &Input) -> Option<(Vec<Var>, Vec<Vec<Var>>)> {
+        self.decls_for(input).map(|d| (d.input, d.streams))
+    }
+
     fn decls_for(&self, input: &Input) -> Option<Decls> {
         let t = self.template_for(input)?;
         if self.is_input_package() {

@@ -88,6 +88,56 @@ async fn path_of(c: &Client) -> String {
     c.current_url().await.unwrap().path().to_owned()
 }
 
+/// Type into the element with `id`.
+async fn type_in(c: &Client, id: &str, text: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Replace the text of the field found by `css`.
+async fn replace(c: &Client, css: &str, text: &str) {
+    let field = c
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+/// Choose `value` in the select with `id`.
+async fn choose(c: &Client, id: &str, value: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .select_by_value(value)
+        .await
+        .unwrap();
+}
+
+/// Click the element found by `css`.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Follow the link with this text.
+async fn follow(c: &Client, text: &str) {
+    c.find(Locator::LinkText(text))
+        .await
+        .unwrap_or_else(|e| panic!("link {text}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Wait (bounded) until the browser is at `path` of the current origin:
 /// a click on a submit button may return before the navigation it starts.
 async fn wait_for_path(c: &Client, path: &str) {
@@ -106,6 +156,8 @@ async fn wait_for_path(c: &Client, path: &str) {
 struct Agent {
     creds: (String, String),
     ack_token: String,
+    /// The output key of the policy it runs (for `_bulk`).
+    output_key: String,
 }
 
 /// Check in as online (answered at once when a new revision is owed) and
@@ -120,6 +172,11 @@ async fn apply_policy(s: &Server, agent: &mut Agent) {
     let action = &r.body["actions"][0];
     assert_eq!(action["type"], "POLICY_CHANGE", "{}", r.body);
     agent.ack_token = r.body["ack_token"].as_str().unwrap_or("").to_owned();
+    if let Some(outputs) = action["data"]["policy"]["outputs"].as_object() {
+        if let Some(key) = outputs.values().find_map(|o| o["api_key"].as_str()) {
+            agent.output_key = key.to_owned();
+        }
+    }
     let id = action["id"].as_str().unwrap().to_owned();
     assert_eq!(s.ack(&agent.creds, &[&id]).await.status, 200);
 }
@@ -148,9 +205,35 @@ async fn enrol_online(s: &Server, token: &str, name: &str) -> Agent {
                 .to_owned(),
         ),
         ack_token: String::new(),
+        output_key: String::new(),
     };
     apply_policy(s, &mut agent).await;
     agent
+}
+
+/// `n` events `<message> <i>` into `logs-nginx.access-prod` with the
+/// agent's output key, as its shipper would.
+async fn ship(s: &Server, agent: &Agent, message: &str, n: usize) {
+    use base64::Engine as _;
+    let mut body = String::new();
+    for i in 0..n {
+        body.push_str(&format!(
+            "{{\"create\":{{}}}}\n{}\n",
+            json!({"message": format!("{message} {i}")})
+        ));
+    }
+    let key = base64::engine::general_purpose::STANDARD.encode(&agent.output_key);
+    let r = reqwest::Client::new()
+        .post(format!("{}/logs-nginx.access-prod/_bulk", s.url))
+        .header("authorization", format!("ApiKey {key}"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(r["errors"], false, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,8 +255,13 @@ async fn an_operator_works_through_the_console_in_chromium() {
         "/policies",
         "/tokens",
         "/integrations",
+        "/integrations/nginx",
+        "/integrations/nginx/add",
         "/data",
+        "/data/logs-nginx.access-prod",
         "/settings",
+        "/tasks",
+        "/connectors",
     ] {
         c.goto(&format!("{app}{page}")).await.unwrap();
         assert_eq!(path_of(&c).await, "/app/sign-in", "{page}");
@@ -181,23 +269,11 @@ async fn an_operator_works_through_the_console_in_chromium() {
     shots.take(&c, "sign-in").await;
 
     // A wrong key is refused on the page; the right one signs in.
-    let key = c.find(Locator::Id("api_key")).await.unwrap();
-    key.send_keys("not-a-key").await.unwrap();
-    c.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_in(&c, "api_key", "not-a-key").await;
+    click(&c, "form button[type=submit]").await;
     assert!(text_of(&c, "p.error").await.contains("unknown or revoked"));
-    let key = c.find(Locator::Id("api_key")).await.unwrap();
-    key.send_keys(ADMIN_KEY).await.unwrap();
-    c.find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_in(&c, "api_key", ADMIN_KEY).await;
+    click(&c, "form button[type=submit]").await;
     wait_for_path(&c, "/app").await;
     heading(&c, "Overview").await;
     assert!(!c.current_url().await.unwrap().as_str().contains(ADMIN_KEY));
@@ -222,44 +298,14 @@ async fn an_operator_works_through_the_console_in_chromium() {
     shots.take(&c, "overview-empty").await;
 
     // A policy through the form.
-    c.find(Locator::LinkText("Policies"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.find(Locator::LinkText("Create policy"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    follow(&c, "Policies").await;
+    follow(&c, "Create policy").await;
     heading(&c, "Create a policy").await;
     shots.take(&c, "policy-form").await;
-    c.find(Locator::Id("p-name"))
-        .await
-        .unwrap()
-        .send_keys("Web servers")
-        .await
-        .unwrap();
-    c.find(Locator::Id("p-namespace"))
-        .await
-        .unwrap()
-        .send_keys("prod")
-        .await
-        .unwrap();
-    c.find(Locator::Id("p-description"))
-        .await
-        .unwrap()
-        .send_keys("The nginx hosts")
-        .await
-        .unwrap();
-    c.find(Locator::Css("main form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_in(&c, "p-name", "Web servers").await;
+    type_in(&c, "p-namespace", "prod").await;
+    type_in(&c, "p-description", "The nginx hosts").await;
+    click(&c, "main form button[type=submit]").await;
     heading(&c, "Web servers").await;
     let policy_path = path_of(&c).await;
     let policy_id = policy_path.rsplit('/').next().unwrap().to_owned();
@@ -268,28 +314,42 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .contains("_elastic_agent_checks"));
     shots.take(&c, "policy").await;
 
+    // nginx through the form generated from its variables: a required
+    // field left empty is refused beside the field, then filled in.
+    c.goto(&format!("{app}/integrations/nginx")).await.unwrap();
+    heading(&c, "Nginx").await;
+    shots.take(&c, "package").await;
+    follow(&c, "Add to a policy").await;
+    heading(&c, "Add Nginx to a policy").await;
+    choose(&c, "a-policy", &policy_id).await;
+    replace(&c, "#a-name", "nginx-web").await;
+    let paths = "textarea[name='s:0:0:paths']";
+    c.find(Locator::Css(paths))
+        .await
+        .unwrap()
+        .clear()
+        .await
+        .unwrap();
+    shots.take(&c, "integration-form").await;
+    click(&c, "#a-submit").await;
+    assert!(text_of(&c, ".field-error").await.contains("is required"));
+    assert!(text_of(&c, "#form-error").await.contains("needs attention"));
+    shots.take(&c, "integration-form-refused").await;
+    replace(&c, paths, "/var/log/nginx/web-access.log").await;
+    click(&c, "#a-submit").await;
+    heading(&c, "Web servers").await;
+    assert!(text_of(&c, "main").await.contains("nginx-web"));
+    assert!(text_of(&c, "#h-permissions + p + pre")
+        .await
+        .contains("logs-nginx.access-prod"));
+
     // A token through the form: the secret once, with the command line.
     c.goto(&format!("{app}/tokens")).await.unwrap();
-    c.find(Locator::Id("t-policy"))
-        .await
-        .unwrap()
-        .select_by_value(&policy_id)
-        .await
-        .unwrap();
-    c.find(Locator::Id("t-name"))
-        .await
-        .unwrap()
-        .send_keys("web rollout")
-        .await
-        .unwrap();
-    c.find(Locator::Css(
-        "form[action='/app/tokens'] button[type=submit]",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    choose(&c, "t-policy", &policy_id).await;
+    type_in(&c, "t-name", "web rollout").await;
+    type_in(&c, "t-expires", "7d").await;
+    type_in(&c, "t-uses", "10").await;
+    click(&c, "form[action='/app/tokens'] button[type=submit]").await;
     let secret = text_of(&c, "#token-secret").await;
     assert!(secret.len() > 20, "{secret}");
     assert_eq!(
@@ -321,88 +381,46 @@ async fn an_operator_works_through_the_console_in_chromium() {
 
     // The filter form: by policy and tag, then a status with no agents.
     c.goto(&format!("{app}/agents")).await.unwrap();
-    c.find(Locator::Id("f-policy"))
-        .await
-        .unwrap()
-        .select_by_value(&policy_id)
-        .await
-        .unwrap();
-    c.find(Locator::Id("f-tag"))
-        .await
-        .unwrap()
-        .send_keys("console")
-        .await
-        .unwrap();
-    c.find(Locator::Css("form.filters button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    choose(&c, "f-policy", &policy_id).await;
+    type_in(&c, "f-tag", "console").await;
+    click(&c, "form.filters button[type=submit]").await;
     c.wait()
         .for_element(Locator::XPath("//input[@id='f-tag' and @value='console']"))
         .await
         .unwrap();
     assert_eq!(c.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 3);
-    c.find(Locator::Id("f-status"))
-        .await
-        .unwrap()
-        .select_by_value("error")
-        .await
-        .unwrap();
-    c.find(Locator::Css("form.filters button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    choose(&c, "f-status", "error").await;
+    click(&c, "form.filters button[type=submit]").await;
     assert_eq!(text_of(&c, "p.empty").await, "No agents match.");
 
     // An agent's page.
     c.goto(&format!("{app}/agents")).await.unwrap();
-    c.find(Locator::LinkText("web-02"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    follow(&c, "web-02").await;
     heading(&c, "web-02").await;
     let facts = text_of(&c, "dl.facts").await;
     assert!(
         facts.contains("Debian GNU/Linux 12") && facts.contains("Web servers"),
         "{facts}"
     );
-    assert!(facts.contains("1 (current)"), "{facts}");
+    assert!(facts.contains("2 (current)"), "{facts}");
     shots.take(&c, "agent").await;
 
     // Change the policy and watch its rollout reach every agent.
     c.goto(&format!("{}{policy_path}", s.url)).await.unwrap();
     let rollout = text_of(&c, "#rollout").await;
     assert!(rollout.contains("100 % · 3 of 3"), "{rollout}");
-    c.find(Locator::LinkText("Edit policy"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    follow(&c, "Edit policy").await;
     heading(&c, "Edit Web servers").await;
-    let description = c.find(Locator::Id("p-description")).await.unwrap();
-    description.clear().await.unwrap();
-    description
-        .send_keys("The nginx hosts, now with a longer timeout")
-        .await
-        .unwrap();
-    let timeout = c.find(Locator::Id("p-inactivity")).await.unwrap();
-    timeout.clear().await.unwrap();
-    timeout.send_keys("86400").await.unwrap();
-    c.find(Locator::Css("main form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    replace(
+        &c,
+        "#p-description",
+        "The nginx hosts, now with a longer timeout",
+    )
+    .await;
+    replace(&c, "#p-inactivity", "86400").await;
+    click(&c, "main form button[type=submit]").await;
     heading(&c, "Web servers").await;
-    assert!(text_of(&c, "#h-rollout").await.contains("revision 2"));
+    assert!(text_of(&c, "#h-rollout").await.contains("revision 3"));
     assert!(text_of(&c, "#rollout").await.contains("0 % · 0 of 3"));
     shots.take(&c, "rollout-started").await;
     for (n, agent) in agents.iter_mut().enumerate() {
@@ -424,17 +442,102 @@ async fn an_operator_works_through_the_console_in_chromium() {
     c.goto(&format!("{app}/integrations")).await.unwrap();
     assert!(text_of(&c, "table").await.contains("nginx"));
     shots.take(&c, "integrations").await;
+    // Events shipped by an agent, in the event browser; the live tail
+    // shows one written while it polls.
+    ship(&s, &agents[0], "GET /index.html 200", 3).await;
     c.goto(&format!("{app}/data")).await.unwrap();
     heading(&c, "Data").await;
     shots.take(&c, "data").await;
+    follow(&c, "logs-nginx.access-prod").await;
+    heading(&c, "Events · logs-nginx.access-prod").await;
+    assert!(text_of(&c, ".pager").await.contains("3 in all"));
+    assert_eq!(
+        c.find_all(Locator::Css("#e-events tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    type_in(&c, "e-q", "200 2").await;
+    choose(&c, "e-range", "1h").await;
+    click(&c, "form.filters button[type=submit]").await;
+    c.wait()
+        .for_element(Locator::XPath("//input[@id='e-q' and @value='200 2']"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.find_all(Locator::Css("#e-events tbody tr"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    c.goto(&format!("{app}/data/logs-nginx.access-prod"))
+        .await
+        .unwrap();
+    click(&c, "#e-tail").await;
+    c.wait()
+        .for_element(Locator::XPath(
+            "//*[@id='e-tail-status' and starts-with(normalize-space(), 'Live')]",
+        ))
+        .await
+        .unwrap();
+    ship(&s, &agents[0], "POST /tail-me 201", 1).await;
+    c.wait()
+        .at_most(std::time::Duration::from_secs(20))
+        .for_element(Locator::XPath(
+            "//tr[contains(@class,'new')]//summary[contains(., 'POST /tail-me 201')]",
+        ))
+        .await
+        .expect("the live tail shows the new event");
+    shots.take(&c, "events-live").await;
+    click(&c, "#e-tail").await;
     c.goto(&format!("{app}/settings")).await.unwrap();
     let settings = text_of(&c, "main").await;
     assert!(settings.contains("elasticsearch"), "{settings}");
     assert!(settings.contains("this session"), "{settings}");
     shots.take(&c, "settings").await;
+    // The task manager: health and the server's own tasks, run now,
+    // disabled and enabled again through the forms.
+    c.goto(&format!("{app}/tasks")).await.unwrap();
+    heading(&c, "Tasks").await;
+    assert!(text_of(&c, "#task-health").await.contains("Drift"));
+    assert!(!c
+        .find_all(Locator::Css("#tasks tbody tr"))
+        .await
+        .unwrap()
+        .is_empty());
+    shots.take(&c, "tasks").await;
+    c.goto(&format!("{app}/connectors")).await.unwrap();
+    heading(&c, "Cloud connectors").await;
+    shots.take(&c, "connectors").await;
+    click(
+        &c,
+        "#tasks tbody tr:first-child form[action$='/run'] button",
+    )
+    .await;
+    assert!(text_of(&c, "#task-done")
+        .await
+        .contains("run as soon as possible"));
+    click(
+        &c,
+        "#tasks tbody tr:first-child form[action$='/disable'] button",
+    )
+    .await;
+    assert_eq!(text_of(&c, "#task-done").await, "Disabled.");
+    assert!(text_of(&c, "#tasks tbody tr:first-child")
+        .await
+        .contains("disabled"));
+    click(
+        &c,
+        "#tasks tbody tr:first-child form[action$='/enable'] button",
+    )
+    .await;
+    assert_eq!(text_of(&c, "#task-done").await, "Enabled.");
     c.goto(&format!("{app}/tokens")).await.unwrap();
     let listed = text_of(&c, "main").await;
     assert!(listed.contains("web rollout") && !listed.contains(&secret));
+    assert!(listed.contains("3 of 10"), "{listed}");
     shots.take(&c, "tokens").await;
 
     // A narrow window: one column, nothing cut off.
@@ -452,12 +555,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
     c.set_window_size(1280, 1000).await.unwrap();
 
     // Sign out: the session is gone, pages lead to sign-in again.
-    c.find(Locator::Css("form.sign-out button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "form.sign-out button").await;
     wait_for_path(&c, "/app/sign-in").await;
     for page in ["", "/agents", policy_path.trim_start_matches("/app")] {
         c.goto(&format!("{app}{page}")).await.unwrap();
