@@ -62,15 +62,20 @@ async fn browser(driver: &str, profile: &Path) -> Client {
 /// An element's rendered text, white space squashed (layout may break
 /// lines between inline pieces).
 async fn text_of(c: &Client, css: &str) -> String {
-    let text = c
-        .wait()
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .unwrap();
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    // An element found just as a page is replaced goes stale: find it again.
+    for _ in 0..20 {
+        let found = c
+            .wait()
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match found.text().await {
+            Ok(text) => return text.split_whitespace().collect::<Vec<_>>().join(" "),
+            Err(e) if e.is_stale_element_reference() => continue,
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
+    panic!("{css}: stale each time it was found")
 }
 
 /// Wait for the page whose heading is `title` (the one a click leads to,
@@ -126,6 +131,36 @@ async fn click(c: &Client, css: &str) {
         .click()
         .await
         .unwrap();
+}
+
+/// Click the submit button found by `css` and wait until the page it
+/// leads to has loaded: what is read next comes from the new page, not
+/// from the one the form was on (both may show the same element).
+async fn submit(c: &Client, css: &str) {
+    c.execute("window.flotillaOldPage = true", vec![])
+        .await
+        .unwrap();
+    click(c, css).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        // While the browser unloads the old page a script may fail: not yet.
+        let loaded = c
+            .execute(
+                "return window.flotillaOldPage === undefined && document.readyState === 'complete'",
+                vec![],
+            )
+            .await
+            .map(|v| v == json!(true))
+            .unwrap_or(false);
+        if loaded {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{css}: no new page after 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Follow the link with this text.
@@ -349,7 +384,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
     type_in(&c, "t-name", "web rollout").await;
     type_in(&c, "t-expires", "7d").await;
     type_in(&c, "t-uses", "10").await;
-    click(&c, "form[action='/app/tokens'] button[type=submit]").await;
+    submit(&c, "form[action='/app/tokens'] button[type=submit]").await;
     let secret = text_of(&c, "#token-secret").await;
     assert!(secret.len() > 20, "{secret}");
     assert_eq!(
@@ -383,14 +418,14 @@ async fn an_operator_works_through_the_console_in_chromium() {
     c.goto(&format!("{app}/agents")).await.unwrap();
     choose(&c, "f-policy", &policy_id).await;
     type_in(&c, "f-tag", "console").await;
-    click(&c, "form.filters button[type=submit]").await;
+    submit(&c, "form.filters button[type=submit]").await;
     c.wait()
         .for_element(Locator::XPath("//input[@id='f-tag' and @value='console']"))
         .await
         .unwrap();
     assert_eq!(c.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 3);
     choose(&c, "f-status", "error").await;
-    click(&c, "form.filters button[type=submit]").await;
+    submit(&c, "form.filters button[type=submit]").await;
     assert_eq!(text_of(&c, "p.empty").await, "No agents match.");
 
     // An agent's page.
@@ -460,7 +495,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
     );
     type_in(&c, "e-q", "200 2").await;
     choose(&c, "e-range", "1h").await;
-    click(&c, "form.filters button[type=submit]").await;
+    submit(&c, "form.filters button[type=submit]").await;
     c.wait()
         .for_element(Locator::XPath("//input[@id='e-q' and @value='200 2']"))
         .await
@@ -508,10 +543,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .unwrap()
         .is_empty());
     shots.take(&c, "tasks").await;
-    c.goto(&format!("{app}/connectors")).await.unwrap();
-    heading(&c, "Cloud connectors").await;
-    shots.take(&c, "connectors").await;
-    click(
+    submit(
         &c,
         "#tasks tbody tr:first-child form[action$='/run'] button",
     )
@@ -519,7 +551,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
     assert!(text_of(&c, "#task-done")
         .await
         .contains("run as soon as possible"));
-    click(
+    submit(
         &c,
         "#tasks tbody tr:first-child form[action$='/disable'] button",
     )
@@ -528,12 +560,15 @@ async fn an_operator_works_through_the_console_in_chromium() {
     assert!(text_of(&c, "#tasks tbody tr:first-child")
         .await
         .contains("disabled"));
-    click(
+    submit(
         &c,
         "#tasks tbody tr:first-child form[action$='/enable'] button",
     )
     .await;
     assert_eq!(text_of(&c, "#task-done").await, "Enabled.");
+    c.goto(&format!("{app}/connectors")).await.unwrap();
+    heading(&c, "Cloud connectors").await;
+    shots.take(&c, "connectors").await;
     c.goto(&format!("{app}/tokens")).await.unwrap();
     let listed = text_of(&c, "main").await;
     assert!(listed.contains("web rollout") && !listed.contains(&secret));
