@@ -139,6 +139,17 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: ConsoleState) -> Router<S
         .route("/data/{name}", get(events::browse))
         .route("/data/{name}/tail", get(events::tail))
         .route("/settings", get(settings::settings))
+        .route("/settings/outputs", post(settings::create_output))
+        .route(
+            "/settings/outputs/{id}",
+            get(settings::output_detail).post(settings::update_output),
+        )
+        .route(
+            "/settings/outputs/{id}/delete",
+            post(settings::delete_output),
+        )
+        .route("/settings/keys", post(settings::create_key))
+        .route("/settings/keys/{id}/revoke", post(settings::revoke_key))
         .route("/tasks", get(tasks::list))
         .route("/connectors", get(connectors::list))
         .route("/connectors/{id}/verify", post(connectors::verify))

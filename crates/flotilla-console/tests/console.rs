@@ -162,6 +162,7 @@ const PAGES: &[&str] = &[
     "/app/data/logs-x-default",
     "/app/data/logs-x-default/tail",
     "/app/settings",
+    "/app/settings/outputs/some-output",
     "/app/actions",
     "/app/actions/some-action",
     "/app/tasks",
@@ -180,6 +181,11 @@ const POSTS: &[&str] = &[
     "/app/tasks/some-task/run",
     "/app/tasks/some-task/disable",
     "/app/connectors/some-connector/verify",
+    "/app/settings/outputs",
+    "/app/settings/outputs/some-output",
+    "/app/settings/outputs/some-output/delete",
+    "/app/settings/keys",
+    "/app/settings/keys/some-key/revoke",
 ];
 
 #[tokio::test]
@@ -1253,4 +1259,225 @@ async fn the_connectors_page_shows_verification_and_never_a_secret() {
     let res = send(&f.app, post(&verify, Some(&id), &[("csrf", &token)])).await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
     assert!(text(res).await.contains("not used by any integration"));
+}
+
+#[tokio::test]
+async fn outputs_are_added_edited_and_removed_and_operator_keys_made_and_revoked() {
+    let f = fixture().await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let token = csrf(&f, &id).await;
+    let m = f.services.management();
+
+    // An output through the form; a bad host is refused on the page,
+    // keeping what was typed but never the credential.
+    let res = send(
+        &f.app,
+        post(
+            "/app/settings/outputs",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("name", "Archive"),
+                ("type", "elasticsearch"),
+                ("hosts", "not a url"),
+                ("api_key", "aWQ6c2VjcmV0LWNyZWRlbnRpYWw="),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let page = text(res).await;
+    assert!(page.contains("hosts"), "{page}");
+    assert!(page.contains(">not a url</textarea>"), "{page}");
+    assert!(!page.contains("aWQ6c2VjcmV0LWNyZWRlbnRpYWw="));
+    let res = send(
+        &f.app,
+        post(
+            "/app/settings/outputs",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("name", "Archive"),
+                ("type", "telnet"),
+                ("hosts", "x:1"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(text(res).await.contains("“telnet” is not an output type"));
+    let res = send(
+        &f.app,
+        post(
+            "/app/settings/outputs",
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("name", "Archive"),
+                ("type", "elasticsearch"),
+                (
+                    "hosts",
+                    "https://archive-1:9200\r\n\r\nhttps://archive-2:9200\r\n",
+                ),
+                ("api_key", "aWQ6c2VjcmV0LWNyZWRlbnRpYWw="),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let outputs = m
+        .list_outputs(flotilla_store::Page {
+            page: 1,
+            per_page: 50,
+        })
+        .await
+        .unwrap();
+    let archive = outputs
+        .items
+        .iter()
+        .find(|o| o.name == "Archive")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        archive.hosts,
+        ["https://archive-1:9200", "https://archive-2:9200"]
+    );
+    assert!(archive.remote_key_management && !archive.is_default);
+    let settings = text(send(&f.app, get("/app/settings", Some(&id))).await).await;
+    assert!(settings.contains("Archive") && settings.contains("made in the cluster"));
+    assert!(!settings.contains("aWQ6c2VjcmV0LWNyZWRlbnRpYWw="));
+
+    // Its page: the form filled in but for the credential; an edit
+    // changes only what changed, and can drop the credential.
+    let path = format!("/app/settings/outputs/{}", archive.id);
+    let page = text(send(&f.app, get(&path, Some(&id))).await).await;
+    assert!(page.contains("https://archive-1:9200\nhttps://archive-2:9200"));
+    assert!(!page.contains("aWQ6c2VjcmV0LWNyZWRlbnRpYWw="));
+    assert!(page.contains("clear_credential"));
+    let res = send(
+        &f.app,
+        post(
+            &path,
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("name", "Archive"),
+                ("type", "elasticsearch"),
+                ("hosts", "https://archive-3:9200"),
+                ("clear_credential", "on"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let edited = m.get_output(&archive.id).await.unwrap();
+    assert_eq!(edited.hosts, ["https://archive-3:9200"]);
+    assert!(!edited.remote_key_management);
+    let res = send(
+        &f.app,
+        post(
+            &path,
+            Some(&id),
+            &[
+                ("csrf", &token),
+                ("name", ""),
+                ("type", "elasticsearch"),
+                ("hosts", "https://archive-3:9200"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(text(res).await.contains("name"));
+    assert_eq!(
+        send(
+            &f.app,
+            get("/app/settings/outputs/no-such-output", Some(&id))
+        )
+        .await
+        .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // The default output cannot be removed; this one can, with the token.
+    let default = outputs.items.iter().find(|o| o.is_default).unwrap();
+    let res = send(
+        &f.app,
+        post(
+            &format!("/app/settings/outputs/{}/delete", default.id),
+            Some(&id),
+            &[("csrf", &token)],
+        ),
+    )
+    .await;
+    assert!(res.status().is_client_error(), "{}", res.status());
+    assert!(m.get_output(&default.id).await.is_ok());
+    let delete = format!("{path}/delete");
+    assert_eq!(
+        send(&f.app, post(&delete, Some(&id), &[])).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let res = send(&f.app, post(&delete, Some(&id), &[("csrf", &token)])).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(m.get_output(&archive.id).await.is_err());
+
+    // An operator key: shown once, usable at once; revoked from the list,
+    // which ends its sessions. The key signed in cannot revoke itself.
+    let res = send(
+        &f.app,
+        post(
+            "/app/settings/keys",
+            Some(&id),
+            &[("csrf", &token), ("name", "ci <robot>")],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+    let page = text(res).await;
+    assert!(page.contains("ci &lt;robot&gt;"), "escaped");
+    let at = page.find(r#"<code id="key-secret">"#).unwrap() + 22;
+    let secret = page[at..at + page[at..].find('<').unwrap()].to_owned();
+    let key = m.authenticate(&secret).await.unwrap();
+    assert_eq!(key.name, "ci <robot>");
+    let listed = text(send(&f.app, get("/app/settings", Some(&id))).await).await;
+    assert!(!listed.contains(&secret), "shown only once");
+    let (other, _) = sign_in(&f, &secret).await;
+    let res = send(
+        &f.app,
+        post(
+            &format!("/app/settings/keys/{}/revoke", key.id),
+            Some(&id),
+            &[("csrf", &token)],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(m.authenticate(&secret).await.is_err());
+    assert_eq!(
+        send(&f.app, get("/app", Some(&other))).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let me = m.authenticate(ADMIN_KEY).await.unwrap();
+    let res = send(
+        &f.app,
+        post(
+            &format!("/app/settings/keys/{}/revoke", me.id),
+            Some(&id),
+            &[("csrf", &token)],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(text(res).await.contains("cannot revoke itself"));
+    let res = send(
+        &f.app,
+        post(
+            "/app/settings/keys",
+            Some(&id),
+            &[("csrf", &token), ("name", " ")],
+        ),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
 }

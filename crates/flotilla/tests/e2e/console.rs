@@ -532,6 +532,25 @@ async fn an_operator_works_through_the_console_in_chromium() {
     assert!(settings.contains("elasticsearch"), "{settings}");
     assert!(settings.contains("this session"), "{settings}");
     shots.take(&c, "settings").await;
+    // An output and an operator key through the settings forms; the key
+    // is shown once and revoked from the list.
+    click(&c, "details summary").await;
+    type_in(&c, "o-name", "Archive").await;
+    type_in(&c, "o-hosts", "https://archive:9200").await;
+    submit(&c, "#add-output button[type=submit]").await;
+    assert!(text_of(&c, "#outputs").await.contains("Archive"));
+    type_in(&c, "k-name", "console robot").await;
+    submit(&c, "form[action='/app/settings/keys'] button[type=submit]").await;
+    let key = text_of(&c, "#key-secret").await;
+    assert!(key.len() > 20, "{key}");
+    shots.take(&c, "settings-key-created").await;
+    submit(&c, "button[aria-label='Revoke key console robot']").await;
+    let keys = text_of(&c, "#keys").await;
+    assert!(
+        keys.contains("console robot") && keys.contains("revoked"),
+        "{keys}"
+    );
+    assert!(!text_of(&c, "main").await.contains(&key));
     // The task manager: health and the server's own tasks, run now,
     // disabled and enabled again through the forms.
     c.goto(&format!("{app}/tasks")).await.unwrap();
