@@ -83,6 +83,13 @@ pub enum AgentsCmd {
         /// Include unenrolled agents.
         #[arg(long)]
         all: bool,
+        /// Order by: enrolled_at (default), last_checkin, hostname, status,
+        /// policy_id, policy_revision, version.
+        #[arg(long)]
+        sort: Option<String>,
+        /// Sort direction.
+        #[arg(long, value_parser = ["asc", "desc"])]
+        order: Option<String>,
         #[command(flatten)]
         page: PageArgs,
     },
@@ -253,6 +260,8 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             token,
             kuery,
             all,
+            sort,
+            order,
             page,
         } => {
             let mut q = page.query();
@@ -273,6 +282,12 @@ pub(crate) async fn run(opts: &ClientOpts, cmd: AgentsCmd) -> Result<View> {
             }
             if all {
                 q.push(("showInactive", "true".into()));
+            }
+            if let Some(f) = sort {
+                q.push(("sortField", f));
+            }
+            if let Some(o) = order {
+                q.push(("sortOrder", o));
             }
             view(c.get(AGENTS, &q).await?, AGENT_COLS)
         }

@@ -62,7 +62,7 @@ fn text_of(q: &Option<String>) -> Result<Option<String>, ConsoleError> {
 }
 
 /// A line saying what an event is: its `message`, else its JSON, cut.
-fn summary(source: &Value) -> String {
+pub(crate) fn summary(source: &Value) -> String {
     let text = match source.get("message") {
         Some(Value::String(m)) => m.clone(),
         _ => source.to_string(),

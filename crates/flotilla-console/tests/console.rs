@@ -1481,3 +1481,125 @@ async fn outputs_are_added_edited_and_removed_and_operator_keys_made_and_revoked
     .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn agents_are_searched_filtered_and_sorted_and_an_agent_shows_its_events() {
+    let f = fixture().await;
+    seed_agents(&f).await;
+    let now = Utc::now();
+    let checkin = |id: &str, at: chrono::DateTime<Utc>, version: &str| flotilla_store::CheckinRecord {
+        agent_id: id.into(),
+        at,
+        status: "online".into(),
+        message: String::new(),
+        local_metadata: None,
+        components: None,
+        agent_version: Some(version.into()),
+        reported_policy: None,
+    };
+    f.store
+        .record_checkins(&[
+            checkin("a1", now, "9.1.0"),
+            checkin("a2", now - chrono::Duration::hours(2), "8.15.0"),
+        ])
+        .await
+        .unwrap();
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let rows = |page: &str| -> Vec<String> {
+        page.match_indices(r#"name="ids" value=""#)
+            .map(|(at, m)| {
+                let rest = &page[at + m.len()..];
+                rest[..rest.find('"').unwrap()].to_owned()
+            })
+            .collect()
+    };
+    let list = |q: &str| {
+        let f = &f;
+        let id = id.clone();
+        let q = q.to_owned();
+        async move {
+            let res = send(&f.app, get(&format!("/app/agents?{q}"), Some(&id))).await;
+            (res.status(), text(res).await)
+        }
+    };
+
+    // The query box, alone and with the other filters.
+    let (st, page) = list("q=tags%3Aprod+and+version%3A9.*").await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert_eq!(rows(&page), ["a1"]);
+    assert!(page.contains(r#"value="tags:prod and version:9.*""#), "the query stays in its box");
+    let (_, page) = list("q=not+tags%3A*&policy=web").await;
+    assert_eq!(rows(&page), ["a3"]);
+    // Version, host name and last check-in filters.
+    let (_, page) = list("version=8.*").await;
+    assert_eq!(rows(&page), ["a2"]);
+    let (_, page) = list("hostname=host-a3").await;
+    assert_eq!(rows(&page), ["a3"]);
+    let (_, page) = list("hostname=host-*&checkin=over1h").await;
+    assert_eq!(rows(&page), ["a2"]);
+    let (_, page) = list("checkin=never").await;
+    assert_eq!(rows(&page), ["a3"]);
+    // The bulk action over every agent matching: the whole filter.
+    assert!(
+        page.contains(r#"name="kuery" value="not last_checkin:*""#),
+        "{page}"
+    );
+    let (_, page) = list("tag=prod&q=version%3A9.*").await;
+    assert!(
+        page.contains(r#"name="kuery" value="tags:&quot;prod&quot; and ((version:9.*))""#),
+        "{page}"
+    );
+
+    // A query that does not parse: 400, the reason, the query kept.
+    let (st, page) = list("q=tags%3Aprod+or").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(
+        page.contains(r#"id="query-error""#) && page.contains("at position 12: "),
+        "{page}"
+    );
+    assert!(page.contains(r#"aria-invalid="true""#));
+    assert!(rows(&page).is_empty());
+    let (st, _) = list(&format!("q={}", "x".repeat(5000))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+
+    // Sorting: the header links and aria-sort, both directions, paging
+    // keeps the order.
+    let (_, page) = list("sort=hostname&order=desc").await;
+    assert_eq!(rows(&page), ["a3", "a2", "a1"]);
+    assert!(page.contains(r#"aria-sort="descending""#), "{page}");
+    assert!(page.contains("/app/agents?sort=hostname&amp;order=asc"));
+    let (_, page) = list("sort=last_checkin&order=asc").await;
+    assert_eq!(rows(&page), ["a2", "a1", "a3"], "never checked in: last");
+    assert!(page.contains(r#"aria-sort="ascending""#));
+    let (st, page) = list("sort=secret").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("not a field agents can be sorted by"));
+
+    // An agent's page: its latest events, newest first, from any stream.
+    let docs: Vec<flotilla_store::NewDocument> = [("e1", "a1", 3), ("e2", "a2", 2), ("e3", "a1", 1)]
+        .iter()
+        .map(|(doc, agent, mins)| {
+            let t = f.clock.now() - chrono::Duration::minutes(*mins);
+            flotilla_store::NewDocument {
+                id: (*doc).into(),
+                data_stream: if *doc == "e3" { "logs-b-default" } else { "logs-a-default" }.into(),
+                timestamp: t,
+                source: serde_json::json!({
+                    "@timestamp": t.to_rfc3339(),
+                    "agent": {"id": agent},
+                    "message": format!("event {doc}"),
+                })
+                .to_string(),
+            }
+        })
+        .collect();
+    f.store.insert_documents(&docs, f.clock.now()).await.unwrap();
+    let page = text(send(&f.app, get("/app/agents/a1", Some(&id))).await).await;
+    assert!(page.contains(r#"id="agent-events""#), "{page}");
+    let (e3, e1) = (page.find("event e3").unwrap(), page.find("event e1").unwrap());
+    assert!(e3 < e1, "newest first");
+    assert!(!page.contains("event e2"), "another agent's event");
+    assert!(page.contains(r#"href="/app/data/logs-b-default""#));
+    let page = text(send(&f.app, get("/app/agents/a3", Some(&id))).await).await;
+    assert!(page.contains("No event in the last 7 days names this agent."));
+}

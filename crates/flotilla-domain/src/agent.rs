@@ -129,3 +129,141 @@ mod tests {
         }
     }
 }
+
+/// What an agent list is ordered by (Kibana's `sortField`; the names it
+/// sends are accepted as well as the short ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentSortField {
+    EnrolledAt,
+    LastCheckin,
+    Hostname,
+    Status,
+    PolicyId,
+    PolicyRevision,
+    Version,
+}
+
+impl AgentSortField {
+    pub const ALL: [AgentSortField; 7] = [
+        AgentSortField::EnrolledAt,
+        AgentSortField::LastCheckin,
+        AgentSortField::Hostname,
+        AgentSortField::Status,
+        AgentSortField::PolicyId,
+        AgentSortField::PolicyRevision,
+        AgentSortField::Version,
+    ];
+
+    /// The short name (the console's `sort` parameter, the first name
+    /// [`AgentSortField::parse`] takes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentSortField::EnrolledAt => "enrolled_at",
+            AgentSortField::LastCheckin => "last_checkin",
+            AgentSortField::Hostname => "hostname",
+            AgentSortField::Status => "status",
+            AgentSortField::PolicyId => "policy_id",
+            AgentSortField::PolicyRevision => "policy_revision",
+            AgentSortField::Version => "version",
+        }
+    }
+
+    /// A field by its short name or the name Kibana's Fleet UI sends
+    /// (`local_metadata.host.hostname`, `local_metadata.elastic.agent.version`,
+    /// `policy_revision_idx`…).
+    pub fn parse(name: &str) -> Option<AgentSortField> {
+        let name = name.strip_prefix("fleet-agents.").unwrap_or(name);
+        Some(match name {
+            "enrolled_at" => AgentSortField::EnrolledAt,
+            "last_checkin" => AgentSortField::LastCheckin,
+            "hostname" | "local_metadata.host.hostname" | "local_metadata.host.hostname.keyword" => {
+                AgentSortField::Hostname
+            }
+            "status" => AgentSortField::Status,
+            "policy_id" => AgentSortField::PolicyId,
+            "policy_revision" | "policy_revision_idx" => AgentSortField::PolicyRevision,
+            "version"
+            | "agent.version"
+            | "local_metadata.elastic.agent.version"
+            | "local_metadata.elastic.agent.version.keyword" => AgentSortField::Version,
+            _ => return None,
+        })
+    }
+}
+
+/// An agent list's order: a field and a direction; ties (and agents
+/// without the field, which come last either way) in id order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentSort {
+    pub field: AgentSortField,
+    pub ascending: bool,
+}
+
+impl Default for AgentSort {
+    /// Newest enrolment first, as Kibana lists agents.
+    fn default() -> Self {
+        AgentSort {
+            field: AgentSortField::EnrolledAt,
+            ascending: false,
+        }
+    }
+}
+
+impl AgentSort {
+    /// From a field name and an order (`asc` or `desc`, the field's usual
+    /// direction when absent: newest first for times, A to Z otherwise).
+    pub fn parse(field: &str, order: Option<&str>) -> Result<AgentSort, crate::ValidationError> {
+        let field = AgentSortField::parse(field).ok_or_else(|| {
+            crate::ValidationError::new(
+                "sortField",
+                format!(
+                    "'{field}' is not a field agents can be sorted by (one of {})",
+                    AgentSortField::ALL.map(AgentSortField::as_str).join(", ")
+                ),
+            )
+        })?;
+        let ascending = match order.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") => !matches!(
+                field,
+                AgentSortField::EnrolledAt | AgentSortField::LastCheckin
+            ),
+            Some("asc") => true,
+            Some("desc") => false,
+            Some(other) => {
+                return Err(crate::ValidationError::new(
+                    "sortOrder",
+                    format!("'{other}' is not asc or desc"),
+                ))
+            }
+        };
+        Ok(AgentSort { field, ascending })
+    }
+}
+
+#[cfg(test)]
+mod sort_tests {
+    use super::*;
+
+    #[test]
+    fn kibana_names_and_short_names_parse_and_unknown_ones_are_refused() {
+        for f in AgentSortField::ALL {
+            assert_eq!(AgentSortField::parse(f.as_str()), Some(f));
+        }
+        assert_eq!(
+            AgentSortField::parse("local_metadata.host.hostname"),
+            Some(AgentSortField::Hostname)
+        );
+        assert_eq!(
+            AgentSortField::parse("local_metadata.elastic.agent.version"),
+            Some(AgentSortField::Version)
+        );
+        let s = AgentSort::parse("last_checkin", None).unwrap();
+        assert!(!s.ascending);
+        assert!(AgentSort::parse("hostname", None).unwrap().ascending);
+        assert!(!AgentSort::parse("hostname", Some("DESC")).unwrap().ascending);
+        let e = AgentSort::parse("secret", None).unwrap_err();
+        assert!(e.to_string().contains("sortField"), "{e}");
+        let e = AgentSort::parse("status", Some("up")).unwrap_err();
+        assert!(e.to_string().contains("sortOrder"), "{e}");
+    }
+}

@@ -131,6 +131,17 @@ pub struct AgentQuery {
     /// enrollment_api_key_id, last_checkin, enrolled_at (also with Kibana's
     /// `fleet-agents.` prefix).
     kuery: Option<String>,
+    /// What to order by: enrolled_at (the default), last_checkin, hostname,
+    /// status, policy_id, policy_revision, version (Kibana's names, such as
+    /// `local_metadata.host.hostname`, too). Agents without the field come
+    /// last; ties in id order.
+    #[serde(rename = "sortField")]
+    #[param(rename = "sortField")]
+    sort_field: Option<String>,
+    /// `asc` or `desc` (default: newest first for times, A to Z otherwise).
+    #[serde(rename = "sortOrder")]
+    #[param(rename = "sortOrder")]
+    sort_order: Option<String>,
 }
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -784,6 +795,13 @@ async fn list_agents(
         Some(k) => s.services.management().parse_kuery(k)?,
         None => None,
     };
+    let sort = match (q.sort_field.as_deref(), q.sort_order.as_deref()) {
+        (None, None) => None,
+        (field, order) => Some(
+            flotilla_domain::agent::AgentSort::parse(field.unwrap_or("enrolled_at"), order)
+                .map_err(flotilla_service::ServiceError::Invalid)?,
+        ),
+    };
     let filter = AgentFilter {
         policy_id: q.policy_id,
         enrollment_api_key_id: q.enrollment_api_key_id,
@@ -791,6 +809,8 @@ async fn list_agents(
         tag: q.tag,
         show_inactive: q.show_inactive.unwrap_or(false),
         kuery,
+        policy_change_failed: false,
+        sort,
     };
     Ok(list(
         s.services.management().list_agents(&filter, p).await?,

@@ -196,6 +196,13 @@ pub(crate) fn json_field_sql(column: &str, param: usize) -> String {
     format!("(({column})::jsonb #>> ${param}::text[])")
 }
 
+/// The agent report's host name, for sorting (a constant path, so no
+/// bound parameter).
+pub(crate) const HOSTNAME_SQL: &str = "((m.local_metadata)::jsonb #>> '{host,hostname}')";
+
+/// Text ordered by code point, as the other engine orders it.
+pub(crate) const BINARY_COLLATION: &str = " COLLATE \"C\"";
+
 pub(crate) fn json_field_path(field: &str) -> String {
     let quoted: Vec<String> = field
         .split('.')

@@ -298,6 +298,13 @@ pub(crate) fn json_field_sql(column: &str, param: usize) -> String {
     format!("CAST(json_extract({column}, ${param}) AS TEXT)")
 }
 
+/// The agent report's host name, for sorting (a constant path, so no
+/// bound parameter).
+pub(crate) const HOSTNAME_SQL: &str = "CAST(json_extract(m.local_metadata, '$.host.hostname') AS TEXT)";
+
+/// Text ordered by code point, as the other engine orders it.
+pub(crate) const BINARY_COLLATION: &str = " COLLATE BINARY";
+
 pub(crate) fn json_field_path(field: &str) -> String {
     let quoted: Vec<String> = field
         .split('.')

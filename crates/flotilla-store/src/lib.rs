@@ -242,6 +242,24 @@ pub struct EnrollmentKeyFilter {
     pub policy_id: Option<String>,
 }
 
+/// How a policy's revision reached its agents over time: the active
+/// agents by the revision they run, and when the agents on `revision` (or
+/// later) got there, in buckets. Computed from when each agent's running
+/// revision last changed (recorded with the ack that changed it), so
+/// nothing is written per check-in and nothing is sampled.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RolloutHistory {
+    /// Active agents on the policy by the revision they run (`None`: none
+    /// yet), newest revision first.
+    pub by_revision: Vec<(Option<i64>, u64)>,
+    /// `(bucket start, agents that reached the revision in the bucket)`,
+    /// oldest first, empty buckets left out. Agents that reached it before
+    /// `since` are counted in the first bucket.
+    pub reached: Vec<(DateTime<Utc>, u64)>,
+    /// When the last agent on the revision got it.
+    pub last_reached: Option<DateTime<Utc>>,
+}
+
 /// How far a policy's revision has reached its agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rollout {
@@ -264,6 +282,10 @@ pub struct AgentFilter {
     /// filters. One that names `status` shows unenrolled agents too, as the
     /// status filter does.
     pub kuery: Option<flotilla_domain::kuery::Expr>,
+    /// Only agents whose last policy change failed (the overview's list).
+    pub policy_change_failed: bool,
+    /// The order (newest enrolment first when unset).
+    pub sort: Option<flotilla_domain::agent::AgentSort>,
 }
 
 /// An agent as first recorded at enrolment.
@@ -729,6 +751,15 @@ pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'stat
     /// A policy's rollout: its active agents, and how many of them run
     /// `revision` or later (two counts, one statement).
     async fn policy_rollout(&self, policy_id: &str, revision: i64) -> Result<Rollout>;
+    /// [`RolloutHistory`] of `revision` from `since`, in at most `buckets`
+    /// equal buckets up to the last agent that reached it.
+    async fn policy_rollout_history(
+        &self,
+        policy_id: &str,
+        revision: i64,
+        since: DateTime<Utc>,
+        buckets: u32,
+    ) -> Result<RolloutHistory>;
     async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent>;
     /// Moves an active agent to another policy; its reported revision is reset.
     async fn reassign_agent(&self, id: &str, policy_id: &str, now: DateTime<Utc>) -> Result<Agent>;

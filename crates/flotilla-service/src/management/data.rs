@@ -31,4 +31,38 @@ impl Management<'_> {
         }
         Ok(self.store().search_documents(name, query, page).await?)
     }
+
+    /// The newest `limit` events that name the agent (`agent.id`, as
+    /// agents stamp their events) across the data streams, at most
+    /// [`MAX_STREAMS_SEARCHED`] of them, from `since`: one
+    /// bounded search per stream, merged newest first.
+    pub async fn agent_latest_events(
+        &self,
+        agent_id: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredDocument>> {
+        let names = self.store().data_stream_names().await?;
+        let query = DocumentQuery {
+            from: Some(since),
+            to: None,
+            text: None,
+            matches: vec![("agent.id".to_owned(), agent_id.to_owned())],
+            ascending: false,
+        };
+        let page = Page {
+            page: 1,
+            per_page: limit.clamp(1, 100),
+        };
+        let mut found = Vec::new();
+        for name in names.iter().take(MAX_STREAMS_SEARCHED) {
+            found.extend(self.store().search_documents(name, &query, page).await?.items);
+        }
+        found.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then_with(|| a.id.cmp(&b.id)));
+        found.truncate(page.per_page as usize);
+        Ok(found)
+    }
 }
+
+/// The most data streams [`Management::agent_latest_events`] searches.
+pub(super) const MAX_STREAMS_SEARCHED: usize = 50;

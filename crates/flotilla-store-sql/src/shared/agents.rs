@@ -60,6 +60,65 @@ pub(super) async fn policy_rollout(
 }
 
 #[tracing::instrument(skip_all)]
+pub(super) async fn policy_rollout_history(
+    s: &Engine,
+    policy_id: &str,
+    revision: i64,
+    since: DateTime<Utc>,
+    buckets: u32,
+) -> Result<flotilla_store::RolloutHistory> {
+    let by_revision: Vec<(Option<i64>, i64)> = sqlx::query_as(
+        "SELECT policy_revision, COUNT(*) FROM agents WHERE policy_id = $1 AND active \
+         GROUP BY policy_revision ORDER BY policy_revision IS NULL, policy_revision DESC",
+    )
+    .bind(policy_id)
+    .fetch_all(&s.pool)
+    .await
+    .db()?;
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(policy_revision_at) FROM agents \
+         WHERE policy_id = $1 AND active AND policy_revision >= $2",
+    )
+    .bind(policy_id)
+    .bind(revision)
+    .fetch_one(&s.pool)
+    .await
+    .db()?;
+    let from = ms(since);
+    let mut reached = Vec::new();
+    if let Some(last) = last {
+        // Equal buckets from `since` through the last arrival; arrivals
+        // before `since` (or with no time: set before times were kept)
+        // fall in the first.
+        let step = ((last - from).max(0) / i64::from(buckets.max(1))).max(1) + 1;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT x.b, COUNT(*) FROM (SELECT CASE WHEN policy_revision_at IS NULL \
+             OR policy_revision_at < $3 THEN 0 ELSE (policy_revision_at - $3) / $4 END AS b \
+             FROM agents WHERE policy_id = $1 AND active AND policy_revision >= $2) x \
+             GROUP BY x.b ORDER BY x.b",
+        )
+        .bind(policy_id)
+        .bind(revision)
+        .bind(from)
+        .bind(step)
+        .fetch_all(&s.pool)
+        .await
+        .db()?;
+        for (b, n) in rows {
+            reached.push((from_ms(from + b * step), n.max(0) as u64));
+        }
+    }
+    Ok(flotilla_store::RolloutHistory {
+        by_revision: by_revision
+            .into_iter()
+            .map(|(r, n)| (r, n.max(0) as u64))
+            .collect(),
+        reached,
+        last_reached: last.map(from_ms),
+    })
+}
+
+#[tracing::instrument(skip_all)]
 pub(super) async fn set_agent_tags(
     s: &Engine,
     id: &str,
@@ -98,7 +157,7 @@ pub(super) async fn reassign_agent(
         return Err(StoreError::not_found(Entity::AgentPolicy, policy_id));
     }
     let done = sqlx::query(
-                    "UPDATE agents SET policy_id = $2, policy_revision = NULL, updated_at = $3 WHERE id = $1 AND active",
+                    "UPDATE agents SET policy_id = $2, policy_revision = NULL, policy_revision_at = NULL, updated_at = $3 WHERE id = $1 AND active",
                 )
                 .bind(id)
                 .bind(policy_id)

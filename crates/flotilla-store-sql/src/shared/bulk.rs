@@ -86,7 +86,7 @@ pub(super) async fn apply_bulk_action(
         let list = in_list(3, ok.len());
         let stmt: Option<String> = match op {
             BulkOperation::Reassign { .. } => Some(format!(
-                "UPDATE agents SET policy_id = $1, policy_revision = NULL, updated_at = $2 \
+                "UPDATE agents SET policy_id = $1, policy_revision = NULL, policy_revision_at = NULL, updated_at = $2 \
                  WHERE id IN ({list})"
             )),
             BulkOperation::Unenroll { revoke: false } => Some(format!(

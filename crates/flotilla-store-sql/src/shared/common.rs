@@ -523,16 +523,20 @@ pub(crate) async fn agents_query(
         let n = rows.len() as u64;
         (rows, n)
     } else {
-        let kuery = match &filter.kuery {
+        let mut kuery = match &filter.kuery {
             Some(k) => format!(" AND ({})", super::kuery::compile(k, &mut args, 9)?),
             None => String::new(),
         };
+        if filter.policy_change_failed {
+            kuery.push_str(" AND a.policy_change_failure IS NOT NULL");
+        }
         page_of::<AgentRow>(
             &s.pool,
             &format!(
-                "{}{}{kuery} ORDER BY a.enrolled_at DESC, a.id",
+                "{}{}{kuery} ORDER BY {}",
                 agent_select_sql!(),
-                agent_where_sql!()
+                agent_where_sql!(),
+                super::kuery::order_by(filter.sort)
             ),
             &format!("SELECT COUNT(*){}{kuery}", agent_where_sql!()),
             args,
@@ -592,10 +596,13 @@ pub(crate) async fn agent_ids(
     add(&mut args, filter.enrollment_api_key_id.clone())?;
     add(&mut args, after.map(str::to_owned))?;
     add(&mut args, i64::from(limit))?;
-    let kuery = match &filter.kuery {
+    let mut kuery = match &filter.kuery {
         Some(k) => format!(" AND ({})", super::kuery::compile(k, &mut args, 11)?),
         None => String::new(),
     };
+    if filter.policy_change_failed {
+        kuery.push_str(" AND a.policy_change_failure IS NOT NULL");
+    }
     sqlx::query_scalar_with(
         sql!(
             "SELECT a.id{}{kuery} AND ($9 IS NULL OR a.id > $9) ORDER BY a.id LIMIT $10",

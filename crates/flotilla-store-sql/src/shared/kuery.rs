@@ -10,6 +10,26 @@ use flotilla_domain::kuery::{CmpOp, Cond, Expr, Field, Value};
 
 use super::prelude::*;
 
+/// An agent list's ORDER BY terms (after `ORDER BY`): agents without the
+/// field last in either direction, ties in id order. Column names only;
+/// the status expression uses the agent query's `$5` and `$7`.
+pub(crate) fn order_by(sort: Option<flotilla_domain::agent::AgentSort>) -> String {
+    use flotilla_domain::agent::AgentSortField as F;
+    let sort = sort.unwrap_or_default();
+    let (col, text) = match sort.field {
+        F::EnrolledAt => ("a.enrolled_at".to_owned(), false),
+        F::LastCheckin => ("a.last_checkin".to_owned(), false),
+        F::Hostname => (HOSTNAME_SQL.to_owned(), true),
+        F::Status => (concat!("(", agent_status_sql!(), ")").to_owned(), true),
+        F::PolicyId => ("a.policy_id".to_owned(), true),
+        F::PolicyRevision => ("a.policy_revision".to_owned(), false),
+        F::Version => ("a.agent_version".to_owned(), true),
+    };
+    let dir = if sort.ascending { "ASC" } else { "DESC" };
+    let collate = if text { BINARY_COLLATION } else { "" };
+    format!("({col}) IS NULL, ({col}){collate} {dir}, a.id")
+}
+
 /// `expr` as SQL, its values added to `args` as `$first`, `$first+1`…
 pub(crate) fn compile(expr: &Expr, args: &mut Args, first: usize) -> Result<String> {
     let mut c = Compiler { args, next: first };

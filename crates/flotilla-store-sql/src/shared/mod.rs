@@ -34,7 +34,8 @@ mod tasks;
 mod prelude {
     #![allow(unused_imports)]
     pub(crate) use super::super::{
-        json_field_path, json_field_sql, seq_param, Db, Engine, ENGINE, FOR_UPDATE,
+        json_field_path, json_field_sql, seq_param, Db, Engine, BINARY_COLLATION, ENGINE, FOR_UPDATE,
+        HOSTNAME_SQL,
     };
     pub(crate) use super::common::*;
     pub(crate) use crate::rows::*;
@@ -323,6 +324,16 @@ impl Store for Engine {
         revision: i64,
     ) -> Result<flotilla_store::Rollout> {
         agents::policy_rollout(self, policy_id, revision).await
+    }
+
+    async fn policy_rollout_history(
+        &self,
+        policy_id: &str,
+        revision: i64,
+        since: DateTime<Utc>,
+        buckets: u32,
+    ) -> Result<flotilla_store::RolloutHistory> {
+        agents::policy_rollout_history(self, policy_id, revision, since, buckets).await
     }
 
     async fn set_agent_tags(&self, id: &str, tags: &[String], now: DateTime<Utc>) -> Result<Agent> {

@@ -250,13 +250,15 @@ async fn runs_policies(
     }
     for (revision, agents) in newer {
         let mut q = sqlx::query(sql!(
-            "UPDATE agents SET policy_revision = {}, updated_at = {}, policy_change_failure = NULL \
-             WHERE id IN ({})",
+            "UPDATE agents SET policy_revision = {}, updated_at = {}, policy_revision_at = {}, \
+             policy_change_failure = NULL WHERE id IN ({})",
             seq_param(1),
             seq_param(2),
-            seq_params(3, agents.len())
+            seq_param(3),
+            seq_params(4, agents.len())
         ))
         .bind(revision)
+        .bind(ms(now))
         .bind(ms(now));
         for a in agents {
             q = q.bind(a);

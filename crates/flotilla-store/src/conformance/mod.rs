@@ -74,6 +74,8 @@ macro_rules! conformance_suite {
             checkin_reads_give_the_policy_revision_and_pending_actions,
             console_sessions_expire_end_with_their_key_and_sign_out,
             policy_rollout_counts_active_agents_on_the_revision,
+            rollout_history_counts_when_agents_reached_the_revision,
+            agents_are_sorted_by_each_field_missing_values_last,
             enrollment_keys_count_their_uses_and_refuse_once_spent_or_expired,
             concurrent_enrolments_never_exceed_max_uses,
             agents_are_searched_by_kuery,

@@ -316,3 +316,119 @@ pub async fn agents_are_searched_by_kuery(s: S) {
     assert_eq!(got.total, 1);
     assert_eq!(got.items[0].id, "web-02");
 }
+
+pub async fn agents_are_sorted_by_each_field_missing_values_last(s: S) {
+    use flotilla_domain::agent::{AgentSort, AgentSortField as F};
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    s.create_policy(&policy("q", "Q"), now).await.unwrap();
+    let a1 = enrolment("web-01", KeyUse::None, now - Duration::hours(3));
+    let a2 = enrolment("web-02", KeyUse::None, now - Duration::hours(2));
+    let mut a3 = enrolment("DB-01", KeyUse::None, now - Duration::hours(1));
+    a3.agent.policy_id = "q".into();
+    // Same enrolment time as web-02: ties go in id order.
+    let a4 = enrolment("web-00", KeyUse::None, now - Duration::hours(2));
+    let out = s.enroll_agents(&[a1, a2, a3, a4]).await.unwrap();
+    assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+    s.record_checkins(&[
+        checkin("web-01", now, "9.1.0"),
+        checkin("web-02", now - Duration::minutes(10), "10.0.0"),
+        checkin("web-00", now - Duration::minutes(1), "8.15.0"),
+    ])
+    .await
+    .unwrap();
+    s.record_policy_change_failure("web-02", &serde_json::json!({"message": "bad input"}))
+        .await
+        .unwrap();
+    let sorted = |field: F, ascending: bool| {
+        let s = s.clone();
+        async move {
+            let filter = AgentFilter {
+                sort: Some(AgentSort { field, ascending }),
+                ..Default::default()
+            };
+            let got = s.list_agents(&filter, page(1, 50), now).await.unwrap();
+            got.items.into_iter().map(|a| a.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        sorted(F::EnrolledAt, false).await,
+        ["DB-01", "web-00", "web-02", "web-01"],
+        "the default order, ties by id"
+    );
+    let default = s
+        .list_agents(&AgentFilter::default(), page(1, 50), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        default.items.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["DB-01", "web-00", "web-02", "web-01"]
+    );
+    assert_eq!(
+        sorted(F::EnrolledAt, true).await,
+        ["web-01", "web-00", "web-02", "DB-01"]
+    );
+    assert_eq!(
+        sorted(F::LastCheckin, false).await,
+        ["web-01", "web-00", "web-02", "DB-01"],
+        "never checked in: last"
+    );
+    assert_eq!(
+        sorted(F::LastCheckin, true).await,
+        ["web-02", "web-00", "web-01", "DB-01"],
+        "never checked in: last either way"
+    );
+    // By code point on both engines: upper case first.
+    assert_eq!(
+        sorted(F::Hostname, true).await,
+        ["DB-01", "web-00", "web-01", "web-02"]
+    );
+    assert_eq!(
+        sorted(F::Hostname, false).await,
+        ["web-02", "web-01", "web-00", "DB-01"]
+    );
+    // Text order, not version order; no version last.
+    assert_eq!(
+        sorted(F::Version, true).await,
+        ["web-02", "web-00", "web-01", "DB-01"]
+    );
+    // enrolling < offline < online.
+    assert_eq!(
+        sorted(F::Status, true).await,
+        ["DB-01", "web-02", "web-00", "web-01"]
+    );
+    assert_eq!(
+        sorted(F::PolicyId, false).await,
+        ["DB-01", "web-00", "web-01", "web-02"]
+    );
+    s.agent_runs_policy("web-01", "p", 1, now).await.unwrap();
+    assert_eq!(
+        sorted(F::PolicyRevision, false).await[0],
+        "web-01",
+        "the only one with a revision first"
+    );
+    // Paging keeps the order.
+    let filter = AgentFilter {
+        sort: Some(AgentSort {
+            field: F::Hostname,
+            ascending: true,
+        }),
+        ..Default::default()
+    };
+    let second = s.list_agents(&filter, page(2, 2), now).await.unwrap();
+    assert_eq!(
+        second.items.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["web-01", "web-02"]
+    );
+    assert_eq!(second.total, 4);
+    // The agents whose last policy change failed.
+    let failed = AgentFilter {
+        policy_change_failed: true,
+        ..Default::default()
+    };
+    let got = s.list_agents(&failed, page(1, 10), now).await.unwrap();
+    assert_eq!(got.total, 1);
+    assert_eq!(got.items[0].id, "web-02");
+    let ids = s.agent_ids(&failed, None, 10, now).await.unwrap();
+    assert_eq!(ids, ["web-02"]);
+}

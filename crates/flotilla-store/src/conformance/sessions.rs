@@ -136,3 +136,74 @@ pub async fn policy_rollout_counts_active_agents_on_the_revision(s: S) {
     let r = s.policy_rollout("p2", 1).await.unwrap();
     assert_eq!(r.agents, 1);
 }
+
+pub async fn rollout_history_counts_when_agents_reached_the_revision(s: S) {
+    let t0 = Utc::now() - Duration::minutes(10);
+    let p = s.create_policy(&policy("p1", "one"), t0).await.unwrap();
+    for id in ["a1", "a2", "a3", "a4"] {
+        enrolled(&s, id, "p1").await;
+    }
+    let h = s
+        .policy_rollout_history("p1", p.revision, t0, 10)
+        .await
+        .unwrap();
+    assert_eq!(h.by_revision, vec![(None, 4)], "none runs a revision yet");
+    assert!(h.reached.is_empty() && h.last_reached.is_none(), "{h:?}");
+    // Two agents take the first revision, then the policy changes and
+    // three take the new one: one at once, two four seconds later.
+    for id in ["a1", "a2"] {
+        s.agent_runs_policy(id, "p1", p.revision, t0 + Duration::seconds(1))
+            .await
+            .unwrap();
+    }
+    let update = AgentPolicyUpdate {
+        description: Some(Some("changed".into())),
+        ..Default::default()
+    };
+    let t1 = t0 + Duration::seconds(60);
+    let changed = s.update_policy("p1", &update, t1).await.unwrap();
+    s.agent_runs_policy("a1", "p1", changed.revision, t1)
+        .await
+        .unwrap();
+    for id in ["a3", "a4"] {
+        s.agent_runs_policy(id, "p1", changed.revision, t1 + Duration::seconds(4))
+            .await
+            .unwrap();
+    }
+    let h = s
+        .policy_rollout_history("p1", changed.revision, t1, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.by_revision,
+        vec![(Some(changed.revision), 3), (Some(p.revision), 1)],
+        "newest revision first"
+    );
+    assert_eq!(
+        h.last_reached.map(|t| t.timestamp_millis()),
+        Some((t1 + Duration::seconds(4)).timestamp_millis())
+    );
+    let counts: Vec<u64> = h.reached.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, vec![1, 2], "{h:?}");
+    assert_eq!(h.reached[0].0.timestamp_millis(), t1.timestamp_millis());
+    assert!(h.reached[1].0 > t1 && h.reached[1].0 <= t1 + Duration::seconds(4));
+    // Reassigned agents leave the policy, their revision forgotten;
+    // arrivals before `since` are counted in the first bucket.
+    s.create_policy(&policy("p2", "two"), t0).await.unwrap();
+    s.reassign_agent("a3", "p2", t1 + Duration::seconds(5))
+        .await
+        .unwrap();
+    let h = s
+        .policy_rollout_history("p1", changed.revision, t1 + Duration::seconds(2), 4)
+        .await
+        .unwrap();
+    assert_eq!(h.by_revision[0], (Some(changed.revision), 2));
+    let counts: Vec<u64> = h.reached.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts.iter().sum::<u64>(), 2);
+    assert_eq!(counts[0], 1, "a1 arrived before `since`: {h:?}");
+    let h2 = s
+        .policy_rollout_history("p2", 1, t0, 4)
+        .await
+        .unwrap();
+    assert_eq!(h2.by_revision, vec![(None, 1)]);
+}

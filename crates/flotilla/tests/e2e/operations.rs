@@ -310,9 +310,43 @@ async fn agents_are_searched_with_kuery_over_http_and_the_cli() {
         "longer than",
     );
 
+    // Sorted, as Kibana asks (its field names), and refused when unknown.
+    let in_order = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["local_metadata"]["host"]["hostname"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (st, got) = s
+        .get("/api/fleet/agents?sortField=local_metadata.host.hostname&sortOrder=desc")
+        .await;
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(in_order(&got), ["web-02", "web-01", "db-01"]);
+    let (_, got) = s
+        .get("/api/fleet/agents?sortField=status&sortOrder=desc&perPage=1")
+        .await;
+    assert_eq!(in_order(&got), ["web-01"], "online after enrolling");
+    assert_eq!(got["total"], 3);
+    assert_error(
+        &s.get("/api/fleet/agents?sortField=access_api_key").await,
+        400,
+        "not a field agents can be sorted by",
+    );
+    assert_error(
+        &s.get("/api/fleet/agents?sortField=status&sortOrder=sideways").await,
+        400,
+        "is not asc or desc",
+    );
+
     // The CLI.
     let listed = ok_json(&s.cli(&["agents", "list", "--kuery", "tags:prod", "--json"]));
     assert_eq!(ids(&listed), ["db-01", "web-01"]);
+    let sorted = ok_json(&s.cli(&[
+        "agents", "list", "--sort", "hostname", "--order", "asc", "--json",
+    ]));
+    assert_eq!(in_order(&sorted), ["db-01", "web-01", "web-02"]);
     let err = one_line_error(&s.cli(&["agents", "list", "--kuery", "tags:prod or"]));
     assert!(err.contains("kuery"), "{err}");
 }
