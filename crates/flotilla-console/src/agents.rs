@@ -14,9 +14,7 @@ use flotilla_store::{AgentFilter, Page, PolicyFilter};
 
 use crate::auth::Session;
 use crate::error::ConsoleError;
-use crate::layout::{
-    nonempty, page, page_number, pager, query, status_badge, when, when_opt, Nav,
-};
+use crate::layout::{nonempty, page, page_number, pager, query, status_badge, when, when_opt, Nav};
 use crate::{ConsoleState, BASE};
 
 pub(crate) const PER_PAGE: u32 = 50;
@@ -104,8 +102,7 @@ pub(crate) fn hostname(agent: &Agent) -> &str {
 fn kuery_value(v: &str) -> String {
     let plain = |w: &str| {
         !w.is_empty()
-            && w
-                .chars()
+            && w.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '/'))
     };
     match v.strip_suffix('*') {
@@ -431,7 +428,11 @@ pub(crate) async fn detail(
         )
         .await?;
     let events = m
-        .agent_latest_events(&id, state.clock.now() - chrono::Duration::days(7), EVENTS_SHOWN)
+        .agent_latest_events(
+            &id,
+            state.clock.now() - chrono::Duration::days(7),
+            EVENTS_SHOWN,
+        )
         .await?;
     let title = if hostname(&agent).is_empty() {
         agent.id.clone()

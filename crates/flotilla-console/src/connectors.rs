@@ -77,7 +77,7 @@ pub(crate) async fn list(
                     th scope="col" { span .visually-hidden { "Actions" } }
                 } }
                 tbody { @for c in &connectors.items {
-                    tr {
+                    tr id={"c-" (c.id)} {
                         td { (c.name) br; code .muted { (c.id) } }
                         td { (c.cloud_provider.as_str()) }
                         td { (c.package_policy_count) }

@@ -4,7 +4,11 @@
 use axum::extract::State;
 use maud::{html, Markup};
 
-use flotilla_domain::agent::AgentStatus;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use flotilla_domain::agent::{Agent, AgentSort, AgentSortField, AgentStatus};
+use flotilla_domain::connector::{PermissionStatus, VerificationStatus};
 use flotilla_domain::status_history::{StatusGroup, StatusSample};
 use flotilla_store::{AgentFilter, Page, PolicyFilter};
 
@@ -139,6 +143,7 @@ pub(crate) async fn page_handler(
             .items,
         );
     }
+    let failures = recent_failures(state, &failing).await?;
     let body = html! {
         div .grid {
             section .card aria-labelledby="h-status" {
@@ -193,26 +198,271 @@ pub(crate) async fn page_handler(
                     }
                 }
             }
-            section .card aria-labelledby="h-failures" {
+            section .card .wide aria-labelledby="h-failures" {
                 h2 #h-failures { "Recent failures" }
-                @if failing.is_empty() {
-                    p .empty { "No agent reports an error." }
-                } @else {
-                    ul .plain {
-                        @for a in &failing {
-                            li {
-                                a href={(BASE) "/agents/" (a.id)} { @if hostname(a).is_empty() { (a.id) } @else { (hostname(a)) } }
-                                " " (status_badge(a.status.as_str()))
-                                " " (a.last_checkin_message.as_deref().unwrap_or(""))
-                                " · " (when_opt(a.last_checkin))
-                            }
-                        }
-                    }
-                }
+                (failures_view(&failing, &failures))
             }
         }
     };
     Ok(page(session, Nav::Overview, "Overview", body))
+}
+
+/// How many of each kind of failure the overview lists.
+const FAILURES_SHOWN: u32 = 5;
+/// Task runs looked at for errors (the newest).
+const RUNS_READ: u32 = 200;
+/// Connectors looked at for a failed verification.
+const CONNECTORS_READ: u32 = 200;
+
+/// The overview's failures other than agents reporting an error.
+pub(crate) struct Failures {
+    /// Agents whose last policy change failed, and how many in all.
+    policy_changes: (Vec<Agent>, u64),
+    /// Unhealthy inputs of the agents in error or degraded: agent, input
+    /// (component or unit) id, its status and message.
+    inputs: Vec<(String, String, String, String, String)>,
+    /// Tasks that failed for good, then recent runs that failed: task id,
+    /// type, when, error.
+    tasks: Vec<(String, String, Option<DateTime<Utc>>, String)>,
+    /// Connectors whose verification failed or found a permission missing.
+    connectors: Vec<(String, String, String)>,
+    /// Whether this instance runs the task manager (else no task list).
+    task_manager: bool,
+}
+
+/// A component's or unit's status counts as unhealthy unless it is one
+/// of these.
+fn healthy(status: &str) -> bool {
+    matches!(
+        status.to_ascii_uppercase().as_str(),
+        "HEALTHY" | "STARTING" | "CONFIGURING" | "STOPPING" | "STOPPED" | ""
+    )
+}
+
+/// The unhealthy components and units an agent reported.
+fn unhealthy_inputs(agent: &Agent) -> Vec<(String, String, String)> {
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let mut out = Vec::new();
+    for c in agent
+        .components
+        .as_ref()
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let id = str_of(c, "id");
+        if !healthy(&str_of(c, "status")) {
+            out.push((id.clone(), str_of(c, "status"), str_of(c, "message")));
+        }
+        for u in c
+            .get("units")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !healthy(&str_of(u, "status")) {
+                out.push((
+                    format!("{id} / {}", str_of(u, "id")),
+                    str_of(u, "status"),
+                    str_of(u, "message"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+pub(crate) async fn recent_failures(
+    state: &ConsoleState,
+    failing: &[Agent],
+) -> Result<Failures, ConsoleError> {
+    let m = state.services.management();
+    let failed = m
+        .list_agents(
+            &AgentFilter {
+                policy_change_failed: true,
+                sort: Some(AgentSort {
+                    field: AgentSortField::LastCheckin,
+                    ascending: false,
+                }),
+                ..Default::default()
+            },
+            Page {
+                page: 1,
+                per_page: FAILURES_SHOWN,
+            },
+        )
+        .await?;
+    let mut inputs = Vec::new();
+    for a in failing {
+        for (input, status, message) in unhealthy_inputs(a) {
+            inputs.push((a.id.clone(), label(a).to_owned(), input, status, message));
+        }
+    }
+    inputs.truncate(FAILURES_SHOWN as usize * 2);
+    let mut tasks = Vec::new();
+    if let Some(tm) = state.tasks.as_ref() {
+        let failed = tm
+            .list(
+                None,
+                Some("failed"),
+                Page {
+                    page: 1,
+                    per_page: FAILURES_SHOWN,
+                },
+            )
+            .await?;
+        for t in failed.items {
+            tasks.push((
+                t.id,
+                t.task_type,
+                t.last_run_at,
+                t.last_error.unwrap_or_else(|| "failed".into()),
+            ));
+        }
+        for r in tm.runs(None, RUNS_READ).await? {
+            if tasks.len() >= FAILURES_SHOWN as usize * 2 {
+                break;
+            }
+            let (Some(id), Some(error)) = (r["taskId"].as_str(), r["error"].as_str()) else {
+                continue;
+            };
+            if tasks.iter().any(|(t, ..)| t == id) {
+                continue;
+            }
+            let at = r["finishedAt"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc));
+            tasks.push((
+                id.to_owned(),
+                r["taskType"].as_str().unwrap_or("").to_owned(),
+                at,
+                error.to_owned(),
+            ));
+        }
+    }
+    let mut connectors = Vec::new();
+    let all = m
+        .list_connectors(Page {
+            page: 1,
+            per_page: CONNECTORS_READ,
+        })
+        .await?;
+    for c in all.items {
+        let missing: Vec<String> = c
+            .verification_permissions
+            .iter()
+            .flat_map(|s| s.permissions.iter())
+            .filter(|p| p.required && p.status != PermissionStatus::Verified)
+            .map(|p| p.action.clone())
+            .collect();
+        let failed = c.verification_status == Some(VerificationStatus::Failed);
+        if failed || !missing.is_empty() {
+            let why = if missing.is_empty() {
+                c.verification_message
+                    .clone()
+                    .unwrap_or_else(|| "verification failed".into())
+            } else {
+                format!("missing {}", missing.join(", "))
+            };
+            connectors.push((c.id, c.name, why));
+        }
+        if connectors.len() >= FAILURES_SHOWN as usize {
+            break;
+        }
+    }
+    Ok(Failures {
+        policy_changes: (failed.items, failed.total),
+        inputs,
+        tasks,
+        connectors,
+        task_manager: state.tasks.is_some(),
+    })
+}
+
+fn label(a: &Agent) -> &str {
+    if hostname(a).is_empty() {
+        &a.id
+    } else {
+        hostname(a)
+    }
+}
+
+fn failures_view(failing: &[Agent], f: &Failures) -> Markup {
+    html! {
+        div .failures {
+            section aria-labelledby="h-f-agents" #failing-agents {
+                h3 #h-f-agents { "Agents reporting an error" }
+                @if failing.is_empty() {
+                    p .empty { "No agent reports an error." }
+                } @else {
+                    ul .plain { @for a in failing {
+                        li {
+                            a href={(BASE) "/agents/" (a.id)} { (label(a)) }
+                            " " (status_badge(a.status.as_str()))
+                            " " (a.last_checkin_message.as_deref().unwrap_or(""))
+                            " · " (when_opt(a.last_checkin))
+                        }
+                    } }
+                }
+            }
+            section aria-labelledby="h-f-policy" #failed-policy-changes {
+                h3 #h-f-policy { "Failed policy changes" }
+                @if f.policy_changes.0.is_empty() {
+                    p .empty { "No agent failed to apply its policy." }
+                } @else {
+                    ul .plain { @for a in &f.policy_changes.0 {
+                        li {
+                            a href={(BASE) "/agents/" (a.id)} { (label(a)) }
+                            " " span .behind { (a.policy_change_failure.as_ref().and_then(|v| v.get("message")).and_then(Value::as_str).unwrap_or("failed")) }
+                        }
+                    } }
+                    @if f.policy_changes.1 > f.policy_changes.0.len() as u64 {
+                        p .muted { (f.policy_changes.1) " agents in all." }
+                    }
+                }
+            }
+            section aria-labelledby="h-f-inputs" #unhealthy-inputs {
+                h3 #h-f-inputs { "Unhealthy inputs" }
+                @if f.inputs.is_empty() {
+                    p .empty { "No input reports a problem." }
+                } @else {
+                    ul .plain { @for (id, host, input, status, message) in &f.inputs {
+                        li {
+                            a href={(BASE) "/agents/" (id)} { (host) } " · " code { (input) }
+                            " " (status_badge(&status.to_ascii_lowercase())) " " (message)
+                        }
+                    } }
+                }
+            }
+            section aria-labelledby="h-f-tasks" #failed-tasks {
+                h3 #h-f-tasks { "Failed tasks" }
+                @if !f.task_manager {
+                    p .muted { "The task manager does not run on this instance." }
+                } @else if f.tasks.is_empty() {
+                    p .empty { "No task failed recently." }
+                } @else {
+                    ul .plain { @for (id, task_type, at, error) in &f.tasks {
+                        li {
+                            a href={(BASE) "/tasks?type=" (task_type)} { code { (task_type) } } " " code .muted { (id) }
+                            " " span .behind { (error) } " · " (when_opt(*at))
+                        }
+                    } }
+                }
+            }
+            section aria-labelledby="h-f-connectors" #failing-connectors {
+                h3 #h-f-connectors { "Connectors failing verification" }
+                @if f.connectors.is_empty() {
+                    p .empty { "No connector fails verification." }
+                } @else {
+                    ul .plain { @for (id, name, why) in &f.connectors {
+                        li { a href={(BASE) "/connectors#c-" (id)} { (name) } " " span .behind { (why) } }
+                    } }
+                }
+            }
+        }
+    }
 }
 
 pub(crate) async fn page_route(

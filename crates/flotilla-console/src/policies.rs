@@ -8,10 +8,13 @@ use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 
+use chrono::{DateTime, Utc};
 use flotilla_api::management::CreateAgentPolicy;
 use flotilla_api::management::UpdateAgentPolicy;
 use flotilla_service::ServiceError;
-use flotilla_store::{EnrollmentKeyFilter, PackagePolicyFilter, Page, PolicyFilter, Rollout};
+use flotilla_store::{
+    EnrollmentKeyFilter, PackagePolicyFilter, Page, PolicyFilter, Rollout, RolloutHistory,
+};
 
 use crate::agents::status_counts;
 use crate::auth::{csrf_field, Session};
@@ -285,6 +288,116 @@ pub(crate) async fn create(
     }
 }
 
+/// Buckets in the rollout chart.
+const ROLLOUT_BUCKETS: u32 = 60;
+
+/// Agents on the policy's current revision over time since it changed
+/// (a step line up to the fleet's size, as server-rendered SVG), the same
+/// as a short table, and the agents by the revision they run.
+fn rollout_history_view(
+    revision: i64,
+    since: DateTime<Utc>,
+    agents: u64,
+    h: &RolloutHistory,
+) -> Markup {
+    const W: i64 = 600;
+    const H: i64 = 160;
+    const LEFT: i64 = 48;
+    const BOTTOM: i64 = 24;
+    // Cumulative arrivals: (time, agents on the revision by then).
+    let mut points: Vec<(DateTime<Utc>, u64)> = Vec::with_capacity(h.reached.len() + 2);
+    let mut total = 0;
+    if h.reached.first().is_none_or(|(t, _)| *t > since) {
+        points.push((since, 0));
+    }
+    for (t, n) in &h.reached {
+        total += n;
+        points.push((*t, total));
+    }
+    if let Some(last) = h.last_reached {
+        if points.last().is_some_and(|(t, _)| *t < last) {
+            points.push((last, total));
+        }
+    }
+    let t0 = since.timestamp_millis();
+    let span = (points
+        .last()
+        .map(|(t, _)| t.timestamp_millis())
+        .unwrap_or(t0)
+        - t0)
+        .max(1);
+    let max = agents.max(total).max(1) as i64;
+    let x = |t: &DateTime<Utc>| {
+        LEFT + (t.timestamp_millis() - t0).clamp(0, span) * (W - LEFT - 8) / span
+    };
+    let y = |n: u64| (H - BOTTOM) - (n as i64) * (H - BOTTOM - 8) / max;
+    // A step line: flat until each bucket, then up.
+    let mut line = Vec::with_capacity(points.len() * 2);
+    let mut prev: Option<u64> = None;
+    for (t, n) in &points {
+        if let Some(p) = prev {
+            line.push(format!("{},{}", x(t), y(p)));
+        }
+        line.push(format!("{},{}", x(t), y(*n)));
+        prev = Some(*n);
+    }
+    let percent = |n: u64| (n * 100).checked_div(agents).unwrap_or(100);
+    let took = h
+        .last_reached
+        .map(|l| (l - since).num_milliseconds().max(0) as f64 / 1000.0);
+    html! {
+        @if h.reached.is_empty() {
+            p .muted { "No agent runs revision " (revision) " yet." }
+        } @else {
+            svg .chart .history #rollout-chart viewBox={"0 0 " (W) " " (H + 8)} role="img" aria-labelledby="rollout-title" {
+                title #rollout-title {
+                    "Agents on revision " (revision) " since it was made: " (total) " of " (agents)
+                    @if let Some(s) = took { ", the last " (format!("{s:.1}")) " s after the change" }
+                }
+                line x1=(LEFT) y1=(H - BOTTOM) x2=(W) y2=(H - BOTTOM) class="axis" {}
+                line x1=(LEFT) y1="8" x2=(LEFT) y2=(H - BOTTOM) class="axis" {}
+                line x1=(LEFT) y1=(y(agents)) x2=(W) y2=(y(agents)) class="target" {}
+                text x=(LEFT - 6) y=(y(agents) + 4) text-anchor="end" class="chart-label" { (agents) }
+                text x=(LEFT - 6) y=(H - BOTTOM) text-anchor="end" class="chart-label" { "0" }
+                text x=(LEFT) y=(H - 4) class="chart-label" { (since.format("%H:%M:%S")) }
+                @if let Some((t, _)) = points.last() {
+                    text x=(W) y=(H - 4) text-anchor="end" class="chart-label" { (t.format("%H:%M:%S")) }
+                }
+                polyline points=(line.join(" ")) class="line group-online" {}
+            }
+            details {
+                summary { "As a table" }
+                table #rollout-table {
+                    caption .muted { "Agents on revision " (revision) " over time" }
+                    thead { tr { th scope="col" { "By" } th scope="col" { "Agents" } th scope="col" { "Of the policy's" } } }
+                    tbody { @for (t, n) in points.iter().rev().take(24).collect::<Vec<_>>().into_iter().rev() {
+                        tr { th scope="row" { (when(*t)) } td { (n) } td { (percent(*n)) " %" } }
+                    } }
+                }
+            }
+        }
+        div .table-wrap { table #rollout-by-revision {
+            caption { "Agents by the revision they run" }
+            thead { tr { th scope="col" { "Revision" } th scope="col" { "Agents" } } }
+            tbody {
+                @for (r, n) in &h.by_revision {
+                    tr {
+                        th scope="row" {
+                            @match r {
+                                Some(r) if *r >= revision => { (r) " (current)" }
+                                Some(r) => { (r) }
+                                None => { span .muted { "none yet" } }
+                            }
+                        }
+                        td { (n) " (" (percent(*n)) " %)" }
+                    }
+                }
+                @if h.by_revision.is_empty() { tr { td colspan="2" .muted { "No agents on this policy." } } }
+            }
+        } }
+    }
+}
+
 pub(crate) async fn detail(
     State(state): State<ConsoleState>,
     session: Session,
@@ -292,6 +405,7 @@ pub(crate) async fn detail(
 ) -> Result<Markup, ConsoleError> {
     let m = state.services.management();
     let (policy, rollout) = m.policy_rollout(&id).await?;
+    let (_, history) = m.policy_rollout_history(&id, ROLLOUT_BUCKETS).await?;
     let integrations = m
         .list_package_policies(
             &PackagePolicyFilter {
@@ -341,6 +455,7 @@ pub(crate) async fn detail(
             @if rollout.agents > rollout.on_revision {
                 p .muted { (rollout.agents - rollout.on_revision) " agents still run an older revision: they receive this one at their next check-in." }
             }
+            (rollout_history_view(policy.revision, policy.updated_at, rollout.agents, &history))
         }
         section aria-labelledby="h-agents" {
             h2 #h-agents { "Agents" }

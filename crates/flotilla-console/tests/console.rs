@@ -34,6 +34,16 @@ struct Fixture {
 }
 
 async fn fixture_with(settings: ConsoleSettings) -> Fixture {
+    fixture_full(settings, false).await
+}
+
+/// With a task manager on the console (its registry the built-in types;
+/// nothing runs it: tests write task outcomes through the store).
+async fn fixture_with_tasks() -> Fixture {
+    fixture_full(ConsoleSettings::default(), true).await
+}
+
+async fn fixture_full(settings: ConsoleSettings, tasks: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = flotilla_store_sql::open(flotilla_store_sql::Location::DataDir(dir.path()))
         .await
@@ -54,7 +64,23 @@ async fn fixture_with(settings: ConsoleSettings) -> Fixture {
     let clock = Arc::new(ManualClock::new(
         Utc.with_ymd_and_hms(2026, 12, 3, 12, 0, 0).unwrap(),
     ));
-    let state = ConsoleState::new(services.clone(), settings).with_clock(clock.clone());
+    let mut state = ConsoleState::new(services.clone(), settings).with_clock(clock.clone());
+    if tasks {
+        let strategy = Arc::new(flotilla_service::tasks::keys::KeyStrategy {
+            grant_secondary: false,
+            use_key: flotilla_store::KeyProvider::Primary,
+            secondary: None,
+        });
+        let registry =
+            flotilla_service::tasks::builtin::registry(&Default::default(), strategy.clone());
+        state = state.with_tasks(Some(flotilla_service::tasks::TaskManager::new(
+            services.clone(),
+            registry,
+            clock.clone(),
+            Default::default(),
+            strategy,
+        )));
+    }
     let app = Router::new().nest(flotilla_console::BASE, flotilla_console::router(state));
     Fixture {
         app,
@@ -1487,16 +1513,17 @@ async fn agents_are_searched_filtered_and_sorted_and_an_agent_shows_its_events()
     let f = fixture().await;
     seed_agents(&f).await;
     let now = Utc::now();
-    let checkin = |id: &str, at: chrono::DateTime<Utc>, version: &str| flotilla_store::CheckinRecord {
-        agent_id: id.into(),
-        at,
-        status: "online".into(),
-        message: String::new(),
-        local_metadata: None,
-        components: None,
-        agent_version: Some(version.into()),
-        reported_policy: None,
-    };
+    let checkin =
+        |id: &str, at: chrono::DateTime<Utc>, version: &str| flotilla_store::CheckinRecord {
+            agent_id: id.into(),
+            at,
+            status: "online".into(),
+            message: String::new(),
+            local_metadata: None,
+            components: None,
+            agent_version: Some(version.into()),
+            reported_policy: None,
+        };
     f.store
         .record_checkins(&[
             checkin("a1", now, "9.1.0"),
@@ -1527,7 +1554,10 @@ async fn agents_are_searched_filtered_and_sorted_and_an_agent_shows_its_events()
     let (st, page) = list("q=tags%3Aprod+and+version%3A9.*").await;
     assert_eq!(st, StatusCode::OK, "{page}");
     assert_eq!(rows(&page), ["a1"]);
-    assert!(page.contains(r#"value="tags:prod and version:9.*""#), "the query stays in its box");
+    assert!(
+        page.contains(r#"value="tags:prod and version:9.*""#),
+        "the query stays in its box"
+    );
     let (_, page) = list("q=not+tags%3A*&policy=web").await;
     assert_eq!(rows(&page), ["a3"]);
     // Version, host name and last check-in filters.
@@ -1576,30 +1606,253 @@ async fn agents_are_searched_filtered_and_sorted_and_an_agent_shows_its_events()
     assert!(page.contains("not a field agents can be sorted by"));
 
     // An agent's page: its latest events, newest first, from any stream.
-    let docs: Vec<flotilla_store::NewDocument> = [("e1", "a1", 3), ("e2", "a2", 2), ("e3", "a1", 1)]
-        .iter()
-        .map(|(doc, agent, mins)| {
-            let t = f.clock.now() - chrono::Duration::minutes(*mins);
-            flotilla_store::NewDocument {
-                id: (*doc).into(),
-                data_stream: if *doc == "e3" { "logs-b-default" } else { "logs-a-default" }.into(),
-                timestamp: t,
-                source: serde_json::json!({
-                    "@timestamp": t.to_rfc3339(),
-                    "agent": {"id": agent},
-                    "message": format!("event {doc}"),
-                })
-                .to_string(),
-            }
-        })
-        .collect();
-    f.store.insert_documents(&docs, f.clock.now()).await.unwrap();
+    let docs: Vec<flotilla_store::NewDocument> =
+        [("e1", "a1", 3), ("e2", "a2", 2), ("e3", "a1", 1)]
+            .iter()
+            .map(|(doc, agent, mins)| {
+                let t = f.clock.now() - chrono::Duration::minutes(*mins);
+                flotilla_store::NewDocument {
+                    id: (*doc).into(),
+                    data_stream: if *doc == "e3" {
+                        "logs-b-default"
+                    } else {
+                        "logs-a-default"
+                    }
+                    .into(),
+                    timestamp: t,
+                    source: serde_json::json!({
+                        "@timestamp": t.to_rfc3339(),
+                        "agent": {"id": agent},
+                        "message": format!("event {doc}"),
+                    })
+                    .to_string(),
+                }
+            })
+            .collect();
+    f.store
+        .insert_documents(&docs, f.clock.now())
+        .await
+        .unwrap();
     let page = text(send(&f.app, get("/app/agents/a1", Some(&id))).await).await;
     assert!(page.contains(r#"id="agent-events""#), "{page}");
-    let (e3, e1) = (page.find("event e3").unwrap(), page.find("event e1").unwrap());
+    let (e3, e1) = (
+        page.find("event e3").unwrap(),
+        page.find("event e1").unwrap(),
+    );
     assert!(e3 < e1, "newest first");
     assert!(!page.contains("event e2"), "another agent's event");
     assert!(page.contains(r#"href="/app/data/logs-b-default""#));
     let page = text(send(&f.app, get("/app/agents/a3", Some(&id))).await).await;
     assert!(page.contains("No event in the last 7 days names this agent."));
+}
+
+#[tokio::test]
+async fn a_policy_page_shows_its_rollout_over_time_and_agents_by_revision() {
+    let f = fixture().await;
+    seed_agents(&f).await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let page = text(send(&f.app, get("/app/policies/web", Some(&id))).await).await;
+    assert!(page.contains("No agent runs revision 1 yet."), "{page}");
+    assert!(page.contains(r#"id="rollout-by-revision""#));
+    assert!(
+        page.contains("none yet") && page.contains("3 (100 %)"),
+        "{page}"
+    );
+    // Two agents take the revision, a second apart.
+    let p = f.services.management().get_policy("web").await.unwrap();
+    f.store
+        .agent_runs_policy(
+            "a1",
+            "web",
+            p.revision,
+            p.updated_at + chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    f.store
+        .agent_runs_policy(
+            "a2",
+            "web",
+            p.revision,
+            p.updated_at + chrono::Duration::seconds(2),
+        )
+        .await
+        .unwrap();
+    let page = text(send(&f.app, get("/app/policies/web", Some(&id))).await).await;
+    assert!(page.contains(r#"id="rollout-chart""#), "{page}");
+    assert!(
+        page.contains(
+            "Agents on revision 1 since it was made: 2 of 3, the last 2.0 s after the change"
+        ),
+        "{page}"
+    );
+    assert!(
+        page.contains("1 (current)") && page.contains("2 (66 %)"),
+        "{page}"
+    );
+    assert!(page.contains(r#"id="rollout-table""#));
+    assert!(page.contains("1 (33 %)"), "the one with none yet: {page}");
+}
+
+#[tokio::test]
+async fn the_overview_lists_failed_policy_changes_inputs_tasks_and_connectors() {
+    use flotilla_store::{ClaimRequest, NewTask, RunOutcome};
+    let f = fixture_with_tasks().await;
+    seed_agents(&f).await;
+    let (id, _) = sign_in(&f, ADMIN_KEY).await;
+    let page = text(send(&f.app, get("/app", Some(&id))).await).await;
+    for empty in [
+        "No agent reports an error.",
+        "No agent failed to apply its policy.",
+        "No input reports a problem.",
+        "No task failed recently.",
+        "No connector fails verification.",
+    ] {
+        assert!(page.contains(empty), "{empty}: {page}");
+    }
+
+    // An agent in error with a failing input, another whose policy change
+    // failed.
+    let now = Utc::now();
+    f.store
+        .record_checkins(&[flotilla_store::CheckinRecord {
+            agent_id: "a1".into(),
+            at: now,
+            status: "error".into(),
+            message: "1 input failing".into(),
+            local_metadata: None,
+            components: Some(serde_json::json!([{
+                "id": "log-default", "type": "log", "status": "HEALTHY", "message": "ok",
+                "units": [
+                    {"id": "log-default-nginx", "type": "input", "status": "FAILED", "message": "open /var/log/nginx/access.log: <denied>"},
+                    {"id": "log-default", "type": "output", "status": "HEALTHY", "message": ""}
+                ]
+            }])),
+            agent_version: Some("9.1.0".into()),
+            reported_policy: None,
+        }])
+        .await
+        .unwrap();
+    f.store
+        .record_policy_change_failure(
+            "a2",
+            &serde_json::json!({"message": "unknown input type 'x'"}),
+        )
+        .await
+        .unwrap();
+    // A task that failed for good.
+    let t = f.clock.now();
+    f.store
+        .schedule_task(
+            &NewTask {
+                id: "t-broken".into(),
+                task_type: "fleet:expire_actions".into(),
+                params: serde_json::json!({}),
+                state: serde_json::json!({}),
+                interval_ms: None,
+                run_at: t,
+                enabled: true,
+                cost: 2,
+                user: None,
+            },
+            t,
+        )
+        .await
+        .unwrap();
+    let claimed = f
+        .store
+        .claim_tasks(&ClaimRequest {
+            owner: "test".into(),
+            types: vec!["fleet:expire_actions".into()],
+            per_type: vec![],
+            limit: 10,
+            capacity: 10,
+            now: t,
+            lease_until: t + chrono::Duration::minutes(5),
+        })
+        .await
+        .unwrap();
+    let task = claimed.iter().find(|x| x.id == "t-broken").unwrap();
+    f.store
+        .finish_task_run(
+            "t-broken",
+            task.claim_token.as_deref().unwrap(),
+            &RunOutcome::Fail {
+                error: "the store said no".into(),
+            },
+            t,
+            5,
+        )
+        .await
+        .unwrap();
+    // A connector whose verification failed.
+    let vars: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
+        serde_json::json!({"role_arn": "arn:aws:iam::123456789012:role/x", "external_id": "ext-id-1"}),
+    )
+    .unwrap();
+    let c = f
+        .services
+        .management()
+        .create_connector(flotilla_api::connectors::CreateCloudConnector {
+            id: None,
+            name: "audit account".into(),
+            cloud_provider: flotilla_domain::connector::CloudProvider::Aws,
+            account_type: None,
+            vars,
+        })
+        .await
+        .unwrap();
+    f.store
+        .write_verification(
+            &c.id,
+            &flotilla_store::VerificationWrite {
+                status: Some(Some(flotilla_domain::connector::VerificationStatus::Failed)),
+                failed_at: Some(Some(now)),
+                message: Some(Some("AccessDenied: sts:AssumeRole".into())),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let page = text(send(&f.app, get("/app", Some(&id))).await).await;
+    let section = |id: &str| {
+        let at = page
+            .find(&format!(r#"id="{id}""#))
+            .unwrap_or_else(|| panic!("{id}: {page}"));
+        let end = page[at..].find("</section>").unwrap();
+        page[at..at + end].to_owned()
+    };
+    let agents = section("failing-agents");
+    assert!(
+        agents.contains("host-a1") && agents.contains("1 input failing"),
+        "{agents}"
+    );
+    let changes = section("failed-policy-changes");
+    assert!(
+        changes.contains("host-a2") && changes.contains("unknown input type"),
+        "{changes}"
+    );
+    assert!(!changes.contains("host-a1"), "{changes}");
+    let inputs = section("unhealthy-inputs");
+    assert!(
+        inputs.contains("log-default / log-default-nginx"),
+        "{inputs}"
+    );
+    assert!(inputs.contains("&lt;denied&gt;"), "escaped: {inputs}");
+    assert!(
+        !inputs.contains("log-default / log-default<"),
+        "healthy units are not listed"
+    );
+    let tasks = section("failed-tasks");
+    assert!(
+        tasks.contains("t-broken") && tasks.contains("the store said no"),
+        "{tasks}"
+    );
+    let connectors = section("failing-connectors");
+    assert!(
+        connectors.contains("audit account") && connectors.contains("AccessDenied: sts:AssumeRole"),
+        "{connectors}"
+    );
+    assert!(connectors.contains(&format!("/app/connectors#c-{}", c.id)));
 }

@@ -176,9 +176,9 @@ impl AgentSortField {
         Some(match name {
             "enrolled_at" => AgentSortField::EnrolledAt,
             "last_checkin" => AgentSortField::LastCheckin,
-            "hostname" | "local_metadata.host.hostname" | "local_metadata.host.hostname.keyword" => {
-                AgentSortField::Hostname
-            }
+            "hostname"
+            | "local_metadata.host.hostname"
+            | "local_metadata.host.hostname.keyword" => AgentSortField::Hostname,
             "status" => AgentSortField::Status,
             "policy_id" => AgentSortField::PolicyId,
             "policy_revision" | "policy_revision_idx" => AgentSortField::PolicyRevision,
@@ -260,7 +260,11 @@ mod sort_tests {
         let s = AgentSort::parse("last_checkin", None).unwrap();
         assert!(!s.ascending);
         assert!(AgentSort::parse("hostname", None).unwrap().ascending);
-        assert!(!AgentSort::parse("hostname", Some("DESC")).unwrap().ascending);
+        assert!(
+            !AgentSort::parse("hostname", Some("DESC"))
+                .unwrap()
+                .ascending
+        );
         let e = AgentSort::parse("secret", None).unwrap_err();
         assert!(e.to_string().contains("sortField"), "{e}");
         let e = AgentSort::parse("status", Some("up")).unwrap_err();

@@ -300,7 +300,8 @@ pub(crate) fn json_field_sql(column: &str, param: usize) -> String {
 
 /// The agent report's host name, for sorting (a constant path, so no
 /// bound parameter).
-pub(crate) const HOSTNAME_SQL: &str = "CAST(json_extract(m.local_metadata, '$.host.hostname') AS TEXT)";
+pub(crate) const HOSTNAME_SQL: &str =
+    "CAST(json_extract(m.local_metadata, '$.host.hostname') AS TEXT)";
 
 /// Text ordered by code point, as the other engine orders it.
 pub(crate) const BINARY_COLLATION: &str = " COLLATE BINARY";

@@ -56,7 +56,12 @@ impl Management<'_> {
         };
         let mut found = Vec::new();
         for name in names.iter().take(MAX_STREAMS_SEARCHED) {
-            found.extend(self.store().search_documents(name, &query, page).await?.items);
+            found.extend(
+                self.store()
+                    .search_documents(name, &query, page)
+                    .await?
+                    .items,
+            );
         }
         found.sort_by(|a, b| b.timestamp.cmp(&a.timestamp).then_with(|| a.id.cmp(&b.id)));
         found.truncate(page.per_page as usize);

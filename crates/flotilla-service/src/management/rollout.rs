@@ -28,7 +28,12 @@ impl Management<'_> {
         let policy = self.store().get_policy(policy_id).await?;
         let history = self
             .store()
-            .policy_rollout_history(policy_id, policy.revision, policy.updated_at, buckets.clamp(1, 500))
+            .policy_rollout_history(
+                policy_id,
+                policy.revision,
+                policy.updated_at,
+                buckets.clamp(1, 500),
+            )
             .await?;
         Ok((policy, history))
     }

@@ -34,8 +34,8 @@ mod tasks;
 mod prelude {
     #![allow(unused_imports)]
     pub(crate) use super::super::{
-        json_field_path, json_field_sql, seq_param, Db, Engine, BINARY_COLLATION, ENGINE, FOR_UPDATE,
-        HOSTNAME_SQL,
+        json_field_path, json_field_sql, seq_param, Db, Engine, BINARY_COLLATION, ENGINE,
+        FOR_UPDATE, HOSTNAME_SQL,
     };
     pub(crate) use super::common::*;
     pub(crate) use crate::rows::*;

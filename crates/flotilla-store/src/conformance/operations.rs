@@ -361,7 +361,11 @@ pub async fn agents_are_sorted_by_each_field_missing_values_last(s: S) {
         .await
         .unwrap();
     assert_eq!(
-        default.items.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        default
+            .items
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
         ["DB-01", "web-00", "web-02", "web-01"]
     );
     assert_eq!(
@@ -417,7 +421,11 @@ pub async fn agents_are_sorted_by_each_field_missing_values_last(s: S) {
     };
     let second = s.list_agents(&filter, page(2, 2), now).await.unwrap();
     assert_eq!(
-        second.items.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        second
+            .items
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
         ["web-01", "web-02"]
     );
     assert_eq!(second.total, 4);

@@ -201,9 +201,6 @@ pub async fn rollout_history_counts_when_agents_reached_the_revision(s: S) {
     let counts: Vec<u64> = h.reached.iter().map(|(_, n)| *n).collect();
     assert_eq!(counts.iter().sum::<u64>(), 2);
     assert_eq!(counts[0], 1, "a1 arrived before `since`: {h:?}");
-    let h2 = s
-        .policy_rollout_history("p2", 1, t0, 4)
-        .await
-        .unwrap();
+    let h2 = s.policy_rollout_history("p2", 1, t0, 4).await.unwrap();
     assert_eq!(h2.by_revision, vec![(None, 1)]);
 }

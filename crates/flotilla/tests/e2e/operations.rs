@@ -316,7 +316,12 @@ async fn agents_are_searched_with_kuery_over_http_and_the_cli() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|a| a["local_metadata"]["host"]["hostname"].as_str().unwrap().to_owned())
+            .map(|a| {
+                a["local_metadata"]["host"]["hostname"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect()
     };
     let (st, got) = s
@@ -335,7 +340,8 @@ async fn agents_are_searched_with_kuery_over_http_and_the_cli() {
         "not a field agents can be sorted by",
     );
     assert_error(
-        &s.get("/api/fleet/agents?sortField=status&sortOrder=sideways").await,
+        &s.get("/api/fleet/agents?sortField=status&sortOrder=sideways")
+            .await,
         400,
         "is not asc or desc",
     );
