@@ -254,7 +254,7 @@ async fn ship(s: &Server, agent: &Agent, message: &str, n: usize) {
     for i in 0..n {
         body.push_str(&format!(
             "{{\"create\":{{}}}}\n{}\n",
-            json!({"message": format!("{message} {i}")})
+            json!({"message": format!("{message} {i}"), "agent": {"id": agent.creds.0}})
         ));
     }
     let key = base64::engine::general_purpose::STANDARD.encode(&agent.output_key);
@@ -428,6 +428,41 @@ async fn an_operator_works_through_the_console_in_chromium() {
     submit(&c, "form.filters button[type=submit]").await;
     assert_eq!(text_of(&c, "p.empty").await, "No agents match.");
 
+    // The search box: a query joined to the filters; one that does not
+    // parse says why, the query kept in its box.
+    c.goto(&format!("{app}/agents")).await.unwrap();
+    type_in(&c, "f-q", "hostname:web-0* and not hostname:web-02").await;
+    submit(&c, "form.filters button[type=submit]").await;
+    assert_eq!(c.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 2);
+    let table = text_of(&c, "#agents").await;
+    assert!(
+        !table.contains("web-02") && table.contains("web-03"),
+        "{table}"
+    );
+    replace(&c, "#f-q", "tags:console or").await;
+    submit(&c, "form.filters button[type=submit]").await;
+    assert!(
+        text_of(&c, "#query-error").await.contains("does not parse"),
+        "the reason is on the page"
+    );
+    // Sorting by a column header, then the other way.
+    c.goto(&format!("{app}/agents")).await.unwrap();
+    submit(&c, "th a.sort[href*='sort=hostname']").await;
+    c.wait()
+        .for_element(Locator::Css(
+            "th[aria-sort='ascending'] a[href*='sort=hostname']",
+        ))
+        .await
+        .unwrap();
+    assert!(text_of(&c, "#agents tbody tr").await.contains("web-01"));
+    submit(&c, "th a.sort[href*='sort=hostname']").await;
+    c.wait()
+        .for_element(Locator::Css("th[aria-sort='descending']"))
+        .await
+        .unwrap();
+    assert!(text_of(&c, "#agents tbody tr").await.contains("web-03"));
+    shots.take(&c, "agents-sorted").await;
+
     // An agent's page.
     c.goto(&format!("{app}/agents")).await.unwrap();
     follow(&c, "web-02").await;
@@ -465,11 +500,27 @@ async fn an_operator_works_through_the_console_in_chromium() {
         assert!(text_of(&c, "#rollout").await.contains(&want), "{want}");
     }
     assert!(text_of(&c, "#rollout").await.contains("100 % · 3 of 3"));
+    // Over time: the chart and its table reach all three; by revision,
+    // every agent on the current one.
+    c.find(Locator::Css("#rollout-chart"))
+        .await
+        .expect("the rollout chart");
+    let by_revision = text_of(&c, "#rollout-by-revision").await;
+    assert!(
+        by_revision.contains("3 (current) 3 (100 %)"),
+        "{by_revision}"
+    );
+    click(&c, "#h-rollout ~ details summary").await;
+    let over_time = text_of(&c, "#rollout-table").await;
+    assert!(over_time.contains("3 100 %"), "{over_time}");
     shots.take(&c, "rollout-done").await;
 
     // The overview counts them; the other pages render.
     c.goto(&app).await.unwrap();
     assert!(text_of(&c, "svg.chart title").await.contains("3 in all"));
+    assert!(text_of(&c, "#failed-policy-changes")
+        .await
+        .contains("No agent failed to apply its policy."));
     shots.take(&c, "overview").await;
     c.goto(&format!("{app}/policies")).await.unwrap();
     assert!(text_of(&c, "table").await.contains("Web servers"));
@@ -527,6 +578,16 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .expect("the live tail shows the new event");
     shots.take(&c, "events-live").await;
     click(&c, "#e-tail").await;
+    // The agent's page lists the events it sent, newest first.
+    c.goto(&format!("{app}/agents/{}", agents[0].creds.0))
+        .await
+        .unwrap();
+    let events = text_of(&c, "#agent-events").await;
+    assert!(
+        events.contains("POST /tail-me 201") && events.contains("logs-nginx.access-prod"),
+        "{events}"
+    );
+    shots.take(&c, "agent-events").await;
     c.goto(&format!("{app}/settings")).await.unwrap();
     let settings = text_of(&c, "main").await;
     assert!(settings.contains("elasticsearch"), "{settings}");
