@@ -28,7 +28,7 @@ impl Drop for Running {
     }
 }
 
-fn spawn(mut c: std::process::Command) -> Running {
+pub(crate) fn spawn(mut c: std::process::Command) -> Running {
     Running(
         c.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -1,9 +1,11 @@
 //! The operator console in a real browser: headless Chromium (Debian's
 //! `chromium`, driven over WebDriver by `chromedriver`) against the real
 //! server binary. One browser session walks through sign-in, a policy and
-//! a token made through the forms, agents enrolled over the fleet API and
-//! seen online, every page, a narrow window and sign-out; a screenshot of
-//! each page is saved for review (the path is printed).
+//! a token made through the forms, the real agent enrolled with the
+//! command line the token page gives (and three more over the fleet API)
+//! and seen online, searching and sorting agents, a policy change followed
+//! to 100 % on its rollout view, every page, a narrow window and sign-out;
+//! a screenshot of each page is saved for review (the path is printed).
 
 use std::path::{Path, PathBuf};
 
@@ -216,6 +218,23 @@ async fn apply_policy(s: &Server, agent: &mut Agent) {
     assert_eq!(s.ack(&agent.creds, &[&id]).await.status, 200);
 }
 
+/// Wait (bounded) until the agent has acknowledged `revision` of its
+/// policy: the real agent does so on its own.
+async fn runs_revision(s: &Server, id: &str, revision: i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, a) = s.get(&format!("/api/fleet/agents/{id}")).await;
+        if a["item"]["policy_revision"] == revision && a["item"]["status"] == "online" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the real agent never ran revision {revision}: {a}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Enrol one agent with `token` as host `name`, then check in once and
 /// apply its policy.
 async fn enrol_online(s: &Server, token: &str, name: &str) -> Agent {
@@ -397,16 +416,38 @@ async fn an_operator_works_through_the_console_in_chromium() {
     assert!(!c.current_url().await.unwrap().as_str().contains(&secret));
     shots.take(&c, "token-created").await;
 
-    // Agents enrol with it over the fleet API and check in.
+    // The real agent enrols with the command line the page gave, and
+    // runs; three more enrol over the fleet API (the test acks for them,
+    // one at a time, to watch the rollout move).
+    let command = text_of(&c, "#enroll-command").await;
+    let agent_home = tempfile::tempdir().unwrap();
+    let state = agent_home.path().join("state");
+    let mut args: Vec<&str> = command.split_whitespace().skip(2).collect();
+    assert_eq!(args[0], "enroll", "{command}");
+    args.extend(["--tag", "console"]);
+    let out = crate::agent::agent(&state, &args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let real_id = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let _real = crate::agent::spawn(crate::agent::agent(&state, &["run"]));
     let mut agents = Vec::new();
     for host in ["web-01", "web-02", "web-03"] {
         agents.push(enrol_online(&s, &secret, host).await);
     }
+    runs_revision(&s, &real_id, 2).await;
     c.goto(&format!("{app}/agents?status=online"))
         .await
         .unwrap();
     let rows = c.find_all(Locator::Css("tbody tr")).await.unwrap();
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4);
     let table = text_of(&c, "table").await;
     for host in ["web-01", "web-02", "web-03"] {
         assert!(table.contains(host), "{table}");
@@ -423,7 +464,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .for_element(Locator::XPath("//input[@id='f-tag' and @value='console']"))
         .await
         .unwrap();
-    assert_eq!(c.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 3);
+    assert_eq!(c.find_all(Locator::Css("tbody tr")).await.unwrap().len(), 4);
     choose(&c, "f-status", "error").await;
     submit(&c, "form.filters button[type=submit]").await;
     assert_eq!(text_of(&c, "p.empty").await, "No agents match.");
@@ -445,8 +486,11 @@ async fn an_operator_works_through_the_console_in_chromium() {
         text_of(&c, "#query-error").await.contains("does not parse"),
         "the reason is on the page"
     );
-    // Sorting by a column header, then the other way.
-    c.goto(&format!("{app}/agents")).await.unwrap();
+    // Sorting by a column header, then the other way (the web hosts: the
+    // real agent's host name is the machine's).
+    c.goto(&format!("{app}/agents?q=hostname%3Aweb-*"))
+        .await
+        .unwrap();
     submit(&c, "th a.sort[href*='sort=hostname']").await;
     c.wait()
         .for_element(Locator::Css(
@@ -478,7 +522,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
     // Change the policy and watch its rollout reach every agent.
     c.goto(&format!("{}{policy_path}", s.url)).await.unwrap();
     let rollout = text_of(&c, "#rollout").await;
-    assert!(rollout.contains("100 % · 3 of 3"), "{rollout}");
+    assert!(rollout.contains("100 % · 4 of 4"), "{rollout}");
     follow(&c, "Edit policy").await;
     heading(&c, "Edit Web servers").await;
     replace(
@@ -491,15 +535,23 @@ async fn an_operator_works_through_the_console_in_chromium() {
     click(&c, "main form button[type=submit]").await;
     heading(&c, "Web servers").await;
     assert!(text_of(&c, "#h-rollout").await.contains("revision 3"));
-    assert!(text_of(&c, "#rollout").await.contains("0 % · 0 of 3"));
+    assert!(text_of(&c, "#rollout").await.contains(" of 4"));
     shots.take(&c, "rollout-started").await;
+    // The real agent takes the change on its own; each of the others when
+    // the test acks for it. The page follows, to 100 %.
     for (n, agent) in agents.iter_mut().enumerate() {
         apply_policy(&s, agent).await;
         c.refresh().await.unwrap();
-        let want = format!("{} % · {} of 3", (n + 1) * 100 / 3, n + 1);
-        assert!(text_of(&c, "#rollout").await.contains(&want), "{want}");
+        let shown = text_of(&c, "#rollout").await;
+        let (with_real, without) = (format!("{} of 4", n + 2), format!("{} of 4", n + 1));
+        assert!(
+            shown.contains(&with_real) || shown.contains(&without),
+            "{shown}"
+        );
     }
-    assert!(text_of(&c, "#rollout").await.contains("100 % · 3 of 3"));
+    runs_revision(&s, &real_id, 3).await;
+    c.refresh().await.unwrap();
+    assert!(text_of(&c, "#rollout").await.contains("100 % · 4 of 4"));
     // Over time: the chart and its table reach all three; by revision,
     // every agent on the current one.
     c.find(Locator::Css("#rollout-chart"))
@@ -507,17 +559,17 @@ async fn an_operator_works_through_the_console_in_chromium() {
         .expect("the rollout chart");
     let by_revision = text_of(&c, "#rollout-by-revision").await;
     assert!(
-        by_revision.contains("3 (current) 3 (100 %)"),
+        by_revision.contains("3 (current) 4 (100 %)"),
         "{by_revision}"
     );
     click(&c, "#h-rollout ~ details summary").await;
     let over_time = text_of(&c, "#rollout-table").await;
-    assert!(over_time.contains("3 100 %"), "{over_time}");
+    assert!(over_time.contains("4 100 %"), "{over_time}");
     shots.take(&c, "rollout-done").await;
 
     // The overview counts them; the other pages render.
     c.goto(&app).await.unwrap();
-    assert!(text_of(&c, "svg.chart title").await.contains("3 in all"));
+    assert!(text_of(&c, "svg.chart title").await.contains("4 in all"));
     assert!(text_of(&c, "#failed-policy-changes")
         .await
         .contains("No agent failed to apply its policy."));
@@ -652,7 +704,7 @@ async fn an_operator_works_through_the_console_in_chromium() {
     c.goto(&format!("{app}/tokens")).await.unwrap();
     let listed = text_of(&c, "main").await;
     assert!(listed.contains("web rollout") && !listed.contains(&secret));
-    assert!(listed.contains("3 of 10"), "{listed}");
+    assert!(listed.contains("4 of 10"), "{listed}");
     shots.take(&c, "tokens").await;
 
     // A narrow window: one column, nothing cut off.
