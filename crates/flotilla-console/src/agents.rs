@@ -59,33 +59,13 @@ const COLUMNS: [(&str, Option<AgentSortField>); 8] = [
     ("Enrolled", Some(AgentSortField::EnrolledAt)),
 ];
 
-/// How many agents have each status: one counting query per status,
-/// never a read of the fleet.
+/// How many agents have each status: one grouped count, never a read of
+/// the fleet.
 pub(crate) async fn status_counts(
     services: &Services,
     policy_id: Option<&str>,
 ) -> Result<Vec<(AgentStatus, u64)>, ConsoleError> {
-    let mut counts = Vec::with_capacity(AgentStatus::ALL.len());
-    for status in AgentStatus::ALL {
-        let filter = AgentFilter {
-            status: Some(status),
-            policy_id: policy_id.map(str::to_owned),
-            ..Default::default()
-        };
-        let n = services
-            .management()
-            .list_agents(
-                &filter,
-                Page {
-                    page: 1,
-                    per_page: 1,
-                },
-            )
-            .await?
-            .total;
-        counts.push((status, n));
-    }
-    Ok(counts)
+    Ok(services.agent_status_counts(policy_id).await?)
 }
 
 /// The host name an agent reported, if any.

@@ -40,7 +40,7 @@ impl Services {
         now: DateTime<Utc>,
     ) -> Result<bool, ServiceError> {
         let at = sample_bucket(now, sampling.every);
-        let counts = self.store.agent_status_counts(now).await?;
+        let counts = self.store.agent_status_counts(None, now).await?;
         let written = self
             .store
             .record_status_sample(&StatusSample::from_counts(at, &counts))
@@ -52,6 +52,18 @@ impl Services {
             self.store.prune_status_history(before).await?;
         }
         Ok(written)
+    }
+
+    /// How many agents (unenrolled ones too; of one policy, when given)
+    /// have each derived status now: one grouped count.
+    pub async fn agent_status_counts(
+        &self,
+        policy_id: Option<&str>,
+    ) -> Result<Vec<(flotilla_domain::agent::AgentStatus, u64)>, ServiceError> {
+        Ok(self
+            .store
+            .agent_status_counts(policy_id, self.now())
+            .await?)
     }
 
     /// Samples from `from` (default: a day before `to`) to `to` (default:

@@ -980,10 +980,11 @@ pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'stat
         action_id: &str,
         now: DateTime<Utc>,
     ) -> Result<flotilla_domain::action::ActionProgress>;
-    /// How many agents (unenrolled ones too) are in each derived status
-    /// at `now`, in one read.
+    /// How many agents (unenrolled ones too; of one policy, when given)
+    /// are in each derived status at `now`, in one read.
     async fn agent_status_counts(
         &self,
+        policy_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<(flotilla_domain::agent::AgentStatus, u64)>>;
     /// Record a status sample unless one for its interval (`at`) exists:

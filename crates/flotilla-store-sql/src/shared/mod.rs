@@ -524,9 +524,10 @@ impl Store for Engine {
 
     async fn agent_status_counts(
         &self,
+        policy_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Vec<(flotilla_domain::agent::AgentStatus, u64)>> {
-        status_history::agent_status_counts(self, now).await
+        status_history::agent_status_counts(self, policy_id, now).await
     }
 
     async fn record_status_sample(

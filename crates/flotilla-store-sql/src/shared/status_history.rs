@@ -9,20 +9,23 @@ use super::prelude::*;
 #[tracing::instrument(skip_all)]
 pub(super) async fn agent_status_counts(
     s: &Engine,
+    policy_id: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Vec<(AgentStatus, u64)>> {
     // The status expression as the agent queries use it, its `$5` (now)
-    // and `$7` (offline threshold) renumbered as this query's only two.
+    // and `$7` (offline threshold) renumbered as this query's `$1` and `$2`.
     let status = agent_status_sql!().replace("$5", "$1").replace("$7", "$2");
     let rows: Vec<(String, i64)> = sqlx::query_as(sql!(
         "SELECT x.status, COUNT(*) FROM (SELECT {status} AS status FROM agents a \
-         LEFT JOIN agent_policies p ON p.id = a.policy_id) x GROUP BY x.status"
+         LEFT JOIN agent_policies p ON p.id = a.policy_id WHERE ($3 IS NULL OR a.policy_id = $3)) x \
+         GROUP BY x.status"
     ))
     .bind(ms(now))
     .bind(
         s.offline_after_ms
             .load(std::sync::atomic::Ordering::Relaxed),
     )
+    .bind(policy_id.map(str::to_owned))
     .fetch_all(&s.pool)
     .await
     .db()?;

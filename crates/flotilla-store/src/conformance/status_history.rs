@@ -38,7 +38,17 @@ pub async fn agent_status_counts_and_history_samples(s: S) {
         .await
         .unwrap();
     s.unenroll_now("gone", now).await.unwrap();
-    let counts = s.agent_status_counts(now).await.unwrap();
+    s.create_policy(&policy("q", "Q"), now).await.unwrap();
+    enrolled(&s, "elsewhere", "q").await;
+    let of_q = s.agent_status_counts(Some("q"), now).await.unwrap();
+    assert_eq!(of_q.iter().map(|(_, n)| n).sum::<u64>(), 1, "{of_q:?}");
+    assert!(of_q.contains(&(AgentStatus::Enrolling, 1)));
+    let counts = s.agent_status_counts(Some("p"), now).await.unwrap();
+    let all = s.agent_status_counts(None, now).await.unwrap();
+    assert_eq!(
+        all.iter().map(|(_, n)| n).sum::<u64>(),
+        counts.iter().map(|(_, n)| n).sum::<u64>() + 1
+    );
     let of = |st: AgentStatus| counts.iter().find(|(s, _)| *s == st).unwrap().1;
     assert_eq!(of(AgentStatus::Online), 1, "{counts:?}");
     assert_eq!(of(AgentStatus::Error), 1, "{counts:?}");
@@ -46,7 +56,7 @@ pub async fn agent_status_counts_and_history_samples(s: S) {
     assert_eq!(of(AgentStatus::Unenrolled), 1, "{counts:?}");
     // Later, the check-ins are old: offline, as the listing says.
     let later = now + Duration::hours(1);
-    let counts = s.agent_status_counts(later).await.unwrap();
+    let counts = s.agent_status_counts(Some("p"), later).await.unwrap();
     let listed = s
         .list_agents(
             &AgentFilter {
