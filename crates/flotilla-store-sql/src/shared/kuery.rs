@@ -16,18 +16,26 @@ use super::prelude::*;
 pub(crate) fn order_by(sort: Option<flotilla_domain::agent::AgentSort>) -> String {
     use flotilla_domain::agent::AgentSortField as F;
     let sort = sort.unwrap_or_default();
-    let (col, text) = match sort.field {
-        F::EnrolledAt => ("a.enrolled_at".to_owned(), false),
-        F::LastCheckin => ("a.last_checkin".to_owned(), false),
-        F::Hostname => (HOSTNAME_SQL.to_owned(), true),
-        F::Status => (concat!("(", agent_status_sql!(), ")").to_owned(), true),
-        F::PolicyId => ("a.policy_id".to_owned(), true),
-        F::PolicyRevision => ("a.policy_revision".to_owned(), false),
-        F::Version => ("a.agent_version".to_owned(), true),
+    // (column, text, may be missing)
+    let (col, text, nullable) = match sort.field {
+        F::EnrolledAt => ("a.enrolled_at".to_owned(), false, false),
+        F::LastCheckin => ("a.last_checkin".to_owned(), false, true),
+        F::Hostname => (HOSTNAME_SQL.to_owned(), true, true),
+        F::Status => (concat!("(", agent_status_sql!(), ")").to_owned(), true, false),
+        F::PolicyId => ("a.policy_id".to_owned(), true, false),
+        F::PolicyRevision => ("a.policy_revision".to_owned(), false, true),
+        F::Version => ("a.agent_version".to_owned(), true, true),
     };
     let dir = if sort.ascending { "ASC" } else { "DESC" };
     let collate = if text { BINARY_COLLATION } else { "" };
-    format!("({col}) IS NULL, ({col}){collate} {dir}, a.id")
+    // A column that is never missing is ordered by itself alone, so an
+    // index on it can serve the order.
+    let missing_last = if nullable {
+        format!("({col}) IS NULL, ")
+    } else {
+        String::new()
+    };
+    format!("{missing_last}({col}){collate} {dir}, a.id")
 }
 
 /// `expr` as SQL, its values added to `args` as `$first`, `$first+1`…
