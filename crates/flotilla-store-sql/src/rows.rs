@@ -495,6 +495,16 @@ pub(crate) struct ActionRow {
     pub(crate) expiration: Option<i64>,
 }
 
+/// [`AgentAndKeyRow`] and [`CheckinReadRow`] in one row (see
+/// `fleet_agents::checkin_context`).
+#[derive(sqlx::FromRow)]
+pub(crate) struct CheckinContextRow {
+    #[sqlx(flatten)]
+    pub(crate) agent_and_key: AgentAndKeyRow,
+    #[sqlx(flatten)]
+    pub(crate) reads: CheckinReadRow,
+}
+
 /// [`ActionRow`] beside the agent's policy revision, all nullable (see
 /// `actions::checkin_reads`).
 #[derive(sqlx::FromRow)]

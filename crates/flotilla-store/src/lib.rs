@@ -305,6 +305,18 @@ pub struct NewAgent {
     pub enrollment_api_key_id: Option<String>,
 }
 
+/// What [`Store::checkin_context`] reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckinContext {
+    pub agent: Option<FleetAgent>,
+    pub key: Option<ApiKeyRecord>,
+    /// The current revision of the agent's policy (`None`: no agent, or no
+    /// such policy).
+    pub policy_revision: Option<i64>,
+    /// The agent's pending actions, as [`Store::pending_actions`].
+    pub actions: Vec<Action>,
+}
+
 /// One enrolment as [`Store::enroll_agents`] takes it: what
 /// [`Store::enroll_agent`] takes.
 #[derive(Debug, Clone)]
@@ -791,6 +803,28 @@ pub trait Store: TaskStore + ConnectorStore + SessionStore + Send + Sync + 'stat
             self.get_fleet_agent(agent_id).await?,
             self.get_api_key(key_id).await?,
         ))
+    }
+    /// What a check-in reads first, as one read: [`Store::fleet_agent_and_key`]
+    /// and, when the agent exists, [`Store::checkin_reads`] of the policy
+    /// its record names. (A steady check-in then reads nothing more.)
+    async fn checkin_context(
+        &self,
+        agent_id: &str,
+        key_id: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<CheckinContext> {
+        let (agent, key) = self.fleet_agent_and_key(agent_id, key_id).await?;
+        let (policy_revision, actions) = match &agent {
+            Some(a) => self.checkin_reads(&a.id, &a.policy_id, now, limit).await?,
+            None => (None, Vec::new()),
+        };
+        Ok(CheckinContext {
+            agent,
+            key,
+            policy_revision,
+            actions,
+        })
     }
     /// Records a newly enrolled agent with its access key, atomically; the
     /// policy must exist (`NotFound` otherwise, and nothing is written).

@@ -455,8 +455,25 @@ async fn authed_request<T: DeserializeOwned>(
     req: Request,
     limit: usize,
 ) -> FleetResult<(flotilla_service::fleet::AuthedAgent, Option<String>, T)> {
+    authed_request_as(s, id, req, limit, false).await
+}
+
+/// [`authed_request`]; for a check-in (`for_checkin`), what it reads first
+/// is read with the authentication.
+async fn authed_request_as<T: DeserializeOwned>(
+    s: &AppState,
+    id: &str,
+    req: Request,
+    limit: usize,
+    for_checkin: bool,
+) -> FleetResult<(flotilla_service::fleet::AuthedAgent, Option<String>, T)> {
     let cred = credential(req.headers())?;
-    let authed = s.services.fleet().authenticate_agent(&cred, id).await?;
+    let fleet = s.services.fleet();
+    let authed = if for_checkin {
+        fleet.authenticate_agent_for_checkin(&cred, id).await?
+    } else {
+        fleet.authenticate_agent(&cred, id).await?
+    };
     let ua = user_agent(req.headers()).map(str::to_owned);
     let (_, body) = read_body(req, limit).await?;
     Ok((authed, ua, parse_body(&body)?))
@@ -487,7 +504,7 @@ async fn checkin(
     limit: usize,
     mut limited: limiter::CheckinSlot,
 ) -> FleetResult<Response> {
-    let (authed, ua, body) = authed_request(&s, &id, req, limit).await?;
+    let (authed, ua, body) = authed_request_as(&s, &id, req, limit, true).await?;
     // Proven: the slot may be kept for this agent's next poll.
     limited.authenticated();
     let Some(slot) = s.long_polls.enter(&id).await else {

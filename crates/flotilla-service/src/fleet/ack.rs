@@ -25,7 +25,7 @@ impl Fleet<'_> {
     /// Record each event's acknowledgement; a policy ack may retire the
     /// output keys its revision replaced.
     pub async fn ack(&self, authed: AuthedAgent, body: AckRequest) -> Result<Vec<AckOutcome>> {
-        let AuthedAgent { agent } = authed;
+        let AuthedAgent { agent, .. } = authed;
         let now = Utc::now();
         let mut outcomes = Vec::with_capacity(body.events.len());
         let mut newest_policy_ack: Option<i64> = None;

@@ -26,6 +26,55 @@ impl Fleet<'_> {
             }
             Err(r) => (None, Err(r)),
         };
+        let agent = judge(agent, key)?;
+        Ok(AuthedAgent {
+            agent,
+            first_reads: None,
+        })
+    }
+
+    /// [`Fleet::authenticate_agent`] for a check-in: the same judgement,
+    /// with what the check-in reads first (its policy's revision and its
+    /// pending actions) read in the same statement. Before the read the
+    /// waiters' change count is taken: the check-in trusts these reads
+    /// only if it is unchanged once its poll has registered.
+    pub async fn authenticate_agent_for_checkin(
+        &self,
+        credential: &str,
+        agent_id: &str,
+    ) -> Result<AuthedAgent> {
+        let (key_id, secret) = match KeyService::parse(credential) {
+            Ok(parsed) => parsed,
+            Err(r) => return Err(judge(None, Err(r)).err().unwrap_or_else(unauthorized)),
+        };
+        let seen = self.waiters.changes_seen(&self.store);
+        let ctx = self
+            .store
+            .checkin_context(agent_id, &key_id, chrono::Utc::now(), PENDING_LIMIT)
+            .await?;
+        let agent = judge(ctx.agent, KeyService::check(ctx.key, &secret))?;
+        Ok(AuthedAgent {
+            agent,
+            first_reads: Some(FirstReads {
+                seen,
+                policy_revision: ctx.policy_revision,
+                actions: ctx.actions,
+            }),
+        })
+    }
+}
+
+fn unauthorized() -> FleetError {
+    FleetError::new(FleetErrorKind::Unauthorized, "unauthorized")
+}
+
+/// Whether the key read (and checked against the secret presented) is the
+/// access key of the agent read: the agent, or why not.
+fn judge(
+    agent: Option<FleetAgent>,
+    key: std::result::Result<flotilla_store::ApiKeyRecord, KeyRejection>,
+) -> Result<FleetAgent> {
+    {
         let key = match key {
             Ok(k) => k,
             Err(KeyRejection::Malformed) => {
@@ -74,9 +123,11 @@ impl Fleet<'_> {
                 "Agent inactive",
             ));
         }
-        Ok(AuthedAgent { agent })
+        Ok(agent)
     }
+}
 
+impl Fleet<'_> {
     /// Whether the credential is any valid key (for `/api/status`).
     pub async fn is_valid_key(&self, credential: &str) -> bool {
         matches!(self.keys().authenticate(credential).await, Ok(Ok(_)))

@@ -45,13 +45,16 @@ impl Fleet<'_> {
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<CheckinResponse> {
         let mut stop = std::pin::pin!(stop);
-        let AuthedAgent { mut agent } = authed;
+        let AuthedAgent {
+            mut agent,
+            first_reads,
+        } = authed;
         let checkin = validate(user_agent, &body, &self.settings.server_version)?;
         // Only the ack token outlives the record: a waiting poll does not
         // hold the agent's metadata (a few KiB as a tree of values, times
         // every waiting agent).
         let ack_token = body.ack_token.clone().unwrap_or_default();
-        let mut reread = self.record(&agent, body, &checkin).await?;
+        let (mut reread, confirmed) = self.record(&agent, body, &checkin).await?;
         let deadline = tokio::time::Instant::now() + self.poll_duration(checkin.poll_timeout);
         // Registered before reading, so no change between the read and the
         // wait goes unnoticed; only changes to this agent or its policy
@@ -59,6 +62,21 @@ impl Fleet<'_> {
         let mut registration = self
             .waiters
             .register(&self.store, &agent.id, &agent.policy_id);
+        // What was read with the authentication serves the first look if
+        // nothing it covers can have changed since: the record wrote
+        // nothing that touches it, and no change was dispatched between
+        // the read and the registration (one dispatched after wakes the
+        // poll, which then reads again).
+        let mut first = still_good(
+            first_reads,
+            reread || confirmed,
+            self.waiters.changes_seen(&self.store),
+        );
+        metrics::counter!(
+            "flotilla_checkin_first_reads_total",
+            "used" => if first.is_some() { "yes" } else { "no" }
+        )
+        .increment(1);
         let mut waited = false;
         loop {
             let step = async {
@@ -66,6 +84,7 @@ impl Fleet<'_> {
                 // is as read: only the policy's revision and the actions are
                 // read again.
                 if reread || registration.take_agent_stale() {
+                    first = None;
                     agent = self.reload(&agent.id).await?;
                     if agent.policy_id != registration.policy_id {
                         // Reassigned: follow the new policy (registered
@@ -75,7 +94,7 @@ impl Fleet<'_> {
                                 .register(&self.store, &agent.id, &agent.policy_id);
                     }
                 }
-                self.owed(&agent, &ack_token, checkin.reports.as_ref())
+                self.owed(&agent, &ack_token, checkin.reports.as_ref(), first.take())
                     .await
             }
             .await;
@@ -151,13 +170,14 @@ impl Fleet<'_> {
     /// Record the check-in (buffered unless something changed), confirm
     /// the deliveries its ack token covers, and note a newer revision the
     /// agent reports running (which may retire keys). Whether the agent's
-    /// record changed, so must be read again.
+    /// record changed, so must be read again, and whether a delivery was
+    /// confirmed (so its actions are no longer pending).
     async fn record(
         &self,
         agent: &FleetAgent,
         body: CheckinRequest,
         checkin: &ValidCheckin,
-    ) -> Result<bool> {
+    ) -> Result<(bool, bool)> {
         let now = Utc::now();
         let record = CheckinRecord {
             agent_id: agent.id.clone(),
@@ -175,11 +195,13 @@ impl Fleet<'_> {
                 return Err(e.into());
             }
         }
+        let mut confirmed = false;
         if let Some(token) = body.ack_token.as_deref().filter(|t| !t.is_empty()) {
             // Agents send their last token on every check-in; confirm it once.
             if !self.checkins.token_confirmed(&agent.id, token) {
                 self.store.confirm_delivery(&agent.id, token).await?;
                 self.checkins.remember_token(&agent.id, token);
+                confirmed = true;
             }
         }
         match &checkin.reports {
@@ -197,9 +219,9 @@ impl Fleet<'_> {
                         now,
                     )
                     .await?;
-                Ok(true)
+                Ok((true, confirmed))
             }
-            _ => Ok(false),
+            _ => Ok((false, confirmed)),
         }
     }
 
@@ -224,16 +246,22 @@ impl Fleet<'_> {
         agent: &FleetAgent,
         ack_token: &str,
         reports: Option<&(String, i64)>,
+        first: Option<super::FirstReads>,
     ) -> Result<Option<CheckinResponse>> {
         // A report about another policy (it was reassigned) counts as
         // running nothing of the current one.
         let reported = reports.map(|(p, rev)| if *p == agent.policy_id { *rev } else { 0 });
         // The policy's revision and the pending actions in one read (after
         // the waiter was registered, so a change in between still wakes it).
-        let (revision, stored) = self
-            .store
-            .checkin_reads(&agent.id, &agent.policy_id, Utc::now(), 100)
-            .await?;
+        // (Or as read with the authentication, when still good.)
+        let (revision, stored) = match first {
+            Some(f) => (f.policy_revision, f.actions),
+            None => {
+                self.store
+                    .checkin_reads(&agent.id, &agent.policy_id, Utc::now(), PENDING_LIMIT)
+                    .await?
+            }
+        };
         let mut actions: Vec<CheckinAction> = Vec::new();
         match self.policy_change_for(agent, reported, revision).await {
             Ok(Some(change)) => actions.push(change),
@@ -276,6 +304,19 @@ impl Fleet<'_> {
         };
         every.saturating_sub(Duration::from_millis(off))
     }
+}
+
+/// The reads made with the authentication, if they still stand once the
+/// poll has registered: the check-in's own writes touched nothing they
+/// cover (`wrote`), and the waiters' change count is what it was when they
+/// were read (`seen_now`).
+fn still_good(
+    first: Option<super::FirstReads>,
+    wrote: bool,
+    seen_now: u64,
+) -> Option<super::FirstReads> {
+    // (`u64::MAX`: the store's events ended; nothing can be trusted.)
+    first.filter(|f| !wrote && seen_now != u64::MAX && f.seen == seen_now)
 }
 
 /// How long a waiting poll pauses before reading again when storage was
@@ -380,6 +421,30 @@ pub(super) fn action_json(a: &Action, agent_id: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_reads_stand_only_if_nothing_changed_since() {
+        let reads = |seen| {
+            Some(crate::fleet::FirstReads {
+                seen,
+                policy_revision: Some(3),
+                actions: vec![],
+            })
+        };
+        assert!(still_good(reads(7), false, 7).is_some());
+        assert!(
+            still_good(reads(7), false, 8).is_none(),
+            "a change was dispatched"
+        );
+        assert!(
+            still_good(reads(7), true, 7).is_none(),
+            "the check-in wrote"
+        );
+        // A closed event bus reports a count no snapshot has.
+        assert!(still_good(reads(7), false, u64::MAX).is_none());
+        assert!(still_good(reads(u64::MAX), false, u64::MAX).is_none());
+        assert!(still_good(None, false, 7).is_none());
+    }
 
     /// A waiting poll ends when told to stop (shutdown), not only at its
     /// deadline, with no change ever dispatched to it.

@@ -64,7 +64,20 @@ pub struct EnrollGrant {
     pub key_use: flotilla_store::KeyUse,
 }
 
+/// The most pending actions one check-in hands out.
+pub(crate) const PENDING_LIMIT: u32 = 100;
+
 /// What authenticating an agent's request yields.
 pub struct AuthedAgent {
     pub agent: FleetAgent,
+    /// A check-in's first reads, made with the authentication.
+    pub(crate) first_reads: Option<FirstReads>,
+}
+
+/// What a check-in owes, read with its authentication (before its poll
+/// registered), and the dispatcher's count when it was read.
+pub(crate) struct FirstReads {
+    pub(crate) seen: u64,
+    pub(crate) policy_revision: Option<i64>,
+    pub(crate) actions: Vec<flotilla_domain::action::Action>,
 }

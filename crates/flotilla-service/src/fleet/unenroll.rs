@@ -12,7 +12,7 @@ impl Fleet<'_> {
         authed: AuthedAgent,
         body: AuditUnenrollRequest,
     ) -> Result<()> {
-        let AuthedAgent { agent } = authed;
+        let AuthedAgent { agent, .. } = authed;
         if !AUDIT_REASONS.contains(&body.reason.as_str()) {
             return Err(FleetError::bad("audit/unenroll request invalid reason"));
         }

@@ -39,6 +39,11 @@ struct Inner {
     started: bool,
     /// The store's events ended: polls rely on their recheck timer.
     closed: bool,
+    /// Changes dispatched so far (any that may concern a check-in; lagged
+    /// ones as one): a
+    /// check-in that read before registering compares it across the two
+    /// (see [`Waiters::changes_seen`]).
+    seen: u64,
 }
 
 impl Inner {
@@ -133,13 +138,33 @@ impl Waiters {
         policy_id: &str,
     ) -> Registration {
         let mut inner = self.lock();
+        self.start(&mut inner, store);
+        inner.insert(agent_id, policy_id, self)
+    }
+
+    fn start(self: &Arc<Self>, inner: &mut Inner, store: &Arc<dyn Store>) {
         if !inner.started {
             inner.started = true;
             let events = store.subscribe();
             let hub = Arc::downgrade(self);
             tokio::spawn(dispatch(hub, events));
         }
-        inner.insert(agent_id, policy_id, self)
+    }
+
+    /// How many changes have been dispatched (the dispatcher started,
+    /// subscribed, if it was not). A check-in that reads *before* it
+    /// registers takes this before the read and again after registering:
+    /// unchanged, no change was dispatched in between, and one dispatched
+    /// after the registration wakes it — so what it read is as good as a
+    /// read made after registering. Changed, it reads again.
+    pub fn changes_seen(self: &Arc<Self>, store: &Arc<dyn Store>) -> u64 {
+        let mut inner = self.lock();
+        self.start(&mut inner, store);
+        // Events end (a closed bus): no snapshot can be trusted.
+        if inner.closed {
+            return u64::MAX;
+        }
+        inner.seen
     }
 
     fn remove(&self, id: u64) {
@@ -171,7 +196,12 @@ impl Waiters {
 
     /// Wake the polls `event` may concern; how many.
     pub fn dispatch(&self, event: &StoreEvent) -> usize {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        // Due tasks concern no check-in.
+        if !matches!(event, StoreEvent::TasksDue) {
+            inner.seen = inner.seen.wrapping_add(1) % (u64::MAX - 1);
+        }
+        let inner = inner;
         let wake = |ids: &mut dyn Iterator<Item = &u64>, agent_stale: bool| -> usize {
             let mut n = 0;
             for id in ids {
@@ -223,7 +253,9 @@ async fn dispatch(
             // Some events were missed: every poll reads again.
             Err(RecvError::Lagged(_)) => hub.wake_all(),
             Err(RecvError::Closed) => {
-                hub.lock().closed = true;
+                let mut inner = hub.lock();
+                inner.closed = true;
+                inner.seen = inner.seen.wrapping_add(1) % (u64::MAX - 1);
                 return;
             }
         }
@@ -315,5 +347,26 @@ mod tests {
         assert!(!a.take_agent_stale());
         hub.dispatch(&StoreEvent::Resync);
         assert!(a.take_agent_stale() && b.take_agent_stale());
+    }
+
+    /// Every dispatched change that may concern a check-in (a waiting one
+    /// or not) moves the count a read-before-registering check-in
+    /// compares; due tasks do not.
+    #[tokio::test]
+    async fn every_dispatched_change_moves_the_count() {
+        let hub = hub_without_dispatcher();
+        let seen = |hub: &Arc<Waiters>| hub.lock().seen;
+        let before = seen(&hub);
+        hub.dispatch(&StoreEvent::PolicyChanged {
+            policy_id: Some("nobody's".into()),
+        });
+        hub.dispatch(&StoreEvent::AgentChanged {
+            agent_id: "nobody".into(),
+        });
+        hub.dispatch(&StoreEvent::TasksDue);
+        assert_eq!(seen(&hub), before + 2);
+        let _a = register(&hub, "a", "p");
+        hub.wake_all();
+        assert_eq!(seen(&hub), before + 3);
     }
 }

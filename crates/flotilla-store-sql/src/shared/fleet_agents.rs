@@ -30,6 +30,59 @@ pub(super) async fn fleet_agent_and_key(
     row.try_into()
 }
 
+/// [`fleet_agent_and_key`] and `actions::checkin_reads` for the policy the
+/// agent's record names, in one statement: the agent-and-key row repeated
+/// beside each pending action (once, with none).
+#[tracing::instrument(skip_all)]
+pub(super) async fn checkin_context(
+    s: &Engine,
+    agent_id: &str,
+    key_id: &str,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<flotilla_store::CheckinContext> {
+    let rows: Vec<crate::rows::CheckinContextRow> = sqlx::query_as(sql!(
+        "SELECT {}, p.revision AS policy_revision, q.id, q.action_type, q.data, q.created_at, \
+         q.expiration FROM (SELECT 1 AS one) AS o \
+         LEFT JOIN agents a ON a.id = $1 LEFT JOIN api_keys k ON k.id = $2 \
+         LEFT JOIN agent_policies p ON p.id = a.policy_id \
+         LEFT JOIN (SELECT x.id, x.action_type, x.data, x.created_at, x.expiration \
+                    FROM action_targets t JOIN actions x ON x.id = t.action_id \
+                    WHERE t.agent_id = $1 AND NOT t.confirmed AND t.acked_at IS NULL \
+                      AND (x.expiration IS NULL OR x.expiration > $3) \
+                    ORDER BY x.created_at, x.id LIMIT $4) AS q ON a.id IS NOT NULL \
+         ORDER BY q.created_at, q.id",
+        crate::rows::agent_and_key_cols()
+    ))
+    .bind(agent_id)
+    .bind(key_id)
+    .bind(ms(now))
+    .bind(i64::from(limit))
+    .fetch_all(&s.pool)
+    .await
+    .db()?;
+    let mut rows = rows.into_iter();
+    let Some(first) = rows.next() else {
+        return Err(StoreError::Other(
+            "the check-in read returned no row".into(),
+        ));
+    };
+    let policy_revision = first.reads.policy_revision;
+    let mut actions = Vec::new();
+    let (agent, key) = first.agent_and_key.try_into()?;
+    for r in std::iter::once(first.reads).chain(rows.map(|r| r.reads)) {
+        if let Some(a) = r.action() {
+            actions.push(a.into_action(vec![agent_id.to_owned()])?);
+        }
+    }
+    Ok(flotilla_store::CheckinContext {
+        agent,
+        key,
+        policy_revision,
+        actions,
+    })
+}
+
 #[tracing::instrument(skip_all)]
 pub(super) async fn enroll_agent(
     s: &Engine,

@@ -21,7 +21,11 @@ pub(crate) fn order_by(sort: Option<flotilla_domain::agent::AgentSort>) -> Strin
         F::EnrolledAt => ("a.enrolled_at".to_owned(), false, false),
         F::LastCheckin => ("a.last_checkin".to_owned(), false, true),
         F::Hostname => (HOSTNAME_SQL.to_owned(), true, true),
-        F::Status => (concat!("(", agent_status_sql!(), ")").to_owned(), true, false),
+        F::Status => (
+            concat!("(", agent_status_sql!(), ")").to_owned(),
+            true,
+            false,
+        ),
         F::PolicyId => ("a.policy_id".to_owned(), true, false),
         F::PolicyRevision => ("a.policy_revision".to_owned(), false, true),
         F::Version => ("a.agent_version".to_owned(), true, true),

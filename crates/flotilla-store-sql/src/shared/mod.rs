@@ -376,6 +376,16 @@ impl Store for Engine {
         fleet_agents::fleet_agent_and_key(self, agent_id, key_id).await
     }
 
+    async fn checkin_context(
+        &self,
+        agent_id: &str,
+        key_id: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<flotilla_store::CheckinContext> {
+        fleet_agents::checkin_context(self, agent_id, key_id, now, limit).await
+    }
+
     async fn enroll_agent(
         &self,
         agent: &NewAgent,

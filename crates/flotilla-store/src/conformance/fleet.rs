@@ -832,3 +832,88 @@ pub async fn checkin_reads_give_the_policy_revision_and_pending_actions(s: S) {
         None
     );
 }
+
+/// The check-in's first read is the two it replaces, read together:
+/// the agent, the key, its policy's revision and its pending actions.
+pub async fn the_checkin_context_is_the_agent_the_key_and_the_checkin_reads(s: S) {
+    let now = Utc::now();
+    s.create_policy(&policy("p", "P"), now).await.unwrap();
+    enrolled(&s, "a", "p").await;
+    enrolled(&s, "b", "p").await;
+    let separate = |agent: &'static str, key: &'static str| {
+        let s = s.clone();
+        async move {
+            let (a, k) = s.fleet_agent_and_key(agent, key).await.unwrap();
+            let (rev, actions) = match &a {
+                Some(a) => s
+                    .checkin_reads(&a.id, &a.policy_id, now, 100)
+                    .await
+                    .unwrap(),
+                None => (None, vec![]),
+            };
+            crate::CheckinContext {
+                agent: a,
+                key: k,
+                policy_revision: rev,
+                actions,
+            }
+        }
+    };
+    let together = |agent: &'static str, key: &'static str| {
+        let s = s.clone();
+        async move { s.checkin_context(agent, key, now, 100).await.unwrap() }
+    };
+    // Nothing pending.
+    let ctx = together("a", "acc-a").await;
+    assert_eq!(ctx, separate("a", "acc-a").await);
+    assert!(ctx.agent.is_some() && ctx.key.is_some() && ctx.actions.is_empty());
+    assert_eq!(
+        ctx.policy_revision,
+        Some(s.get_policy("p").await.unwrap().revision)
+    );
+    // Pending actions (one expired, one another agent's, one confirmed).
+    let new = |id: &str, agents: &[&str], minutes: i64, expiration| NewAction {
+        id: id.into(),
+        action_type: ActionType::Settings,
+        data: json!({"log_level": "debug", "n": id}),
+        created_at: now + chrono::Duration::minutes(minutes),
+        expiration,
+        agent_ids: agents.iter().map(|a| a.to_string()).collect(),
+    };
+    s.create_action(&new("x2", &["a"], 2, None)).await.unwrap();
+    s.create_action(&new("x1", &["a", "b"], 1, None))
+        .await
+        .unwrap();
+    s.create_action(&new("xb", &["b"], 1, None)).await.unwrap();
+    s.create_action(&new(
+        "x0",
+        &["a"],
+        0,
+        Some(now - chrono::Duration::seconds(1)),
+    ))
+    .await
+    .unwrap();
+    s.create_action(&new("x3", &["a"], 3, None)).await.unwrap();
+    s.mark_delivered("a", &["x3".into()], "tok").await.unwrap();
+    s.confirm_delivery("a", "tok").await.unwrap();
+    let ctx = together("a", "acc-a").await;
+    assert_eq!(ctx, separate("a", "acc-a").await);
+    let ids: Vec<&str> = ctx.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["x1", "x2"],
+        "oldest first; expired, confirmed and others' left out"
+    );
+    assert_eq!(ctx.actions[1].data["n"], "x2");
+    let limited = s.checkin_context("a", "acc-a", now, 1).await.unwrap();
+    assert_eq!(limited.actions.len(), 1, "the limit holds");
+    // Another agent's key, an unknown key, an unknown agent.
+    let ctx = together("a", "acc-b").await;
+    assert_eq!(ctx, separate("a", "acc-b").await);
+    assert_eq!(ctx.key.unwrap().agent_id.as_deref(), Some("b"));
+    let ctx = together("a", "nope").await;
+    assert!(ctx.key.is_none() && ctx.agent.is_some());
+    let ctx = together("ghost", "acc-a").await;
+    assert_eq!(ctx, separate("ghost", "acc-a").await);
+    assert!(ctx.agent.is_none() && ctx.actions.is_empty() && ctx.policy_revision.is_none());
+}

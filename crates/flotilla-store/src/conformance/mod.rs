@@ -72,6 +72,7 @@ macro_rules! conformance_suite {
             enrolments_are_written_in_one_batch,
             an_agent_and_a_key_read_together_as_apart,
             checkin_reads_give_the_policy_revision_and_pending_actions,
+            the_checkin_context_is_the_agent_the_key_and_the_checkin_reads,
             console_sessions_expire_end_with_their_key_and_sign_out,
             policy_rollout_counts_active_agents_on_the_revision,
             rollout_history_counts_when_agents_reached_the_revision,
