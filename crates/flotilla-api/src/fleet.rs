@@ -58,8 +58,10 @@ pub struct CheckinRequest {
     pub message: String,
     #[serde(default)]
     pub ack_token: Option<String>,
+    /// Kept as sent (checked to be JSON): a few KiB on every check-in,
+    /// digested as bytes and parsed only when it must be written.
     #[serde(default)]
-    pub local_metadata: Option<Value>,
+    pub local_metadata: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     pub components: Option<Value>,
     #[serde(default)]

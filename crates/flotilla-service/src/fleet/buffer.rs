@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -35,43 +36,104 @@ pub(super) struct BufferState {
 pub(super) type Fingerprint = (
     String,
     String,
-    Option<String>,
-    Option<String>,
+    Option<[u8; 32]>,
+    Option<[u8; 32]>,
     Option<(String, i64)>,
 );
 
-pub(super) fn digest(v: &Option<Value>) -> Option<String> {
-    v.as_ref()
-        .map(|v| hex::encode(Sha256::digest(v.to_string())))
+/// A JSON value's SHA-256, serialised straight into the hasher (no
+/// intermediate string: agents send a few KiB of metadata each time).
+pub(super) fn digest(v: &Option<Value>) -> Option<[u8; 32]> {
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    v.as_ref().map(|v| {
+        let mut h = Hashing(Sha256::new());
+        // Writing into a hasher cannot fail, nor can serialising a Value.
+        let _ = serde_json::to_writer(&mut h, v);
+        h.0.finalize().into()
+    })
+}
+
+/// Raw JSON's SHA-256, over its bytes as sent (an agent sends the same
+/// bytes while nothing changes).
+fn digest_raw(raw: &RawValue) -> [u8; 32] {
+    Sha256::digest(raw.get().as_bytes()).into()
 }
 
 impl CheckinBuffer {
     /// Buffer a check-in; returns it back when it should be written now.
+    #[cfg(test)]
     pub(super) fn offer(&self, rec: CheckinRecord, first: bool) -> Option<CheckinRecord> {
-        let mut st = self.inner.lock().expect("buffer lock");
+        self.offer_raw(rec, None, first)
+    }
+
+    /// [`CheckinBuffer::offer`] with the metadata as sent (`raw`, in place
+    /// of `rec.local_metadata`): digested as bytes, parsed only into a
+    /// record that is to be written with it.
+    pub(super) fn offer_raw(
+        &self,
+        rec: CheckinRecord,
+        raw: Option<&RawValue>,
+        first: bool,
+    ) -> Option<CheckinRecord> {
+        // Digested before the lock: every check-in of the instance takes it.
+        let metadata = match raw {
+            Some(r) => Some(digest_raw(r)),
+            None => digest(&rec.local_metadata),
+        };
         let fingerprint = (
             rec.status.clone(),
             rec.message.clone(),
-            digest(&rec.local_metadata),
+            metadata,
             digest(&rec.components),
             rec.reported_policy.clone(),
         );
+        let written = self.decide(rec, fingerprint, first);
+        written.map(|(mut out, with_metadata)| {
+            if with_metadata && out.local_metadata.is_none() {
+                // Valid JSON (the request was parsed with it), so it parses.
+                out.local_metadata = raw.and_then(|r| serde_json::from_str(r.get()).ok());
+            }
+            out
+        })
+    }
+
+    /// The buffering decision for a fingerprinted check-in: the record to
+    /// write now and whether its metadata goes with it, or `None` (kept as
+    /// a heartbeat).
+    fn decide(
+        &self,
+        rec: CheckinRecord,
+        fingerprint: Fingerprint,
+        first: bool,
+    ) -> Option<(CheckinRecord, bool)> {
+        let mut st = self.inner.lock().expect("buffer lock");
         let previous = st.last.insert(rec.agent_id.clone(), fingerprint.clone());
         let changed = previous.as_ref() != Some(&fingerprint);
         if first || changed {
             st.pending.remove(&rec.agent_id);
             let mut rec = rec;
+            let mut with_metadata = fingerprint.2.is_some();
             // A change of status or revision alone leaves the metadata (a
             // few KiB, sent on every check-in) as written: not rewritten.
             if let Some((_, _, metadata, components, _)) = previous.filter(|_| !first) {
                 if metadata.is_some() && metadata == fingerprint.2 {
                     rec.local_metadata = None;
+                    with_metadata = false;
                 }
                 if components.is_some() && components == fingerprint.3 {
                     rec.components = None;
                 }
             }
-            Some(rec)
+            Some((rec, with_metadata))
         } else {
             // What it reports is what was written: the heartbeat needs only
             // the time (the write keeps stored values it is not given).
@@ -201,6 +263,39 @@ mod tests {
         b.refresh("a", later + chrono::Duration::seconds(30));
         b.requeue(drained);
         assert_eq!(b.drain()[0].at, later + chrono::Duration::seconds(30));
+    }
+
+    /// Metadata as sent is digested as bytes and parsed only into a
+    /// record written with it.
+    #[test]
+    fn raw_metadata_is_parsed_only_when_written() {
+        let b = CheckinBuffer::default();
+        let rec = |status: &str| CheckinRecord {
+            agent_id: "a".into(),
+            at: Utc::now(),
+            status: status.into(),
+            message: "m".into(),
+            local_metadata: None,
+            components: None,
+            agent_version: None,
+            reported_policy: None,
+        };
+        let raw = |text: &str| RawValue::from_string(text.to_owned()).unwrap();
+        let v1 = raw(r#"{"host": {"hostname": "h1"}}"#);
+        let first = b.offer_raw(rec("online"), Some(&v1), true).unwrap();
+        assert_eq!(
+            first.local_metadata,
+            Some(serde_json::json!({"host": {"hostname": "h1"}}))
+        );
+        assert!(b.offer_raw(rec("online"), Some(&v1), false).is_none(), "heartbeat");
+        let status_only = b.offer_raw(rec("error"), Some(&v1), false).unwrap();
+        assert_eq!(status_only.local_metadata, None, "the same bytes: not rewritten");
+        let v2 = raw(r#"{"host": {"hostname": "h2"}}"#);
+        let changed = b.offer_raw(rec("error"), Some(&v2), false).unwrap();
+        assert_eq!(changed.local_metadata.unwrap()["host"]["hostname"], "h2");
+        // No metadata sent: nothing to write but the rest.
+        let none = b.offer_raw(rec("online"), None, false).unwrap();
+        assert_eq!(none.local_metadata, None);
     }
 
     /// A heartbeat holds no copy of what was already written; a change

@@ -184,12 +184,16 @@ impl Fleet<'_> {
             at: now,
             status: body.status.trim().to_lowercase(),
             message: body.message,
-            local_metadata: body.local_metadata.filter(|m| !m.is_null()),
+            local_metadata: None,
             components: body.components.filter(|c| !c.is_null()),
             agent_version: Some(checkin.version.clone()),
             reported_policy: checkin.reports.clone(),
         };
-        if let Some(now_rec) = self.checkins.offer(record, agent.last_checkin.is_none()) {
+        if let Some(now_rec) = self.checkins.offer_raw(
+            record,
+            body.local_metadata.as_deref(),
+            agent.last_checkin.is_none(),
+        ) {
             if let Err(e) = self.checkin_writes.run(&self.store, now_rec, now).await {
                 self.checkins.unsettle(&agent.id);
                 return Err(e.into());
@@ -370,7 +374,7 @@ fn validate(
     if body
         .local_metadata
         .as_ref()
-        .is_some_and(|m| !m.is_object() && !m.is_null())
+        .is_some_and(|m| !m.get().trim_start().starts_with('{'))
     {
         return Err(FleetError::bad("unable to parse meta"));
     }

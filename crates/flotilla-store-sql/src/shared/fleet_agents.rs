@@ -17,10 +17,16 @@ pub(super) async fn fleet_agent_and_key(
     agent_id: &str,
     key_id: &str,
 ) -> Result<(Option<FleetAgent>, Option<ApiKeyRecord>)> {
-    let row: crate::rows::AgentAndKeyRow = sqlx::query_as(sql!(
-        "SELECT {} FROM (SELECT 1 AS one) AS o \
-         LEFT JOIN agents a ON a.id = $1 LEFT JOIN api_keys k ON k.id = $2",
-        crate::rows::agent_and_key_cols()
+    // Built once: agent requests run it on every call.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM (SELECT 1 AS one) AS o \
+             LEFT JOIN agents a ON a.id = $1 LEFT JOIN api_keys k ON k.id = $2",
+            crate::rows::agent_and_key_cols()
+        )
+    });
+    let row: crate::rows::AgentAndKeyRow = sqlx::query_as(sqlx::AssertSqlSafe(
+        std::borrow::Cow::Borrowed(SQL.as_str()),
     ))
     .bind(agent_id)
     .bind(key_id)
@@ -41,8 +47,10 @@ pub(super) async fn checkin_context(
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<flotilla_store::CheckinContext> {
-    let rows: Vec<crate::rows::CheckinContextRow> = sqlx::query_as(sql!(
-        "SELECT {}, p.revision AS policy_revision, q.id, q.action_type, q.data, q.created_at, \
+    // Built once: every check-in runs it.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {}, p.revision AS policy_revision, q.id, q.action_type, q.data, q.created_at, \
          q.expiration FROM (SELECT 1 AS one) AS o \
          LEFT JOIN agents a ON a.id = $1 LEFT JOIN api_keys k ON k.id = $2 \
          LEFT JOIN agent_policies p ON p.id = a.policy_id \
@@ -52,7 +60,11 @@ pub(super) async fn checkin_context(
                       AND (x.expiration IS NULL OR x.expiration > $3) \
                     ORDER BY x.created_at, x.id LIMIT $4) AS q ON a.id IS NOT NULL \
          ORDER BY q.created_at, q.id",
-        crate::rows::agent_and_key_cols()
+            crate::rows::agent_and_key_cols()
+        )
+    });
+    let rows: Vec<crate::rows::CheckinContextRow> = sqlx::query_as(sqlx::AssertSqlSafe(
+        std::borrow::Cow::Borrowed(SQL.as_str()),
     ))
     .bind(agent_id)
     .bind(key_id)
