@@ -43,7 +43,7 @@ fn metadata(i: usize) -> serde_json::Value {
                  "mac": ["00:16:3e:00:00:01"]},
         "os": {"name": "Debian GNU/Linux", "version": "12", "kernel": "6.1.0-18-amd64",
                "family": "debian", "platform": "debian"},
-        "elastic": {"agent": {"version": if i % 10 == 0 { "8.15.0" } else { "9.1.0" },
+        "elastic": {"agent": {"version": if i.is_multiple_of(10) { "8.15.0" } else { "9.1.0" },
                               "snapshot": false, "upgradeable": true,
                               "log_level": "info", "id": format!("agent-{i:05}")}},
         "padding": "x".repeat(2000),
@@ -77,8 +77,8 @@ async fn seed(services: &Services, n: usize) {
                 Enrolment {
                     agent: NewAgent {
                         id: id.clone(),
-                        policy_id: if i % 3 == 0 { "db" } else { "web" }.into(),
-                        tags: if i % 2 == 0 {
+                        policy_id: if i.is_multiple_of(3) { "db" } else { "web" }.into(),
+                        tags: if i.is_multiple_of(2) {
                             vec!["prod".into()]
                         } else {
                             vec![]
@@ -119,25 +119,25 @@ async fn seed(services: &Services, n: usize) {
             .map(|&i| CheckinRecord {
                 agent_id: format!("agent-{i:05}"),
                 at: now - chrono::Duration::seconds((i % 600) as i64),
-                status: if i % 50 == 0 { "error" } else { "online" }.into(),
+                status: if i.is_multiple_of(50) { "error" } else { "online" }.into(),
                 message: "running".into(),
                 local_metadata: None,
                 components: Some(json!([{"id": "log-default", "type": "log",
-                    "status": if i % 50 == 0 { "FAILED" } else { "HEALTHY" }, "message": "",
+                    "status": if i.is_multiple_of(50) { "FAILED" } else { "HEALTHY" }, "message": "",
                     "units": [{"id": "log-default-nginx", "type": "input",
-                        "status": if i % 50 == 0 { "FAILED" } else { "HEALTHY" },
+                        "status": if i.is_multiple_of(50) { "FAILED" } else { "HEALTHY" },
                         "message": "open access.log: permission denied"}]}])),
-                agent_version: Some(if i % 10 == 0 { "8.15.0" } else { "9.1.0" }.into()),
+                agent_version: Some(if i.is_multiple_of(10) { "8.15.0" } else { "9.1.0" }.into()),
                 reported_policy: None,
             })
             .collect();
         store.record_checkins(&checkins).await.unwrap();
         let runs: Vec<RunsPolicy> = chunk
             .iter()
-            .filter(|&&i| i % 2 == 0)
+            .filter(|&&i| i.is_multiple_of(2))
             .map(|&i| RunsPolicy {
                 agent_id: format!("agent-{i:05}"),
-                policy_id: if i % 3 == 0 { "db" } else { "web" }.into(),
+                policy_id: if i.is_multiple_of(3) { "db" } else { "web" }.into(),
                 revision: 1,
             })
             .collect();

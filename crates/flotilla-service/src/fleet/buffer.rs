@@ -287,9 +287,15 @@ mod tests {
             first.local_metadata,
             Some(serde_json::json!({"host": {"hostname": "h1"}}))
         );
-        assert!(b.offer_raw(rec("online"), Some(&v1), false).is_none(), "heartbeat");
+        assert!(
+            b.offer_raw(rec("online"), Some(&v1), false).is_none(),
+            "heartbeat"
+        );
         let status_only = b.offer_raw(rec("error"), Some(&v1), false).unwrap();
-        assert_eq!(status_only.local_metadata, None, "the same bytes: not rewritten");
+        assert_eq!(
+            status_only.local_metadata, None,
+            "the same bytes: not rewritten"
+        );
         let v2 = raw(r#"{"host": {"hostname": "h2"}}"#);
         let changed = b.offer_raw(rec("error"), Some(&v2), false).unwrap();
         assert_eq!(changed.local_metadata.unwrap()["host"]["hostname"], "h2");
