@@ -248,14 +248,13 @@ pub(crate) async fn list(
         paging.push(("sort", sort_field));
         paging.push(("order", sort_order));
     }
-    let bulk_kuery = {
-        let base = filter_kuery(&filters[..3]);
-        match (base.is_empty(), extra.is_empty()) {
-            (_, true) => base,
-            (true, false) => extra.clone(),
-            (false, false) => format!("{base} and ({extra})"),
-        }
-    };
+    // Both are `and`s of terms (the typed query in parentheses): joined
+    // by one more.
+    let bulk_kuery = [filter_kuery(&filters[..3]), extra.clone()]
+        .into_iter()
+        .filter(|k| !k.is_empty())
+        .collect::<Vec<_>>()
+        .join(" and ");
     let body = html! {
         form .filters method="get" action={(BASE) "/agents"} role="search" aria-label="Filter agents" {
             div .field .wide {

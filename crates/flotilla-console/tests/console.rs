@@ -1576,7 +1576,7 @@ async fn agents_are_searched_filtered_and_sorted_and_an_agent_shows_its_events()
     );
     let (_, page) = list("tag=prod&q=version%3A9.*").await;
     assert!(
-        page.contains(r#"name="kuery" value="tags:&quot;prod&quot; and ((version:9.*))""#),
+        page.contains(r#"name="kuery" value="tags:&quot;prod&quot; and (version:9.*)""#),
         "{page}"
     );
 
